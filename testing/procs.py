@@ -1,0 +1,116 @@
+"""Runs training binaries in child processes and kills them with real signals.
+
+Tests put the binary in their `data` and run it as a subprocess, asserting on
+its exit status and its JSON result file.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+_WORKSPACE = "backup_restore_ws"
+
+
+def runfile(path: str) -> str:
+    """Absolute path of a workspace-relative runfile, e.g. a py_binary."""
+    for root in (os.environ.get("TEST_SRCDIR"), os.environ.get("RUNFILES_DIR")):
+        if root:
+            candidate = os.path.join(root, _WORKSPACE, path)
+            if os.path.exists(candidate):
+                return candidate
+    raise FileNotFoundError(
+        f"runfile {path!r} not found; add its target to the test's data"
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """The outcome of one child run."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    result: dict | None  # the --result_file JSON, if the run wrote it
+
+    @property
+    def killed_by(self) -> int | None:
+        """The signal that ended the process, or None if it exited."""
+        return -self.returncode if self.returncode < 0 else None
+
+    def describe(self) -> str:
+        return (
+            f"exit status {self.returncode}\n--- stdout ---\n"
+            f"{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-6000:]}"
+        )
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _command(binary: str, args: list[str]) -> list[str]:
+    # Start children with this interpreter: the test PATH may lack the venv.
+    return [sys.executable, binary, *args]
+
+
+def run(binary: str, args: list[str], timeout: float = 300) -> Run:
+    """Runs `binary args --result_file=...` to the end."""
+    fd, result_file = tempfile.mkstemp(
+        suffix=".json", dir=os.environ.get("TEST_TMPDIR")
+    )
+    os.close(fd)
+    os.remove(result_file)
+    proc = subprocess.run(
+        _command(binary, [*args, f"--result_file={result_file}"]),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        check=False,
+    )
+    result = None
+    if os.path.exists(result_file):
+        with open(result_file) as f:
+            result = json.load(f)
+    return Run(proc.returncode, proc.stdout, proc.stderr, result)
+
+
+def run_and_signal_at_pause(
+    binary: str,
+    args: list[str],
+    sig: int = signal.SIGKILL,
+    timeout: float = 300,
+) -> Run:
+    """Runs a binary that prints PAUSED and waits, then sends it `sig`.
+
+    The binary must pause at a deterministic point (fit_trainer:
+    --fail_at_step=N --fail_with=pause), so the signal lands at a chosen step
+    and not at a point chosen by timing.
+    """
+    proc = subprocess.Popen(
+        _command(binary, args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip() == "PAUSED":
+                proc.send_signal(sig)
+                break
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return Run(proc.returncode, "".join(lines) + stdout, stderr, None)
