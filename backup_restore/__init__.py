@@ -1,0 +1,25 @@
+"""backup_restore: crash-safe backup and exact resume for Keras training.
+
+Public API:
+  BackupAndRestore: a drop-in for tf_keras.callbacks.BackupAndRestore.
+  callback_backup_and_restore: factory for BackupAndRestore.
+  BackupError, BackupCorruptError, BackupMismatchError, BackupWriteError.
+
+Everything under backup_restore._src is private.
+"""
+
+from backup_restore._src.callback import BackupAndRestore
+from backup_restore._src.callback import callback_backup_and_restore
+from backup_restore._src.errors import BackupCorruptError
+from backup_restore._src.errors import BackupError
+from backup_restore._src.errors import BackupMismatchError
+from backup_restore._src.errors import BackupWriteError
+
+__all__ = [
+    "BackupAndRestore",
+    "BackupCorruptError",
+    "BackupError",
+    "BackupMismatchError",
+    "BackupWriteError",
+    "callback_backup_and_restore",
+]

@@ -1,0 +1,367 @@
+"""The Keras callback: a thin layer over the backup engine (store.py)."""
+
+import time
+
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+from backup_restore._src import errors
+from backup_restore._src import keras_adapter
+from backup_restore._src import keras_state
+from backup_restore._src import policy
+from backup_restore._src import store
+
+_SIGNATURE_ARGS = (
+    "backup_dir",
+    "save_freq",
+    "delete_checkpoint",
+    "save_before_preemption",
+)
+
+
+def _check_eager():
+    if not tf.executing_eagerly():
+        raise ValueError(
+            "backup_restore.BackupAndRestore needs eager execution (TF2), but "
+            "eager execution is disabled (tf.compat.v1."
+            "disable_eager_execution() was called). Remove that call and "
+            "train with Model.fit() in TF2 mode; legacy graph-mode (TF1) "
+            "training has no backup support."
+        )
+
+
+class BackupAndRestore(tf_keras.callbacks.Callback):
+    """Backs up the training state of `Model.fit()` and resumes from it.
+
+    While `fit()` runs, the callback writes the whole training state (model
+    weights, optimizer state including slots and `iterations`, the position in
+    training, the History) into `backup_dir`. When the job is killed and
+    started again with the same code, the next `fit()` restores that state into
+    the given model and continues from the first unfinished epoch (epoch
+    backups) or the next unseen batch (batch backups). When `fit()` completes,
+    the backup is deleted.
+
+    A backup is committed atomically and durably (see atomicity.py): a kill at
+    any instant leaves either the previous backup or the new one, never a
+    partial one. Each backup carries checksums, verified before restoring, and
+    a fingerprint of the model and optimizer: a backup written by a different
+    model is refused with a `BackupMismatchError` that names what differs.
+    Nothing in a backup is unpickled or executed.
+
+    Only entries named `backup-*` and `.tmp-backup-*` in `backup_dir` belong to
+    the callback; other files there are never touched.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import tf_keras
+    import backup_restore
+
+    x = np.random.rand(64, 4).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(4,))])
+    model.compile(optimizer="adam", loss="mse")
+    backup_dir = "/tmp/backup_restore_docstring_example"
+    model.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=16,
+        verbose=0,
+        callbacks=[backup_restore.BackupAndRestore(backup_dir)],
+    )
+    # Had the job been killed, running the same code again would resume it.
+    ```
+
+    Concurrency: one training job per `backup_dir`. Callback methods run on
+    the training thread.
+
+    Args:
+      backup_dir: directory for the backups: a local path or any filesystem
+        tf.io.gfile supports (gs://, ram://, ...). Created if missing. Use a
+        different directory for every training job.
+      save_freq: `"epoch"` to back up at the end of every epoch, or a positive
+        int to back up every that many batches. `False` (never) is only valid
+        with `save_before_preemption=True`.
+      delete_checkpoint: delete the backup when `fit()` completes.
+      save_before_preemption: not supported yet.
+      **kwargs: accepted for forward compatibility with future tf-keras
+        arguments; named in one warning and otherwise ignored.
+
+    Raises:
+      ValueError: eager execution is disabled; `backup_dir` is empty, an
+        existing file or not writable; `save_freq` is invalid.
+      TypeError: `backup_dir` is not a str or os.PathLike.
+      NotImplementedError: `save_before_preemption=True`.
+
+    During `fit()`:
+      BackupMismatchError: the backup was written by a different model or
+        optimizer configuration.
+      BackupCorruptError: every backup in `backup_dir` fails its integrity
+        checks (nothing is deleted).
+      BackupWriteError: a backup could not be written (the previous one is
+        intact).
+    """
+
+    def __init__(
+        self,
+        backup_dir,
+        save_freq="epoch",
+        delete_checkpoint=True,
+        save_before_preemption=False,
+        **kwargs,
+    ):
+        super().__init__()
+        _check_eager()
+        if kwargs:
+            logging.warning(
+                "BackupAndRestore ignores unknown argument(s) %s (accepted "
+                "for forward compatibility; it takes %s).",
+                ", ".join(sorted(kwargs)),
+                ", ".join(_SIGNATURE_ARGS),
+            )
+        self._policy = policy.from_save_freq(save_freq, save_before_preemption)
+        if save_before_preemption:
+            raise NotImplementedError(
+                "save_before_preemption=True is not supported yet by "
+                "backup_restore.BackupAndRestore. Use save_freq='epoch' or an "
+                "int; a job killed by preemption then resumes from the last "
+                "backup."
+            )
+        self._store = store.BackupStore(backup_dir)
+        self.backup_dir = self._store.directory
+        self.save_freq = save_freq
+        self.delete_checkpoint = delete_checkpoint
+        self.save_before_preemption = save_before_preemption
+        self._checkpoint = None
+        self._resume = None
+
+    @property
+    def resumed_from(self) -> tuple[int, int] | None:
+        """(epoch, batch) the last fit() resumed at; None for a fresh start.
+
+        `batch` counts the batches of that epoch already trained (0: the epoch
+        starts from its beginning).
+        """
+        return self._resume
+
+    # -- fit() hooks --------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        if getattr(model, "optimizer", None) is None:
+            raise ValueError(
+                "BackupAndRestore needs a compiled model: call model.compile() "
+                "before model.fit()."
+            )
+        self._optimizer_fp = keras_state.optimizer_fingerprint(model.optimizer)
+        self._checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer
+        )
+        self._epoch = 0
+        self._epoch_batches = 0
+        self._batch_start = 0
+        self._since_save = 0
+        self._save_at_epoch_end = False
+        self._iterator = None
+        self._iterator_batches = 0
+        self._recreated = None  # does fit() make a new iterator per epoch?
+        self._calls_in_epoch = 0
+        self._epochs_begun = 0
+        self._pending_skip = 0
+        self._resume = None  # (epoch, step) restored from a backup
+        self._restored_epochs = []
+        self._store.cleanup()
+        info = self._store.latest()
+        if info is not None:
+            self._restore(info)
+        keras_adapter.wrap_train_function(model, self._wrap)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_batches = 0
+        self._calls_in_epoch = 0
+        if self._epochs_begun == 0:
+            # History.on_train_begin (it runs after this callback's) cleared
+            # its epoch list; put the restored epochs back in front.
+            history = self.model.history
+            if self._restored_epochs and history is not None:
+                history.epoch = list(self._restored_epochs) + history.epoch
+            if self._resume is not None and self._resume[0] == epoch:
+                self._epoch_batches = self._resume[1]
+        self._epochs_begun += 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        trained = batch - self._batch_start + 1  # > 1 with steps_per_execution
+        self._epoch_batches = batch + 1
+        self._iterator_batches += trained
+        self._since_save += trained
+        if not self._policy.save_after_batches(self._since_save):
+            return
+        steps = self.params.get("steps") if self.params else None
+        if steps is not None and self._epoch_batches >= steps:
+            # The epoch's last batch: write the backup at the epoch's end,
+            # with its logs, so that resuming starts the next epoch cleanly.
+            self._save_at_epoch_end = True
+            return
+        self._write(self._epoch, self._epoch_batches, epoch_logs=None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._policy.at_epoch_end or self._save_at_epoch_end:
+            self._write(epoch + 1, 0, epoch_logs=(epoch, logs or {}))
+            self._save_at_epoch_end = False
+
+    def on_train_end(self, logs=None):
+        keras_adapter.clear_initial_counters(self.model)
+        history = self.model.history
+        if self._epochs_begun == 0 and self._restored_epochs and history:
+            history.epoch = list(self._restored_epochs)
+        if self.delete_checkpoint:
+            self._store.delete_all()
+            logging.info(
+                "Training completed; deleted the backups in %s.",
+                self.backup_dir,
+            )
+        self._checkpoint = None
+
+    # -- internals ----------------------------------------------------------
+
+    def _wrap(self, train_function):
+        def train_function_with_position(iterator):
+            if iterator is not self._iterator:
+                if self._iterator is not None:
+                    self._recreated = True
+                self._iterator = iterator
+                self._iterator_batches = 0
+                if self._pending_skip:
+                    self._skip(iterator, self._pending_skip)
+            elif self._calls_in_epoch == 0 and self._epochs_begun > 1:
+                self._recreated = False
+            self._calls_in_epoch += 1
+            return train_function(iterator)
+
+        return train_function_with_position
+
+    def _skip(self, iterator, count):
+        """Advances a fresh iterator past the batches trained before."""
+        start = time.monotonic()
+        for _ in range(count):
+            next(iterator)
+        self._iterator_batches = count
+        self._pending_skip = 0
+        logging.info(
+            "Skipped %d already-trained batches in %.2f s.",
+            count,
+            time.monotonic() - start,
+        )
+
+    def _history_state(self, epoch_logs):
+        history = self.model.history
+        epochs = list(getattr(history, "epoch", []) or [])
+        values = {
+            k: list(v)
+            for k, v in (getattr(history, "history", {}) or {}).items()
+        }
+        if epoch_logs is not None:
+            epoch, logs = epoch_logs
+            epochs.append(epoch)
+            for k, v in logs.items():
+                values.setdefault(k, []).append(v)
+        return keras_state.to_json_value({"epoch": epochs, "history": values})
+
+    def _write(self, epoch, step, epoch_logs):
+        recreated = self._recreated
+        if recreated is None and step == 0 and self._iterator is not None:
+            recreated = keras_adapter.recreated_per_epoch(
+                self._iterator, self._epoch_batches
+            )
+        metadata = {
+            "position": {
+                "epoch": epoch,
+                "step": step,
+                "iterator_batches": self._iterator_batches,
+                "recreated_per_epoch": recreated,
+            },
+            "fingerprint": keras_state.fingerprint(
+                self.model, self._optimizer_fp
+            ),
+            "build_config": keras_state.build_config(self.model),
+            "history": self._history_state(epoch_logs),
+            "written_at": time.time(),
+            "versions": {
+                "tensorflow": tf.__version__,
+                "tf_keras": tf_keras.__version__,
+            },
+        }
+        info = self._store.write(self._checkpoint, metadata)
+        self._since_save = 0
+        logging.info(
+            "Backed up epoch %d, batch %d to %s.", epoch, step, info.path
+        )
+
+    def _restore(self, info):
+        start = time.monotonic()
+        model = self.model
+        metadata = info.metadata
+        if not model.built:
+            config = metadata.get("build_config")
+            if config is None:
+                raise ValueError(
+                    f"The model is not built, and the backup {info.path} does "
+                    "not record how to build it, so its weights cannot be "
+                    "restored. Build the model before fit(): give it an "
+                    "Input/input_shape, or call model.build(input_shape)."
+                )
+            model.build_from_config(config)
+        current = keras_state.fingerprint(model, self._optimizer_fp)
+        problems = keras_state.diff(metadata["fingerprint"], current)
+        if problems:
+            raise errors.BackupMismatchError(
+                f"The backup in {info.path} was written by a different model "
+                "or optimizer, so it cannot be restored into this one:\n  "
+                + "\n  ".join(problems)
+                + f"\nNothing was restored or deleted. Train the same model "
+                f"as before to resume, or use another backup_dir (or delete "
+                f"{self.backup_dir}) to start from scratch."
+            )
+        optimizer = model.optimizer
+        if hasattr(optimizer, "build"):
+            # Create slot variables now so that they are restored here, not
+            # lazily at the first step.
+            optimizer.build(model.trainable_variables)
+        status = self._store.restore(self._checkpoint, info)
+        status.assert_existing_objects_matched()
+        position = metadata["position"]
+        epoch, step = int(position["epoch"]), int(position["step"])
+        if step > 0 or not position["recreated_per_epoch"]:
+            self._pending_skip = int(position["iterator_batches"])
+        self._resume = (epoch, step)
+        self._recreated = position["recreated_per_epoch"]
+        keras_adapter.set_initial_counters(model, epoch, step)
+        restored = metadata.get("history") or {"epoch": [], "history": {}}
+        self._restored_epochs = list(restored["epoch"])
+        if model.history is not None:
+            model.history.history = {
+                k: list(v) for k, v in restored["history"].items()
+            }
+        logging.info(
+            "Restored backup %s (written %s): resuming at epoch %d, batch %d; "
+            "took %.2f s.",
+            info.path,
+            time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(metadata["written_at"])
+            ),
+            epoch,
+            step,
+            time.monotonic() - start,
+        )
+
+
+def callback_backup_and_restore(backup_dir, **kwargs) -> BackupAndRestore:
+    """Returns `BackupAndRestore(backup_dir, **kwargs)` (the seed's name)."""
+    return BackupAndRestore(backup_dir, **kwargs)

@@ -1,0 +1,17 @@
+"""Errors raised on purpose by backup_restore."""
+
+
+class BackupError(Exception):
+    """Base class of the errors raised by backup_restore."""
+
+
+class BackupCorruptError(BackupError, ValueError):
+    """A committed backup fails its integrity checks and cannot be restored."""
+
+
+class BackupMismatchError(BackupError, ValueError):
+    """A backup was written by a different model or optimizer."""
+
+
+class BackupWriteError(BackupError, RuntimeError):
+    """Writing a backup failed; the previous committed backup is intact."""

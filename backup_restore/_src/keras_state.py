@@ -1,0 +1,109 @@
+"""What the callback records about a Keras model, through public APIs only.
+
+The fingerprint describes the model's variables (order, shapes, dtypes) and
+the optimizer's class and initial configuration. It is stored with every
+backup and compared before a restore, so that a backup written by a different
+model is refused with an error naming what differs instead of an obscure
+TensorFlow error or a partial restore.
+
+Variable and layer names are reported but not compared: Keras numbers
+auto-generated names per process (`dense`, then `dense_1` when the same code
+builds the model again, e.g. after Ctrl-C in a notebook), and restoring does
+not depend on them.
+"""
+
+import json
+
+import numpy as np
+import tf_keras
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "numpy"):
+        return _jsonable(value.numpy())
+    return repr(value)
+
+
+def to_json_value(value):
+    """A JSON round-trip of `value` (numpy scalars become Python numbers)."""
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def optimizer_fingerprint(optimizer) -> dict:
+    """The optimizer's class and configuration, without its name."""
+    if optimizer is None:
+        return {"class": None, "config": None}
+    config = dict(optimizer.get_config())
+    config.pop("name", None)
+    return {
+        "class": f"{type(optimizer).__module__}.{type(optimizer).__name__}",
+        "config": to_json_value(config),
+    }
+
+
+def variables_fingerprint(model: tf_keras.Model) -> list:
+    return [
+        {
+            "name": v.name,
+            "shape": [int(d) if d is not None else None for d in v.shape],
+            "dtype": v.dtype.name,
+        }
+        for v in model.weights
+    ]
+
+
+def build_config(model: tf_keras.Model):
+    """What `build_from_config` needs to rebuild an unbuilt model, or None."""
+    try:
+        return to_json_value(model.get_build_config())
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+
+
+def _describe(entry: dict) -> str:
+    return f"{entry['name']} {entry['dtype']}{entry['shape']}"
+
+
+def diff(backup: dict, current: dict) -> list[str]:
+    """Human-readable differences between two fingerprints (empty: equal)."""
+    problems = []
+    if backup["model_class"] != current["model_class"]:
+        problems.append(
+            f"model class: backup {backup['model_class']}, "
+            f"model {current['model_class']}"
+        )
+    bv, cv = backup["variables"], current["variables"]
+    if len(bv) != len(cv):
+        problems.append(f"number of weights: backup {len(bv)}, model {len(cv)}")
+    for i, (b, c) in enumerate(zip(bv, cv, strict=False)):
+        if (b["shape"], b["dtype"]) != (c["shape"], c["dtype"]):
+            problems.append(
+                f"weight #{i}: backup {_describe(b)}, model {_describe(c)}"
+            )
+    bo, co = backup["optimizer"], current["optimizer"]
+    if bo["class"] != co["class"]:
+        problems.append(
+            f"optimizer class: backup {bo['class']}, model {co['class']}"
+        )
+    elif bo["config"] != co["config"]:
+        keys = sorted(set(bo["config"] or {}) | set(co["config"] or {}))
+        for key in keys:
+            b = (bo["config"] or {}).get(key)
+            c = (co["config"] or {}).get(key)
+            if b != c:
+                problems.append(
+                    f"optimizer config {key!r}: backup {b!r}, model {c!r}"
+                )
+    return problems
+
+
+def fingerprint(model: tf_keras.Model, optimizer_part: dict) -> dict:
+    return {
+        "model_class": type(model).__name__,
+        "variables": variables_fingerprint(model),
+        "optimizer": optimizer_part,
+    }

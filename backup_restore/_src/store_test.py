@@ -1,0 +1,277 @@
+"""Unit tests of the backup engine: commit, find, verify, cleanup, fallback."""
+
+import json
+import os
+import uuid
+
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from backup_restore._src import atomicity
+from backup_restore._src import errors
+from backup_restore._src import faults
+from backup_restore._src import store
+from testing import device
+
+
+class _Boom(Exception):
+    pass
+
+
+def _raise_at(stage):
+    def hook(reached, path):
+        if reached == stage:
+            raise _Boom(path)
+
+    return hook
+
+
+def _checkpoint(value):
+    return tf.train.Checkpoint(v=tf.Variable(value), step=tf.Variable(7))
+
+
+def _files(directory):
+    return sorted(n.rstrip("/") for n in tf.io.gfile.listdir(directory))
+
+
+class StoreTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+        self.addCleanup(faults.set_hook, None)
+
+    def _dir(self, fs):
+        if fs == "local":
+            return os.path.join(self.create_tempdir().full_path, "backups")
+        path = f"ram://store_test/{uuid.uuid4().hex}/backups"
+        self.addCleanup(
+            lambda: tf.io.gfile.exists(path) and tf.io.gfile.rmtree(path)
+        )
+        return path
+
+    def _write(self, s, value, **metadata):
+        return s.write(_checkpoint(value), {"value": value, **metadata})
+
+    @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
+    def test_write_then_latest_roundtrip(self, fs):
+        s = store.BackupStore(self._dir(fs))
+        self.assertIsNone(s.latest())
+        info = self._write(s, [1.0, 2.0], epoch=3)
+        self.assertEqual(info.seq, 1)
+        latest = s.latest()
+        self.assertEqual(latest.path, info.path)
+        self.assertEqual(latest.metadata, {"value": [1.0, 2.0], "epoch": 3})
+        target = _checkpoint([0.0, 0.0])
+        s.restore(target, latest).assert_consumed()
+        self.assertEqual(target.v.numpy().tolist(), [1.0, 2.0])
+
+    @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
+    def test_one_backup_at_rest(self, fs):
+        s = store.BackupStore(self._dir(fs))
+        for i in range(3):
+            self._write(s, [float(i)])
+        self.assertEqual(_files(s.directory), ["backup-00000003"])
+        self.assertEqual(s.latest().metadata["value"], [2.0])
+
+    def test_local_write_goes_through_a_temporary_then_rename(self):
+        s = store.BackupStore(self._dir("local"))
+        seen = []
+        faults.set_hook(lambda stage, path: seen.append((stage, path)))
+        info = self._write(s, [1.0])
+        work_paths = {p for st, p in seen if st != faults.COMMITTED}
+        self.assertLen(work_paths, 1)
+        (work,) = work_paths
+        self.assertIsNotNone(
+            atomicity.parse_temporary(os.path.basename(work)), work
+        )
+        self.assertEqual(
+            [st for st, _ in seen], list(faults.STAGES), "stages in order"
+        )
+        self.assertEqual(seen[-1][1], info.path)
+
+    @parameterized.named_parameters(
+        (f"{fs}_{stage}", fs, stage)
+        for fs in ("local", "ram")
+        for stage in (
+            faults.BEFORE_DATA,
+            faults.DATA_WRITTEN,
+            faults.BEFORE_COMMIT,
+        )
+    )
+    def test_interrupted_write_keeps_previous_and_is_cleaned(self, fs, stage):
+        s = store.BackupStore(self._dir(fs))
+        self._write(s, [1.0])
+
+        faults.set_hook(_raise_at(stage))
+        with self.assertRaises(_Boom):
+            self._write(s, [2.0])
+        faults.set_hook(None)
+        # The interrupted write is never mistaken for a backup ...
+        self.assertEqual(s.latest().metadata["value"], [1.0])
+        self.assertLen(s.leftovers(), 1)
+        # ... and the next start removes it.
+        removed = s.cleanup()
+        self.assertLen(removed, 1)
+        self.assertEqual(s.leftovers(), [])
+        self.assertEqual(s.latest().metadata["value"], [1.0])
+        self.assertGreater(self._write(s, [3.0]).seq, 1)
+        self.assertEqual(s.latest().metadata["value"], [3.0])
+
+    def test_new_write_never_reuses_a_leftover_sequence_number(self):
+        s = store.BackupStore(self._dir("local"))
+        self._write(s, [1.0])
+        faults.set_hook(_raise_at(faults.DATA_WRITTEN))
+        with self.assertRaises(_Boom):
+            self._write(s, [2.0])
+        faults.set_hook(None)
+        self.assertEqual(self._write(s, [3.0]).seq, 3)
+
+    def test_kill_after_commit_before_delete_keeps_newest(self):
+        s = store.BackupStore(self._dir("local"))
+        self._write(s, [1.0])
+
+        faults.set_hook(_raise_at(faults.COMMITTED))
+        with self.assertRaises(_Boom):
+            self._write(s, [2.0])
+        faults.set_hook(None)
+        self.assertLen(s.committed(), 2)
+        self.assertEqual(s.latest().metadata["value"], [2.0])
+
+    def _corrupt(self, info, how):
+        data = next(n for n in info.files if ".data-" in n)
+        path = os.path.join(info.path, data)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            raw = bytearray(f.read())
+        if how == "truncate":
+            raw = raw[: len(raw) // 2]
+        else:
+            raw[len(raw) // 2] ^= 0x01
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(bytes(raw))
+        return path
+
+    @parameterized.named_parameters(
+        ("local_truncate", "local", "truncate"),
+        ("local_bitflip", "local", "bitflip"),
+        ("ram_truncate", "ram", "truncate"),
+        ("ram_bitflip", "ram", "bitflip"),
+    )
+    def test_corrupt_only_backup_is_a_clear_error_and_kept(self, fs, how):
+        s = store.BackupStore(self._dir(fs))
+        info = self._write(s, [float(i) for i in range(1000)])
+        path = self._corrupt(info, how)
+        with self.assertRaisesRegex(
+            errors.BackupCorruptError, "Nothing was deleted"
+        ) as cm:
+            s.latest()
+        self.assertIn(os.path.basename(path), str(cm.exception))
+        s.cleanup()
+        self.assertTrue(tf.io.gfile.exists(path), "a corrupt backup is kept")
+
+    def test_corrupt_newest_falls_back_to_previous(self):
+        s = store.BackupStore(self._dir("local"))
+        self._write(s, [1.0] * 100)
+
+        faults.set_hook(_raise_at(faults.COMMITTED))
+        with self.assertRaises(_Boom):
+            self._write(s, [2.0] * 100)
+        faults.set_hook(None)
+        newest = s.load(s.committed()[-1][1])
+        self._corrupt(newest, "bitflip")
+        with self.assertLogs(level="WARNING") as logs:
+            info = s.latest()
+        self.assertEqual(info.metadata["value"], [1.0] * 100)
+        self.assertTrue(any("Falling back" in m for m in logs.output))
+
+    def test_corrupt_manifest_is_detected(self):
+        s = store.BackupStore(self._dir("local"))
+        info = self._write(s, [1.0])
+        manifest = os.path.join(info.path, atomicity.MANIFEST)
+        with open(manifest) as f:
+            doc = json.load(f)
+        doc["body"]["metadata"]["value"] = [9.0]  # keeps the stored crc32
+        with open(manifest, "w") as f:
+            json.dump(doc, f)
+        with self.assertRaisesRegex(errors.BackupCorruptError, "checksum"):
+            s.latest()
+
+    def test_missing_file_is_detected(self):
+        s = store.BackupStore(self._dir("local"))
+        info = self._write(s, [1.0])
+        os.remove(info.checkpoint_prefix + ".index")
+        with self.assertRaisesRegex(errors.BackupCorruptError, "missing"):
+            s.latest()
+
+    @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
+    def test_foreign_files_are_never_touched(self, fs):
+        d = self._dir(fs)
+        tf.io.gfile.makedirs(os.path.join(d, "backup-notes"))
+        for name in ("README", "backup-1.txt", ".tmp-mine"):
+            with tf.io.gfile.GFile(os.path.join(d, name), "w") as f:
+                f.write("user data")
+        s = store.BackupStore(d)
+        self._write(s, [1.0])
+        self._write(s, [2.0])
+        s.cleanup()
+        s.delete_all()
+        self.assertEqual(
+            _files(d), [".tmp-mine", "README", "backup-1.txt", "backup-notes"]
+        )
+
+    def test_delete_all_removes_a_directory_it_created(self):
+        d = self._dir("local")
+        s = store.BackupStore(d)
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertFalse(os.path.exists(d))
+
+    def test_delete_all_keeps_a_preexisting_empty_directory_content_rule(self):
+        # A directory that held only this library's entries (a resumed job)
+        # is removed when training completes.
+        d = self._dir("local")
+        self._write(store.BackupStore(d), [1.0])
+        s = store.BackupStore(d)
+        s.delete_all()
+        self.assertFalse(os.path.exists(d))
+
+    def test_invalid_directories(self):
+        tmp = self.create_tempdir()
+        regular = tmp.create_file("a_file").full_path
+        for bad, exc, msg in [
+            (None, ValueError, "backup_dir is None"),
+            ("", ValueError, "empty"),
+            ("   ", ValueError, "empty"),
+            (42, TypeError, "str or os.PathLike"),
+            (b"/tmp/x", TypeError, "str or os.PathLike"),
+            (regular, ValueError, "existing file"),
+        ]:
+            with self.subTest(bad=bad):
+                with self.assertRaisesRegex(exc, msg):
+                    store.BackupStore(bad)
+        self.assertTrue(os.path.isfile(regular), "nothing deleted")
+
+    def test_unwritable_directory(self):
+        if os.geteuid() == 0:
+            # root bypasses permission bits; simulate with os.access.
+            from unittest import mock
+
+            with mock.patch.object(os, "access", return_value=False):
+                with self.assertRaisesRegex(ValueError, "not writable"):
+                    store.BackupStore(self.create_tempdir().full_path)
+        else:
+            d = self.create_tempdir().full_path
+            os.chmod(d, 0o500)
+            with self.assertRaisesRegex(ValueError, "not writable"):
+                store.BackupStore(os.path.join(d, "sub"))
+
+    def test_pathlike_is_accepted(self):
+        import pathlib
+
+        d = pathlib.Path(self.create_tempdir().full_path) / "b"
+        s = store.BackupStore(d)
+        self.assertEqual(s.directory, str(d))
+
+
+if __name__ == "__main__":
+    absltest.main()

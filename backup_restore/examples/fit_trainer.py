@@ -1,0 +1,264 @@
+r"""Example: Model.fit() with backup_restore.BackupAndRestore.
+
+Trains a small regression MLP on embedded synthetic data. Kill it at any time
+(Ctrl-C, `kill -9`, or the --fail_* flags) and run the same command again: it
+resumes from the last backup. When training completes the backup is deleted.
+
+  ./tools/bazel run //backup_restore/examples:fit_trainer -- \
+      --backup_dir=/tmp/fit_trainer_backup --epochs=5 --save_freq=10
+
+The last line printed summarises the run, e.g.
+  RESULT epochs_run=3 resumed_from=epoch:2,batch:0 final_loss=0.0123
+"""
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_BACKUP_DIR = flags.DEFINE_string(
+    "backup_dir", None, "Directory for the backups (created if missing)."
+)
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs to train.", lower_bound=1)
+_STEPS_PER_EPOCH = flags.DEFINE_integer(
+    "steps_per_epoch",
+    None,
+    "Batches per epoch; default: one pass over the data.",
+    lower_bound=1,
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 16, "Batch size.", lower_bound=1
+)
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 256, "Synthetic samples.", lower_bound=1
+)
+_SAVE_FREQ = flags.DEFINE_string(
+    "save_freq", "epoch", "'epoch' or a number of batches between backups."
+)
+_DELETE_CHECKPOINT = flags.DEFINE_bool(
+    "delete_checkpoint", True, "Delete the backup when training completes."
+)
+_INPUT = flags.DEFINE_enum(
+    "input",
+    "numpy",
+    ["numpy", "dataset", "dataset_repeat"],
+    "Input pipeline: numpy arrays, a finite tf.data.Dataset, or a repeated "
+    "one (needs --steps_per_epoch).",
+)
+_SHUFFLE = flags.DEFINE_bool("shuffle", True, "Shuffle the training data.")
+_MODEL_SIZE = flags.DEFINE_enum(
+    "model_size", "small", ["tiny", "small", "large"], "Model size."
+)
+_DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout rate.", lower_bound=0.0)
+_STEPS_PER_EXECUTION = flags.DEFINE_integer(
+    "steps_per_execution",
+    1,
+    "Model.compile steps_per_execution.",
+    lower_bound=1,
+)
+_SEED = flags.DEFINE_integer("seed", 1, "Random seed.")
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", True, "tf.config.experimental.enable_op_determinism()."
+)
+_FAIL_AT_STEP = flags.DEFINE_integer(
+    "fail_at_step",
+    None,
+    "Fail after this many batches of this run (counted from the start of "
+    "this process), to demonstrate a crash.",
+    lower_bound=1,
+)
+_FAIL_WITH = flags.DEFINE_enum(
+    "fail_with",
+    "sigkill",
+    ["sigkill", "sigterm", "exception", "pause"],
+    "How --fail_at_step fails: a real signal to this process, a Python "
+    "exception, or 'pause': print PAUSED and wait for an external signal.",
+)
+_KILL_AT_BACKUP_STAGE = flags.DEFINE_enum(
+    "kill_at_backup_stage",
+    None,
+    [
+        "before_data",
+        "data_written",
+        "half_written",
+        "before_commit",
+        "committed",
+    ],
+    "SIGKILL this process at this stage of writing backup number "
+    "--kill_at_backup_number (half_written: truncate the data file first).",
+)
+_KILL_AT_BACKUP_NUMBER = flags.DEFINE_integer(
+    "kill_at_backup_number",
+    1,
+    "Which backup of this run to kill in.",
+    lower_bound=1,
+)
+_RESULT_FILE = flags.DEFINE_string(
+    "result_file", None, "Write the run's outcome as JSON here."
+)
+
+
+def _save_freq(value: str):
+    if value == "epoch":
+        return "epoch"
+    try:
+        return int(value)
+    except ValueError:
+        raise app.UsageError(
+            f"--save_freq must be 'epoch' or an integer, got {value!r}"
+        ) from None
+
+
+def _user_path(path: str) -> str:
+    # Under `bazel run` the working directory is the runfiles tree.
+    base = os.environ.get("BUILD_WORKING_DIRECTORY", "")
+    if "://" in path or os.path.isabs(path) or not base:
+        return path
+    return os.path.join(base, path)
+
+
+def _install_backup_stage_kill(stage: str, number: int):
+    from backup_restore._src import faults  # test/demo hook, private API
+
+    target = "data_written" if stage == "half_written" else stage
+    seen = {"n": 0}
+
+    def hook(reached, path):
+        if reached == faults.BEFORE_DATA:
+            seen["n"] += 1
+        if reached != target or seen["n"] != number:
+            return
+        if stage == "half_written":
+            for name in os.listdir(path):
+                if ".data-" in name:
+                    full = os.path.join(path, name)
+                    os.truncate(full, os.path.getsize(full) // 2)
+        print(f"KILLING at backup stage {stage} in {path}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    faults.set_hook(hook)
+
+
+def _failure_callback(tf_keras, at_step: int, how: str):
+    class Fail(tf_keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self._batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._batches += 1
+            if self._batches != at_step:
+                return
+            print(f"FAILING after {at_step} batches with {how}", flush=True)
+            if how == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif how == "pause":
+                print("PAUSED", flush=True)
+                while True:
+                    time.sleep(1)
+            else:
+                raise RuntimeError(
+                    f"--fail_at_step={at_step}: simulated failure"
+                )
+
+    return Fail()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not _BACKUP_DIR.value:
+        raise app.UsageError("--backup_dir is required.")
+    if _INPUT.value == "dataset_repeat" and not _STEPS_PER_EPOCH.value:
+        raise app.UsageError("--input=dataset_repeat needs --steps_per_epoch.")
+    save_freq = _save_freq(_SAVE_FREQ.value)
+
+    import tensorflow as tf  # here, not at the top: keeps --help fast
+    import tf_keras
+
+    import backup_restore
+    from backup_restore.examples import synthetic
+
+    tf_keras.utils.set_random_seed(_SEED.value)
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()
+    if _KILL_AT_BACKUP_STAGE.value:
+        _install_backup_stage_kill(
+            _KILL_AT_BACKUP_STAGE.value, _KILL_AT_BACKUP_NUMBER.value
+        )
+
+    backup = backup_restore.BackupAndRestore(
+        _user_path(_BACKUP_DIR.value),
+        save_freq=save_freq,
+        delete_checkpoint=_DELETE_CHECKPOINT.value,
+    )
+    callbacks = [backup]
+    if _FAIL_AT_STEP.value:
+        callbacks.append(
+            _failure_callback(tf_keras, _FAIL_AT_STEP.value, _FAIL_WITH.value)
+        )
+    model = synthetic.regression_model(
+        _MODEL_SIZE.value,
+        dropout=_DROPOUT.value,
+        steps_per_execution=_STEPS_PER_EXECUTION.value,
+    )
+    fit_kwargs = dict(
+        epochs=_EPOCHS.value,
+        steps_per_epoch=_STEPS_PER_EPOCH.value,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    if _INPUT.value == "numpy":
+        x, y = synthetic.regression_data(_NUM_SAMPLES.value, seed=_SEED.value)
+        fit_kwargs.update(
+            x=x, y=y, batch_size=_BATCH_SIZE.value, shuffle=_SHUFFLE.value
+        )
+    else:
+        fit_kwargs["x"] = synthetic.regression_dataset(
+            _NUM_SAMPLES.value,
+            _BATCH_SIZE.value,
+            seed=_SEED.value,
+            shuffle_seed=_SEED.value if _SHUFFLE.value else None,
+            repeat=_INPUT.value == "dataset_repeat",
+        )
+    history = model.fit(**fit_kwargs)
+
+    weights = [w.numpy() for w in model.weights]
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(w.tobytes())
+    resumed = backup.resumed_from
+    result = {
+        "epochs_run": len(history.epoch),
+        "history_epochs": history.epoch,
+        "history": history.history,
+        "resumed_from": list(resumed) if resumed else None,
+        "weights_sha256": digest.hexdigest(),
+        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+        "final_loss": history.history["loss"][-1] if history.epoch else None,
+    }
+    if _RESULT_FILE.value:
+        with open(_user_path(_RESULT_FILE.value), "w") as f:
+            json.dump(result, f)
+    logging.info("Training finished: %s", result["epochs_run"])
+    where = f"epoch:{resumed[0]},batch:{resumed[1]}" if resumed else "none"
+    loss = result["final_loss"]
+    loss_text = f"{loss:.6g}" if loss is not None else "none"
+    print(
+        f"RESULT epochs_run={result['epochs_run']} resumed_from={where} "
+        f"final_loss={loss_text}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

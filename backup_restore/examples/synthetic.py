@@ -1,0 +1,69 @@
+"""Embedded synthetic data and small models for the examples and tests.
+
+No downloads: the data is a learnable linear regression with noise, generated
+from a seed.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+# Hidden layer widths per model size. "large" is about 1M parameters.
+MODEL_SIZES = {
+    "tiny": (8,),
+    "small": (32, 32),
+    "large": (1024, 512, 256),
+}
+INPUT_DIM = 16
+
+
+def regression_data(num_samples: int, seed: int = 0):
+    """Returns float32 (x, y): y = x @ w + 0.1 * noise, learnable."""
+    rng = np.random.RandomState(seed)
+    x = rng.normal(size=(num_samples, INPUT_DIM)).astype("float32")
+    w = rng.normal(size=(INPUT_DIM, 1)).astype("float32")
+    y = x @ w + 0.1 * rng.normal(size=(num_samples, 1)).astype("float32")
+    return x, y.astype("float32")
+
+
+def regression_dataset(
+    num_samples: int,
+    batch_size: int,
+    seed: int = 0,
+    shuffle_seed: int | None = None,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """The same data as a tf.data.Dataset, optionally shuffled and repeated."""
+    x, y = regression_data(num_samples, seed)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(
+            num_samples, seed=shuffle_seed, reshuffle_each_iteration=True
+        )
+    ds = ds.batch(batch_size)
+    return ds.repeat() if repeat else ds
+
+
+def regression_model(
+    size: str = "small",
+    dropout: float = 0.0,
+    learning_rate: float = 0.01,
+    build: bool = True,
+    steps_per_execution: int = 1,
+) -> tf_keras.Model:
+    """A compiled MLP regressor (Adam, MSE)."""
+    layers = []
+    if build:
+        layers.append(tf_keras.Input(shape=(INPUT_DIM,)))
+    for width in MODEL_SIZES[size]:
+        layers.append(tf_keras.layers.Dense(width, activation="relu"))
+        if dropout:
+            layers.append(tf_keras.layers.Dropout(dropout))
+    layers.append(tf_keras.layers.Dense(1))
+    model = tf_keras.Sequential(layers)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(learning_rate),
+        loss="mse",
+        steps_per_execution=steps_per_execution,
+    )
+    return model
