@@ -167,12 +167,11 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._save_at_epoch_end = False
         self._iterator = None
         self._iterator_batches = 0
-        self._recreated = None  # does fit() make a new iterator per epoch?
-        self._calls_in_epoch = 0
         self._epochs_begun = 0
         self._pending_skip = 0
         self._resume = None  # (epoch, step) restored from a backup
         self._restored_epochs = []
+        self._metric_states = None
         self._store.cleanup()
         info = self._store.latest()
         if info is not None:
@@ -182,7 +181,6 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_batches = 0
-        self._calls_in_epoch = 0
         if self._epochs_begun == 0:
             # History.on_train_begin (it runs after this callback's) cleared
             # its epoch list; put the restored epochs back in front.
@@ -191,6 +189,8 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 history.epoch = list(self._restored_epochs) + history.epoch
             if self._resume is not None and self._resume[0] == epoch:
                 self._epoch_batches = self._resume[1]
+                if self._metric_states:
+                    self._restore_metric_states()
         self._epochs_begun += 1
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -234,15 +234,10 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     def _wrap(self, train_function):
         def train_function_with_position(iterator):
             if iterator is not self._iterator:
-                if self._iterator is not None:
-                    self._recreated = True
                 self._iterator = iterator
                 self._iterator_batches = 0
                 if self._pending_skip:
                     self._skip(iterator, self._pending_skip)
-            elif self._calls_in_epoch == 0 and self._epochs_begun > 1:
-                self._recreated = False
-            self._calls_in_epoch += 1
             return train_function(iterator)
 
         return train_function_with_position
@@ -260,6 +255,22 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             time.monotonic() - start,
         )
 
+    def _restore_metric_states(self):
+        # fit() has just reset the metrics for this epoch; put back what the
+        # batches trained before the backup had accumulated.
+        handler = keras_adapter.fit_data_handler()
+        keras_adapter.build_compiled_metrics(self.model, handler)
+        missing = keras_state.restore_metric_states(
+            self.model, self._metric_states
+        )
+        if missing:
+            logging.warning(
+                "Could not restore the state of metric(s) %s: this epoch's "
+                "logged values for them cover only the batches after resuming.",
+                ", ".join(missing),
+            )
+        self._metric_states = None
+
     def _history_state(self, epoch_logs):
         history = self.model.history
         epochs = list(getattr(history, "epoch", []) or [])
@@ -275,23 +286,22 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         return keras_state.to_json_value({"epoch": epochs, "history": values})
 
     def _write(self, epoch, step, epoch_logs):
-        recreated = self._recreated
-        if recreated is None and step == 0 and self._iterator is not None:
-            recreated = keras_adapter.recreated_per_epoch(
-                self._iterator, self._epoch_batches
-            )
         metadata = {
             "position": {
                 "epoch": epoch,
                 "step": step,
+                # Batches drawn from fit()'s current data iterator. A resumed
+                # run skips them in its own iterator, except at an epoch
+                # boundary when fit() starts every epoch with a new iterator.
                 "iterator_batches": self._iterator_batches,
-                "recreated_per_epoch": recreated,
             },
             "fingerprint": keras_state.fingerprint(
                 self.model, self._optimizer_fp
             ),
             "build_config": keras_state.build_config(self.model),
             "history": self._history_state(epoch_logs),
+            # Mid-epoch, the metrics hold the epoch's running values.
+            "metrics": keras_state.metric_states(self.model) if step else [],
             "written_at": time.time(),
             "versions": {
                 "tensorflow": tf.__version__,
@@ -338,10 +348,15 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         status.assert_existing_objects_matched()
         position = metadata["position"]
         epoch, step = int(position["epoch"]), int(position["step"])
-        if step > 0 or not position["recreated_per_epoch"]:
+        handler = keras_adapter.fit_data_handler()
+        if handler is None:
+            raise RuntimeError(
+                "BackupAndRestore.on_train_begin must run inside Model.fit()."
+            )
+        if step > 0 or not keras_adapter.recreates_iterator_per_epoch(handler):
             self._pending_skip = int(position["iterator_batches"])
         self._resume = (epoch, step)
-        self._recreated = position["recreated_per_epoch"]
+        self._metric_states = metadata.get("metrics")
         keras_adapter.set_initial_counters(model, epoch, step)
         restored = metadata.get("history") or {"epoch": [], "history": {}}
         self._restored_epochs = list(restored["epoch"])

@@ -13,15 +13,22 @@ touches, and why:
   called as `train_function(iterator)` once per step (or per
   `steps_per_execution` batches). Wrapping it lets the callback see the
   iterator `fit()` uses and skip the batches already trained on resume.
-- `OwnedIterator._dataset` / `DistributedIterator._cardinality`: the
-  cardinality of the dataset behind an iterator, to tell whether `fit()`
-  creates a new iterator every epoch (see `recreated_per_epoch`).
+- `Model.compiled_loss` / `Model.compiled_metrics` and their `build()`: fit()
+  builds them at its first step; a mid-epoch resume must restore the metric
+  state before that step, so `build_compiled_metrics` builds them earlier from
+  the dataset's element_spec.
+- fit()'s local `data_handler` (a `DataHandler`), read from fit's stack frame,
+  and its `_adapter.should_recreate_iterator()`: whether `fit()` creates a new
+  iterator every epoch, which decides how many batches to skip on resume.
 
 adapter_contract_test.py fails loudly when any of this changes in tf-keras.
 """
 
+import sys
+
 import tensorflow as tf
 import tf_keras
+from tf_keras.src.engine import data_adapter
 
 # The tf-keras version these internals were verified against.
 VERIFIED_TF_KERAS_VERSION = "2.21.0"
@@ -65,36 +72,49 @@ def wrap_train_function(model: tf_keras.Model, make_wrapper) -> None:
     model.train_function = make_wrapper(original)
 
 
-def iterator_cardinality(iterator) -> int | None:
-    """The cardinality of the dataset behind a fit() iterator, if known.
+def fit_data_handler():
+    """The DataHandler of the `Model.fit()` call on this thread's stack.
 
-    Returns a non-negative count, tf.data.INFINITE_CARDINALITY (-1), or None
-    when unknown.
+    tf-keras keeps it in a local variable of `fit()`; this reads it (never
+    modifies it) from fit's frame. Returns None when not called under fit().
     """
-    dataset = getattr(iterator, "_dataset", None)
-    if isinstance(dataset, tf.data.Dataset):
-        value = int(dataset.cardinality().numpy())
-    else:
-        value = getattr(iterator, "_cardinality", None)
-        if value is None:
-            return None
-        value = int(value)
-    if value == tf.data.UNKNOWN_CARDINALITY:
-        return None
-    return value
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "fit":
+            handler = frame.f_locals.get("data_handler")
+            if isinstance(handler, data_adapter.DataHandler):
+                return handler
+        frame = frame.f_back
+    return None
 
 
-def recreated_per_epoch(iterator, batches_in_epoch: int) -> bool:
-    """Whether fit() makes a new iterator each epoch for this input.
+def recreates_iterator_per_epoch(data_handler) -> bool:
+    """Whether fit() makes a new data iterator at every epoch.
 
-    tf-keras recreates it for a `tf.data.Dataset` given without
-    `steps_per_epoch` (or with exactly its size); numpy arrays, generators,
-    Sequences and repeated datasets use one iterator for all epochs. An
-    iterator over exactly one epoch of data is the first kind; an infinite or
-    multi-epoch one the second. Unknown cardinality comes from a finite
-    dataset without `steps_per_epoch`: the first kind.
+    tf-keras does for a `tf.data.Dataset` given without `steps_per_epoch`;
+    numpy arrays, generators, Sequences and repeated datasets use one iterator
+    for all epochs.
     """
-    cardinality = iterator_cardinality(iterator)
-    if cardinality is None:
-        return True
-    return cardinality == batches_in_epoch
+    return bool(data_handler._adapter.should_recreate_iterator())
+
+
+def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
+    """Creates the compiled loss and metric objects now, as fit() would later.
+
+    The output structure comes from tracing (not running) the model on the
+    dataset's element_spec; no state changes.
+    """
+    loss, metrics = model.compiled_loss, model.compiled_metrics
+    if (loss is None or loss.built) and (metrics is None or metrics.built):
+        return
+    spec = data_handler._dataset.element_spec
+    x, y, _ = data_adapter.unpack_x_y_sample_weight(spec)
+    y_pred = (
+        tf.function(lambda inputs: model(inputs, training=False))
+        .get_concrete_function(x)
+        .structured_outputs
+    )
+    if loss is not None and not loss.built:
+        loss.build(y_pred)
+    if metrics is not None and not metrics.built:
+        metrics.build(y_pred, y)

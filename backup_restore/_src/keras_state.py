@@ -107,3 +107,30 @@ def fingerprint(model: tf_keras.Model, optimizer_part: dict) -> dict:
         "variables": variables_fingerprint(model),
         "optimizer": optimizer_part,
     }
+
+
+def metric_states(model: tf_keras.Model) -> list:
+    """The variables of every metric of the model, as JSON lists."""
+    return [
+        {
+            "name": metric.name,
+            "variables": [v.numpy().tolist() for v in metric.variables],
+        }
+        for metric in model.metrics
+    ]
+
+
+def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
+    """Assigns saved metric variables by metric name; returns unknown names."""
+    by_name = {m.name: m for m in model.metrics}
+    missing = []
+    for state in states:
+        metric = by_name.get(state["name"])
+        if metric is None or len(metric.variables) != len(state["variables"]):
+            missing.append(state["name"])
+            continue
+        for variable, value in zip(
+            metric.variables, state["variables"], strict=True
+        ):
+            variable.assign(np.asarray(value, dtype=variable.dtype.name))
+    return missing

@@ -1,0 +1,151 @@
+"""Contract test: the tf-keras internals keras_adapter.py relies on.
+
+When tf-keras changes, this fails loudly here, naming the internal that moved,
+instead of making backups silently wrong.
+"""
+
+import numpy as np
+import tf_keras
+from absl.testing import absltest
+
+from backup_restore._src import keras_adapter
+from backup_restore.examples import synthetic
+from testing import device
+
+
+class _Probe(tf_keras.callbacks.Callback):
+    """Runs `check(model)` in on_train_begin and records epochs/batches."""
+
+    def __init__(self, check):
+        super().__init__()
+        self._check = check
+        self.epochs, self.batches, self.seen = [], [], {}
+
+    def on_train_begin(self, logs=None):
+        self._check(self.model, self.seen)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batches.append(batch)
+
+
+class AdapterContractTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+        self.x, self.y = synthetic.regression_data(32)
+        self.model = synthetic.regression_model("tiny")
+
+    def _fit(self, check, **kwargs):
+        probe = _Probe(check)
+        kwargs.setdefault("x", self.x)
+        kwargs.setdefault("y", self.y)
+        if isinstance(kwargs["x"], np.ndarray):
+            kwargs.setdefault("batch_size", 8)
+        self.model.fit(epochs=3, verbose=0, callbacks=[probe], **kwargs)
+        return probe
+
+    def test_pinned_version(self):
+        self.assertEqual(
+            tf_keras.__version__,
+            keras_adapter.VERIFIED_TF_KERAS_VERSION,
+            "tf-keras changed: re-verify every internal in keras_adapter.py, "
+            "then update VERIFIED_TF_KERAS_VERSION and requirements.txt",
+        )
+
+    def test_training_state_hook_sets_initial_epoch_and_step(self):
+        self.assertTrue(hasattr(self.model, "_training_state"))
+        self.assertIsNone(self.model._training_state)
+        probe = self._fit(
+            lambda m, _: keras_adapter.set_initial_counters(m, 1, 2)
+        )
+        self.assertEqual(probe.epochs, [1, 2])
+        self.assertEqual(probe.batches[:3], [2, 3, 0])
+        keras_adapter.clear_initial_counters(self.model)
+        self.assertIsNone(self.model._training_state)
+
+    def test_train_function_exists_in_on_train_begin_and_gets_iterators(self):
+        calls = []
+
+        def check(model, seen):
+            def wrapper(original):
+                def wrapped(iterator):
+                    calls.append(iterator)
+                    return original(iterator)
+
+                return wrapped
+
+            keras_adapter.wrap_train_function(model, wrapper)
+
+        self._fit(check)
+        self.assertLen(calls, 12)  # 32 / 8 = 4 batches x 3 epochs
+        self.assertTrue(all(hasattr(it, "get_next") for it in calls))
+
+    def test_fit_data_handler_and_iterator_recreation(self):
+        def check(model, seen):
+            handler = keras_adapter.fit_data_handler()
+            seen["handler"] = handler
+            seen["recreate"] = keras_adapter.recreates_iterator_per_epoch(
+                handler
+            )
+            seen["spec"] = handler._dataset.element_spec
+
+        numpy_fit = self._fit(check)
+        self.assertIsNotNone(numpy_fit.seen["handler"])
+        self.assertFalse(numpy_fit.seen["recreate"])
+        self.assertLen(numpy_fit.seen["spec"], 2)  # (x, y)
+        dataset = synthetic.regression_dataset(32, 8)
+        self.assertTrue(self._fit(check, x=dataset, y=None).seen["recreate"])
+        repeated = synthetic.regression_dataset(32, 8, repeat=True)
+        self.assertFalse(
+            self._fit(check, x=repeated, y=None, steps_per_epoch=4).seen[
+                "recreate"
+            ]
+        )
+        self.assertIsNone(keras_adapter.fit_data_handler())
+
+    def test_compiled_metrics_can_be_built_before_the_first_step(self):
+        model = synthetic.regression_model("tiny")
+        model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+        self.model = model
+
+        def check(m, seen):
+            self.assertFalse(m.compiled_loss.built)
+            self.assertEqual(m.metrics, [])
+            keras_adapter.build_compiled_metrics(
+                m, keras_adapter.fit_data_handler()
+            )
+            seen["names"] = [metric.name for metric in m.metrics]
+            seen["variables"] = sum(len(x.variables) for x in m.metrics)
+
+        probe = self._fit(check)
+        self.assertEqual(probe.seen["names"], ["loss", "mae"])
+        self.assertEqual(probe.seen["variables"], 4)
+
+    def test_model_history_is_this_fits_history_in_on_train_begin(self):
+        def check(model, seen):
+            seen["history"] = model.history
+
+        probe = self._fit(check)
+        history = self.model.history
+        self.assertIs(probe.seen["history"], history)
+        self.assertEqual(history.epoch, [0, 1, 2])
+
+    def test_callbacks_run_in_list_order_history_last(self):
+        order = []
+
+        class Mark(tf_keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                order.append("mine")
+                self.model.history.epoch = ["set by mine"]
+
+        self.model.fit(self.x, self.y, epochs=1, verbose=0, callbacks=[Mark()])
+        # History.on_train_begin ran after ours and reset its epoch list.
+        self.assertEqual(order, ["mine"])
+        self.assertEqual(self.model.history.epoch, [0])
+
+
+if __name__ == "__main__":
+    absltest.main()

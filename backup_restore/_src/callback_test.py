@@ -1,0 +1,356 @@
+"""In-process tests of BackupAndRestore in Model.fit()."""
+
+import os
+import re
+import uuid
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import backup_restore
+from backup_restore.examples import synthetic
+from testing import device
+from testing import keras_callbacks
+
+EPOCHS = 3
+SAMPLES = 64
+BATCH = 16  # 4 batches per epoch
+
+
+def _model(**kwargs):
+    tf_keras.utils.set_random_seed(7)
+    return synthetic.regression_model("tiny", **kwargs)
+
+
+def _fit(model, callbacks, epochs=EPOCHS, **kwargs):
+    x, y = synthetic.regression_data(SAMPLES, seed=3)
+    return model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=epochs,
+        verbose=0,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def _weights(model):
+    return [w.numpy() for w in model.weights]
+
+
+class CallbackTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        device.skip_if_device_absent()
+        tf.config.experimental.enable_op_determinism()
+
+    def setUp(self):
+        super().setUp()
+        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
+
+    def _reference(self, **fit_kwargs):
+        model = _model()
+        history = _fit(model, [keras_callbacks.Recorder()], **fit_kwargs)
+        return model, history
+
+    def _interrupted_then_resumed(self, save_freq, interrupt_at, **kw):
+        model = _model()
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                model,
+                [
+                    backup_restore.BackupAndRestore(self.dir, save_freq),
+                    keras_callbacks.InterruptAt(interrupt_at),
+                ],
+                **kw,
+            )
+        self.assertTrue(tf.io.gfile.isdir(self.dir))
+        resumed = _model()
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq)
+        recorder = keras_callbacks.Recorder()
+        history = _fit(resumed, [callback, recorder], **kw)
+        return resumed, history, callback, recorder
+
+    # -- resume -------------------------------------------------------------
+
+    @parameterized.named_parameters(
+        # 4 batches per epoch; interrupted after 6 batches = epoch 1, batch 2.
+        ("epoch", "epoch", 6, (1, 0)),
+        ("every_3_batches", 3, 7, (1, 2)),
+        # A save due at an epoch's last batch is written at the epoch's end.
+        ("every_4_batches_at_epoch_end", 4, 6, (1, 0)),
+        ("every_5_batches", 5, 11, (2, 2)),
+    )
+    def test_resumes_where_the_backup_was_and_matches(
+        self, save_freq, interrupt_at, expected
+    ):
+        ref_model, ref_history = self._reference()
+        model, history, callback, recorder = self._interrupted_then_resumed(
+            save_freq, interrupt_at
+        )
+        self.assertEqual(callback.resumed_from, expected)
+        epoch, batch = expected
+        self.assertEqual(recorder.epochs, list(range(epoch, EPOCHS)))
+        self.assertEqual(recorder.batches[0], (epoch, batch))
+        # History covers every epoch, as if never interrupted.
+        self.assertEqual(history.epoch, list(range(EPOCHS)))
+        self.assertEqual(history.history, ref_history.history)
+        for got, want in zip(_weights(model), _weights(ref_model), strict=True):
+            np.testing.assert_array_equal(got, want)
+        self.assertEqual(
+            int(model.optimizer.iterations.numpy()),
+            int(ref_model.optimizer.iterations.numpy()),
+        )
+        self.assertFalse(os.path.exists(self.dir), "deleted on completion")
+
+    def test_no_backup_starts_fresh_and_deletes_at_end(self):
+        callback = backup_restore.BackupAndRestore(self.dir)
+        history = _fit(_model(), [callback])
+        self.assertIsNone(callback.resumed_from)
+        self.assertLen(history.epoch, EPOCHS)
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_delete_checkpoint_false_keeps_the_backup(self):
+        _fit(
+            _model(),
+            [
+                backup_restore.BackupAndRestore(
+                    self.dir, delete_checkpoint=False
+                )
+            ],
+        )
+        self.assertEqual(os.listdir(self.dir), ["backup-00000003"])
+        # Running the same job again finds it complete: no epoch runs.
+        callback = backup_restore.BackupAndRestore(
+            self.dir, delete_checkpoint=False
+        )
+        recorder = keras_callbacks.Recorder()
+        history = _fit(_model(), [callback, recorder])
+        self.assertEqual(callback.resumed_from, (EPOCHS, 0))
+        self.assertEqual(recorder.epochs, [])
+        self.assertEqual(history.epoch, list(range(EPOCHS)))
+
+    def test_foreign_files_survive_completion(self):
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, "notes.txt"), "w") as f:
+            f.write("mine")
+        _fit(_model(), [backup_restore.BackupAndRestore(self.dir)])
+        self.assertEqual(os.listdir(self.dir), ["notes.txt"])
+
+    def test_ram_filesystem(self):
+        self.dir = f"ram://callback_test/{uuid.uuid4().hex}"
+        ref_model, _ = self._reference()
+        model, _, callback, _ = self._interrupted_then_resumed("epoch", 6)
+        self.assertEqual(callback.resumed_from, (1, 0))
+        for got, want in zip(_weights(model), _weights(ref_model), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+    def test_unbuilt_model_is_built_and_restored(self):
+        x, y = synthetic.regression_data(SAMPLES, seed=3)
+
+        def unbuilt():
+            tf_keras.utils.set_random_seed(7)
+            return synthetic.regression_model("tiny", build=False)
+
+        ref = unbuilt()
+        ref.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0)
+        model = unbuilt()
+        with self.assertRaises(keras_callbacks.Interrupted):
+            model.fit(
+                x,
+                y,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=[
+                    backup_restore.BackupAndRestore(self.dir),
+                    keras_callbacks.InterruptAt(6),
+                ],
+            )
+        resumed = unbuilt()
+        self.assertFalse(resumed.built)
+        callback = backup_restore.BackupAndRestore(self.dir)
+        resumed.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=EPOCHS,
+            verbose=0,
+            callbacks=[callback],
+        )
+        self.assertEqual(callback.resumed_from, (1, 0))
+        for got, want in zip(_weights(resumed), _weights(ref), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+    # -- refusing a backup --------------------------------------------------
+
+    def _leave_a_backup(self):
+        _fit(
+            _model(),
+            [
+                backup_restore.BackupAndRestore(
+                    self.dir, delete_checkpoint=False
+                )
+            ],
+            epochs=1,
+        )
+        return sorted(os.listdir(self.dir))
+
+    def _assert_refused(self, model, *patterns):
+        before = self._leave_a_backup()
+        weights = _weights(model)
+        with self.assertRaises(backup_restore.BackupMismatchError) as cm:
+            _fit(model, [backup_restore.BackupAndRestore(self.dir)])
+        for pattern in patterns:
+            self.assertRegex(str(cm.exception), pattern)
+        self.assertEqual(sorted(os.listdir(self.dir)), before, "nothing lost")
+        for got, want in zip(_weights(model), weights, strict=True):
+            np.testing.assert_array_equal(got, want)  # nothing half-restored
+
+    def test_changed_layer_is_refused_with_what_differs(self):
+        tf_keras.utils.set_random_seed(7)
+        model = tf_keras.Sequential(
+            [
+                tf_keras.Input(shape=(synthetic.INPUT_DIM,)),
+                tf_keras.layers.Dense(9, activation="relu"),
+                tf_keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse")
+        self._assert_refused(
+            model, r"weight #0: backup .*\[16, 8\], model .*\[16, 9\]"
+        )
+
+    def test_changed_dtype_is_refused(self):
+        tf_keras.utils.set_random_seed(7)
+        model = tf_keras.Sequential(
+            [
+                tf_keras.Input(shape=(synthetic.INPUT_DIM,)),
+                tf_keras.layers.Dense(8, activation="relu", dtype="float64"),
+                tf_keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse")
+        self._assert_refused(model, r"float32\[16, 8\], model .*float64")
+
+    def test_extra_layer_is_refused(self):
+        tf_keras.utils.set_random_seed(7)
+        model = tf_keras.Sequential(
+            [
+                tf_keras.Input(shape=(synthetic.INPUT_DIM,)),
+                tf_keras.layers.Dense(8, activation="relu"),
+                tf_keras.layers.Dense(4, activation="relu"),
+                tf_keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse")
+        self._assert_refused(model, "number of weights: backup 4, model 6")
+
+    def test_changed_optimizer_config_is_refused(self):
+        self._assert_refused(
+            _model(learning_rate=0.5),
+            r"optimizer config 'learning_rate': backup 0.0099.*, model 0.5",
+        )
+
+    def test_changed_optimizer_class_is_refused(self):
+        model = _model()
+        model.compile(optimizer=tf_keras.optimizers.SGD(0.01), loss="mse")
+        self._assert_refused(model, r"optimizer class: backup .*Adam.*SGD")
+
+    def test_corrupt_backup_is_refused_and_kept(self):
+        self._leave_a_backup()
+        backup = os.path.join(self.dir, "backup-00000001")
+        data = next(n for n in os.listdir(backup) if ".data-" in n)
+        with open(os.path.join(backup, data), "r+b") as f:
+            f.seek(10)
+            byte = f.read(1)
+            f.seek(10)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        with self.assertRaisesRegex(
+            backup_restore.BackupCorruptError, "CRC-32"
+        ):
+            _fit(_model(), [backup_restore.BackupAndRestore(self.dir)])
+        self.assertTrue(os.path.exists(os.path.join(backup, data)))
+
+    # -- arguments ----------------------------------------------------------
+
+    @parameterized.named_parameters(
+        ("zero", 0),
+        ("negative", -3),
+        ("float", 2.5),
+        ("bool_true", True),
+        ("none", None),
+        ("other_string", "batch"),
+    )
+    def test_invalid_save_freq(self, save_freq):
+        with self.assertRaisesRegex(ValueError, "save_freq must be"):
+            backup_restore.BackupAndRestore(self.dir, save_freq=save_freq)
+        self.assertFalse(os.path.exists(self.dir), "nothing created")
+
+    def test_save_freq_false_needs_save_before_preemption(self):
+        with self.assertRaisesRegex(ValueError, "save_before_preemption"):
+            backup_restore.BackupAndRestore(self.dir, save_freq=False)
+
+    def test_save_before_preemption_is_not_supported_yet(self):
+        with self.assertRaisesRegex(NotImplementedError, "not supported yet"):
+            backup_restore.BackupAndRestore(
+                self.dir, save_before_preemption=True
+            )
+
+    def test_invalid_backup_dir(self):
+        for bad, exc in [
+            (None, ValueError),
+            ("", ValueError),
+            (3, TypeError),
+            (self.create_tempfile().full_path, ValueError),
+        ]:
+            with self.subTest(bad=bad), self.assertRaises(exc):
+                backup_restore.BackupAndRestore(bad)
+
+    def test_unknown_kwargs_warn_once_naming_them(self):
+        with self.assertLogs(logging.get_absl_logger(), "WARNING") as logs:
+            backup_restore.BackupAndRestore(
+                self.dir, future_option=1, another=2
+            )
+        self.assertLen(logs.output, 1)
+        self.assertIn("another, future_option", logs.output[0])
+
+    def test_factory_and_signature_match_tf_keras(self):
+        callback = backup_restore.callback_backup_and_restore(
+            self.dir, save_freq=2, delete_checkpoint=False
+        )
+        self.assertIsInstance(callback, backup_restore.BackupAndRestore)
+        self.assertIsInstance(callback, tf_keras.callbacks.Callback)
+        self.assertEqual(callback.save_freq, 2)
+        self.assertFalse(callback.delete_checkpoint)
+        # Positional order is tf-keras's.
+        positional = backup_restore.BackupAndRestore(self.dir, 3, False, False)
+        self.assertEqual(positional.save_freq, 3)
+        self.assertFalse(positional.delete_checkpoint)
+
+    def test_uncompiled_model_is_a_clear_error(self):
+        model = tf_keras.Sequential([tf_keras.layers.Dense(1)])
+        callback = backup_restore.BackupAndRestore(self.dir)
+        callback.set_model(model)
+        with self.assertRaisesRegex(ValueError, "compile"):
+            callback.on_train_begin()
+
+    def test_docstring_example_runs(self):
+        doc = backup_restore.BackupAndRestore.__doc__
+        (code,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+        code = "\n".join(line[4:] for line in code.splitlines())
+        example_dir = "/tmp/backup_restore_docstring_example"
+        self.assertIn(example_dir, code)
+        code = code.replace(example_dir, self.dir)
+        exec(compile(code, "BackupAndRestore docstring", "exec"), {})
+        self.assertFalse(os.path.exists(self.dir))
+
+
+if __name__ == "__main__":
+    absltest.main()

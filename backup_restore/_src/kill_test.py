@@ -1,0 +1,165 @@
+"""Crash safety with real processes and real signals.
+
+Each case runs the example trainer in a child process, kills it (SIGKILL or
+SIGTERM) at a chosen batch or at a chosen stage of a backup write, then runs
+the same command again to completion. The rerun must resume from the last
+committed backup and end with the weights and History of an uninterrupted run.
+"""
+
+import os
+import signal
+
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from testing import device
+from testing import procs
+
+# 64 samples / batch 16 = 4 batches per epoch, 3 epochs.
+_ARGS = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=5"]
+
+
+def _trainer():
+    return procs.runfile("backup_restore/examples/fit_trainer")
+
+
+class KillTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        device.skip_if_device_absent()
+        cls.references = {}
+
+    def setUp(self):
+        super().setUp()
+        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
+
+    def _reference(self, save_freq):
+        # Backups do not change training, but cache per save_freq anyway so a
+        # difference would show up as a mismatch, not be hidden.
+        if save_freq not in self.references:
+            run = procs.run(
+                _trainer(), [*_ARGS, f"--backup_dir={self.dir}-ref"]
+            )
+            self.assertEqual(run.returncode, 0, run.describe())
+            self.references[save_freq] = run.result
+        return self.references[save_freq]
+
+    def _args(self, save_freq, *extra):
+        return [
+            *_ARGS,
+            f"--backup_dir={self.dir}",
+            f"--save_freq={save_freq}",
+            *extra,
+        ]
+
+    def _killed(self, save_freq, *extra, sig=signal.SIGKILL):
+        run = procs.run(_trainer(), self._args(save_freq, *extra))
+        self.assertEqual(run.killed_by, sig, run.describe())
+        self.assertIsNone(run.result)
+        return run
+
+    def _finish(self, save_freq, expected_resume):
+        reference = self._reference(save_freq)
+        run = procs.run(_trainer(), self._args(save_freq))
+        self.assertEqual(run.returncode, 0, run.describe())
+        result = run.result
+        self.assertEqual(
+            result["resumed_from"], list(expected_resume), run.describe()
+        )
+        self.assertEqual(result["weights_sha256"], reference["weights_sha256"])
+        self.assertEqual(
+            result["optimizer_iterations"], reference["optimizer_iterations"]
+        )
+        self.assertEqual(result["history"], reference["history"])
+        self.assertEqual(result["history_epochs"], [0, 1, 2])
+        self.assertFalse(os.path.exists(self.dir), "deleted on completion")
+        return run
+
+    def _names(self):
+        return sorted(os.listdir(self.dir))
+
+    # -- kills at chosen batches --------------------------------------------
+
+    @parameterized.named_parameters(
+        # Killed after 8 batches: the end-of-epoch-1 backup was not yet
+        # written (on_epoch_end comes after the last batch).
+        ("epoch_saves_at_epoch_boundary", "epoch", 8, (1, 0)),
+        ("epoch_saves_mid_epoch", "epoch", 6, (1, 0)),
+        ("step_saves_mid_epoch", "3", 7, (1, 2)),
+        ("step_saves_right_after_a_save", "3", 9, (2, 1)),
+        ("during_first_epoch_nothing_saved", "epoch", 2, None),
+    )
+    def test_sigkill_at_batch(self, save_freq, batch, expected):
+        self._killed(save_freq, f"--fail_at_step={batch}")
+        if expected is None:
+            self.assertFalse(
+                os.path.exists(self.dir) and self._names(), "no backup yet"
+            )
+            run = procs.run(_trainer(), self._args(save_freq))
+            self.assertEqual(run.returncode, 0, run.describe())
+            self.assertIsNone(run.result["resumed_from"])
+            return
+        self._finish(save_freq, expected)
+
+    def test_killed_twice(self):
+        # Run 1: backup after batch 3 = (0, 3); killed after batch 5.
+        self._killed("3", "--fail_at_step=5")
+        # Run 2 resumes at overall batch 3, backs up 3 batches later (overall
+        # batch 6 = (1, 2)) and is killed 4 batches in (overall batch 7).
+        self._killed("3", "--fail_at_step=4")
+        self._finish("3", (1, 2))
+
+    @parameterized.named_parameters(
+        ("sigkill", signal.SIGKILL), ("sigterm", signal.SIGTERM)
+    )
+    def test_external_signal_at_a_paused_step(self, sig):
+        run = procs.run_and_signal_at_pause(
+            _trainer(),
+            self._args("3", "--fail_at_step=7", "--fail_with=pause"),
+            sig=sig,
+        )
+        self.assertEqual(run.killed_by, sig, run.describe())
+        self._finish("3", (1, 2))
+
+    # -- kills at every stage of a backup write ------------------------------
+
+    @parameterized.named_parameters(
+        # Killed while writing the 2nd backup (end of epoch 1); the 1st (end
+        # of epoch 0) is the last committed one, except once committed.
+        ("before_data", "before_data", (1, 0), True),
+        ("data_written", "data_written", (1, 0), True),
+        ("half_written_data", "half_written", (1, 0), True),
+        ("written_not_committed", "before_commit", (1, 0), True),
+        ("committed_previous_not_deleted", "committed", (2, 0), False),
+    )
+    def test_sigkill_during_backup_write(self, stage, expected, leftover):
+        run = self._killed(
+            "epoch",
+            f"--kill_at_backup_stage={stage}",
+            "--kill_at_backup_number=2",
+        )
+        self.assertIn(f"KILLING at backup stage {stage}", run.stdout)
+        names = self._names()
+        if leftover:
+            self.assertLen(names, 2)
+            self.assertIn("backup-00000001", names)
+            self.assertTrue(names[0].startswith(".tmp-backup-00000002-"), names)
+        else:
+            self.assertEqual(names, ["backup-00000001", "backup-00000002"])
+        self._finish("epoch", expected)
+
+    def test_ram_filesystem_survives_an_in_process_restart_only(self):
+        # ram:// lives in the process: a killed process loses it. This is a
+        # property of that filesystem, asserted so that nobody relies on it.
+        run = procs.run(
+            _trainer(),
+            [*_ARGS, "--backup_dir=ram://kill_test/x", "--fail_at_step=6"],
+        )
+        self.assertEqual(run.killed_by, signal.SIGKILL, run.describe())
+        self.assertFalse(tf.io.gfile.exists("ram://kill_test/x"))
+
+
+if __name__ == "__main__":
+    absltest.main()

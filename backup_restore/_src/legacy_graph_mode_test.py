@@ -1,0 +1,23 @@
+"""With eager execution disabled (TF1 graph mode) the callback refuses."""
+
+import tensorflow as tf
+from absl.testing import absltest
+
+import backup_restore
+from testing import device
+
+
+class LegacyGraphModeTest(absltest.TestCase):
+    def test_constructing_raises_a_clear_value_error(self):
+        device.skip_if_device_absent()
+        self.assertFalse(tf.executing_eagerly())
+        with self.assertRaisesRegex(
+            ValueError, r"eager execution is disabled.*TF2 mode"
+        ):
+            backup_restore.BackupAndRestore(self.create_tempdir().full_path)
+
+
+if __name__ == "__main__":
+    # Process-wide and irreversible: hence a test binary of its own.
+    tf.compat.v1.disable_eager_execution()
+    absltest.main()

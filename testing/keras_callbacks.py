@@ -1,0 +1,42 @@
+"""Callbacks that tests use to interrupt and observe Model.fit()."""
+
+import tf_keras
+
+
+class Interrupted(Exception):
+    """Raised by InterruptAt: stands in for a crash inside fit()."""
+
+
+class InterruptAt(tf_keras.callbacks.Callback):
+    """Raises Interrupted after `batches` batches of this fit() call.
+
+    Place it after BackupAndRestore in the callbacks list so that a backup due
+    at the same batch is written first, as in a crash right after it.
+    """
+
+    def __init__(self, batches: int):
+        super().__init__()
+        self._at = batches
+        self._seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen += 1
+        if self._seen == self._at:
+            raise Interrupted(f"interrupted after {self._seen} batches")
+
+
+class Recorder(tf_keras.callbacks.Callback):
+    """Records the epochs and (epoch, batch) steps fit() runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.batches = []
+        self._epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self.epochs.append(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batches.append((self._epoch, batch))
