@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from backup_restore._src import callback_states
 from backup_restore._src import errors
 from backup_restore._src import keras_adapter
 from backup_restore._src import keras_state
@@ -135,7 +136,6 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self.save_freq = save_freq
         self.delete_checkpoint = delete_checkpoint
         self.save_before_preemption = save_before_preemption
-        self._checkpoint = None
         self._resume = None
 
     @property
@@ -156,10 +156,11 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "BackupAndRestore needs a compiled model: call model.compile() "
                 "before model.fit()."
             )
+        # Run after every other callback, so that a backup taken at the end
+        # of a batch or an epoch holds their state after that batch or epoch
+        # (EarlyStopping's patience, History's new entry, stop_training).
+        self._others = keras_adapter.run_last(self)
         self._optimizer_fp = keras_state.optimizer_fingerprint(model.optimizer)
-        self._checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer
-        )
         self._epoch = 0
         self._epoch_batches = 0
         self._batch_start = 0
@@ -167,13 +168,16 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._save_at_epoch_end = False
         self._iterator = None
         self._iterator_batches = 0
-        self._epochs_begun = 0
+        self._first_epoch = True
         self._pending_skip = 0
-        self._resume = None  # (epoch, step) restored from a backup
-        self._restored_epochs = []
-        self._metric_states = None
+        self._resume = None
+        self._restored = None  # metadata to apply at the first epoch begin
+        self._warn_about_legacy_rng(model)
         self._store.cleanup()
         info = self._store.latest()
+        if info is not None and not model.built:
+            self._build_from_backup(info)
+        self._random_generators = keras_adapter.layer_random_generators(model)
         if info is not None:
             self._restore(info)
         keras_adapter.wrap_train_function(model, self._wrap)
@@ -181,17 +185,12 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_batches = 0
-        if self._epochs_begun == 0:
-            # History.on_train_begin (it runs after this callback's) cleared
-            # its epoch list; put the restored epochs back in front.
-            history = self.model.history
-            if self._restored_epochs and history is not None:
-                history.epoch = list(self._restored_epochs) + history.epoch
-            if self._resume is not None and self._resume[0] == epoch:
-                self._epoch_batches = self._resume[1]
-                if self._metric_states:
-                    self._restore_metric_states()
-        self._epochs_begun += 1
+        if self._first_epoch:
+            self._first_epoch = False
+            if self._restored is not None:
+                # Every on_train_begin has run (resetting their state) and
+                # fit() has reset the metrics: now put the state back.
+                self._apply_restored_state(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._batch_start = batch
@@ -209,27 +208,27 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # with its logs, so that resuming starts the next epoch cleanly.
             self._save_at_epoch_end = True
             return
-        self._write(self._epoch, self._epoch_batches, epoch_logs=None)
+        self._write(self._epoch, self._epoch_batches)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._policy.at_epoch_end or self._save_at_epoch_end:
-            self._write(epoch + 1, 0, epoch_logs=(epoch, logs or {}))
+            self._write(epoch + 1, 0)
             self._save_at_epoch_end = False
 
     def on_train_end(self, logs=None):
         keras_adapter.clear_initial_counters(self.model)
-        history = self.model.history
-        if self._epochs_begun == 0 and self._restored_epochs and history:
-            history.epoch = list(self._restored_epochs)
+        if self._first_epoch and self._restored is not None:
+            # Nothing left to train (the backup was taken at the end): fit()
+            # still returns the complete History.
+            self._apply_restored_state(None)
         if self.delete_checkpoint:
             self._store.delete_all()
             logging.info(
                 "Training completed; deleted the backups in %s.",
                 self.backup_dir,
             )
-        self._checkpoint = None
 
-    # -- internals ----------------------------------------------------------
+    # -- backing up ---------------------------------------------------------
 
     def _wrap(self, train_function):
         def train_function_with_position(iterator):
@@ -242,50 +241,23 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
         return train_function_with_position
 
-    def _skip(self, iterator, count):
-        """Advances a fresh iterator past the batches trained before."""
-        start = time.monotonic()
-        for _ in range(count):
-            next(iterator)
-        self._iterator_batches = count
-        self._pending_skip = 0
-        logging.info(
-            "Skipped %d already-trained batches in %.2f s.",
-            count,
-            time.monotonic() - start,
+    def _checkpoint(self, callback_tensors):
+        """What a backup holds in tensors."""
+        return tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.model.optimizer,
+            layer_random_generators=self._random_generators,
+            callback_tensors=callback_tensors,
         )
 
-    def _restore_metric_states(self):
-        # fit() has just reset the metrics for this epoch; put back what the
-        # batches trained before the backup had accumulated.
-        handler = keras_adapter.fit_data_handler()
-        keras_adapter.build_compiled_metrics(self.model, handler)
-        missing = keras_state.restore_metric_states(
-            self.model, self._metric_states
+    def _fingerprint(self):
+        return keras_state.fingerprint(
+            self.model, self._optimizer_fp, len(self._random_generators)
         )
-        if missing:
-            logging.warning(
-                "Could not restore the state of metric(s) %s: this epoch's "
-                "logged values for them cover only the batches after resuming.",
-                ", ".join(missing),
-            )
-        self._metric_states = None
 
-    def _history_state(self, epoch_logs):
+    def _write(self, epoch, step):
         history = self.model.history
-        epochs = list(getattr(history, "epoch", []) or [])
-        values = {
-            k: list(v)
-            for k, v in (getattr(history, "history", {}) or {}).items()
-        }
-        if epoch_logs is not None:
-            epoch, logs = epoch_logs
-            epochs.append(epoch)
-            for k, v in logs.items():
-                values.setdefault(k, []).append(v)
-        return keras_state.to_json_value({"epoch": epochs, "history": values})
-
-    def _write(self, epoch, step, epoch_logs):
+        states, tensors = callback_states.collect(self._others)
         metadata = {
             "position": {
                 "epoch": epoch,
@@ -294,42 +266,63 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 # run skips them in its own iterator, except at an epoch
                 # boundary when fit() starts every epoch with a new iterator.
                 "iterator_batches": self._iterator_batches,
+                "stop_training": bool(self.model.stop_training),
             },
-            "fingerprint": keras_state.fingerprint(
-                self.model, self._optimizer_fp
-            ),
+            "fingerprint": self._fingerprint(),
             "build_config": keras_state.build_config(self.model),
-            "history": self._history_state(epoch_logs),
+            "history": keras_state.to_json_value(
+                {"epoch": history.epoch, "history": history.history}
+            ),
             # Mid-epoch, the metrics hold the epoch's running values.
             "metrics": keras_state.metric_states(self.model) if step else [],
+            "callbacks": states,
+            "callback_tensors": callback_states.tensor_spec(tensors),
             "written_at": time.time(),
             "versions": {
                 "tensorflow": tf.__version__,
                 "tf_keras": tf_keras.__version__,
             },
         }
-        info = self._store.write(self._checkpoint, metadata)
+        checkpoint = self._checkpoint(callback_states.holder(tensors=tensors))
+        info = self._store.write(checkpoint, metadata)
         self._since_save = 0
         logging.info(
             "Backed up epoch %d, batch %d to %s.", epoch, step, info.path
         )
 
+    # -- restoring ----------------------------------------------------------
+
+    def _warn_about_legacy_rng(self, model):
+        legacy_rng = keras_adapter.legacy_rng_layers(model)
+        if legacy_rng:
+            logging.warning(
+                "Layer(s) %s draw random numbers from tf-keras's legacy "
+                "stateful RNG, whose state cannot be backed up: after a "
+                "resume they draw different values than an uninterrupted run "
+                "would. For an exact resume, call tf_keras.backend."
+                "experimental.enable_tf_random_generator() before building "
+                "the model.",
+                ", ".join(legacy_rng),
+            )
+
+    def _build_from_backup(self, info):
+        config = info.metadata.get("build_config")
+        if config is None:
+            raise ValueError(
+                f"The model is not built, and the backup {info.path} does "
+                "not record how to build it, so its weights cannot be "
+                "restored. Build the model before fit(): give it an "
+                "Input/input_shape, or call model.build(input_shape)."
+            )
+        self.model.build_from_config(config)
+
     def _restore(self, info):
         start = time.monotonic()
         model = self.model
         metadata = info.metadata
-        if not model.built:
-            config = metadata.get("build_config")
-            if config is None:
-                raise ValueError(
-                    f"The model is not built, and the backup {info.path} does "
-                    "not record how to build it, so its weights cannot be "
-                    "restored. Build the model before fit(): give it an "
-                    "Input/input_shape, or call model.build(input_shape)."
-                )
-            model.build_from_config(config)
-        current = keras_state.fingerprint(model, self._optimizer_fp)
-        problems = keras_state.diff(metadata["fingerprint"], current)
+        problems = keras_state.diff(
+            metadata["fingerprint"], self._fingerprint()
+        )
         if problems:
             raise errors.BackupMismatchError(
                 f"The backup in {info.path} was written by a different model "
@@ -344,26 +337,37 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # Create slot variables now so that they are restored here, not
             # lazily at the first step.
             optimizer.build(model.trainable_variables)
-        status = self._store.restore(self._checkpoint, info)
+        tensors = callback_states.holder(spec=metadata["callback_tensors"])
+        status = self._store.restore(self._checkpoint(tensors), info)
         status.assert_existing_objects_matched()
+        self._restored_tensors = tensors.tensors
+        self._restored_learning_rate = keras_state.learning_rate(optimizer)
+
         position = metadata["position"]
         epoch, step = int(position["epoch"]), int(position["step"])
         handler = keras_adapter.fit_data_handler()
-        if handler is None:
-            raise RuntimeError(
-                "BackupAndRestore.on_train_begin must run inside Model.fit()."
+        if keras_adapter.recreates_iterator_per_epoch(handler):
+            # A new iterator every epoch: bring the pipeline to epoch `epoch`,
+            # then skip the batches of that epoch already trained.
+            keras_adapter.replay_epochs(
+                handler, epoch - keras_adapter.user_initial_epoch(handler)
             )
-        if step > 0 or not keras_adapter.recreates_iterator_per_epoch(handler):
+            self._pending_skip = step
+        else:
+            # One iterator for all epochs: skip everything drawn from it.
             self._pending_skip = int(position["iterator_batches"])
         self._resume = (epoch, step)
-        self._metric_states = metadata.get("metrics")
-        keras_adapter.set_initial_counters(model, epoch, step)
-        restored = metadata.get("history") or {"epoch": [], "history": {}}
-        self._restored_epochs = list(restored["epoch"])
-        if model.history is not None:
-            model.history.history = {
-                k: list(v) for k, v in restored["history"].items()
-            }
+        start_epoch = epoch
+        if position["stop_training"]:
+            # A callback had stopped training (EarlyStopping): nothing to run.
+            start_epoch = self.params["epochs"]
+        keras_adapter.set_initial_counters(model, start_epoch, step)
+        self._restored = metadata
+        # History.history survives History.on_train_begin; its epoch list
+        # does not and is put back at the first epoch.
+        model.history.history = {
+            k: list(v) for k, v in metadata["history"]["history"].items()
+        }
         logging.info(
             "Restored backup %s (written %s): resuming at epoch %d, batch %d; "
             "took %.2f s.",
@@ -375,6 +379,59 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             step,
             time.monotonic() - start,
         )
+
+    def _apply_restored_state(self, epoch):
+        metadata, self._restored = self._restored, None
+        history = self.model.history
+        history.epoch = list(metadata["history"]["epoch"]) + history.epoch
+        unmatched = callback_states.restore(
+            self._others,
+            metadata["callbacks"],
+            self._restored_tensors,
+            metadata["history"],
+        )
+        if unmatched:
+            logging.warning(
+                "The backup holds state for callback(s) %s that this fit() "
+                "was not given; it is ignored.",
+                ", ".join(unmatched),
+            )
+        if epoch is not None and self._resume[1] > 0:
+            # Mid-epoch: fit() ran every on_epoch_begin of this epoch again;
+            # a LearningRateScheduler may have applied its schedule to the
+            # restored rate a second time. Every other callback has run by
+            # now (this one runs last): put the backed-up rate back.
+            if self._restored_learning_rate is not None:
+                self.model.optimizer.learning_rate = (
+                    self._restored_learning_rate
+                )
+            self._epoch_batches = self._resume[1]
+            if metadata["metrics"]:
+                self._restore_metric_states(metadata["metrics"])
+
+    def _skip(self, iterator, count):
+        """Advances a fresh iterator past the batches trained before."""
+        start = time.monotonic()
+        for _ in range(count):
+            next(iterator)
+        self._iterator_batches = count
+        self._pending_skip = 0
+        logging.info(
+            "Skipped %d already-trained batches in %.2f s.",
+            count,
+            time.monotonic() - start,
+        )
+
+    def _restore_metric_states(self, states):
+        handler = keras_adapter.fit_data_handler()
+        keras_adapter.build_compiled_metrics(self.model, handler)
+        missing = keras_state.restore_metric_states(self.model, states)
+        if missing:
+            logging.warning(
+                "Could not restore the state of metric(s) %s: this epoch's "
+                "logged values for them cover only the batches after resuming.",
+                ", ".join(missing),
+            )
 
 
 def callback_backup_and_restore(backup_dir, **kwargs) -> BackupAndRestore:

@@ -20,10 +20,23 @@ touches, and why:
 - fit()'s local `data_handler` (a `DataHandler`), read from fit's stack frame,
   and its `_adapter.should_recreate_iterator()`: whether `fit()` creates a new
   iterator every epoch, which decides how many batches to skip on resume.
+- `DataHandler._dataset` / `._adapter`, and `KerasSequenceAdapter`'s
+  `_shuffle_sequence` / `_keras_sequence`: `replay_epochs` brings a per-epoch
+  input pipeline to where the skipped epochs would have left it.
+- fit()'s local `callbacks` (a `CallbackList`) and its `.callbacks` list: the
+  callback moves itself to the end, so that each backup sees the state of
+  every other callback after the same batch or epoch.
+- `ModelCheckpoint._batches_seen_since_last_saving` / `._last_batch_seen`:
+  its batch-level save counters, backed up with its other state.
+- `BaseRandomLayer._random_generator` (a `backend.RandomGenerator`), its
+  `_rng_type` and `_generator`: layer randomness (Dropout, ...). tf-keras
+  deliberately leaves it out of checkpoints; `layer_random_generators` hands
+  the `tf.random.Generator`s to the backup so that they are saved too.
 
 adapter_contract_test.py fails loudly when any of this changes in tf-keras.
 """
 
+import random
 import sys
 
 import tensorflow as tf
@@ -78,14 +91,53 @@ def fit_data_handler():
     tf-keras keeps it in a local variable of `fit()`; this reads it (never
     modifies it) from fit's frame. Returns None when not called under fit().
     """
-    frame = sys._getframe(1)
+    return _fit_local("data_handler", data_adapter.DataHandler)
+
+
+def _fit_local(name, cls):
+    frame = sys._getframe(2)
     while frame is not None:
         if frame.f_code.co_name == "fit":
-            handler = frame.f_locals.get("data_handler")
-            if isinstance(handler, data_adapter.DataHandler):
-                return handler
+            value = frame.f_locals.get(name)
+            if isinstance(value, cls):
+                return value
         frame = frame.f_back
     return None
+
+
+def fit_callback_list():
+    """The CallbackList of the `Model.fit()` call on this thread's stack."""
+    return _fit_local("callbacks", tf_keras.callbacks.CallbackList)
+
+
+def run_last(callback) -> list:
+    """Makes `callback` the last of fit()'s callbacks; returns the others."""
+    callback_list = fit_callback_list()
+    if callback_list is None:
+        raise RuntimeError("run_last must be called from inside Model.fit().")
+    others = [c for c in callback_list.callbacks if c is not callback]
+    # A new list: CallbackList is iterating over the old one right now (this
+    # runs inside on_train_begin), and must finish it unchanged.
+    callback_list.callbacks = [*others, callback]
+    return others
+
+
+# Attributes that make up the state of tf-keras's built-in callbacks.
+BUILTIN_CALLBACK_STATE = {
+    tf_keras.callbacks.EarlyStopping: (
+        "wait",
+        "stopped_epoch",
+        "best",
+        "best_epoch",
+    ),
+    tf_keras.callbacks.ReduceLROnPlateau: ("wait", "cooldown_counter", "best"),
+    tf_keras.callbacks.ModelCheckpoint: (
+        "best",
+        "epochs_since_last_save",
+        "_batches_seen_since_last_saving",
+        "_last_batch_seen",
+    ),
+}
 
 
 def recreates_iterator_per_epoch(data_handler) -> bool:
@@ -118,3 +170,65 @@ def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
         loss.build(y_pred)
     if metrics is not None and not metrics.built:
         metrics.build(y_pred, y)
+
+
+def replay_epochs(data_handler, count: int) -> None:
+    """Advances a per-epoch input pipeline by `count` epochs without training.
+
+    For inputs that get a new iterator every epoch, what orders epoch k lives
+    outside the checkpoint: the reshuffle seed generator of a
+    `Dataset.shuffle(seed=...)` advances once per iterator created, fit's
+    Sequence shuffle draws from Python's `random` once per epoch, and a
+    Sequence may reorder itself in `on_epoch_end`. Doing the same `count`
+    times makes the resumed epoch see what the uninterrupted run saw.
+    """
+    adapter = data_handler._adapter
+    dataset = data_handler._dataset
+    for _ in range(count):
+        iter(dataset)  # draws the next reshuffle seeds; never read
+        if isinstance(adapter, data_adapter.KerasSequenceAdapter):
+            if adapter._shuffle_sequence:
+                random.shuffle(list(range(len(adapter._keras_sequence))))
+        adapter.on_epoch_end()
+
+
+def user_initial_epoch(data_handler) -> int:
+    """The `initial_epoch` the user passed to fit() (before any resume)."""
+    return int(data_handler._initial_epoch)
+
+
+def legacy_rng_layers(model: tf_keras.Model) -> list[str]:
+    """Names of layers whose RNG state cannot be backed up.
+
+    tf-keras layers such as Dropout draw from a `backend.RandomGenerator`. Its
+    legacy stateful mode uses stateful random ops whose state lives in the op
+    kernels, not in variables; only the "stateful" mode (a tf.random.Generator,
+    enabled by `tf_keras.backend.experimental.enable_tf_random_generator()`)
+    is saved with the model and restored exactly.
+    """
+    names = []
+    for layer in model.submodules:
+        generator = getattr(layer, "_random_generator", None)
+        rng_type = getattr(generator, "_rng_type", None)
+        if rng_type == getattr(generator, "RNG_LEGACY_STATEFUL", object()):
+            names.append(getattr(layer, "name", type(layer).__name__))
+    return names
+
+
+def layer_random_generators(model: tf_keras.Model) -> list:
+    """The tf.random.Generator of every layer that has one, in a fixed order.
+
+    Only layers whose RandomGenerator is in "stateful" mode (the default once
+    `enable_tf_random_generator()` was called) have one; it is created when
+    the layer is built.
+    """
+    generators = []
+    for layer in model.submodules:
+        random_generator = getattr(layer, "_random_generator", None)
+        if random_generator is None:
+            continue
+        random_generator._maybe_init()
+        generator = getattr(random_generator, "_generator", None)
+        if isinstance(generator, tf.random.Generator):
+            generators.append(generator)
+    return generators

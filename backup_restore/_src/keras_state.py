@@ -84,6 +84,13 @@ def diff(backup: dict, current: dict) -> list[str]:
             problems.append(
                 f"weight #{i}: backup {_describe(b)}, model {_describe(c)}"
             )
+    if backup["random_generators"] != current["random_generators"]:
+        problems.append(
+            f"layer random generators (Dropout, ...): backup "
+            f"{backup['random_generators']}, model "
+            f"{current['random_generators']} (was enable_tf_random_generator() "
+            "called in one run and not the other?)"
+        )
     bo, co = backup["optimizer"], current["optimizer"]
     if bo["class"] != co["class"]:
         problems.append(
@@ -101,11 +108,14 @@ def diff(backup: dict, current: dict) -> list[str]:
     return problems
 
 
-def fingerprint(model: tf_keras.Model, optimizer_part: dict) -> dict:
+def fingerprint(
+    model: tf_keras.Model, optimizer_part: dict, random_generators: int
+) -> dict:
     return {
         "model_class": type(model).__name__,
         "variables": variables_fingerprint(model),
         "optimizer": optimizer_part,
+        "random_generators": random_generators,
     }
 
 
@@ -134,3 +144,14 @@ def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
         ):
             variable.assign(np.asarray(value, dtype=variable.dtype.name))
     return missing
+
+
+def learning_rate(optimizer):
+    """The optimizer's learning rate if it is a number (not a schedule)."""
+    value = getattr(optimizer, "learning_rate", None)
+    if isinstance(value, tf_keras.optimizers.schedules.LearningRateSchedule):
+        return None
+    try:
+        return float(np.asarray(value))
+    except (TypeError, ValueError):
+        return None

@@ -88,7 +88,11 @@ class KillTest(parameterized.TestCase):
         ("epoch_saves_at_epoch_boundary", "epoch", 8, (1, 0)),
         ("epoch_saves_mid_epoch", "epoch", 6, (1, 0)),
         ("step_saves_mid_epoch", "3", 7, (1, 2)),
-        ("step_saves_right_after_a_save", "3", 9, (2, 1)),
+        # BackupAndRestore runs after every other callback, so a crash in
+        # another callback's on_train_batch_end(9) comes before the backup
+        # due at batch 9.
+        ("step_saves_just_before_a_save", "3", 9, (1, 2)),
+        ("step_saves_just_after_a_save", "3", 10, (2, 1)),
         ("during_first_epoch_nothing_saved", "epoch", 2, None),
     )
     def test_sigkill_at_batch(self, save_freq, batch, expected):

@@ -47,9 +47,10 @@ _DELETE_CHECKPOINT = flags.DEFINE_bool(
 _INPUT = flags.DEFINE_enum(
     "input",
     "numpy",
-    ["numpy", "dataset", "dataset_repeat"],
-    "Input pipeline: numpy arrays, a finite tf.data.Dataset, or a repeated "
-    "one (needs --steps_per_epoch).",
+    ["numpy", "dataset", "dataset_repeat", "sequence", "generator"],
+    "Input pipeline: numpy arrays, a finite tf.data.Dataset, a repeated one "
+    "(needs --steps_per_epoch), a keras Sequence, or a Python generator "
+    "(needs --steps_per_epoch).",
 )
 _SHUFFLE = flags.DEFINE_bool("shuffle", True, "Shuffle the training data.")
 _MODEL_SIZE = flags.DEFINE_enum(
@@ -63,6 +64,12 @@ _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     lower_bound=1,
 )
 _SEED = flags.DEFINE_integer("seed", 1, "Random seed.")
+_TF_RANDOM_GENERATOR = flags.DEFINE_bool(
+    "tf_random_generator",
+    True,
+    "Call tf_keras.backend.experimental.enable_tf_random_generator(), so "
+    "that layer randomness (Dropout) is backed up and resumes exactly.",
+)
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", True, "tf.config.experimental.enable_op_determinism()."
 )
@@ -177,8 +184,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not _BACKUP_DIR.value:
         raise app.UsageError("--backup_dir is required.")
-    if _INPUT.value == "dataset_repeat" and not _STEPS_PER_EPOCH.value:
-        raise app.UsageError("--input=dataset_repeat needs --steps_per_epoch.")
+    if (
+        _INPUT.value in ("dataset_repeat", "generator")
+        and not _STEPS_PER_EPOCH.value
+    ):
+        raise app.UsageError(f"--input={_INPUT.value} needs --steps_per_epoch.")
     save_freq = _save_freq(_SAVE_FREQ.value)
 
     import tensorflow as tf  # here, not at the top: keeps --help fast
@@ -187,6 +197,8 @@ def main(argv):
     import backup_restore
     from backup_restore.examples import synthetic
 
+    if _TF_RANDOM_GENERATOR.value:
+        tf_keras.backend.experimental.enable_tf_random_generator()
     tf_keras.utils.set_random_seed(_SEED.value)
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
@@ -220,6 +232,18 @@ def main(argv):
         x, y = synthetic.regression_data(_NUM_SAMPLES.value, seed=_SEED.value)
         fit_kwargs.update(
             x=x, y=y, batch_size=_BATCH_SIZE.value, shuffle=_SHUFFLE.value
+        )
+    elif _INPUT.value == "sequence":
+        fit_kwargs["x"] = synthetic.RegressionSequence(
+            _NUM_SAMPLES.value,
+            _BATCH_SIZE.value,
+            seed=_SEED.value,
+            shuffle=_SHUFFLE.value,
+        )
+        fit_kwargs["shuffle"] = _SHUFFLE.value
+    elif _INPUT.value == "generator":
+        fit_kwargs["x"] = synthetic.regression_generator(
+            _NUM_SAMPLES.value, _BATCH_SIZE.value, seed=_SEED.value
         )
     else:
         fit_kwargs["x"] = synthetic.regression_dataset(

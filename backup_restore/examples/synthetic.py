@@ -67,3 +67,38 @@ def regression_model(
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+class RegressionSequence(tf_keras.utils.Sequence):
+    """The same data as a keras Sequence of batches.
+
+    `shuffle` reorders the batches at every epoch end with its own seeded
+    RandomState, so the order is reproducible.
+    """
+
+    def __init__(self, num_samples, batch_size, seed=0, shuffle=False):
+        super().__init__()
+        self._x, self._y = regression_data(num_samples, seed)
+        self._batch_size = batch_size
+        self._order = np.arange(len(self))
+        self._rng = np.random.RandomState(seed) if shuffle else None
+
+    def __len__(self):
+        return (len(self._x) + self._batch_size - 1) // self._batch_size
+
+    def __getitem__(self, index):
+        start = self._order[index] * self._batch_size
+        end = start + self._batch_size
+        return self._x[start:end], self._y[start:end]
+
+    def on_epoch_end(self):
+        if self._rng is not None:
+            self._rng.shuffle(self._order)
+
+
+def regression_generator(num_samples, batch_size, seed=0):
+    """The same data from a plain Python generator, looping forever."""
+    x, y = regression_data(num_samples, seed)
+    while True:
+        for start in range(0, num_samples, batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]

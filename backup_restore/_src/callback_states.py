@@ -1,0 +1,160 @@
+"""Backing up the state of the other callbacks of a fit() call.
+
+Restored so that a resumed run stops at the same epoch (EarlyStopping),
+follows the same learning-rate trajectory (ReduceLROnPlateau; a
+LearningRateScheduler's only state is the optimizer's learning rate, restored
+with the optimizer), keeps the same best model (ModelCheckpoint with
+save_best_only) and writes the same CSV file (CSVLogger: no lost or duplicate
+rows).
+
+User callbacks opt in with two methods, and their state must be JSON-
+serializable (nothing is ever pickled):
+
+    class MyCallback(tf_keras.callbacks.Callback):
+        def get_backup_state(self):
+            return {"seen": self.seen}
+
+        def set_backup_state(self, state):
+            self.seen = state["seen"]
+
+Callbacks are matched by class and by their position among callbacks of the
+same class, so the resumed job must pass the same callbacks.
+"""
+
+import json
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from backup_restore._src import keras_adapter
+from backup_restore._src import keras_state
+
+GET_STATE = "get_backup_state"
+SET_STATE = "set_backup_state"
+
+
+def _keys(callbacks):
+    counts = {}
+    for callback in callbacks:
+        name = f"{type(callback).__module__}.{type(callback).__qualname__}"
+        index = counts.get(name, 0)
+        counts[name] = index + 1
+        yield f"{name}#{index}", callback
+
+
+def _builtin_attrs(callback):
+    for cls, attrs in keras_adapter.BUILTIN_CALLBACK_STATE.items():
+        if isinstance(callback, cls):
+            return attrs
+    return None
+
+
+def _file_size(path):
+    try:
+        return tf.io.gfile.stat(path).length
+    except tf.errors.NotFoundError:
+        return 0
+
+
+def collect(callbacks) -> tuple[dict, dict]:
+    """Returns (JSON states by key, tensors by key) of the callbacks."""
+    states, tensors = {}, {}
+    for key, callback in _keys(callbacks):
+        if hasattr(callback, GET_STATE):
+            state = callback.get_backup_state()
+            try:
+                json.dumps(state, allow_nan=True)
+            except TypeError as e:
+                raise TypeError(
+                    f"{type(callback).__name__}.{GET_STATE}() must return "
+                    f"JSON-serializable data (nothing is pickled): {e}"
+                ) from e
+            states[key] = {"user": state}
+            continue
+        attrs = _builtin_attrs(callback)
+        if attrs is not None:
+            states[key] = {
+                "attrs": keras_state.to_json_value(
+                    {a: getattr(callback, a, None) for a in attrs}
+                )
+            }
+            best_weights = getattr(callback, "best_weights", None)
+            if best_weights is not None:
+                tensors[key] = [np.asarray(w) for w in best_weights]
+        elif isinstance(callback, tf_keras.callbacks.CSVLogger):
+            if getattr(callback, "csv_file", None) is not None:
+                callback.csv_file.flush()
+            states[key] = {
+                "csv_append": bool(callback.append),
+                "csv_size": _file_size(callback.filename),
+            }
+    return states, tensors
+
+
+def restore(callbacks, states, tensors, history) -> list[str]:
+    """Restores saved states; returns keys of saved states not matched.
+
+    Runs after every callback's on_train_begin (which resets their state).
+    """
+    unmatched = set(states)
+    for key, callback in _keys(callbacks):
+        state = states.get(key)
+        if state is None:
+            continue
+        unmatched.discard(key)
+        if "user" in state:
+            getattr(callback, SET_STATE)(state["user"])
+        elif "attrs" in state:
+            for attr, value in state["attrs"].items():
+                setattr(callback, attr, value)
+            if key in tensors:
+                callback.best_weights = [t.numpy() for t in tensors[key]]
+        elif "csv_append" in state:
+            _restore_csv(callback, state, history)
+    return sorted(unmatched)
+
+
+def _restore_csv(callback, state, history):
+    if callback.append:
+        # The file already holds the rows up to the backup, maybe more from
+        # after it: cut those, they are written again.
+        callback.csv_file.flush()
+        with tf.io.gfile.GFile(callback.filename, "rb") as f:
+            kept = f.read(state["csv_size"])
+        callback.csv_file.close()
+        with tf.io.gfile.GFile(callback.filename, "wb") as f:
+            f.write(kept)
+        callback.csv_file = tf.io.gfile.GFile(callback.filename, "a")
+        return
+    # on_train_begin truncated the file: write the restored epochs again,
+    # through CSVLogger's own code so that the rows are byte-identical.
+    for i, epoch in enumerate(history["epoch"]):
+        logs = {k: v[i] for k, v in history["history"].items() if i < len(v)}
+        callback.on_epoch_end(epoch, logs)
+
+
+def tensor_spec(tensors) -> dict:
+    return {
+        key: [[list(a.shape), a.dtype.name] for a in arrays]
+        for key, arrays in tensors.items()
+    }
+
+
+def holder(tensors=None, spec=None):
+    """A trackable holding callback tensors, from arrays or from a spec."""
+    module = tf.Module()
+    if tensors is not None:
+        module.tensors = {
+            key: [tf.Variable(a, trainable=False) for a in arrays]
+            for key, arrays in tensors.items()
+        }
+    else:
+        module.tensors = {
+            key: [
+                tf.Variable(tf.zeros(shape, dtype), trainable=False)
+                for shape, dtype in arrays
+            ]
+            for key, arrays in spec.items()
+        }
+    return module

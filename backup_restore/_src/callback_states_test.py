@@ -1,0 +1,209 @@
+"""Other callbacks' state survives an interruption (in-process fit)."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import backup_restore
+from backup_restore.examples import synthetic
+from testing import device
+from testing import keras_callbacks
+
+SAMPLES, BATCH = 64, 16  # 4 batches per epoch
+X, Y = synthetic.regression_data(SAMPLES, seed=3)
+
+
+class LearningRateLog(tf_keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
+class Counter(tf_keras.callbacks.Callback):
+    """A user callback that opts in to backups."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def get_backup_state(self):
+        return {"batches": self.batches}
+
+    def set_backup_state(self, state):
+        self.batches = state["batches"]
+
+
+def _run(make_callbacks, epochs, backup_dir=None, interrupt_at=None):
+    """Builds a fresh model and fits it; returns (model, history, callbacks)."""
+    tf_keras.utils.set_random_seed(11)
+    model = synthetic.regression_model("tiny")
+    callbacks = make_callbacks()
+    extra = []
+    if backup_dir:
+        extra.append(backup_restore.BackupAndRestore(backup_dir, save_freq=3))
+    if interrupt_at:
+        extra.append(keras_callbacks.InterruptAt(interrupt_at))
+    history = model.fit(
+        X,
+        Y,
+        batch_size=BATCH,
+        epochs=epochs,
+        verbose=0,
+        callbacks=extra + callbacks,  # ours first: it moves itself last
+    )
+    return model, history, callbacks
+
+
+class CallbackStatesTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        device.skip_if_device_absent()
+        tf.config.experimental.enable_op_determinism()
+
+    def _compare(self, make_callbacks, epochs, interrupt_at):
+        """Uninterrupted vs interrupted+resumed; returns both callback lists."""
+        ref_model, ref_history, ref_cbs = _run(make_callbacks, epochs)
+        backup_dir = os.path.join(self.create_tempdir().full_path, "b")
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _run(make_callbacks, epochs, backup_dir, interrupt_at)
+        model, history, cbs = _run(make_callbacks, epochs, backup_dir)
+        self.assertEqual(history.epoch, ref_history.epoch)
+        self.assertEqual(history.history, ref_history.history)
+        for got, want in zip(model.weights, ref_model.weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+        return ref_cbs, cbs
+
+    def test_early_stopping_stops_at_the_same_epoch(self):
+        def make():
+            # Never "improves" after epoch 0: stops after epoch 2.
+            return [
+                tf_keras.callbacks.EarlyStopping(
+                    monitor="loss",
+                    min_delta=1e9,
+                    patience=2,
+                    restore_best_weights=True,
+                )
+            ]
+
+        # Interrupted after 7 batches: last backup at batch 6 (epoch 1).
+        (ref,), (got,) = self._compare(make, epochs=8, interrupt_at=7)
+        self.assertEqual(ref.stopped_epoch, 2)
+        self.assertEqual(got.stopped_epoch, ref.stopped_epoch)
+        self.assertEqual(got.best, ref.best)
+        for a, b in zip(got.best_weights, ref.best_weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_reduce_lr_on_plateau_follows_the_same_trajectory(self):
+        def make():
+            return [
+                tf_keras.callbacks.ReduceLROnPlateau(
+                    monitor="loss", min_delta=1e9, patience=1, factor=0.5
+                ),
+                LearningRateLog(),
+            ]
+
+        (ref_plateau, ref_log), (plateau, log) = self._compare(
+            make, epochs=5, interrupt_at=10
+        )
+        self.assertLen(set(ref_log.rates), 5, "the LR changed every epoch")
+        self.assertEqual(plateau.wait, ref_plateau.wait)
+        self.assertEqual(plateau.cooldown_counter, ref_plateau.cooldown_counter)
+        # The log callback is not backed up: it saw the resumed epochs only.
+        self.assertEqual(log.rates, ref_log.rates[-len(log.rates) :])
+
+    def test_learning_rate_scheduler(self):
+        def make():
+            return [
+                tf_keras.callbacks.LearningRateScheduler(
+                    lambda epoch, lr: lr * 0.5
+                ),
+                LearningRateLog(),
+            ]
+
+        # Interrupted mid-epoch (batch 7; last backup at batch 6 = epoch 1,
+        # batch 2): on_epoch_begin(1) runs again on resume, and must not halve
+        # the restored learning rate a second time.
+        (_, ref_log), (_, log) = self._compare(make, epochs=4, interrupt_at=7)
+        self.assertEqual(log.rates, ref_log.rates[-len(log.rates) :])
+
+    def test_model_checkpoint_keeps_its_best(self):
+        tmp = self.create_tempdir().full_path
+
+        def make():
+            return [
+                tf_keras.callbacks.ModelCheckpoint(
+                    os.path.join(tmp, "best.weights.h5"),
+                    monitor="loss",
+                    save_best_only=True,
+                    save_weights_only=True,
+                    save_freq=3,
+                )
+            ]
+
+        (ref,), (got,) = self._compare(make, epochs=3, interrupt_at=7)
+        self.assertEqual(got.best, ref.best)
+        self.assertEqual(
+            got._batches_seen_since_last_saving,
+            ref._batches_seen_since_last_saving,
+        )
+
+    @parameterized.named_parameters(("truncate", False), ("append", True))
+    def test_csv_logger_file_is_identical(self, append):
+        tmp = self.create_tempdir().full_path
+        ref_path = os.path.join(tmp, "reference.csv")
+        job_path = os.path.join(tmp, "job.csv")  # interrupted, then resumed
+        calls = []
+        for path in (ref_path, job_path):
+            with open(path, "w") as f:
+                f.write("a row of an earlier job\n")
+
+        def make():
+            calls.append(None)
+            path = ref_path if len(calls) == 1 else job_path
+            return [tf_keras.callbacks.CSVLogger(path, append=append)]
+
+        # Interrupted after 10 batches: epochs 0 and 1 are in the CSV file,
+        # the last backup is at batch 9 (epoch 2, batch 1).
+        self._compare(make, epochs=3, interrupt_at=10)
+        with open(ref_path) as f:
+            want = f.read()
+        with open(job_path) as f:
+            got = f.read()
+        self.assertEqual(got, want)
+        # Append: the earlier row + 3 epochs (CSVLogger writes no header into
+        # a non-empty file). Truncate: header + 3 epochs.
+        self.assertEqual(want.count("\n"), 4)
+
+    def test_user_callback_opt_in(self):
+        (ref,), (got,) = self._compare(
+            lambda: [Counter()], epochs=3, interrupt_at=7
+        )
+        self.assertEqual(ref.batches, 12)
+        self.assertEqual(got.batches, 12)
+
+    def test_user_state_must_be_json(self):
+        class Bad(tf_keras.callbacks.Callback):
+            def get_backup_state(self):
+                return {"array": np.zeros(3)}
+
+            def set_backup_state(self, state):
+                pass
+
+        backup_dir = os.path.join(self.create_tempdir().full_path, "b")
+        with self.assertRaisesRegex(TypeError, "JSON-serializable"):
+            _run(lambda: [Bad()], 2, backup_dir)
+
+
+if __name__ == "__main__":
+    absltest.main()
