@@ -356,6 +356,17 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         else:
             # One iterator for all epochs: skip everything drawn from it.
             self._pending_skip = int(position["iterator_batches"])
+            if keras_adapter.is_python_generator_input(handler):
+                logging.warning(
+                    "The training input is a Python generator, which cannot "
+                    "be rewound: resuming skips the first %d batches it "
+                    "yields. That continues exactly where training stopped "
+                    "only if the generator yields the same batches from its "
+                    "start as in the interrupted run (deterministic, seeded "
+                    "code). Otherwise use a tf.data.Dataset or a "
+                    "keras.utils.Sequence.",
+                    self._pending_skip,
+                )
         self._resume = (epoch, step)
         start_epoch = epoch
         if position["stop_training"]:

@@ -16,7 +16,8 @@ touches, and why:
 - `Model.compiled_loss` / `Model.compiled_metrics` and their `build()`: fit()
   builds them at its first step; a mid-epoch resume must restore the metric
   state before that step, so `build_compiled_metrics` builds them earlier from
-  the dataset's element_spec.
+  the dataset's element_spec (one replica's `PerReplicaSpec._value_specs`
+  under a distribution strategy).
 - fit()'s local `data_handler` (a `DataHandler`), read from fit's stack frame,
   and its `_adapter.should_recreate_iterator()`: whether `fit()` creates a new
   iterator every epoch, which decides how many batches to skip on resume.
@@ -159,7 +160,11 @@ def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
     loss, metrics = model.compiled_loss, model.compiled_metrics
     if (loss is None or loss.built) and (metrics is None or metrics.built):
         return
-    spec = data_handler._dataset.element_spec
+    # A distributed dataset's elements are PerReplica: take one replica's.
+    spec = tf.nest.map_structure(
+        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
+        data_handler._dataset.element_spec,
+    )
     x, y, _ = data_adapter.unpack_x_y_sample_weight(spec)
     y_pred = (
         tf.function(lambda inputs: model(inputs, training=False))
@@ -190,6 +195,11 @@ def replay_epochs(data_handler, count: int) -> None:
             if adapter._shuffle_sequence:
                 random.shuffle(list(range(len(adapter._keras_sequence))))
         adapter.on_epoch_end()
+
+
+def is_python_generator_input(data_handler) -> bool:
+    """Whether fit() reads a plain Python generator (not a Sequence)."""
+    return type(data_handler._adapter) is data_adapter.GeneratorDataAdapter
 
 
 def user_initial_epoch(data_handler) -> int:

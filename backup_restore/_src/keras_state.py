@@ -120,11 +120,19 @@ def fingerprint(
 
 
 def metric_states(model: tf_keras.Model) -> list:
-    """The variables of every metric of the model, as JSON lists."""
+    """The variables of every metric of the model, as JSON lists.
+
+    Under a distribution strategy, metric variables are SyncOnRead: each
+    replica holds its own partial value. They are saved per replica, so that
+    a resumed epoch sums the same partial values in the same order.
+    """
+    local = model.distribute_strategy.experimental_local_results
     return [
         {
             "name": metric.name,
-            "variables": [v.numpy().tolist() for v in metric.variables],
+            "variables": [
+                [c.numpy().tolist() for c in local(v)] for v in metric.variables
+            ],
         }
         for metric in model.metrics
     ]
@@ -132,6 +140,7 @@ def metric_states(model: tf_keras.Model) -> list:
 
 def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
     """Assigns saved metric variables by metric name; returns unknown names."""
+    local = model.distribute_strategy.experimental_local_results
     by_name = {m.name: m for m in model.metrics}
     missing = []
     for state in states:
@@ -139,10 +148,19 @@ def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
         if metric is None or len(metric.variables) != len(state["variables"]):
             missing.append(state["name"])
             continue
-        for variable, value in zip(
+        for variable, replicas in zip(
             metric.variables, state["variables"], strict=True
         ):
-            variable.assign(np.asarray(value, dtype=variable.dtype.name))
+            dtype = variable.dtype.name
+            components = local(variable)
+            if len(components) == len(replicas):
+                for component, value in zip(components, replicas, strict=True):
+                    component.assign(np.asarray(value, dtype=dtype))
+            else:
+                # A different number of replicas than at backup time: keep
+                # the total (metric variables are SUM-aggregated).
+                total = np.sum(np.asarray(replicas, dtype=dtype), axis=0)
+                variable.assign(total)
     return missing
 
 

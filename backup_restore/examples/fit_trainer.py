@@ -106,6 +106,20 @@ _KILL_AT_BACKUP_NUMBER = flags.DEFINE_integer(
     "Which backup of this run to kill in.",
     lower_bound=1,
 )
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    "default",
+    ["default", "mirrored"],
+    "tf.distribute strategy. mirrored: all GPUs, or on a machine without "
+    "GPUs, --logical_cpus logical CPU devices.",
+)
+_LOGICAL_CPUS = flags.DEFINE_integer(
+    "logical_cpus",
+    2,
+    "With --strategy=mirrored and no GPU: split the CPU into this many "
+    "logical devices, one replica each.",
+    lower_bound=1,
+)
 _RESULT_FILE = flags.DEFINE_string(
     "result_file", None, "Write the run's outcome as JSON here."
 )
@@ -150,6 +164,20 @@ def _install_backup_stage_kill(stage: str, number: int):
         os.kill(os.getpid(), signal.SIGKILL)
 
     faults.set_hook(hook)
+
+
+def _strategy(tf):
+    if _STRATEGY.value == "default":
+        return tf.distribute.get_strategy()
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu,
+        [tf.config.LogicalDeviceConfiguration()] * _LOGICAL_CPUS.value,
+    )
+    devices = [f"/cpu:{i}" for i in range(_LOGICAL_CPUS.value)]
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def _failure_callback(tf_keras, at_step: int, how: str):
@@ -217,11 +245,12 @@ def main(argv):
         callbacks.append(
             _failure_callback(tf_keras, _FAIL_AT_STEP.value, _FAIL_WITH.value)
         )
-    model = synthetic.regression_model(
-        _MODEL_SIZE.value,
-        dropout=_DROPOUT.value,
-        steps_per_execution=_STEPS_PER_EXECUTION.value,
-    )
+    with _strategy(tf).scope():
+        model = synthetic.regression_model(
+            _MODEL_SIZE.value,
+            dropout=_DROPOUT.value,
+            steps_per_execution=_STEPS_PER_EXECUTION.value,
+        )
     fit_kwargs = dict(
         epochs=_EPOCHS.value,
         steps_per_epoch=_STEPS_PER_EPOCH.value,
