@@ -88,6 +88,10 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         with `save_before_preemption=True`.
       delete_checkpoint: delete the backup when `fit()` completes.
       save_before_preemption: not supported yet.
+      async_backup: (not in tf-keras) write backups in the background: the
+        training step only waits for a snapshot of the state in host memory;
+        files are written, fsync'd, checksummed and committed on a background
+        thread, one backup at a time. `False` writes synchronously.
       **kwargs: accepted for forward compatibility with future tf-keras
         arguments; named in one warning and otherwise ignored.
 
@@ -112,6 +116,8 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         save_freq="epoch",
         delete_checkpoint=True,
         save_before_preemption=False,
+        *,
+        async_backup=True,
         **kwargs,
     ):
         super().__init__()
@@ -136,7 +142,16 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self.save_freq = save_freq
         self.delete_checkpoint = delete_checkpoint
         self.save_before_preemption = save_before_preemption
+        self.async_backup = bool(async_backup)
         self._resume = None
+
+    def wait_for_backup(self):
+        """Blocks until the last backup is committed (async_backup=True).
+
+        Raises:
+          BackupWriteError: writing it failed; the previous one is intact.
+        """
+        self._store.wait()
 
     @property
     def resumed_from(self) -> tuple[int, int] | None:
@@ -174,12 +189,14 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._restored = None  # metadata to apply at the first epoch begin
         self._warn_about_legacy_rng(model)
         self._store.cleanup()
-        info = self._store.latest()
-        if info is not None and not model.built:
-            self._build_from_backup(info)
-        self._random_generators = keras_adapter.layer_random_generators(model)
-        if info is not None:
-            self._restore(info)
+        self._random_generators = None
+        restored = self._store.restore_latest(self._prepare_restore)
+        if restored is None:
+            self._random_generators = keras_adapter.layer_random_generators(
+                model
+            )
+        else:
+            self._after_restore(*restored)
         keras_adapter.wrap_train_function(model, self._wrap)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -221,6 +238,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # Nothing left to train (the backup was taken at the end): fit()
             # still returns the complete History.
             self._apply_restored_state(None)
+        self._store.wait()  # a failed last backup raises here
         if self.delete_checkpoint:
             self._store.delete_all()
             logging.info(
@@ -284,10 +302,15 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             },
         }
         checkpoint = self._checkpoint(callback_states.holder(tensors=tensors))
-        info = self._store.write(checkpoint, metadata)
+        self._store.write_async(
+            checkpoint, metadata, asynchronous=self.async_backup
+        )
         self._since_save = 0
         logging.info(
-            "Backed up epoch %d, batch %d to %s.", epoch, step, info.path
+            "Backing up epoch %d, batch %d (training waited %.3f s).",
+            epoch,
+            step,
+            self._store.last_snapshot_seconds,
         )
 
     # -- restoring ----------------------------------------------------------
@@ -305,21 +328,26 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 ", ".join(legacy_rng),
             )
 
-    def _build_from_backup(self, info):
-        config = info.metadata.get("build_config")
-        if config is None:
-            raise ValueError(
-                f"The model is not built, and the backup {info.path} does "
-                "not record how to build it, so its weights cannot be "
-                "restored. Build the model before fit(): give it an "
-                "Input/input_shape, or call model.build(input_shape)."
-            )
-        self.model.build_from_config(config)
+    def _prepare_restore(self, info):
+        """Checks a candidate backup; returns the checkpoint to read it into.
 
-    def _restore(self, info):
-        start = time.monotonic()
+        Raises:
+          BackupMismatchError: the backup belongs to another model.
+        """
+        self._restore_start = time.monotonic()
         model = self.model
         metadata = info.metadata
+        if not model.built:
+            config = metadata.get("build_config")
+            if config is None:
+                raise ValueError(
+                    f"The model is not built, and the backup {info.path} does "
+                    "not record how to build it, so its weights cannot be "
+                    "restored. Build the model before fit(): give it an "
+                    "Input/input_shape, or call model.build(input_shape)."
+                )
+            model.build_from_config(config)
+        self._random_generators = keras_adapter.layer_random_generators(model)
         problems = keras_state.diff(
             metadata["fingerprint"], self._fingerprint()
         )
@@ -337,12 +365,19 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # Create slot variables now so that they are restored here, not
             # lazily at the first step.
             optimizer.build(model.trainable_variables)
-        tensors = callback_states.holder(spec=metadata["callback_tensors"])
-        status = self._store.restore(self._checkpoint(tensors), info)
-        status.assert_existing_objects_matched()
-        self._restored_tensors = tensors.tensors
-        self._restored_learning_rate = keras_state.learning_rate(optimizer)
+        self._restored_holder = callback_states.holder(
+            spec=metadata["callback_tensors"]
+        )
+        return self._checkpoint(self._restored_holder)
 
+    def _after_restore(self, info, status):
+        model = self.model
+        metadata = info.metadata
+        status.assert_existing_objects_matched()
+        self._restored_tensors = self._restored_holder.tensors
+        self._restored_learning_rate = keras_state.learning_rate(
+            model.optimizer
+        )
         position = metadata["position"]
         epoch, step = int(position["epoch"]), int(position["step"])
         handler = keras_adapter.fit_data_handler()
@@ -388,7 +423,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             ),
             epoch,
             step,
-            time.monotonic() - start,
+            time.monotonic() - self._restore_start,
         )
 
     def _apply_restored_state(self, epoch):

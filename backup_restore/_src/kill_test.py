@@ -132,17 +132,25 @@ class KillTest(parameterized.TestCase):
     @parameterized.named_parameters(
         # Killed while writing the 2nd backup (end of epoch 1); the 1st (end
         # of epoch 0) is the last committed one, except once committed.
-        ("before_data", "before_data", (1, 0), True),
-        ("data_written", "data_written", (1, 0), True),
-        ("half_written_data", "half_written", (1, 0), True),
-        ("written_not_committed", "before_commit", (1, 0), True),
-        ("committed_previous_not_deleted", "committed", (2, 0), False),
+        # Asynchronous backups: every stage but before_data runs on the
+        # background persist thread, while training goes on.
+        ("async_before_data", "before_data", (1, 0), True, True),
+        ("async_data_written", "data_written", (1, 0), True, True),
+        ("async_half_written_data", "half_written", (1, 0), True, True),
+        ("async_written_not_committed", "before_commit", (1, 0), True, True),
+        ("async_committed_previous_kept", "committed", (2, 0), False, True),
+        ("sync_half_written_data", "half_written", (1, 0), True, False),
+        ("sync_written_not_committed", "before_commit", (1, 0), True, False),
+        ("sync_committed_previous_kept", "committed", (2, 0), False, False),
     )
-    def test_sigkill_during_backup_write(self, stage, expected, leftover):
+    def test_sigkill_during_backup_write(
+        self, stage, expected, leftover, asynchronous
+    ):
         run = self._killed(
             "epoch",
             f"--kill_at_backup_stage={stage}",
             "--kill_at_backup_number=2",
+            f"--async_backup={asynchronous}",
         )
         self.assertIn(f"KILLING at backup stage {stage}", run.stdout)
         names = self._names()

@@ -7,12 +7,17 @@ manifest.py.
 
 Concurrency contract: one writer per backup directory (in multi-worker
 training, the chief). Methods are not thread-safe; callers serialise them.
-Readers never see a partial backup (see atomicity.py).
+`write_async` hands the persist step to one background thread ("at most one
+in flight"); every other method first waits for it. Readers never see a
+partial backup (see atomicity.py).
 """
 
+import atexit
 import dataclasses
 import os
+import threading
 import time
+import weakref
 
 import tensorflow as tf
 from absl import logging
@@ -23,6 +28,18 @@ from backup_restore._src import faults
 from backup_restore._src import manifest
 
 CHECKPOINT_PREFIX = "ckpt"
+
+_LIVE_STORES = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_backups_in_flight():
+    """A backup in flight at interpreter exit is finished, not abandoned."""
+    for store in list(_LIVE_STORES):
+        try:
+            store.wait()
+        except Exception as e:  # exiting: report, do not raise
+            logging.error("The last backup could not be written: %s", e)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +124,11 @@ class BackupStore:
         self._dir_was_ours = not tf.io.gfile.exists(self._dir) or all(
             atomicity.is_ours(name) for name in tf.io.gfile.listdir(self._dir)
         )
+        self._pending = None  # the background persist thread, if any
+        self._pending_error = None
+        self._pending_result = None
+        self.last_snapshot_seconds = None
+        _LIVE_STORES.add(self)
 
     @property
     def directory(self) -> str:
@@ -142,6 +164,7 @@ class BackupStore:
 
     def cleanup(self) -> list[str]:
         """Removes what interrupted writes left behind; returns the paths."""
+        self.wait()
         removed = self.leftovers()
         for path in removed:
             logging.info("Removing an interrupted backup write: %s", path)
@@ -182,27 +205,38 @@ class BackupStore:
                 )
             return info
         if failures:
-            raise errors.BackupCorruptError(
-                f"Every backup in {self._dir} fails its integrity checks, so "
-                "training cannot resume from it:\n  "
-                + "\n  ".join(failures)
-                + "\nNothing was deleted. To start training from scratch, "
-                "delete or move the backup-* directories listed above; to "
-                "resume, restore them from a copy."
-            )
+            raise self._all_corrupt(failures)
         return None
 
     def write(self, checkpoint: tf.train.Checkpoint, metadata: dict):
-        """Writes `checkpoint` and `metadata` as a new committed backup.
-
-        Older backups are deleted only after the new one is committed.
-
-        Returns:
-          The committed BackupInfo.
+        """Writes a backup and waits until it is committed; returns it.
 
         Raises:
           errors.BackupWriteError: writing failed; earlier backups are intact.
         """
+        self.write_async(checkpoint, metadata, asynchronous=False)
+        return self.wait()
+
+    def write_async(
+        self,
+        checkpoint: tf.train.Checkpoint,
+        metadata: dict,
+        asynchronous: bool = True,
+    ) -> None:
+        """Snapshots `checkpoint` now; persists and commits it in background.
+
+        The snapshot is consistent: the state is copied to host memory before
+        this returns (TensorFlow's async checkpointing), so training may go
+        on changing it. Writing the files, fsync, checksums and the commit
+        run on a background thread. At most one backup is in flight: this
+        first waits for the previous one. Older backups are deleted only
+        after the new one is committed.
+
+        Raises:
+          errors.BackupWriteError: the previous background write failed (its
+            earlier backup is intact), or this snapshot could not start.
+        """
+        self.wait()
         start = time.monotonic()
         named, temporaries = self._entries()
         seqs = [s for s, _ in named] + [
@@ -214,32 +248,158 @@ class BackupStore:
             work = os.path.join(self._dir, atomicity.temporary_name(seq))
         else:
             work = final
+        options = tf.train.CheckpointOptions(
+            experimental_enable_async_checkpoint=asynchronous
+        )
         try:
             tf.io.gfile.makedirs(work)
             faults.point(faults.BEFORE_DATA, work)
-            checkpoint.write(os.path.join(work, CHECKPOINT_PREFIX))
-            faults.point(faults.DATA_WRITTEN, work)
-            names = [n.rstrip("/") for n in tf.io.gfile.listdir(work)]
-            for name in names:
-                atomicity.fsync_path(os.path.join(work, name))
-            body = manifest.build(work, names, metadata)
-            faults.point(faults.BEFORE_COMMIT, work)
-            atomicity.commit(work, final, self._dir, body)
+            checkpoint.write(os.path.join(work, CHECKPOINT_PREFIX), options)
         except (tf.errors.OpError, OSError) as e:
             raise errors.BackupWriteError(
                 f"Writing backup {final} failed ({type(e).__name__}: {e}). "
                 "The previous backup, if any, is intact."
             ) from e
+        self.last_snapshot_seconds = time.monotonic() - start
+
+        def persist():
+            try:
+                if asynchronous:
+                    checkpoint.sync()
+                self._pending_result = self._persist(
+                    seq, work, final, metadata, start
+                )
+            except BaseException as e:  # surfaced by wait()
+                self._pending_error = e
+
+        self._pending_error = None
+        self._pending_result = None
+        if asynchronous:
+            self._pending = threading.Thread(
+                target=persist, name="backup_restore-persist"
+            )
+            self._pending.start()
+        else:
+            persist()
+
+    def _persist(self, seq, work, final, metadata, start) -> BackupInfo:
+        faults.point(faults.DATA_WRITTEN, work)
+        names = [n.rstrip("/") for n in tf.io.gfile.listdir(work)]
+        for name in names:
+            atomicity.fsync_path(os.path.join(work, name))
+        body = manifest.build(work, names, metadata)
+        faults.point(faults.BEFORE_COMMIT, work)
+        atomicity.commit(work, final, self._dir, body)
         faults.point(faults.COMMITTED, final)
         info = self.load(final, full_verify=False)
         self.delete_older_than(seq)
         logging.info(
-            "Backup %s written: %d bytes in %.3f s.",
+            "Backup %s committed: %d bytes, %.3f s after its snapshot began.",
             final,
             info.size_bytes,
             time.monotonic() - start,
         )
         return info
+
+    @property
+    def pending(self) -> bool:
+        """Whether a background write is still in flight."""
+        return self._pending is not None and self._pending.is_alive()
+
+    def _wait_for_other_writers(self) -> None:
+        """Waits for other stores of this process writing to this directory.
+
+        After an exception escapes fit() (Ctrl-C in a notebook, say), that
+        callback's backup may still be in flight when the next fit() starts
+        with a new callback on the same directory: it must not clean up (or
+        miss) the backup being committed.
+        """
+        for other in list(_LIVE_STORES):
+            if other is not self and other._dir == self._dir:
+                try:
+                    other._join()
+                except errors.BackupError as e:
+                    logging.warning("An earlier backup failed: %s", e)
+
+    def wait(self) -> BackupInfo | None:
+        """Blocks until the in-flight backup is committed; returns it.
+
+        Returns None when nothing was in flight. Also waits for other
+        BackupStores of this process on the same directory.
+
+        Raises:
+          errors.BackupWriteError: the background write failed. The earlier
+            committed backup is intact; the partial one is removed by the
+            next cleanup.
+        """
+        self._wait_for_other_writers()
+        return self._join()
+
+    def _join(self) -> BackupInfo | None:
+        """Waits for this store's own background write; see `wait`."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+        error, self._pending_error = self._pending_error, None
+        result, self._pending_result = self._pending_result, None
+        if error is not None:
+            if not isinstance(error, (tf.errors.OpError, OSError)):
+                raise error
+            raise errors.BackupWriteError(
+                f"Writing a backup in {self._dir} failed "
+                f"({type(error).__name__}: {error}). The previous backup, if "
+                "any, is intact."
+            ) from error
+        return result
+
+    def restore_latest(self, prepare):
+        """Restores the newest intact backup; returns (info, status) or None.
+
+        `prepare(info)` gets each candidate, newest first; it may check the
+        metadata (raising to refuse the backup outright) and returns the
+        tf.train.Checkpoint to read into. A candidate whose bytes fail
+        TensorFlow's own checksums while being read is skipped for the next
+        older one, so only the manifest and file sizes are checked upfront
+        and every byte is read once.
+
+        Raises:
+          errors.BackupCorruptError: backups exist but none is intact.
+        """
+        self.wait()
+        failures = []
+        for _, path in reversed(self.committed()):
+            try:
+                info = self.load(path, full_verify=False)
+                checkpoint = prepare(info)
+                try:
+                    status = checkpoint.read(info.checkpoint_prefix)
+                except tf.errors.OpError as e:
+                    raise errors.BackupCorruptError(
+                        f"{path} fails TensorFlow's checks while being read "
+                        f"({type(e).__name__}: {str(e).splitlines()[0]})"
+                    ) from e
+            except errors.BackupCorruptError as e:
+                logging.warning("Skipping corrupt backup %s: %s", path, e)
+                failures.append(str(e))
+                continue
+            if failures:
+                logging.warning(
+                    "Falling back to the older intact backup %s.", path
+                )
+            return info, status
+        if failures:
+            raise self._all_corrupt(failures)
+        return None
+
+    def _all_corrupt(self, failures):
+        return errors.BackupCorruptError(
+            f"Every backup in {self._dir} fails its integrity checks, so "
+            "training cannot resume from it:\n  "
+            + "\n  ".join(failures)
+            + "\nNothing was deleted. To start training from scratch, "
+            "delete or move the backup-* directories listed above; to "
+            "resume, restore them from a copy."
+        )
 
     def restore(self, checkpoint: tf.train.Checkpoint, info: BackupInfo):
         """Reads `info`'s tensors into `checkpoint`; returns the load status."""
@@ -254,9 +414,12 @@ class BackupStore:
     def delete_all(self) -> None:
         """Deletes every backup and leftover of this store, nothing else.
 
+        Waits for a backup in flight first (and raises its error).
+
         The directory itself is removed only when it is then empty and held
         nothing but this store's entries when the store was created.
         """
+        self.wait()
         named, temporaries = self._entries()
         for _, path in named:
             atomicity.retire(path)

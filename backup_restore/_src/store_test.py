@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import uuid
 
 import tensorflow as tf
@@ -234,6 +235,66 @@ class StoreTest(parameterized.TestCase):
         s = store.BackupStore(d)
         s.delete_all()
         self.assertFalse(os.path.exists(d))
+
+    # -- asynchronous writes ------------------------------------------------
+
+    def _blocking_hook(self, stage):
+        reached, release = threading.Event(), threading.Event()
+
+        def hook(at, path):
+            if at == stage:
+                reached.set()
+                release.wait(timeout=60)
+
+        faults.set_hook(hook)
+        return reached, release
+
+    @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
+    def test_async_snapshot_is_consistent_and_commits_in_background(self, fs):
+        s = store.BackupStore(self._dir(fs))
+        self._write(s, [1.0])
+        reached, release = self._blocking_hook(faults.DATA_WRITTEN)
+        variable = tf.Variable([2.0])
+        s.write_async(tf.train.Checkpoint(v=variable), {"value": [2.0]})
+        self.assertTrue(reached.wait(timeout=60))
+        self.assertTrue(s.pending)
+        variable.assign([99.0])  # training goes on changing the state
+        self.assertEqual([seq for seq, _ in s.committed()], [1])
+        release.set()
+        info = s.wait()
+        self.assertEqual(info.seq, 2)
+        target = tf.train.Checkpoint(v=tf.Variable([0.0]))
+        s.restore(target, s.latest())
+        self.assertEqual(target.v.numpy().tolist(), [2.0])
+
+    def test_async_failure_surfaces_at_wait_and_keeps_previous(self):
+        s = store.BackupStore(self._dir("local"))
+        self._write(s, [1.0])
+
+        def hook(at, path):
+            if at == faults.BEFORE_COMMIT:
+                raise OSError(28, "No space left on device")
+
+        faults.set_hook(hook)
+        s.write_async(_checkpoint([2.0]), {"value": [2.0]})
+        with self.assertRaisesRegex(
+            errors.BackupWriteError, "No space left.*previous backup"
+        ):
+            s.wait()
+        faults.set_hook(None)
+        self.assertEqual(s.latest().metadata["value"], [1.0])
+        s.wait()  # the error was reported once
+
+    def test_a_second_store_waits_for_a_write_in_flight(self):
+        d = self._dir("local")
+        first = store.BackupStore(d)
+        reached, release = self._blocking_hook(faults.BEFORE_COMMIT)
+        first.write_async(_checkpoint([5.0]), {"value": [5.0]})
+        self.assertTrue(reached.wait(timeout=60))
+        threading.Timer(0.3, release.set).start()
+        second = store.BackupStore(d)  # e.g. fit() called again after Ctrl-C
+        self.assertEqual(second.cleanup(), [])  # did not remove first's write
+        self.assertEqual(second.latest().metadata["value"], [5.0])
 
     def test_invalid_directories(self):
         tmp = self.create_tempdir()

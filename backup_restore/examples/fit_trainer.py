@@ -120,6 +120,20 @@ _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical devices, one replica each.",
     lower_bound=1,
 )
+_ASYNC_BACKUP = flags.DEFINE_bool(
+    "async_backup",
+    True,
+    "Persist backups on a background thread (training waits only for a "
+    "snapshot in host memory).",
+)
+_FAIL_AFTER_BACKUP_COMMITTED = flags.DEFINE_bool(
+    "fail_after_backup_committed",
+    True,
+    "Before --fail_at_step fails, wait until the last backup is committed, "
+    "so where the next run resumes does not depend on timing. With false, a "
+    "backup may still be in flight: the next run then resumes from the one "
+    "before it.",
+)
 _RESULT_FILE = flags.DEFINE_string(
     "result_file", None, "Write the run's outcome as JSON here."
 )
@@ -180,7 +194,7 @@ def _strategy(tf):
     return tf.distribute.MirroredStrategy(devices)
 
 
-def _failure_callback(tf_keras, at_step: int, how: str):
+def _failure_callback(tf_keras, at_step: int, how: str, backup):
     class Fail(tf_keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -190,6 +204,8 @@ def _failure_callback(tf_keras, at_step: int, how: str):
             self._batches += 1
             if self._batches != at_step:
                 return
+            if _FAIL_AFTER_BACKUP_COMMITTED.value:
+                backup.wait_for_backup()
             print(f"FAILING after {at_step} batches with {how}", flush=True)
             if how == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -239,11 +255,14 @@ def main(argv):
         _user_path(_BACKUP_DIR.value),
         save_freq=save_freq,
         delete_checkpoint=_DELETE_CHECKPOINT.value,
+        async_backup=_ASYNC_BACKUP.value,
     )
     callbacks = [backup]
     if _FAIL_AT_STEP.value:
         callbacks.append(
-            _failure_callback(tf_keras, _FAIL_AT_STEP.value, _FAIL_WITH.value)
+            _failure_callback(
+                tf_keras, _FAIL_AT_STEP.value, _FAIL_WITH.value, backup
+            )
         )
     with _strategy(tf).scope():
         model = synthetic.regression_model(
