@@ -127,7 +127,9 @@ class BackupStore:
         self._pending = None  # the background persist thread, if any
         self._pending_error = None
         self._pending_result = None
+        # How long the last backup blocked its caller, and took to commit.
         self.last_snapshot_seconds = None
+        self.last_persist_seconds = None
         _LIVE_STORES.add(self)
 
     @property
@@ -292,6 +294,7 @@ class BackupStore:
         atomicity.commit(work, final, self._dir, body)
         faults.point(faults.COMMITTED, final)
         info = self.load(final, full_verify=False)
+        self.last_persist_seconds = time.monotonic() - start
         self.delete_older_than(seq)
         logging.info(
             "Backup %s committed: %d bytes, %.3f s after its snapshot began.",

@@ -107,6 +107,22 @@ class ParityTest(parameterized.TestCase):
         )
         self.assertFalse(os.path.exists(our_dir))
 
+    def test_model_stays_usable_for_another_fit(self):
+        # tf-keras's callback deletes model._training_state at the end of
+        # fit(), so the next fit() of that model fails; ours does not.
+        for cls, breaks in (
+            (tf_keras.callbacks.BackupAndRestore, True),
+            (backup_restore.BackupAndRestore, False),
+        ):
+            model = synthetic.regression_model("tiny")
+            directory = os.path.join(self.create_tempdir().full_path, "b")
+            model.fit(X, Y, epochs=1, verbose=0, callbacks=[cls(directory)])
+            if breaks:
+                with self.assertRaisesRegex(AttributeError, "_training_state"):
+                    model.fit(X, Y, epochs=1, verbose=0)
+            else:
+                model.fit(X, Y, epochs=1, verbose=0)
+
     def test_delete_checkpoint_false_keeps_the_backup(self):
         (_, _, tk_dir), (_, _, our_dir) = self._both(
             100, delete_checkpoint=False

@@ -1,0 +1,369 @@
+r"""Benchmark: backup_restore vs tf_keras.callbacks.BackupAndRestore.
+
+Runs, in one process, interleaved and repeated (medians), Model.fit() with:
+no callback, tf-keras 2.21's BackupAndRestore, and backup_restore's with
+synchronous and asynchronous backups; for MLPs with Adam of about 1M and 50M
+parameters; with one backup per epoch and about ten per epoch. Prints, per
+configuration: training overhead vs no callback, milliseconds the training
+loop is blocked per backup, bytes per backup, peak bytes in backup_dir,
+restore time, and save throughput relative to a plain memory copy of the same
+state and to a raw write+fsync of the same bytes on the same filesystem.
+
+  ./tools/bazel run -c opt //backup_restore/benchmarks:backup_benchmark -- \
+      --dir=/tmp/backup_benchmark
+
+Take the numbers as ratios measured in the same run, on the same machine.
+"""
+
+import os
+import shutil
+import statistics
+import threading
+import time
+
+from absl import app
+from absl import flags
+
+_DIR = flags.DEFINE_string(
+    "dir", None, "Scratch directory on the filesystem to measure (required)."
+)
+_SIZES = flags.DEFINE_list(
+    "sizes", ["1m", "50m"], "Model sizes: tiny, 1m, 50m."
+)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Repetitions.", lower_bound=1)
+_EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs per fit.", lower_bound=1)
+_STEPS = flags.DEFINE_integer(
+    "steps_per_epoch", 20, "Batches per epoch.", lower_bound=1
+)
+_PER_EPOCH = flags.DEFINE_integer(
+    "backups_per_epoch", 10, "The frequent setting.", lower_bound=2
+)
+
+# (input width, hidden widths): ~1M and ~50M parameters (x3 with Adam slots).
+_MODELS = {
+    "tiny": (16, (32,)),
+    "1m": (512, (1024, 512)),
+    "50m": (4096, (4096, 4096, 4096)),
+}
+_BATCH = 16
+
+
+def _dir_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass  # deleted while walking
+    return total
+
+
+class _PeakSampler:
+    """Samples the bytes in a directory every few ms; keeps the peak."""
+
+    def __init__(self, path):
+        self._path, self.peak = path, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _dir_bytes(self._path))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _timed(tf_keras, inner):
+    """Wraps a callback; adds up the seconds its hooks take."""
+
+    class Timed(tf_keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = 0.0
+
+        def set_model(self, model):
+            super().set_model(model)
+            inner.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            inner.set_params(params)
+
+    def make(name):
+        def hook(self, *args, **kwargs):
+            start = time.perf_counter()
+            getattr(inner, name)(*args, **kwargs)
+            self.seconds += time.perf_counter() - start
+
+        return hook
+
+    for name in (
+        "on_train_batch_end",
+        "on_epoch_end",
+        "on_train_begin",
+        "on_train_end",
+        "on_epoch_begin",
+        "on_train_batch_begin",
+    ):
+        setattr(Timed, name, make(name))
+    return Timed()
+
+
+def _raw_write_fsync_seconds(directory, nbytes):
+    path = os.path.join(directory, "raw_write_probe")
+    block = os.urandom(1 << 20)
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        left = nbytes
+        while left > 0:
+            f.write(block[: min(left, len(block))])
+            left -= len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    seconds = time.perf_counter() - start
+    os.remove(path)
+    return seconds
+
+
+def main(argv):
+    del argv
+    if not _DIR.value:
+        raise app.UsageError("--dir is required (a scratch directory).")
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    import backup_restore
+
+    root = _DIR.value
+    os.makedirs(root, exist_ok=True)
+    steps, epochs = _STEPS.value, _EPOCHS.value
+    frequent = max(1, steps // _PER_EPOCH.value)
+    print(
+        f"machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}, "
+        f"tf-keras {tf_keras.__version__}; {epochs} epochs x {steps} batches "
+        f"of {_BATCH}; backups per epoch: 1 and {steps // frequent}; "
+        f"{_REPEATS.value} repeats, medians"
+    )
+    rows = []
+    for size in _SIZES.value:
+        width, hidden = _MODELS[size]
+        tf_keras.utils.set_random_seed(0)
+        model = tf_keras.Sequential(
+            [tf_keras.Input((width,))]
+            + [tf_keras.layers.Dense(h, activation="relu") for h in hidden]
+            + [tf_keras.layers.Dense(1)]
+        )
+        model.compile(tf_keras.optimizers.Adam(1e-4), "mse")
+        x = np.random.rand(steps * _BATCH, width).astype("float32")
+        y = np.random.rand(steps * _BATCH, 1).astype("float32")
+        model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0)  # warm up
+        state = [v.numpy() for v in model.weights + model.optimizer.variables]
+        state_bytes = sum(a.nbytes for a in state)
+        buffers = [np.empty_like(a) for a in state]
+        for b in buffers:
+            b.fill(0)  # touched
+        copies = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for b, a in zip(buffers, state, strict=True):
+                np.copyto(b, a)
+            copies.append(time.perf_counter() - start)
+        copy_s = statistics.median(copies)
+        raw_s = statistics.median(
+            _raw_write_fsync_seconds(root, state_bytes) for _ in range(3)
+        )
+
+        configs = ["none", "tf_keras", "ours_sync", "ours_async"]
+        results = {}
+        for rep in range(_REPEATS.value):
+            for freq_name, save_freq in (
+                ("1/epoch", "epoch"),
+                (f"{steps // frequent}/epoch", frequent),
+            ):
+                order = configs[rep % len(configs) :] + configs[: rep % 4]
+                for config in order:
+                    key = (config, freq_name)
+                    directory = os.path.join(root, f"{size}-{config}-{rep}")
+                    shutil.rmtree(directory, ignore_errors=True)
+                    callback = None
+                    if config == "tf_keras":
+                        callback = tf_keras.callbacks.BackupAndRestore(
+                            directory, save_freq=save_freq
+                        )
+                    elif config.startswith("ours"):
+                        callback = backup_restore.BackupAndRestore(
+                            directory,
+                            save_freq=save_freq,
+                            async_backup=config == "ours_async",
+                        )
+                    timed = _timed(tf_keras, callback) if callback else None
+                    os.makedirs(directory, exist_ok=True)
+                    with _PeakSampler(directory) as sampler:
+                        start = time.perf_counter()
+                        model.fit(
+                            x,
+                            y,
+                            batch_size=_BATCH,
+                            epochs=epochs,
+                            verbose=0,
+                            callbacks=[timed] if timed else [],
+                        )
+                        seconds = time.perf_counter() - start
+                    backups = epochs * (
+                        1 if save_freq == "epoch" else steps // frequent
+                    )
+                    r = results.setdefault(key, {})
+                    r.setdefault("fit_s", []).append(seconds)
+                    r.setdefault("peak", []).append(sampler.peak)
+                    if timed:
+                        r.setdefault("block_ms", []).append(
+                            1000 * timed.seconds / backups
+                        )
+                    if config.startswith("ours"):
+                        store = callback._store
+                        r.setdefault("persist_s", []).append(
+                            store.last_persist_seconds
+                        )
+                    shutil.rmtree(directory, ignore_errors=True)
+                    # tf-keras's callback deletes this attribute at the end
+                    # of fit(), which breaks the next fit() of the model.
+                    model._training_state = None
+
+        # Restore: ours (through fit's on_train_begin) vs Checkpoint.read.
+        restore = {}
+        for config in ("tf_keras", "ours_async"):
+            directory = os.path.join(root, f"{size}-restore-{config}")
+            shutil.rmtree(directory, ignore_errors=True)
+            cls = (
+                tf_keras.callbacks.BackupAndRestore
+                if config == "tf_keras"
+                else backup_restore.BackupAndRestore
+            )
+            model.fit(
+                x,
+                y,
+                batch_size=_BATCH,
+                epochs=1,
+                verbose=0,
+                callbacks=[cls(directory, delete_checkpoint=False)],
+            )
+            times = []
+            for _ in range(3):
+                timed = _timed(
+                    tf_keras, cls(directory, delete_checkpoint=False)
+                )
+                begin = time.perf_counter()
+                timed.set_model(model)
+                model.fit(
+                    x,
+                    y,
+                    batch_size=_BATCH,
+                    epochs=1,
+                    verbose=0,
+                    callbacks=[timed],
+                )
+                del begin
+                times.append(timed.seconds)
+                model._training_state = None  # see above
+            restore[config] = statistics.median(times)
+            if config == "ours_async":
+                prefix = os.path.join(
+                    directory,
+                    sorted(
+                        d
+                        for d in os.listdir(directory)
+                        if d.startswith("backup-")
+                    )[-1],
+                    "ckpt",
+                )
+                ckpt = tf.train.Checkpoint(
+                    model=model, optimizer=model.optimizer
+                )
+                reads = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    ckpt.read(prefix).expect_partial()
+                    reads.append(time.perf_counter() - start)
+                restore["checkpoint_read"] = statistics.median(reads)
+                backup_bytes = _dir_bytes(directory)
+            shutil.rmtree(directory, ignore_errors=True)
+
+        base = {
+            f: statistics.median(results[("none", f)]["fit_s"])
+            for _, f in results
+        }
+        for (config, freq), r in results.items():
+            if config == "none":
+                continue
+            fit_s = statistics.median(r["fit_s"])
+            row = {
+                "model": f"{size} ({state_bytes / 1e6:.0f} MB state)",
+                "config": config,
+                "backups": freq,
+                "overhead_%": 100 * (fit_s - base[freq]) / base[freq],
+                "block_ms": statistics.median(r["block_ms"]),
+                "peak_MB": statistics.median(r["peak"]) / 1e6,
+            }
+            if config.startswith("ours"):
+                persist = statistics.median(r["persist_s"])
+                row["vs_copy"] = row["block_ms"] / 1000 / copy_s
+                row["persist_vs_raw"] = raw_s / persist
+            rows.append(row)
+        print(
+            f"\n{size}: state {state_bytes / 1e6:.1f} MB, backup "
+            f"{backup_bytes / 1e6:.1f} MB; plain copy {copy_s * 1e3:.1f} ms; "
+            f"raw write+fsync {raw_s * 1e3:.0f} ms "
+            f"({state_bytes / raw_s / 1e6:.0f} MB/s); restore: tf-keras "
+            f"{restore['tf_keras'] * 1e3:.0f} ms, ours "
+            f"{restore['ours_async'] * 1e3:.0f} ms (on_train_begin), "
+            f"Checkpoint.read {restore['checkpoint_read'] * 1e3:.0f} ms "
+            f"-> ours/read = "
+            f"{restore['ours_async'] / restore['checkpoint_read']:.2f}"
+        )
+
+    print(
+        "\n| model | callback | backups | overhead | blocking ms/backup "
+        "| peak MB in dir | blocking / plain copy | persist speed / raw "
+        "write+fsync |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['model']} | {row['config']} | {row['backups']} | "
+            f"{row['overhead_%']:+.1f}% | {row['block_ms']:.1f} | "
+            f"{row['peak_MB']:.0f} | "
+            + (f"{row['vs_copy']:.1f}x | " if "vs_copy" in row else "- | ")
+            + (
+                f"{row['persist_vs_raw']:.2f} |"
+                if "persist_vs_raw" in row
+                else "- |"
+            )
+        )
+    ratio_rows = {(r["model"], r["config"], r["backups"]): r for r in rows}
+    print("\nours_async vs tf_keras (same run):")
+    for (model_name, config, freq), row in ratio_rows.items():
+        if config != "ours_async":
+            continue
+        theirs = ratio_rows[(model_name, "tf_keras", freq)]
+        print(
+            f"  {model_name}, {freq}: blocking "
+            f"{row['block_ms'] / theirs['block_ms']:.2f}x of tf-keras's; "
+            f"overhead {row['overhead_%']:+.1f}% vs "
+            f"{theirs['overhead_%']:+.1f}%"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,39 @@
+"""The benchmark binary runs end to end on a tiny model and prints its table."""
+
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+from testing import device
+from testing import procs
+
+
+class BenchmarkSmokeTest(absltest.TestCase):
+    def test_tiny_run_prints_every_configuration(self):
+        device.skip_if_device_absent()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                procs.runfile("backup_restore/benchmarks/backup_benchmark"),
+                f"--dir={self.create_tempdir().full_path}",
+                "--sizes=tiny",
+                "--repeats=1",
+                "--epochs=1",
+                "--steps_per_epoch=4",
+                "--backups_per_epoch=2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-5000:])
+        for config in ("tf_keras", "ours_sync", "ours_async"):
+            self.assertIn(f"| {config} |", proc.stdout)
+        self.assertIn("ours_async vs tf_keras (same run)", proc.stdout)
+        self.assertIn("Checkpoint.read", proc.stdout)
+
+
+if __name__ == "__main__":
+    absltest.main()
