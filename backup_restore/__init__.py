@@ -3,6 +3,8 @@
 Public API:
   BackupAndRestore: a drop-in for tf_keras.callbacks.BackupAndRestore.
   callback_backup_and_restore: factory for BackupAndRestore.
+  BackupManager: the same engine for custom training loops.
+  RESTART_EXIT_CODE: the exit status after a preemption backup (42).
   BackupError, BackupCorruptError, BackupMismatchError, BackupWriteError.
 
 Everything under backup_restore._src is private.
@@ -14,11 +16,15 @@ from backup_restore._src.errors import BackupCorruptError
 from backup_restore._src.errors import BackupError
 from backup_restore._src.errors import BackupMismatchError
 from backup_restore._src.errors import BackupWriteError
+from backup_restore._src.manager import BackupManager
+from backup_restore._src.preemption import RESTART_EXIT_CODE
 
 __all__ = [
+    "RESTART_EXIT_CODE",
     "BackupAndRestore",
     "BackupCorruptError",
     "BackupError",
+    "BackupManager",
     "BackupMismatchError",
     "BackupWriteError",
     "callback_backup_and_restore",

@@ -85,15 +85,17 @@ def run(binary: str, args: list[str], timeout: float = 300) -> Run:
 def run_and_signal_at_pause(
     binary: str,
     args: list[str],
-    sig: int = signal.SIGKILL,
+    sig=signal.SIGKILL,
     timeout: float = 300,
 ) -> Run:
     """Runs a binary that prints PAUSED and waits, then sends it `sig`.
 
-    The binary must pause at a deterministic point (fit_trainer:
+    The binary must pause at a deterministic point (the trainers'
     --fail_at_step=N --fail_with=pause), so the signal lands at a chosen step
-    and not at a point chosen by timing.
+    and not at a point chosen by timing. `sig` may be a tuple: the signals
+    are sent one after the other.
     """
+    signals = sig if isinstance(sig, tuple) else (sig,)
     proc = subprocess.Popen(
         _command(binary, args),
         stdout=subprocess.PIPE,
@@ -106,7 +108,8 @@ def run_and_signal_at_pause(
         for line in proc.stdout:
             lines.append(line)
             if line.strip() == "PAUSED":
-                proc.send_signal(sig)
+                for one in signals:
+                    proc.send_signal(one)
                 break
         stdout, stderr = proc.communicate(timeout=timeout)
     except BaseException:

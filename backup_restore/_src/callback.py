@@ -1,5 +1,6 @@
 """The Keras callback: a thin layer over the backup engine (store.py)."""
 
+import sys
 import time
 
 import tensorflow as tf
@@ -11,6 +12,7 @@ from backup_restore._src import errors
 from backup_restore._src import keras_adapter
 from backup_restore._src import keras_state
 from backup_restore._src import policy
+from backup_restore._src import preemption
 from backup_restore._src import store
 
 _SIGNATURE_ARGS = (
@@ -87,7 +89,12 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         int to back up every that many batches. `False` (never) is only valid
         with `save_before_preemption=True`.
       delete_checkpoint: delete the backup when `fit()` completes.
-      save_before_preemption: not supported yet.
+      save_before_preemption: on SIGTERM (or `preemption_signals`), finish
+        the current batch, back up at that exact batch, wait until the
+        backup is committed, then exit the process with
+        `preemption_exit_code` (42, as TensorFlow's failure handling). Works
+        with any strategy; no cloud metadata probe. The next run resumes at
+        that batch: no work lost.
       async_backup: (not in tf-keras) write backups in the background: the
         training step only waits for a snapshot of the state in host memory;
         files are written, fsync'd, checksummed and committed on a background
@@ -99,7 +106,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
       ValueError: eager execution is disabled; `backup_dir` is empty, an
         existing file or not writable; `save_freq` is invalid.
       TypeError: `backup_dir` is not a str or os.PathLike.
-      NotImplementedError: `save_before_preemption=True`.
+      RuntimeError: `save_before_preemption=True` outside the main thread.
 
     During `fit()`:
       BackupMismatchError: the backup was written by a different model or
@@ -118,6 +125,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         save_before_preemption=False,
         *,
         async_backup=True,
+        preemption_signals=preemption.DEFAULT_SIGNALS,
+        exit_on_preemption=True,
+        preemption_exit_code=preemption.RESTART_EXIT_CODE,
         **kwargs,
     ):
         super().__init__()
@@ -130,13 +140,14 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 ", ".join(_SIGNATURE_ARGS),
             )
         self._policy = policy.from_save_freq(save_freq, save_before_preemption)
-        if save_before_preemption:
-            raise NotImplementedError(
-                "save_before_preemption=True is not supported yet by "
-                "backup_restore.BackupAndRestore. Use save_freq='epoch' or an "
-                "int; a job killed by preemption then resumes from the last "
-                "backup."
-            )
+        self._watcher = (
+            preemption.PreemptionWatcher(preemption_signals)
+            if save_before_preemption
+            else None
+        )
+        self._exit_on_preemption = exit_on_preemption
+        self._preemption_exit_code = preemption_exit_code
+        self.preempted = False
         self._store = store.BackupStore(backup_dir)
         self.backup_dir = self._store.directory
         self.save_freq = save_freq
@@ -152,6 +163,11 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
           BackupWriteError: writing it failed; the previous one is intact.
         """
         self._store.wait()
+
+    @property
+    def preemption_requested(self) -> bool:
+        """Whether a preemption signal arrived during this fit()."""
+        return self._watcher is not None and self._watcher.requested
 
     @property
     def resumed_from(self) -> tuple[int, int] | None:
@@ -187,6 +203,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._pending_skip = 0
         self._resume = None
         self._restored = None  # metadata to apply at the first epoch begin
+        self.preempted = False
+        if self._watcher is not None:
+            self._watcher.install()
         self._warn_about_legacy_rng(model)
         self._store.cleanup()
         self._random_generators = None
@@ -213,11 +232,16 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._batch_start = batch
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.preempted:
+            return  # backed up and stopping; nothing after counts
         trained = batch - self._batch_start + 1  # > 1 with steps_per_execution
         self._epoch_batches = batch + 1
         self._iterator_batches += trained
         self._since_save += trained
-        if not self._policy.save_after_batches(self._since_save):
+        preempted = self._watcher is not None and self._watcher.requested
+        if not preempted and not self._policy.save_after_batches(
+            self._since_save
+        ):
             return
         steps = self.params.get("steps") if self.params else None
         if steps is not None and self._epoch_batches >= steps:
@@ -226,20 +250,31 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             self._save_at_epoch_end = True
             return
         self._write(self._epoch, self._epoch_batches)
+        if preempted:
+            self._stop_for_preemption(self._epoch, self._epoch_batches)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._policy.at_epoch_end or self._save_at_epoch_end:
+        if self.preempted:
+            # fit() still ends the epoch cut short by the preemption; the
+            # backup taken at its last batch is the one to resume from.
+            return
+        preempted = self._watcher is not None and self._watcher.requested
+        if self._policy.at_epoch_end or self._save_at_epoch_end or preempted:
             self._write(epoch + 1, 0)
             self._save_at_epoch_end = False
+        if preempted:
+            self._stop_for_preemption(epoch + 1, 0)
 
     def on_train_end(self, logs=None):
         keras_adapter.clear_initial_counters(self.model)
+        if self._watcher is not None:
+            self._watcher.uninstall()
         if self._first_epoch and self._restored is not None:
             # Nothing left to train (the backup was taken at the end): fit()
             # still returns the complete History.
             self._apply_restored_state(None)
         self._store.wait()  # a failed last backup raises here
-        if self.delete_checkpoint:
+        if self.delete_checkpoint and not self.preempted:
             self._store.delete_all()
             logging.info(
                 "Training completed; deleted the backups in %s.",
@@ -247,6 +282,24 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             )
 
     # -- backing up ---------------------------------------------------------
+
+    def _stop_for_preemption(self, epoch, step):
+        self._store.wait()  # committed, durable
+        self.preempted = True
+        logging.warning(
+            "Preemption signal %s: backed up epoch %d, batch %d to %s; %s.",
+            self._watcher.received,
+            epoch,
+            step,
+            self.backup_dir,
+            f"exiting with status {self._preemption_exit_code}"
+            if self._exit_on_preemption
+            else "stopping training",
+        )
+        self._watcher.uninstall()
+        if self._exit_on_preemption:
+            sys.exit(self._preemption_exit_code)
+        self.model.stop_training = True
 
     def _wrap(self, train_function):
         def train_function_with_position(iterator):

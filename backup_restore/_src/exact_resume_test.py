@@ -94,6 +94,31 @@ class ExactResumeTest(parameterized.TestCase):
         self._run([*epochs, f"--fail_at_step={at_epoch}"], killed=True)
         self._assert_same(self._run(epochs), reference)
 
+    def test_custom_loop_killed_twice_matches_uninterrupted(self):
+        loop = procs.runfile("backup_restore/examples/custom_loop_trainer")
+        base = ["--steps=30", "--save_every=7", "--seed=2"]
+
+        def run(args, killed=False):
+            result = procs.run(loop, [*base, *args])
+            if killed:
+                self.assertEqual(
+                    result.killed_by, signal.SIGKILL, result.describe()
+                )
+            else:
+                self.assertEqual(result.returncode, 0, result.describe())
+            return result
+
+        reference = run([f"--backup_dir={self.tmp}/ref"]).result
+        args = [f"--backup_dir={self.tmp}/loop"]
+        run([*args, "--fail_at_step=10"], killed=True)  # last backup: 7
+        run([*args, "--fail_at_step=9"], killed=True)  # 7 + 9: last is 14
+        resumed = run(args).result
+        self.assertEqual(resumed["resumed_from"], 14)
+        self.assertEqual(resumed["weights_sha256"], reference["weights_sha256"])
+        self.assertEqual(
+            resumed["optimizer_iterations"], reference["optimizer_iterations"]
+        )
+
     def test_legacy_dropout_rng_is_not_exact_and_says_so(self):
         # tf-keras's legacy stateful RNG keeps its state in op kernels: it
         # cannot be backed up. Kept as a test so the difference stays known.

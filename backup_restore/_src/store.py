@@ -32,6 +32,29 @@ CHECKPOINT_PREFIX = "ckpt"
 _LIVE_STORES = weakref.WeakSet()
 
 
+def _holds_data_iterator(checkpoint) -> bool:
+    """Whether a tf.data iterator is reachable from the checkpoint.
+
+    TensorFlow 2.21's asynchronous checkpointing changes the elements a
+    tf.data iterator yields afterwards (verified by store_test). Checkpoints
+    holding one are therefore written synchronously (into the page cache, on
+    the caller's thread); fsync, checksums and the commit still run in the
+    background.
+    """
+    seen, queue = set(), [checkpoint]
+    while queue:
+        obj = queue.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(
+            obj, (tf.data.Iterator, tf.distribute.DistributedIterator)
+        ):
+            return True
+        queue.extend(tf.train.TrackableView.children(obj).values())
+    return False
+
+
 @atexit.register
 def _finish_backups_in_flight():
     """A backup in flight at interpreter exit is finished, not abandoned."""
@@ -252,6 +275,7 @@ class BackupStore:
             work = final
         options = tf.train.CheckpointOptions(
             experimental_enable_async_checkpoint=asynchronous
+            and not _holds_data_iterator(checkpoint)
         )
         try:
             tf.io.gfile.makedirs(work)

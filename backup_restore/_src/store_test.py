@@ -267,6 +267,29 @@ class StoreTest(parameterized.TestCase):
         s.restore(target, s.latest())
         self.assertEqual(target.v.numpy().tolist(), [2.0])
 
+    def test_async_backup_of_a_data_iterator_leaves_its_data_unchanged(self):
+        # TensorFlow's async checkpointing alone perturbs a tf.data iterator
+        # (the elements it yields afterwards change); the store must not.
+        def dataset():
+            return (
+                tf.data.Dataset.range(64)
+                .shuffle(64, seed=1, reshuffle_each_iteration=True)
+                .batch(4)
+                .repeat()
+            )
+
+        reference = iter(dataset())
+        want = [next(reference).numpy().tolist() for _ in range(40)]
+        iterator = iter(dataset())
+        s = store.BackupStore(self._dir("local"))
+        got = []
+        for i in range(40):
+            got.append(next(iterator).numpy().tolist())
+            if i % 7 == 6:
+                s.write_async(tf.train.Checkpoint(it=iterator), {"i": i})
+        s.wait()
+        self.assertEqual(got, want)
+
     def test_async_failure_surfaces_at_wait_and_keeps_previous(self):
         s = store.BackupStore(self._dir("local"))
         self._write(s, [1.0])

@@ -39,7 +39,10 @@ _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 256, "Synthetic samples.", lower_bound=1
 )
 _SAVE_FREQ = flags.DEFINE_string(
-    "save_freq", "epoch", "'epoch' or a number of batches between backups."
+    "save_freq",
+    "epoch",
+    "'epoch', a number of batches between backups, or 'false' (backups on "
+    "preemption only, with --save_before_preemption).",
 )
 _DELETE_CHECKPOINT = flags.DEFINE_bool(
     "delete_checkpoint", True, "Delete the backup when training completes."
@@ -120,6 +123,11 @@ _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical devices, one replica each.",
     lower_bound=1,
 )
+_SAVE_BEFORE_PREEMPTION = flags.DEFINE_bool(
+    "save_before_preemption",
+    False,
+    "On SIGTERM: back up at the current batch, then exit with status 42.",
+)
 _ASYNC_BACKUP = flags.DEFINE_bool(
     "async_backup",
     True,
@@ -134,6 +142,13 @@ _FAIL_AFTER_BACKUP_COMMITTED = flags.DEFINE_bool(
     "backup may still be in flight: the next run then resumes from the one "
     "before it.",
 )
+_PERSIST_DELAY_SECONDS = flags.DEFINE_float(
+    "persist_delay_seconds",
+    0.0,
+    "Demo/test hook: hold every background persist this long after its data "
+    "is written, so that a signal can land while a backup is in flight.",
+    lower_bound=0.0,
+)
 _RESULT_FILE = flags.DEFINE_string(
     "result_file", None, "Write the run's outcome as JSON here."
 )
@@ -142,11 +157,13 @@ _RESULT_FILE = flags.DEFINE_string(
 def _save_freq(value: str):
     if value == "epoch":
         return "epoch"
+    if value.lower() == "false":
+        return False  # only with --save_before_preemption
     try:
         return int(value)
     except ValueError:
         raise app.UsageError(
-            f"--save_freq must be 'epoch' or an integer, got {value!r}"
+            f"--save_freq must be 'epoch', an integer or 'false', got {value!r}"
         ) from None
 
 
@@ -158,8 +175,13 @@ def _user_path(path: str) -> str:
     return os.path.join(base, path)
 
 
-def _install_backup_stage_kill(stage: str, number: int):
-    from backup_restore._src import faults  # test/demo hook, private API
+def _install_fault_hook(stage: str | None, number: int, delay: float):
+    """Demo/test hook into the backup write path (a private API).
+
+    Kills this process at `stage` of backup number `number`, and/or holds
+    every persist `delay` seconds once its data is written.
+    """
+    from backup_restore._src import faults
 
     target = "data_written" if stage == "half_written" else stage
     seen = {"n": 0}
@@ -167,6 +189,9 @@ def _install_backup_stage_kill(stage: str, number: int):
     def hook(reached, path):
         if reached == faults.BEFORE_DATA:
             seen["n"] += 1
+        if reached == faults.DATA_WRITTEN and delay:
+            print(f"PERSIST DELAYED in {path}", flush=True)
+            time.sleep(delay)
         if reached != target or seen["n"] != number:
             return
         if stage == "half_written":
@@ -212,9 +237,15 @@ def _failure_callback(tf_keras, at_step: int, how: str, backup):
             elif how == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
             elif how == "pause":
+                # Wait for an external signal. With --save_before_preemption a
+                # SIGTERM only marks the preemption: training then goes on
+                # to back up at this very batch.
                 print("PAUSED", flush=True)
-                while True:
-                    time.sleep(1)
+                while not (
+                    _SAVE_BEFORE_PREEMPTION.value
+                    and backup.preemption_requested
+                ):
+                    time.sleep(0.05)
             else:
                 raise RuntimeError(
                     f"--fail_at_step={at_step}: simulated failure"
@@ -246,15 +277,18 @@ def main(argv):
     tf_keras.utils.set_random_seed(_SEED.value)
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
-    if _KILL_AT_BACKUP_STAGE.value:
-        _install_backup_stage_kill(
-            _KILL_AT_BACKUP_STAGE.value, _KILL_AT_BACKUP_NUMBER.value
+    if _KILL_AT_BACKUP_STAGE.value or _PERSIST_DELAY_SECONDS.value:
+        _install_fault_hook(
+            _KILL_AT_BACKUP_STAGE.value,
+            _KILL_AT_BACKUP_NUMBER.value,
+            _PERSIST_DELAY_SECONDS.value,
         )
 
     backup = backup_restore.BackupAndRestore(
         _user_path(_BACKUP_DIR.value),
         save_freq=save_freq,
         delete_checkpoint=_DELETE_CHECKPOINT.value,
+        save_before_preemption=_SAVE_BEFORE_PREEMPTION.value,
         async_backup=_ASYNC_BACKUP.value,
     )
     callbacks = [backup]

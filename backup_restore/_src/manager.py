@@ -1,0 +1,264 @@
+"""BackupManager: crash-safe, exact backups for custom training loops.
+
+The same engine as the Keras callback (store.py: atomic + durable commits,
+checksums, asynchronous persist; preemption.py: back up on SIGTERM), over any
+trackable objects: models, optimizers, tf.data iterators, tf.random.Generator,
+counters.
+
+Example:
+
+```python
+manager = backup_restore.BackupManager(
+    "/tmp/my_job_backup",
+    model=model, optimizer=optimizer, iterator=iterator, rng=rng,
+    save_every_n_steps=100,
+)
+optimizer.build(model.trainable_variables)  # slots exist before restoring
+step = manager.restore()  # 0 on a fresh start
+while step < total_steps:
+    train_step(next(iterator))
+    step += 1
+    manager.maybe_backup(step)
+manager.finish()  # waits for the last backup, then deletes the backups
+```
+"""
+
+import sys
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from backup_restore._src import errors
+from backup_restore._src import preemption
+from backup_restore._src import store
+
+FORMAT = "backup_restore.manager/1"
+
+
+def variable_paths(root) -> dict:
+    """path -> [shape, dtype] of every variable reachable from `root`.
+
+    Paths are the checkpoint's object-graph paths (e.g.
+    "model/layer_with_weights-0/kernel"), found through the public
+    tf.train.TrackableView. Variables not created yet (optimizer slots before
+    the first step) are simply absent.
+    """
+    paths, seen, queue = {}, set(), [("", root)]
+    while queue:
+        path, obj = queue.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, tf.Variable):
+            paths[path] = [[int(d) for d in obj.shape], obj.dtype.name]
+            continue
+        for name, child in tf.train.TrackableView.children(obj).items():
+            queue.append((f"{path}/{name}" if path else name, child))
+    return paths
+
+
+def diff_variables(backup: dict, current: dict) -> list[str]:
+    """What makes a backup unfit for the current objects (empty: fits)."""
+    problems = []
+    for path, spec in sorted(current.items()):
+        if path not in backup:
+            problems.append(f"{path}: not in the backup")
+        elif backup[path] != spec:
+            problems.append(
+                f"{path}: backup {backup[path][1]}{backup[path][0]}, "
+                f"now {spec[1]}{spec[0]}"
+            )
+    return problems
+
+
+class BackupManager:
+    """Backs up and restores the state of a custom training loop.
+
+    Concurrency: use from one thread (the training loop). With
+    `async_backup=True` files are written by one background thread, one
+    backup at a time. With `save_before_preemption=True`, construct and call
+    `restore()` on the main thread (signal handlers).
+
+    Args:
+      backup_dir: where backups live (local path or any tf.io.gfile
+        filesystem). One directory per training job.
+      save_every_n_steps: `maybe_backup(step)` backs up when `step` is a
+        multiple of this. None: only on preemption or `backup()`.
+      async_backup: persist backups on a background thread.
+      save_before_preemption: on a signal in `preemption_signals`, the next
+        `maybe_backup(step)` backs up at `step`, waits until it is committed,
+        then exits with `preemption_exit_code` (or, with
+        `exit_on_preemption=False`, returns True: stop training).
+      preemption_signals: the signals announcing a preemption.
+      exit_on_preemption: exit the process after the preemption backup.
+      preemption_exit_code: the exit status then (TensorFlow's default, 42).
+      **trackables: what to back up: any objects tf.train.Checkpoint accepts.
+
+    Raises:
+      ValueError / TypeError: invalid arguments (nothing is created).
+    """
+
+    def __init__(
+        self,
+        backup_dir,
+        *,
+        save_every_n_steps=None,
+        async_backup=True,
+        save_before_preemption=False,
+        preemption_signals=preemption.DEFAULT_SIGNALS,
+        exit_on_preemption=True,
+        preemption_exit_code=preemption.RESTART_EXIT_CODE,
+        **trackables,
+    ):
+        if not tf.executing_eagerly():
+            raise ValueError(
+                "BackupManager needs eager execution (TF2); "
+                "tf.compat.v1.disable_eager_execution() was called."
+            )
+        if not trackables:
+            raise ValueError(
+                "BackupManager needs the objects to back up, e.g. "
+                "BackupManager(dir, model=model, optimizer=optimizer)."
+            )
+        if save_every_n_steps is not None and (
+            isinstance(save_every_n_steps, bool)
+            or not isinstance(save_every_n_steps, int)
+            or save_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"save_every_n_steps must be a positive int or None, got "
+                f"{save_every_n_steps!r}."
+            )
+        self._store = store.BackupStore(backup_dir)
+        self._checkpoint = tf.train.Checkpoint(**trackables)
+        self._every = save_every_n_steps
+        self._async = bool(async_backup)
+        self._watcher = (
+            preemption.PreemptionWatcher(preemption_signals)
+            if save_before_preemption
+            else None
+        )
+        self._exit_on_preemption = exit_on_preemption
+        self._exit_code = preemption_exit_code
+        self.resumed_from = None  # the step restore() returned, if resumed
+        self.metadata = None  # the user metadata of the restored backup
+        self.preempted = False
+
+    @property
+    def backup_dir(self) -> str:
+        return self._store.directory
+
+    @property
+    def preemption_requested(self) -> bool:
+        return self._watcher is not None and self._watcher.requested
+
+    def restore(self) -> int:
+        """Restores the newest intact backup; returns the step to go on from.
+
+        Returns 0 when there is no backup. Also removes leftovers of
+        interrupted writes and installs the preemption handler.
+
+        Raises:
+          BackupMismatchError: the backup holds other variables (paths,
+            shapes, dtypes) than the objects given.
+          BackupCorruptError: every backup fails its integrity checks.
+        """
+        if self._watcher is not None:
+            self._watcher.install()
+        self._store.cleanup()
+        start = time.monotonic()
+        restored = self._store.restore_latest(self._prepare)
+        if restored is None:
+            return 0
+        info, status = restored
+        status.assert_existing_objects_matched()
+        step = int(info.metadata["step"])
+        self.resumed_from = step
+        self.metadata = info.metadata.get("user")
+        logging.info(
+            "Restored backup %s: resuming at step %d; took %.2f s.",
+            info.path,
+            step,
+            time.monotonic() - start,
+        )
+        return step
+
+    def _prepare(self, info):
+        if info.metadata.get("format") != FORMAT:
+            raise errors.BackupMismatchError(
+                f"{info.path} was not written by a BackupManager (format "
+                f"{info.metadata.get('format')!r})."
+            )
+        problems = diff_variables(
+            info.metadata["variables"], variable_paths(self._checkpoint)
+        )
+        if problems:
+            raise errors.BackupMismatchError(
+                f"The backup in {info.path} does not fit the objects given:"
+                "\n  " + "\n  ".join(problems) + "\nNothing was restored or "
+                "deleted. Use the same model and optimizer as before to "
+                "resume, or another backup_dir to start from scratch."
+            )
+        return self._checkpoint
+
+    def backup(self, step: int, metadata=None, wait: bool = False) -> None:
+        """Backs up now, as the state after `step` steps.
+
+        Args:
+          step: the number of steps done; restore() returns it.
+          metadata: optional JSON-serializable data, given back as
+            `self.metadata` after restore().
+          wait: block until the backup is committed.
+        """
+        self._store.write_async(
+            self._checkpoint,
+            {
+                "format": FORMAT,
+                "step": int(step),
+                "variables": variable_paths(self._checkpoint),
+                "user": metadata,
+                "written_at": time.time(),
+            },
+            asynchronous=self._async,
+        )
+        if wait:
+            self._store.wait()
+
+    def maybe_backup(self, step: int, metadata=None) -> bool:
+        """Backs up if due at `step` or if a preemption was announced.
+
+        Returns:
+          True when training must stop (preempted, exit_on_preemption=False).
+        """
+        if self.preemption_requested:
+            self.backup(step, metadata, wait=True)
+            self.preempted = True
+            logging.warning(
+                "Preemption signal %s: backed up step %d to %s.",
+                self._watcher.received,
+                step,
+                self.backup_dir,
+            )
+            self._watcher.uninstall()
+            if self._exit_on_preemption:
+                sys.exit(self._exit_code)
+            return True
+        if self._every is not None and step % self._every == 0:
+            self.backup(step, metadata)
+        return False
+
+    def wait(self) -> None:
+        """Blocks until the last backup is committed (raises its error)."""
+        self._store.wait()
+
+    def finish(self, delete: bool = True) -> None:
+        """Ends training: waits for the last backup, deletes the backups.
+
+        Not deleted after a preemption (the next run resumes from them).
+        """
+        self._store.wait()
+        if self._watcher is not None:
+            self._watcher.uninstall()
+        if delete and not self.preempted:
+            self._store.delete_all()

@@ -1,0 +1,213 @@
+"""BackupManager for custom training loops (in-process)."""
+
+import os
+import signal
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl.testing import absltest
+
+import backup_restore
+from backup_restore.examples import synthetic
+from testing import device
+
+
+def _objects(width=8):
+    tf_keras.utils.set_random_seed(3)
+    model = tf_keras.Sequential(
+        [tf_keras.Input((4,)), tf_keras.layers.Dense(width)]
+    )
+    optimizer = tf_keras.optimizers.Adam(0.1)
+    optimizer.build(model.trainable_variables)
+    dataset = tf.data.Dataset.range(100).shuffle(100, seed=1).repeat()
+    return model, optimizer, iter(dataset), tf.random.Generator.from_seed(5)
+
+
+class ManagerTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+        self.dir = os.path.join(self.create_tempdir().full_path, "b")
+
+    def _manager(self, objects, **kwargs):
+        model, optimizer, iterator, rng = objects
+        return backup_restore.BackupManager(
+            self.dir,
+            model=model,
+            optimizer=optimizer,
+            iterator=iterator,
+            rng=rng,
+            **kwargs,
+        )
+
+    def test_fresh_start_returns_zero(self):
+        manager = self._manager(_objects())
+        self.assertEqual(manager.restore(), 0)
+        self.assertIsNone(manager.resumed_from)
+
+    def test_round_trip_of_weights_iterator_rng_and_metadata(self):
+        model, _, iterator, rng = objects = _objects()
+        manager = self._manager(objects, save_every_n_steps=5)
+        manager.restore()
+        for step in range(1, 8):
+            next(iterator)
+            rng.normal([1])
+            model.weights[0].assign_add(tf.ones_like(model.weights[0]))
+            if step == 5:
+                at_backup = model.weights[0].numpy()
+            manager.maybe_backup(step, metadata={"lr": 0.1})
+        manager.wait()  # the backup of step 5 is the last one
+
+        # A new process rebuilds the same objects, then restores.
+        fresh_model, _, fresh_iterator, fresh_rng = fresh = _objects()
+        resumed = self._manager(fresh)
+        self.assertEqual(resumed.restore(), 5)
+        self.assertEqual(resumed.metadata, {"lr": 0.1})
+        np.testing.assert_array_equal(fresh_model.weights[0].numpy(), at_backup)
+        # The iterator and the generator continue after their 5th draw.
+        _, _, replay_iterator, replay_rng = _objects()
+        for _ in range(5):
+            next(replay_iterator)
+            replay_rng.normal([1])
+        self.assertEqual(
+            [int(next(fresh_iterator)) for _ in range(3)],
+            [int(next(replay_iterator)) for _ in range(3)],
+        )
+        np.testing.assert_array_equal(
+            fresh_rng.normal([3]).numpy(), replay_rng.normal([3]).numpy()
+        )
+
+    def test_finish_deletes_and_keeps_foreign_files(self):
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, "notes"), "w") as f:
+            f.write("x")
+        manager = self._manager(_objects(), save_every_n_steps=1)
+        manager.restore()
+        manager.maybe_backup(1)
+        manager.finish()
+        self.assertEqual(os.listdir(self.dir), ["notes"])
+
+    def test_changed_shape_is_refused_naming_the_variable(self):
+        manager = self._manager(_objects(width=8))
+        manager.restore()
+        manager.backup(3, wait=True)
+        changed = self._manager(_objects(width=9))
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"model/layer_with_weights-0/kernel: backup float32\[4, 8\], "
+            r"now float32\[4, 9\]",
+        ):
+            changed.restore()
+        self.assertLen(os.listdir(self.dir), 1, "nothing deleted")
+
+    def test_extra_object_is_refused(self):
+        manager = self._manager(_objects())
+        manager.restore()
+        manager.backup(3, wait=True)
+        model, optimizer, iterator, rng = _objects()
+        bigger = backup_restore.BackupManager(
+            self.dir,
+            model=model,
+            optimizer=optimizer,
+            iterator=iterator,
+            rng=rng,
+            step=tf.Variable(0),
+        )
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError, "step: not in the backup"
+        ):
+            bigger.restore()
+
+    def test_a_keras_callback_backup_is_refused(self):
+        model = synthetic.regression_model("tiny")
+        x, y = synthetic.regression_data(32)
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[
+                backup_restore.BackupAndRestore(
+                    self.dir, delete_checkpoint=False
+                )
+            ],
+        )
+        manager = backup_restore.BackupManager(self.dir, model=model)
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError, "not written by a BackupManager"
+        ):
+            manager.restore()
+
+    def test_invalid_arguments(self):
+        with self.assertRaisesRegex(ValueError, "objects to back up"):
+            backup_restore.BackupManager(self.dir)
+        for bad in (0, -1, 1.5, True):
+            with self.assertRaisesRegex(ValueError, "save_every_n_steps"):
+                backup_restore.BackupManager(
+                    self.dir, save_every_n_steps=bad, v=tf.Variable(1)
+                )
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_preemption_without_exit_returns_true_and_keeps_the_backup(self):
+        calls = []
+        previous = signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))
+        self.addCleanup(signal.signal, signal.SIGTERM, previous)
+        handler_before = signal.getsignal(signal.SIGTERM)
+        manager = self._manager(
+            _objects(), save_before_preemption=True, exit_on_preemption=False
+        )
+        manager.restore()
+        self.assertFalse(manager.maybe_backup(1))
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.assertTrue(manager.preemption_requested)
+        self.assertEqual(calls, [signal.SIGTERM], "previous handler chained")
+        self.assertTrue(manager.maybe_backup(2))
+        manager.finish()
+        self.assertEqual(os.listdir(self.dir), ["backup-00000001"])
+        self.assertIs(signal.getsignal(signal.SIGTERM), handler_before)
+        self.assertEqual(self._manager(_objects()).restore(), 2)
+
+
+class CallbackPreemptionTest(absltest.TestCase):
+    def test_fit_returns_after_the_preemption_backup(self):
+        device.skip_if_device_absent()
+        directory = os.path.join(self.create_tempdir().full_path, "b")
+
+        class SignalAt(tf_keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 5 - 4:  # epoch 1, batch 1 (4 batches/epoch)
+                    if self.model.optimizer.iterations.numpy() == 6:
+                        os.kill(os.getpid(), signal.SIGTERM)
+
+        model = synthetic.regression_model("tiny")
+        x, y = synthetic.regression_data(64)
+        callback = backup_restore.BackupAndRestore(
+            directory,
+            save_freq=False,
+            save_before_preemption=True,
+            exit_on_preemption=False,
+        )
+        history = model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=3,
+            verbose=0,
+            callbacks=[callback, SignalAt()],
+        )
+        self.assertTrue(callback.preempted)
+        self.assertEqual(history.epoch, [0, 1])  # stopped during epoch 1
+        self.assertEqual(os.listdir(directory), ["backup-00000001"])
+        resumed = backup_restore.BackupAndRestore(directory)
+        synthetic.regression_model("tiny").fit(
+            x, y, batch_size=16, epochs=3, verbose=0, callbacks=[resumed]
+        )
+        self.assertEqual(resumed.resumed_from, (1, 2))
+        self.assertIs(
+            signal.getsignal(signal.SIGTERM), signal.SIG_DFL, "restored"
+        )
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -1,0 +1,149 @@
+"""Preemption: a real SIGTERM makes the job back up at that step and exit 42.
+
+Child processes pause at a chosen step (the trainers' --fail_with=pause) and
+receive real signals from this test; the rerun must resume at exactly that
+step and end bit-identical to an uninterrupted run.
+"""
+
+import os
+import signal
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import backup_restore
+from testing import device
+from testing import procs
+
+_FIT = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=4"]
+_LOOP = ["--steps=30", "--save_every=10", "--seed=4"]
+
+
+def _fit_trainer():
+    return procs.runfile("backup_restore/examples/fit_trainer")
+
+
+def _loop_trainer():
+    return procs.runfile("backup_restore/examples/custom_loop_trainer")
+
+
+class PreemptionTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
+
+    def _reference(self, binary, base):
+        ref = procs.run(binary, [*base, f"--backup_dir={self.dir}-ref"])
+        self.assertEqual(ref.returncode, 0, ref.describe())
+        return ref.result
+
+    def _preempt(self, binary, args, signals=(signal.SIGTERM,)):
+        run = procs.run_and_signal_at_pause(
+            binary, [*args, "--fail_with=pause"], sig=signals
+        )
+        self.assertEqual(
+            run.returncode, backup_restore.RESTART_EXIT_CODE, run.describe()
+        )
+        self.assertIn("Preemption signal", run.stderr)
+        return run
+
+    @parameterized.named_parameters(
+        # 4 batches per epoch; epoch backups only, so every batch after the
+        # last epoch backup would be lost without the preemption backup.
+        ("mid_epoch", 7, (1, 3)),
+        # At an epoch's last batch the backup is taken at the epoch's end.
+        ("last_batch_of_an_epoch", 8, (2, 0)),
+        ("first_batch", 1, (0, 1)),
+    )
+    def test_sigterm_backs_up_at_that_batch(self, batch, expected):
+        reference = self._reference(_fit_trainer(), _FIT)
+        args = [*_FIT, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        self._preempt(_fit_trainer(), [*args, f"--fail_at_step={batch}"])
+        rerun = procs.run(_fit_trainer(), args)
+        self.assertEqual(rerun.returncode, 0, rerun.describe())
+        self.assertEqual(rerun.result["resumed_from"], list(expected))
+        self.assertEqual(
+            rerun.result["weights_sha256"], reference["weights_sha256"]
+        )
+        self.assertEqual(rerun.result["history"], reference["history"])
+
+    def test_save_freq_false_saves_only_on_preemption(self):
+        reference = self._reference(_fit_trainer(), _FIT)
+        args = [
+            *_FIT,
+            f"--backup_dir={self.dir}",
+            "--save_before_preemption",
+            "--save_freq=False",
+        ]
+        self._preempt(_fit_trainer(), [*args, "--fail_at_step=6"])
+        self.assertLen(os.listdir(self.dir), 1)
+        rerun = procs.run(_fit_trainer(), args)
+        self.assertEqual(rerun.result["resumed_from"], [1, 2])
+        self.assertEqual(
+            rerun.result["weights_sha256"], reference["weights_sha256"]
+        )
+
+    def test_sigterm_while_a_backup_is_in_flight(self):
+        # Batch-level backups every 3 batches, each held 3 s in the
+        # background; paused at batch 5 while the batch-3 backup persists.
+        reference = self._reference(_fit_trainer(), _FIT)
+        args = [
+            *_FIT,
+            f"--backup_dir={self.dir}",
+            "--save_before_preemption",
+            "--save_freq=3",
+            "--persist_delay_seconds=3",
+        ]
+        run = self._preempt(
+            _fit_trainer(),
+            [*args, "--fail_at_step=5", "--nofail_after_backup_committed"],
+        )
+        self.assertIn("PERSIST DELAYED", run.stdout)
+        rerun = procs.run(_fit_trainer(), [*args, "--persist_delay_seconds=0"])
+        self.assertEqual(rerun.result["resumed_from"], [1, 1])
+        self.assertEqual(
+            rerun.result["weights_sha256"], reference["weights_sha256"]
+        )
+
+    def test_sigterm_twice(self):
+        reference = self._reference(_fit_trainer(), _FIT)
+        args = [*_FIT, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        self._preempt(
+            _fit_trainer(),
+            [*args, "--fail_at_step=6"],
+            signals=(signal.SIGTERM, signal.SIGTERM),
+        )
+        rerun = procs.run(_fit_trainer(), args)
+        self.assertEqual(rerun.result["resumed_from"], [1, 2])
+        self.assertEqual(
+            rerun.result["weights_sha256"], reference["weights_sha256"]
+        )
+
+    def test_without_save_before_preemption_sigterm_just_kills(self):
+        args = [*_FIT, f"--backup_dir={self.dir}", "--save_freq=epoch"]
+        run = procs.run_and_signal_at_pause(
+            _fit_trainer(),
+            [*args, "--fail_at_step=7", "--fail_with=pause"],
+            sig=signal.SIGTERM,
+        )
+        self.assertEqual(run.killed_by, signal.SIGTERM, run.describe())
+        rerun = procs.run(_fit_trainer(), args)
+        self.assertEqual(rerun.result["resumed_from"], [1, 0])
+
+    # -- custom training loop ------------------------------------------------
+
+    def test_custom_loop_sigterm_backs_up_at_that_step(self):
+        reference = self._reference(_loop_trainer(), _LOOP)
+        args = [*_LOOP, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        self._preempt(_loop_trainer(), [*args, "--fail_at_step=13"])
+        rerun = procs.run(_loop_trainer(), args)
+        self.assertEqual(rerun.returncode, 0, rerun.describe())
+        self.assertEqual(rerun.result["resumed_from"], 13)
+        self.assertEqual(
+            rerun.result["weights_sha256"], reference["weights_sha256"]
+        )
+
+
+if __name__ == "__main__":
+    absltest.main()
