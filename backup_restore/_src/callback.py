@@ -203,6 +203,8 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._pending_skip = 0
         self._resume = None
         self._restored = None  # metadata to apply at the first epoch begin
+        self._write_checkpoint = None
+        self._write_spec = None
         self.preempted = False
         if self._watcher is not None:
             self._watcher.install()
@@ -321,6 +323,22 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             callback_tensors=callback_tensors,
         )
 
+    def _checkpoint_for(self, tensors):
+        """The checkpoint for a backup, the same object while possible.
+
+        TensorFlow's async checkpointing keeps one host copy of the state per
+        Checkpoint object: a new object per backup would allocate the whole
+        state again every time.
+        """
+        spec = callback_states.tensor_spec(tensors)
+        if self._write_checkpoint is None or spec != self._write_spec:
+            self._write_holder = callback_states.holder(tensors=tensors)
+            self._write_checkpoint = self._checkpoint(self._write_holder)
+            self._write_spec = spec
+        else:
+            callback_states.assign(self._write_holder, tensors)
+        return self._write_checkpoint
+
     def _fingerprint(self):
         return keras_state.fingerprint(
             self.model, self._optimizer_fp, len(self._random_generators)
@@ -354,7 +372,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "tf_keras": tf_keras.__version__,
             },
         }
-        checkpoint = self._checkpoint(callback_states.holder(tensors=tensors))
+        checkpoint = self._checkpoint_for(tensors)
         self._store.write_async(
             checkpoint, metadata, asynchronous=self.async_backup
         )

@@ -158,3 +158,10 @@ def holder(tensors=None, spec=None):
             for key, arrays in spec.items()
         }
     return module
+
+
+def assign(module, tensors) -> None:
+    """Puts new values into a holder made for the same tensor_spec."""
+    for key, arrays in tensors.items():
+        for variable, array in zip(module.tensors[key], arrays, strict=True):
+            variable.assign(array)

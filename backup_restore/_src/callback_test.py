@@ -136,6 +136,22 @@ class CallbackTest(parameterized.TestCase):
         self.assertEqual(recorder.epochs, [])
         self.assertEqual(history.epoch, list(range(EPOCHS)))
 
+    def test_one_checkpoint_object_serves_every_backup(self):
+        # TensorFlow's async checkpointing allocates a host copy of the whole
+        # state per Checkpoint object: one per backup ran out of memory.
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        seen = []
+        original = callback._store.write_async
+
+        def spy(checkpoint, metadata, asynchronous=True):
+            seen.append(checkpoint)
+            return original(checkpoint, metadata, asynchronous)
+
+        callback._store.write_async = spy
+        _fit(_model(), [callback])
+        self.assertLen(seen, EPOCHS * 4)
+        self.assertLen({id(c) for c in seen}, 1)
+
     def test_foreign_files_survive_completion(self):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "notes.txt"), "w") as f:
@@ -299,11 +315,12 @@ class CallbackTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "save_before_preemption"):
             backup_restore.BackupAndRestore(self.dir, save_freq=False)
 
-    def test_save_before_preemption_is_not_supported_yet(self):
-        with self.assertRaisesRegex(NotImplementedError, "not supported yet"):
-            backup_restore.BackupAndRestore(
-                self.dir, save_before_preemption=True
-            )
+    def test_save_freq_false_is_valid_with_save_before_preemption(self):
+        callback = backup_restore.BackupAndRestore(
+            self.dir, save_freq=False, save_before_preemption=True
+        )
+        self.assertFalse(callback.save_freq)
+        self.assertFalse(os.path.exists(self.dir), "nothing created")
 
     def test_invalid_backup_dir(self):
         for bad, exc in [
