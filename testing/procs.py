@@ -17,7 +17,13 @@ _WORKSPACE = "backup_restore_ws"
 
 def runfile(path: str) -> str:
     """Absolute path of a workspace-relative runfile, e.g. a py_binary."""
-    for root in (os.environ.get("TEST_SRCDIR"), os.environ.get("RUNFILES_DIR")):
+    roots = (
+        os.environ.get("TEST_SRCDIR"),  # bazel test
+        os.environ.get("RUNFILES_DIR"),
+        os.environ.get("PYTHON_RUNFILES"),  # bazel run / bazel-bin/...
+        os.path.abspath(sys.argv[0]) + ".runfiles",
+    )
+    for root in roots:
         if root:
             candidate = os.path.join(root, _WORKSPACE, path)
             if os.path.exists(candidate):

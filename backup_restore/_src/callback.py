@@ -1,5 +1,6 @@
 """The Keras callback: a thin layer over the backup engine (store.py)."""
 
+import os
 import sys
 import time
 
@@ -7,6 +8,7 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from backup_restore._src import atomicity
 from backup_restore._src import callback_states
 from backup_restore._src import errors
 from backup_restore._src import keras_adapter
@@ -206,10 +208,34 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._write_checkpoint = None
         self._write_spec = None
         self.preempted = False
+        # Multi-worker: every worker restores the chief's backup; only the
+        # chief commits. The others write theirs (saving may involve
+        # collective ops) into a scratch directory, deleted at once.
+        self._is_chief, task_id = keras_adapter.worker_role(
+            model.distribute_strategy
+        )
+        self._multi_worker = keras_adapter.is_multi_worker(
+            model.distribute_strategy
+        )
+        self._scratch = None
+        if not self._is_chief:
+            if self._watcher is not None:
+                raise ValueError(
+                    "save_before_preemption=True is not supported with "
+                    "multi-worker training yet (the workers would have to "
+                    "agree on the step). Use save_freq instead."
+                )
+            self._scratch = store.BackupStore(
+                os.path.join(
+                    self.backup_dir, atomicity.worker_scratch_name(task_id)
+                )
+            )
+            self._scratch.delete_all()  # left by a crash
         if self._watcher is not None:
             self._watcher.install()
         self._warn_about_legacy_rng(model)
-        self._store.cleanup()
+        if self._is_chief:
+            self._store.cleanup()
         self._random_generators = None
         restored = self._store.restore_latest(self._prepare_restore)
         if restored is None:
@@ -276,7 +302,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # still returns the complete History.
             self._apply_restored_state(None)
         self._store.wait()  # a failed last backup raises here
-        if self.delete_checkpoint and not self.preempted:
+        if self.delete_checkpoint and not self.preempted and self._is_chief:
             self._store.delete_all()
             logging.info(
                 "Training completed; deleted the backups in %s.",
@@ -373,8 +399,18 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             },
         }
         checkpoint = self._checkpoint_for(tensors)
+        if self._scratch is not None:
+            self._scratch.write(checkpoint, metadata)
+            self._scratch.delete_all()
+            self._since_save = 0
+            return
         self._store.write_async(
-            checkpoint, metadata, asynchronous=self.async_backup
+            checkpoint,
+            metadata,
+            asynchronous=self.async_backup,
+            # TensorFlow's async snapshot issues collective ops of its own:
+            # with several workers, snapshot synchronously like the others.
+            async_snapshot=not self._multi_worker,
         )
         self._since_save = 0
         logging.info(

@@ -116,6 +116,10 @@ def run_last(callback) -> list:
     callback_list = fit_callback_list()
     if callback_list is None:
         raise RuntimeError("run_last must be called from inside Model.fit().")
+    if callback not in callback_list.callbacks:
+        # Wrapped by another callback, which calls our hooks itself: adding
+        # us to the list would run every hook twice. Leave the order alone.
+        return list(callback_list.callbacks)
     others = [c for c in callback_list.callbacks if c is not callback]
     # A new list: CallbackList is iterating over the old one right now (this
     # runs inside on_train_begin), and must finish it unchanged.
@@ -242,3 +246,32 @@ def layer_random_generators(model: tf_keras.Model) -> list:
         if isinstance(generator, tf.random.Generator):
             generators.append(generator)
     return generators
+
+
+def is_multi_worker(strategy) -> bool:
+    """Whether the strategy spans several worker processes."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or getattr(resolver, "task_type", None) is None:
+        return False
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(tasks) for tasks in jobs.values()) > 1
+
+
+def worker_role(strategy) -> tuple[bool, int]:
+    """(is the chief, task index) of this process in a multi-worker cluster.
+
+    Single-process strategies are their own chief. In a cluster, the chief is
+    the `chief` task if there is one, else worker 0 (tf.distribute's rule).
+    Uses only the strategy's public cluster_resolver.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if resolver is None or task_type is None:
+        return True, 0
+    task_id = int(resolver.task_id or 0)
+    jobs = resolver.cluster_spec().as_dict()
+    if task_type == "chief":
+        return True, task_id
+    if task_type == "worker" and "chief" not in jobs:
+        return task_id == 0, task_id
+    return False, task_id

@@ -5,22 +5,7 @@ checksums, asynchronous persist; preemption.py: back up on SIGTERM), over any
 trackable objects: models, optimizers, tf.data iterators, tf.random.Generator,
 counters.
 
-Example:
-
-```python
-manager = backup_restore.BackupManager(
-    "/tmp/my_job_backup",
-    model=model, optimizer=optimizer, iterator=iterator, rng=rng,
-    save_every_n_steps=100,
-)
-optimizer.build(model.trainable_variables)  # slots exist before restoring
-step = manager.restore()  # 0 on a fresh start
-while step < total_steps:
-    train_step(next(iterator))
-    step += 1
-    manager.maybe_backup(step)
-manager.finish()  # waits for the last backup, then deletes the backups
-```
+The README's "Custom training loops" section has a complete example.
 """
 
 import sys
@@ -74,6 +59,26 @@ def diff_variables(backup: dict, current: dict) -> list[str]:
 
 class BackupManager:
     """Backs up and restores the state of a custom training loop.
+
+    Example:
+
+    ```python
+    import tensorflow as tf
+    import backup_restore
+
+    weights = tf.Variable(tf.zeros([3]))
+    manager = backup_restore.BackupManager(
+        "/tmp/backup_manager_docstring_example",
+        save_every_n_steps=5,
+        weights=weights,
+    )
+    step = manager.restore()  # 0 on a fresh start
+    while step < 20:
+        weights.assign_add(tf.ones([3]))  # one "training step"
+        step += 1
+        manager.maybe_backup(step)
+    manager.finish()
+    ```
 
     Concurrency: use from one thread (the training loop). With
     `async_backup=True` files are written by one background thread, one

@@ -73,7 +73,7 @@ class BackupInfo:
       seq: its sequence number (higher is newer).
       path: its directory.
       metadata: the JSON metadata it was written with.
-      files: name -> {"size", "crc32"} for every file in it.
+      files: name -> {"size": bytes} for every file in it.
     """
 
     seq: int
@@ -247,6 +247,7 @@ class BackupStore:
         checkpoint: tf.train.Checkpoint,
         metadata: dict,
         asynchronous: bool = True,
+        async_snapshot: bool = True,
     ) -> None:
         """Snapshots `checkpoint` now; persists and commits it in background.
 
@@ -256,6 +257,16 @@ class BackupStore:
         run on a background thread. At most one backup is in flight: this
         first waits for the previous one. Older backups are deleted only
         after the new one is committed.
+
+        Args:
+          checkpoint: what to back up.
+          metadata: JSON metadata stored in the manifest.
+          asynchronous: persist and commit on the background thread.
+          async_snapshot: take the snapshot with TensorFlow's asynchronous
+            checkpointing. False writes the files on the calling thread
+            (needed with multi-worker strategies, whose workers must issue
+            the same collective ops in the same order); fsync and the commit
+            still run in the background.
 
         Raises:
           errors.BackupWriteError: the previous background write failed (its
@@ -275,6 +286,7 @@ class BackupStore:
             work = final
         options = tf.train.CheckpointOptions(
             experimental_enable_async_checkpoint=asynchronous
+            and async_snapshot
             and not _holds_data_iterator(checkpoint)
         )
         try:
@@ -290,7 +302,7 @@ class BackupStore:
 
         def persist():
             try:
-                if asynchronous:
+                if options.experimental_enable_async_checkpoint:
                     checkpoint.sync()
                 self._pending_result = self._persist(
                     seq, work, final, metadata, start

@@ -166,7 +166,8 @@ class StoreTest(parameterized.TestCase):
             errors.BackupCorruptError, "Nothing was deleted"
         ) as cm:
             s.latest()
-        self.assertIn(os.path.basename(path), str(cm.exception))
+        self.assertIn(os.path.basename(info.path), str(cm.exception))
+        self.assertRegex(str(cm.exception), "truncated|checksum")
         s.cleanup()
         self.assertTrue(tf.io.gfile.exists(path), "a corrupt backup is kept")
 

@@ -33,17 +33,22 @@ _SIZES = flags.DEFINE_list(
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Repetitions.", lower_bound=1)
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs per fit.", lower_bound=1)
 _STEPS = flags.DEFINE_integer(
-    "steps_per_epoch", 20, "Batches per epoch.", lower_bound=1
+    "steps_per_epoch",
+    None,
+    "Batches per epoch; default per model size, so that a fit lasts long "
+    "enough to measure: 1m 200, 50m 20.",
+    lower_bound=1,
 )
 _PER_EPOCH = flags.DEFINE_integer(
     "backups_per_epoch", 10, "The frequent setting.", lower_bound=2
 )
 
-# (input width, hidden widths): ~1M and ~50M parameters (x3 with Adam slots).
+# (input width, hidden widths, default batches per epoch): ~1M and ~50M
+# parameters (x3 with Adam's slots).
 _MODELS = {
-    "tiny": (16, (32,)),
-    "1m": (512, (1024, 512)),
-    "50m": (4096, (4096, 4096, 4096)),
+    "tiny": (16, (32,), 4),
+    "1m": (512, (1024, 512), 200),
+    "50m": (4096, (4096, 4096, 4096), 20),
 }
 _BATCH = 16
 
@@ -147,17 +152,17 @@ def main(argv):
 
     root = _DIR.value
     os.makedirs(root, exist_ok=True)
-    steps, epochs = _STEPS.value, _EPOCHS.value
-    frequent = max(1, steps // _PER_EPOCH.value)
+    epochs = _EPOCHS.value
     print(
         f"machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}, "
-        f"tf-keras {tf_keras.__version__}; {epochs} epochs x {steps} batches "
-        f"of {_BATCH}; backups per epoch: 1 and {steps // frequent}; "
-        f"{_REPEATS.value} repeats, medians"
+        f"tf-keras {tf_keras.__version__}; {epochs} epochs of batches of "
+        f"{_BATCH}; {_REPEATS.value} repeats, interleaved, medians"
     )
     rows = []
     for size in _SIZES.value:
-        width, hidden = _MODELS[size]
+        width, hidden, default_steps = _MODELS[size]
+        steps = _STEPS.value or default_steps
+        frequent = max(1, steps // _PER_EPOCH.value)
         tf_keras.utils.set_random_seed(0)
         model = tf_keras.Sequential(
             [tf_keras.Input((width,))]
@@ -321,7 +326,8 @@ def main(argv):
                 row["persist_vs_raw"] = raw_s / persist
             rows.append(row)
         print(
-            f"\n{size}: state {state_bytes / 1e6:.1f} MB, backup "
+            f"\n{size}: {steps} batches per epoch; state "
+            f"{state_bytes / 1e6:.1f} MB, backup "
             f"{backup_bytes / 1e6:.1f} MB; plain copy {copy_s * 1e3:.1f} ms; "
             f"raw write+fsync {raw_s * 1e3:.0f} ms "
             f"({state_bytes / raw_s / 1e6:.0f} MB/s); restore: tf-keras "

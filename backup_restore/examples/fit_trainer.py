@@ -83,6 +83,12 @@ _FAIL_AT_STEP = flags.DEFINE_integer(
     "this process), to demonstrate a crash.",
     lower_bound=1,
 )
+_FAIL_ON_TASK = flags.DEFINE_integer(
+    "fail_on_task",
+    None,
+    "Multi-worker: apply --fail_at_step and --kill_at_backup_stage only in "
+    "the worker with this index.",
+)
 _FAIL_WITH = flags.DEFINE_enum(
     "fail_with",
     "sigkill",
@@ -112,9 +118,11 @@ _KILL_AT_BACKUP_NUMBER = flags.DEFINE_integer(
 _STRATEGY = flags.DEFINE_enum(
     "strategy",
     "default",
-    ["default", "mirrored"],
+    ["default", "mirrored", "multi_worker"],
     "tf.distribute strategy. mirrored: all GPUs, or on a machine without "
-    "GPUs, --logical_cpus logical CPU devices.",
+    "GPUs, --logical_cpus logical CPU devices. multi_worker: "
+    "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (start the "
+    "workers with //backup_restore/examples:multi_worker_launcher).",
 )
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus",
@@ -208,6 +216,10 @@ def _install_fault_hook(stage: str | None, number: int, delay: float):
 def _strategy(tf):
     if _STRATEGY.value == "default":
         return tf.distribute.get_strategy()
+    if _STRATEGY.value == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise app.UsageError("--strategy=multi_worker needs TF_CONFIG.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -272,14 +284,21 @@ def main(argv):
     import backup_restore
     from backup_restore.examples import synthetic
 
+    # First: multi-worker collectives and logical devices must be configured
+    # before anything else initializes TensorFlow's runtime.
+    strategy = _strategy(tf)
     if _TF_RANDOM_GENERATOR.value:
         tf_keras.backend.experimental.enable_tf_random_generator()
     tf_keras.utils.set_random_seed(_SEED.value)
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
-    if _KILL_AT_BACKUP_STAGE.value or _PERSIST_DELAY_SECONDS.value:
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    fails_here = _FAIL_ON_TASK.value in (None, task.get("index"))
+    if (
+        _KILL_AT_BACKUP_STAGE.value and fails_here
+    ) or _PERSIST_DELAY_SECONDS.value:
         _install_fault_hook(
-            _KILL_AT_BACKUP_STAGE.value,
+            _KILL_AT_BACKUP_STAGE.value if fails_here else None,
             _KILL_AT_BACKUP_NUMBER.value,
             _PERSIST_DELAY_SECONDS.value,
         )
@@ -292,13 +311,13 @@ def main(argv):
         async_backup=_ASYNC_BACKUP.value,
     )
     callbacks = [backup]
-    if _FAIL_AT_STEP.value:
+    if _FAIL_AT_STEP.value and fails_here:
         callbacks.append(
             _failure_callback(
                 tf_keras, _FAIL_AT_STEP.value, _FAIL_WITH.value, backup
             )
         )
-    with _strategy(tf).scope():
+    with strategy.scope():
         model = synthetic.regression_model(
             _MODEL_SIZE.value,
             dropout=_DROPOUT.value,

@@ -1,0 +1,186 @@
+"""MultiWorkerMirroredStrategy: real worker processes on 127.0.0.1.
+
+Workers are separate processes with TF_CONFIG on loopback ports. One is
+SIGKILLed mid-epoch (or the chief during a backup write); the survivors are
+stopped (they cannot go on without it), the whole group is restarted, and
+training resumes from the chief's last committed backup, ending with the
+weights of an uninterrupted run of the same cluster.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl.testing import absltest
+
+from testing import device
+from testing import ports
+from testing import procs
+
+_ARGS = [
+    "--strategy=multi_worker",
+    "--epochs=3",
+    "--num_samples=64",
+    "--batch_size=16",
+    "--seed=3",
+]
+
+
+def _trainer():
+    return procs.runfile("backup_restore/examples/fit_trainer")
+
+
+class MultiWorkerTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+        self.tmp = self.create_tempdir().full_path
+
+    def _cluster(self, n, args, per_worker=None, wait_for_death=None):
+        """Runs n workers; returns their exit codes and chief's result.
+
+        wait_for_death: the index of a worker expected to die; once it has,
+        the others get up to 60 s to notice, then are SIGKILLed.
+        """
+        cluster = ports.pick_unused_ports(n)
+        result_file = os.path.join(self.tmp, f"result-{time.time_ns()}.json")
+        workers = []
+        for i in range(n):
+            env = dict(os.environ, TF_CONFIG=ports.tf_config(cluster, i))
+            env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+            extra = (per_worker or {}).get(i, [])
+            if i == 0:
+                extra = [*extra, f"--result_file={result_file}"]
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, _trainer(), *args, *extra],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        if wait_for_death is not None:
+            workers[wait_for_death].wait(timeout=300)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(
+                w.poll() is None for w in workers
+            ):
+                time.sleep(0.5)
+            for w in workers:
+                if w.poll() is None:
+                    w.send_signal(signal.SIGKILL)
+        outputs = [w.communicate(timeout=600)[0] for w in workers]
+        codes = [w.returncode for w in workers]
+        result = None
+        if os.path.exists(result_file):
+            with open(result_file) as f:
+                result = json.load(f)
+        return codes, result, outputs
+
+    def _reference(self, n):
+        codes, result, outputs = self._cluster(
+            n, [*_ARGS, f"--backup_dir={self.tmp}/ref{n}"]
+        )
+        self.assertEqual(codes, [0] * n, outputs[-1][-3000:])
+        return result
+
+    def _finish(self, n, args, reference, expected):
+        codes, result, outputs = self._cluster(n, args)
+        self.assertEqual(codes, [0] * n, outputs[0][-3000:])
+        self.assertEqual(result["resumed_from"], expected)
+        self.assertEqual(result["weights_sha256"], reference["weights_sha256"])
+        self.assertEqual(result["history_epochs"], [0, 1, 2])
+        self.assertFalse(
+            os.path.exists(args[-1].split("=", 1)[1]), "deleted at the end"
+        )
+
+    def test_two_workers_one_sigkilled_mid_epoch(self):
+        reference = self._reference(2)
+        backup_dir = f"{self.tmp}/b"
+        args = [*_ARGS, "--save_freq=epoch", f"--backup_dir={backup_dir}"]
+        codes, _, outputs = self._cluster(
+            2,
+            args,
+            per_worker={1: ["--fail_at_step=7", "--fail_on_task=1"]},
+            wait_for_death=1,
+        )
+        self.assertEqual(codes[1], -signal.SIGKILL, outputs[1][-2000:])
+        self.assertNotEqual(codes[0], 0, "the survivor cannot finish alone")
+        self.assertEqual(
+            sorted(n for n in os.listdir(backup_dir) if not n.startswith(".")),
+            ["backup-00000001"],
+        )
+        self.assertNotIn(".tmp-worker-1", os.listdir(backup_dir))
+        self._finish(2, args, reference, [1, 0])
+
+    def test_chief_killed_during_a_backup_write(self):
+        reference = self._reference(2)
+        backup_dir = f"{self.tmp}/b"
+        args = [*_ARGS, "--save_freq=epoch", f"--backup_dir={backup_dir}"]
+        codes, _, outputs = self._cluster(
+            2,
+            args,
+            per_worker={
+                0: [
+                    "--kill_at_backup_stage=before_commit",
+                    "--kill_at_backup_number=2",
+                    "--fail_on_task=0",
+                ]
+            },
+            wait_for_death=0,
+        )
+        self.assertEqual(codes[0], -signal.SIGKILL, outputs[0][-2000:])
+        self._finish(2, args, reference, [1, 0])
+
+    def test_three_workers(self):
+        reference = self._reference(3)
+        backup_dir = f"{self.tmp}/b"
+        args = [*_ARGS, "--save_freq=3", f"--backup_dir={backup_dir}"]
+        codes, _, _ = self._cluster(
+            3,
+            args,
+            per_worker={2: ["--fail_at_step=8", "--fail_on_task=2"]},
+            wait_for_death=2,
+        )
+        self.assertEqual(codes[2], -signal.SIGKILL)
+        self._finish(3, args, reference, [1, 2])
+
+    def test_launcher_restarts_the_group_until_done(self):
+        reference = self._reference(2)
+        backup_dir = f"{self.tmp}/launched"
+        result_file = os.path.join(self.tmp, "launched.json")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                procs.runfile("backup_restore/examples/multi_worker_launcher"),
+                "--num_workers=2",
+                "--max_restarts=3",
+                f"--worker_log_dir={self.tmp}/logs",
+                # Worker 1 dies 6 batches into every attempt; each attempt
+                # still gets further, thanks to the epoch backups.
+                "--worker_arg=1:--fail_at_step=6",
+                f"--worker_arg=0:--result_file={result_file}",
+                "--",
+                *_ARGS,
+                "--save_freq=epoch",
+                f"--backup_dir={backup_dir}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr[-3000:])
+        self.assertIn("WORKER 1 died (signal 9)", proc.stdout)
+        self.assertIn("DONE after 2 restart(s)", proc.stdout)
+        with open(result_file) as f:
+            result = json.load(f)
+        self.assertEqual(result["weights_sha256"], reference["weights_sha256"])
+
+
+if __name__ == "__main__":
+    absltest.main()
