@@ -20,6 +20,8 @@ import sys
 from absl import app
 from absl import flags
 
+from backup_restore._src import cli
+
 _VERIFY = flags.DEFINE_bool(
     "verify",
     False,
@@ -35,13 +37,6 @@ _KINDS = {
     "layer_random_generators": "layer RNG state",
     "callback_tensors": "callback tensors",
 }
-
-
-def _user_path(path):
-    base = os.environ.get("BUILD_WORKING_DIRECTORY", "")
-    if "://" in path or os.path.isabs(path) or not base:
-        return path
-    return os.path.join(base, path)
 
 
 def _holds(tf, prefix):
@@ -149,7 +144,7 @@ def _text(report):
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: inspect [--verify] [--json] BACKUP_DIR")
-    path = _user_path(argv[1])
+    path = cli.user_path(argv[1])
     import tensorflow as tf
 
     from backup_restore._src import errors

@@ -32,9 +32,6 @@ import tensorflow as tf
 MANIFEST = "manifest.json"
 _COMMITTED_RE = re.compile(r"^backup-(\d{8,})$")
 _TEMPORARY_RE = re.compile(r"^\.tmp-backup-(\d{8,})-[0-9a-f]+$")
-# Scratch directory of a non-chief worker (multi-worker training): it writes
-# its part of every backup there and deletes it at once.
-_WORKER_SCRATCH_RE = re.compile(r"^\.tmp-worker-\d+$")
 
 
 def committed_name(seq: int) -> str:
@@ -43,10 +40,6 @@ def committed_name(seq: int) -> str:
 
 def temporary_name(seq: int) -> str:
     return f".tmp-backup-{seq:08d}-{uuid.uuid4().hex[:12]}"
-
-
-def worker_scratch_name(task_id: int) -> str:
-    return f".tmp-worker-{task_id}"
 
 
 def parse_committed(name: str) -> int | None:
@@ -63,11 +56,8 @@ def parse_temporary(name: str) -> int | None:
 
 def is_ours(name: str) -> bool:
     """True for the entries of backup_dir that this library writes."""
-    name = name.rstrip("/")
     return (
-        parse_committed(name) is not None
-        or parse_temporary(name) is not None
-        or _WORKER_SCRATCH_RE.match(name) is not None
+        parse_committed(name) is not None or parse_temporary(name) is not None
     )
 
 

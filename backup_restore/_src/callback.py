@@ -1,14 +1,15 @@
 """The Keras callback: a thin layer over the backup engine (store.py)."""
 
+import hashlib
 import os
 import sys
+import tempfile
 import time
 
 import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from backup_restore._src import atomicity
 from backup_restore._src import callback_states
 from backup_restore._src import errors
 from backup_restore._src import keras_adapter
@@ -210,7 +211,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self.preempted = False
         # Multi-worker: every worker restores the chief's backup; only the
         # chief commits. The others write theirs (saving may involve
-        # collective ops) into a scratch directory, deleted at once.
+        # collective ops) into a local scratch directory, deleted at once.
         self._is_chief, task_id = keras_adapter.worker_role(
             model.distribute_strategy
         )
@@ -225,9 +226,15 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                     "multi-worker training yet (the workers would have to "
                     "agree on the step). Use save_freq instead."
                 )
+            # Outside backup_dir, which only the chief touches (else its
+            # cleanup at the end of fit() races with these writes); a fixed
+            # path per worker and job, so that a crash's leftover is removed
+            # at the next start.
+            job = hashlib.sha256(self.backup_dir.encode()).hexdigest()[:12]
             self._scratch = store.BackupStore(
                 os.path.join(
-                    self.backup_dir, atomicity.worker_scratch_name(task_id)
+                    tempfile.gettempdir(),
+                    f"backup_restore-{job}-worker{task_id}",
                 )
             )
             self._scratch.delete_all()  # left by a crash

@@ -207,11 +207,11 @@ class BackupStore:
         seq = atomicity.parse_committed(os.path.basename(path))
         return BackupInfo(seq, path, body["metadata"], body["files"])
 
-    def latest(self, full_verify: bool = True) -> BackupInfo | None:
-        """The newest committed backup that passes verification, or None.
+    def _first_intact(self, attempt):
+        """`attempt(path)` on committed backups, newest first, until one works.
 
-        A corrupt newer backup is skipped (with a warning) in favour of an
-        older intact one. Nothing is deleted here.
+        A backup for which `attempt` raises BackupCorruptError is skipped
+        (with a warning) in favour of the next older one. Nothing is deleted.
 
         Raises:
           errors.BackupCorruptError: committed backups exist but none is intact.
@@ -219,7 +219,7 @@ class BackupStore:
         failures = []
         for _, path in reversed(self.committed()):
             try:
-                info = self.load(path, full_verify=full_verify)
+                result = attempt(path)
             except errors.BackupCorruptError as e:
                 logging.warning("Skipping corrupt backup %s: %s", path, e)
                 failures.append(str(e))
@@ -228,10 +228,18 @@ class BackupStore:
                 logging.warning(
                     "Falling back to the older intact backup %s.", path
                 )
-            return info
+            return result
         if failures:
             raise self._all_corrupt(failures)
         return None
+
+    def latest(self, full_verify: bool = True) -> BackupInfo | None:
+        """The newest committed backup that passes verification, or None.
+
+        Raises:
+          errors.BackupCorruptError: committed backups exist but none is intact.
+        """
+        return self._first_intact(lambda path: self.load(path, full_verify))
 
     def write(self, checkpoint: tf.train.Checkpoint, metadata: dict):
         """Writes a backup and waits until it is committed; returns it.
@@ -405,30 +413,19 @@ class BackupStore:
           errors.BackupCorruptError: backups exist but none is intact.
         """
         self.wait()
-        failures = []
-        for _, path in reversed(self.committed()):
+
+        def attempt(path):
+            info = self.load(path, full_verify=False)
+            checkpoint = prepare(info)
             try:
-                info = self.load(path, full_verify=False)
-                checkpoint = prepare(info)
-                try:
-                    status = checkpoint.read(info.checkpoint_prefix)
-                except tf.errors.OpError as e:
-                    raise errors.BackupCorruptError(
-                        f"{path} fails TensorFlow's checks while being read "
-                        f"({type(e).__name__}: {str(e).splitlines()[0]})"
-                    ) from e
-            except errors.BackupCorruptError as e:
-                logging.warning("Skipping corrupt backup %s: %s", path, e)
-                failures.append(str(e))
-                continue
-            if failures:
-                logging.warning(
-                    "Falling back to the older intact backup %s.", path
-                )
-            return info, status
-        if failures:
-            raise self._all_corrupt(failures)
-        return None
+                return info, checkpoint.read(info.checkpoint_prefix)
+            except tf.errors.OpError as e:
+                raise errors.BackupCorruptError(
+                    f"{path} fails TensorFlow's checks while being read "
+                    f"({type(e).__name__}: {str(e).splitlines()[0]})"
+                ) from e
+
+        return self._first_intact(attempt)
 
     def _all_corrupt(self, failures):
         return errors.BackupCorruptError(
@@ -439,10 +436,6 @@ class BackupStore:
             "delete or move the backup-* directories listed above; to "
             "resume, restore them from a copy."
         )
-
-    def restore(self, checkpoint: tf.train.Checkpoint, info: BackupInfo):
-        """Reads `info`'s tensors into `checkpoint`; returns the load status."""
-        return checkpoint.read(info.checkpoint_prefix)
 
     def delete_older_than(self, seq: int) -> None:
         """Deletes every committed backup older than `seq`."""

@@ -64,7 +64,7 @@ class StoreTest(parameterized.TestCase):
         self.assertEqual(latest.path, info.path)
         self.assertEqual(latest.metadata, {"value": [1.0, 2.0], "epoch": 3})
         target = _checkpoint([0.0, 0.0])
-        s.restore(target, latest).assert_consumed()
+        target.read(latest.checkpoint_prefix).assert_consumed()
         self.assertEqual(target.v.numpy().tolist(), [1.0, 2.0])
 
     @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
@@ -265,7 +265,7 @@ class StoreTest(parameterized.TestCase):
         info = s.wait()
         self.assertEqual(info.seq, 2)
         target = tf.train.Checkpoint(v=tf.Variable([0.0]))
-        s.restore(target, s.latest())
+        target.read(s.latest().checkpoint_prefix)
         self.assertEqual(target.v.numpy().tolist(), [2.0])
 
     def test_async_backup_of_a_data_iterator_leaves_its_data_unchanged(self):

@@ -10,7 +10,6 @@ uninterrupted run.
       --backup_dir=/tmp/custom_loop_backup --steps=200 --save_every=20
 """
 
-import hashlib
 import json
 import os
 import signal
@@ -19,6 +18,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from backup_restore._src import cli
 
 _BACKUP_DIR = flags.DEFINE_string("backup_dir", None, "Backup directory.")
 _STEPS = flags.DEFINE_integer("steps", 60, "Training steps.", lower_bound=1)
@@ -49,13 +50,6 @@ _FAIL_WITH = flags.DEFINE_enum(
     "How --fail_at_step fails (pause: print PAUSED, wait for a signal).",
 )
 _RESULT_FILE = flags.DEFINE_string("result_file", None, "Outcome as JSON.")
-
-
-def _user_path(path):
-    base = os.environ.get("BUILD_WORKING_DIRECTORY", "")
-    if "://" in path or os.path.isabs(path) or not base:
-        return path
-    return os.path.join(base, path)
 
 
 def main(argv):
@@ -92,7 +86,7 @@ def main(argv):
         return loss
 
     manager = backup_restore.BackupManager(
-        _user_path(_BACKUP_DIR.value),
+        cli.user_path(_BACKUP_DIR.value),
         save_every_n_steps=_SAVE_EVERY.value,
         async_backup=_ASYNC_BACKUP.value,
         save_before_preemption=_SAVE_BEFORE_PREEMPTION.value,
@@ -128,19 +122,16 @@ def main(argv):
         manager.maybe_backup(step)
     manager.finish()
 
-    digest = hashlib.sha256()
-    for w in model.weights:
-        digest.update(w.numpy().tobytes())
     result = {
         "steps": step,
         "resumed_from": resumed_from,
-        "weights_sha256": digest.hexdigest(),
+        "weights_sha256": synthetic.weights_sha256(model.weights),
         "optimizer_iterations": int(optimizer.iterations.numpy()),
         "final_loss": losses[-1] if losses else None,
         "losses": losses,  # of this run's steps
     }
     if _RESULT_FILE.value:
-        with open(_user_path(_RESULT_FILE.value), "w") as f:
+        with open(cli.user_path(_RESULT_FILE.value), "w") as f:
             json.dump(result, f)
     loss = f"{losses[-1]:.6g}" if losses else "none"
     print(

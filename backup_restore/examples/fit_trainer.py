@@ -11,7 +11,6 @@ The last line printed summarises the run, e.g.
   RESULT epochs_run=3 resumed_from=epoch:2,batch:0 final_loss=0.0123
 """
 
-import hashlib
 import json
 import os
 import signal
@@ -21,6 +20,8 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+
+from backup_restore._src import cli
 
 _BACKUP_DIR = flags.DEFINE_string(
     "backup_dir", None, "Directory for the backups (created if missing)."
@@ -175,14 +176,6 @@ def _save_freq(value: str):
         ) from None
 
 
-def _user_path(path: str) -> str:
-    # Under `bazel run` the working directory is the runfiles tree.
-    base = os.environ.get("BUILD_WORKING_DIRECTORY", "")
-    if "://" in path or os.path.isabs(path) or not base:
-        return path
-    return os.path.join(base, path)
-
-
 def _install_fault_hook(stage: str | None, number: int, delay: float):
     """Demo/test hook into the backup write path (a private API).
 
@@ -304,7 +297,7 @@ def main(argv):
         )
 
     backup = backup_restore.BackupAndRestore(
-        _user_path(_BACKUP_DIR.value),
+        cli.user_path(_BACKUP_DIR.value),
         save_freq=save_freq,
         delete_checkpoint=_DELETE_CHECKPOINT.value,
         save_before_preemption=_SAVE_BEFORE_PREEMPTION.value,
@@ -356,22 +349,18 @@ def main(argv):
         )
     history = model.fit(**fit_kwargs)
 
-    weights = [w.numpy() for w in model.weights]
-    digest = hashlib.sha256()
-    for w in weights:
-        digest.update(w.tobytes())
     resumed = backup.resumed_from
     result = {
         "epochs_run": len(history.epoch),
         "history_epochs": history.epoch,
         "history": history.history,
         "resumed_from": list(resumed) if resumed else None,
-        "weights_sha256": digest.hexdigest(),
+        "weights_sha256": synthetic.weights_sha256(model.weights),
         "optimizer_iterations": int(model.optimizer.iterations.numpy()),
         "final_loss": history.history["loss"][-1] if history.epoch else None,
     }
     if _RESULT_FILE.value:
-        with open(_user_path(_RESULT_FILE.value), "w") as f:
+        with open(cli.user_path(_RESULT_FILE.value), "w") as f:
             json.dump(result, f)
     logging.info("Training finished: %s", result["epochs_run"])
     where = f"epoch:{resumed[0]},batch:{resumed[1]}" if resumed else "none"

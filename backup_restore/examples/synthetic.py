@@ -4,6 +4,8 @@ No downloads: the data is a learnable linear regression with noise, generated
 from a seed.
 """
 
+import hashlib
+
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -102,3 +104,11 @@ def regression_generator(num_samples, batch_size, seed=0):
     while True:
         for start in range(0, num_samples, batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def weights_sha256(variables) -> str:
+    """SHA-256 over the bytes of every variable: equal iff bit-identical."""
+    digest = hashlib.sha256()
+    for v in variables:
+        digest.update(v.numpy().tobytes())
+    return digest.hexdigest()
