@@ -273,7 +273,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._epoch_batches = batch + 1
         self._iterator_batches += trained
         self._since_save += trained
-        preempted = self._watcher is not None and self._watcher.requested
+        preempted = self.preemption_requested
         if not preempted and not self._policy.save_after_batches(
             self._since_save
         ):
@@ -293,7 +293,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # fit() still ends the epoch cut short by the preemption; the
             # backup taken at its last batch is the one to resume from.
             return
-        preempted = self._watcher is not None and self._watcher.requested
+        preempted = self.preemption_requested
         if self._policy.at_epoch_end or self._save_at_epoch_end or preempted:
             self._write(epoch + 1, 0)
             self._save_at_epoch_end = False

@@ -123,6 +123,29 @@ class ParityTest(parameterized.TestCase):
             else:
                 model.fit(X, Y, epochs=1, verbose=0)
 
+    def test_completion_keeps_other_files_unlike_keras3(self):
+        # Keras 3's BackupAndRestore rmtree()s backup_dir on completion,
+        # files it did not write included; ours deletes only its own.
+        import keras  # Keras 3, installed with TensorFlow
+
+        for name in ("keras3", "ours"):
+            directory = os.path.join(self.create_tempdir().full_path, name)
+            os.makedirs(directory)
+            notes = os.path.join(directory, "notes.txt")
+            with open(notes, "w") as f:
+                f.write("the user's own file")
+            if name == "keras3":
+                model = keras.Sequential(
+                    [keras.Input((X.shape[1],)), keras.layers.Dense(1)]
+                )
+                model.compile(optimizer="adam", loss="mse")
+                callback = keras.callbacks.BackupAndRestore(directory)
+            else:
+                model = synthetic.regression_model("tiny")
+                callback = backup_restore.BackupAndRestore(directory)
+            model.fit(X, Y, epochs=1, verbose=0, callbacks=[callback])
+            self.assertEqual(os.path.exists(notes), name == "ours", name)
+
     def test_delete_checkpoint_false_keeps_the_backup(self):
         (_, _, tk_dir), (_, _, our_dir) = self._both(
             100, delete_checkpoint=False
