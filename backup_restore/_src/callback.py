@@ -95,8 +95,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
       save_before_preemption: on SIGTERM (or `preemption_signals`), finish
         the current batch, back up at that exact batch, wait until the
         backup is committed, then exit the process with
-        `preemption_exit_code` (42, as TensorFlow's failure handling). Works
-        with any strategy; no cloud metadata probe. The next run resumes at
+        `preemption_exit_code` (42, as TensorFlow's failure handling). No
+        cloud metadata probe; single-process training only for now (with
+        several workers it raises ValueError). The next run resumes at
         that batch: no work lost.
       async_backup: (not in tf-keras) write backups in the background: the
         training step only waits for a snapshot of the state in host memory;

@@ -261,8 +261,9 @@ class BackupStore:
 
         The snapshot is consistent: the state is copied to host memory before
         this returns (TensorFlow's async checkpointing), so training may go
-        on changing it. Writing the files, fsync, checksums and the commit
-        run on a background thread. At most one backup is in flight: this
+        on changing it. Writing the files (TensorFlow records a CRC-32C per
+        tensor), fsync, the manifest and the commit run on a background
+        thread. At most one backup is in flight: this
         first waits for the previous one. Older backups are deleted only
         after the new one is committed.
 
