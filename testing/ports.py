@@ -26,9 +26,18 @@ def pick_unused_ports(count: int) -> list[int]:
 
 def tf_config(ports: list[int], index: int, task_type: str = "worker") -> str:
     """TF_CONFIG for task `index` of a cluster of workers on loopback."""
+    return cluster_tf_config({"worker": ports}, task_type, index)
+
+
+def cluster_tf_config(jobs: dict[str, list[int]], task_type: str, index: int):
+    """TF_CONFIG for one task of a cluster on loopback: jobs maps a job name
+    (chief, worker, ps) to its tasks' ports."""
     return json.dumps(
         {
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "cluster": {
+                job: [f"127.0.0.1:{p}" for p in job_ports]
+                for job, job_ports in jobs.items()
+            },
             "task": {"type": task_type, "index": index},
         }
     )

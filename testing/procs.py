@@ -17,10 +17,16 @@ _WORKSPACE = "backup_restore_ws"
 
 def runfile(path: str) -> str:
     """Absolute path of a workspace-relative runfile, e.g. a py_binary."""
+    manifest = os.environ.get("RUNFILES_MANIFEST_FILE", "")
+    here = os.path.abspath(__file__)
     roots = (
         os.environ.get("TEST_SRCDIR"),  # bazel test
         os.environ.get("RUNFILES_DIR"),
-        os.environ.get("PYTHON_RUNFILES"),  # bazel run / bazel-bin/...
+        os.environ.get("PYTHON_RUNFILES"),  # bazel run
+        # bazel-bin/<binary>: the stub sets the manifest's path only.
+        manifest.removesuffix("_manifest") if manifest else None,
+        # This file inside some binary's runfiles tree.
+        here[: here.find(".runfiles/") + 9] if ".runfiles/" in here else None,
         os.path.abspath(sys.argv[0]) + ".runfiles",
     )
     for root in roots:

@@ -146,6 +146,27 @@ class AdapterContractTest(absltest.TestCase):
         self.assertEqual(order, ["mine"])
         self.assertEqual(self.model.history.epoch, [0])
 
+    def test_supports_tf_logs_makes_fit_pass_tensor_batch_logs(self):
+        import tensorflow as tf
+
+        class Logs(tf_keras.callbacks.Callback):
+            def __init__(self, tensor_logs):
+                super().__init__()
+                if tensor_logs:
+                    keras_adapter.accept_tensor_logs(self)
+                self.types = set()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.types.add(type(logs["loss"]))
+
+        plain, tensors = Logs(False), Logs(True)
+        for callback in (plain, tensors):
+            self.model.fit(
+                self.x, self.y, epochs=1, verbose=0, callbacks=[callback]
+            )
+        self.assertFalse(any(issubclass(t, tf.Tensor) for t in plain.types))
+        self.assertTrue(all(issubclass(t, tf.Tensor) for t in tensors.types))
+
 
 if __name__ == "__main__":
     absltest.main()

@@ -1,9 +1,5 @@
 """The Keras callback: a thin layer over the backup engine (store.py)."""
 
-import hashlib
-import os
-import sys
-import tempfile
 import time
 
 import tensorflow as tf
@@ -11,12 +7,12 @@ import tf_keras
 from absl import logging
 
 from backup_restore._src import callback_states
+from backup_restore._src import engine
 from backup_restore._src import errors
 from backup_restore._src import keras_adapter
 from backup_restore._src import keras_state
 from backup_restore._src import policy
 from backup_restore._src import preemption
-from backup_restore._src import store
 
 _SIGNATURE_ARGS = (
     "backup_dir",
@@ -96,8 +92,10 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         the current batch, back up at that exact batch, wait until the
         backup is committed, then exit the process with
         `preemption_exit_code` (42, as TensorFlow's failure handling). No
-        cloud metadata probe; single-process training only for now (with
-        several workers it raises ValueError). The next run resumes at
+        cloud metadata probe. With MultiWorkerMirroredStrategy, a signal to
+        any worker stops all of them at the same batch, after one backup
+        (an all-reduce of a flag per batch tells every worker); under
+        ParameterServerStrategy, signal the chief. The next run resumes at
         that batch: no work lost.
       async_backup: (not in tf-keras) write backups in the background: the
         training step only waits for a snapshot of the state in host memory;
@@ -136,6 +134,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     ):
         super().__init__()
         _check_eager()
+        keras_adapter.accept_tensor_logs(self)
         if kwargs:
             logging.warning(
                 "BackupAndRestore ignores unknown argument(s) %s (accepted "
@@ -144,16 +143,15 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 ", ".join(_SIGNATURE_ARGS),
             )
         self._policy = policy.from_save_freq(save_freq, save_before_preemption)
-        self._watcher = (
-            preemption.PreemptionWatcher(preemption_signals)
-            if save_before_preemption
-            else None
+        self._engine = engine.Engine(
+            backup_dir,
+            async_backup=async_backup,
+            save_before_preemption=save_before_preemption,
+            preemption_signals=preemption_signals,
+            exit_on_preemption=exit_on_preemption,
+            preemption_exit_code=preemption_exit_code,
         )
-        self._exit_on_preemption = exit_on_preemption
-        self._preemption_exit_code = preemption_exit_code
-        self.preempted = False
-        self._store = store.BackupStore(backup_dir)
-        self.backup_dir = self._store.directory
+        self.backup_dir = self._engine.backup_dir
         self.save_freq = save_freq
         self.delete_checkpoint = delete_checkpoint
         self.save_before_preemption = save_before_preemption
@@ -166,12 +164,17 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         Raises:
           BackupWriteError: writing it failed; the previous one is intact.
         """
-        self._store.wait()
+        self._engine.wait()
 
     @property
     def preemption_requested(self) -> bool:
-        """Whether a preemption signal arrived during this fit()."""
-        return self._watcher is not None and self._watcher.requested
+        """Whether a preemption signal reached this process in this fit()."""
+        return self._engine.preemption_requested
+
+    @property
+    def preempted(self) -> bool:
+        """Whether this fit() stopped for a preemption (after its backup)."""
+        return self._engine.preempted
 
     @property
     def resumed_from(self) -> tuple[int, int] | None:
@@ -209,43 +212,11 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._restored = None  # metadata to apply at the first epoch begin
         self._write_checkpoint = None
         self._write_spec = None
-        self.preempted = False
-        # Multi-worker: every worker restores the chief's backup; only the
-        # chief commits. The others write theirs (saving may involve
-        # collective ops) into a local scratch directory, deleted at once.
-        self._is_chief, task_id = keras_adapter.worker_role(
-            model.distribute_strategy
-        )
-        self._multi_worker = keras_adapter.is_multi_worker(
-            model.distribute_strategy
-        )
-        self._scratch = None
-        if not self._is_chief:
-            if self._watcher is not None:
-                raise ValueError(
-                    "save_before_preemption=True is not supported with "
-                    "multi-worker training yet (the workers would have to "
-                    "agree on the step). Use save_freq instead."
-                )
-            # Outside backup_dir, which only the chief touches (else its
-            # cleanup at the end of fit() races with these writes); a fixed
-            # path per worker and job, so that a crash's leftover is removed
-            # at the next start.
-            job = hashlib.sha256(self.backup_dir.encode()).hexdigest()[:12]
-            self._scratch = store.BackupStore(
-                os.path.join(
-                    tempfile.gettempdir(),
-                    f"backup_restore-{job}-worker{task_id}",
-                )
-            )
-            self._scratch.delete_all()  # left by a crash
-        if self._watcher is not None:
-            self._watcher.install()
+        # The strategy decides which process commits (see engine.py).
+        self._engine.start(model.distribute_strategy)
         self._warn_about_legacy_rng(model)
-        if self._is_chief:
-            self._store.cleanup()
         self._random_generators = None
-        restored = self._store.restore_latest(self._prepare_restore)
+        restored = self._engine.restore(self._prepare_restore)
         if restored is None:
             self._random_generators = keras_adapter.layer_random_generators(
                 model
@@ -274,7 +245,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._epoch_batches = batch + 1
         self._iterator_batches += trained
         self._since_save += trained
-        preempted = self.preemption_requested
+        preempted = self._preemption_agreed()
         if not preempted and not self._policy.save_after_batches(
             self._since_save
         ):
@@ -294,7 +265,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # fit() still ends the epoch cut short by the preemption; the
             # backup taken at its last batch is the one to resume from.
             return
-        preempted = self.preemption_requested
+        preempted = self._preemption_agreed()
         if self._policy.at_epoch_end or self._save_at_epoch_end or preempted:
             self._write(epoch + 1, 0)
             self._save_at_epoch_end = False
@@ -303,39 +274,20 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         keras_adapter.clear_initial_counters(self.model)
-        if self._watcher is not None:
-            self._watcher.uninstall()
         if self._first_epoch and self._restored is not None:
             # Nothing left to train (the backup was taken at the end): fit()
             # still returns the complete History.
             self._apply_restored_state(None)
-        self._store.wait()  # a failed last backup raises here
-        if self.delete_checkpoint and not self.preempted and self._is_chief:
-            self._store.delete_all()
-            logging.info(
-                "Training completed; deleted the backups in %s.",
-                self.backup_dir,
-            )
+        self._engine.finish(self.delete_checkpoint)
 
     # -- backing up ---------------------------------------------------------
 
+    def _preemption_agreed(self) -> bool:
+        return self._engine.preemption_agreed()
+
     def _stop_for_preemption(self, epoch, step):
-        self._store.wait()  # committed, durable
-        self.preempted = True
-        logging.warning(
-            "Preemption signal %s: backed up epoch %d, batch %d to %s; %s.",
-            self._watcher.received,
-            epoch,
-            step,
-            self.backup_dir,
-            f"exiting with status {self._preemption_exit_code}"
-            if self._exit_on_preemption
-            else "stopping training",
-        )
-        self._watcher.uninstall()
-        if self._exit_on_preemption:
-            sys.exit(self._preemption_exit_code)
-        self.model.stop_training = True
+        self._engine.stop_for_preemption(f"epoch {epoch}, batch {step}")
+        self.model.stop_training = True  # exit_on_preemption=False
 
     def _wrap(self, train_function):
         def train_function_with_position(iterator):
@@ -406,27 +358,15 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "tf_keras": tf_keras.__version__,
             },
         }
-        checkpoint = self._checkpoint_for(tensors)
-        if self._scratch is not None:
-            self._scratch.write(checkpoint, metadata)
-            self._scratch.delete_all()
-            self._since_save = 0
-            return
-        self._store.write_async(
-            checkpoint,
-            metadata,
-            asynchronous=self.async_backup,
-            # TensorFlow's async snapshot issues collective ops of its own:
-            # with several workers, snapshot synchronously like the others.
-            async_snapshot=not self._multi_worker,
-        )
+        self._engine.write(self._checkpoint_for(tensors), metadata)
         self._since_save = 0
-        logging.info(
-            "Backing up epoch %d, batch %d (training waited %.3f s).",
-            epoch,
-            step,
-            self._store.last_snapshot_seconds,
-        )
+        if self._engine.role.is_chief:
+            logging.info(
+                "Backing up epoch %d, batch %d (training waited %.3f s).",
+                epoch,
+                step,
+                self._engine.last_snapshot_seconds,
+            )
 
     # -- restoring ----------------------------------------------------------
 
@@ -488,7 +428,6 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     def _after_restore(self, info, status):
         model = self.model
         metadata = info.metadata
-        status.assert_existing_objects_matched()
         self._restored_tensors = self._restored_holder.tensors
         self._restored_learning_rate = keras_state.learning_rate(
             model.optimizer
@@ -496,7 +435,16 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         position = metadata["position"]
         epoch, step = int(position["epoch"]), int(position["step"])
         handler = keras_adapter.fit_data_handler()
-        if keras_adapter.recreates_iterator_per_epoch(handler):
+        if self._engine.role.coordinator is not None:
+            # ParameterServerStrategy: each worker iterates over its own copy
+            # of the dataset and takes steps as they come, so no record says
+            # which examples were trained. The step count, the weights and
+            # the optimizer are exact; the data starts afresh.
+            logging.info(
+                "ParameterServerStrategy: resuming at the backed-up step; "
+                "the workers' datasets start from their beginning."
+            )
+        elif keras_adapter.recreates_iterator_per_epoch(handler):
             # A new iterator every epoch: bring the pipeline to epoch `epoch`,
             # then skip the batches of that epoch already trained.
             keras_adapter.replay_epochs(

@@ -141,13 +141,13 @@ class CallbackTest(parameterized.TestCase):
         # callbacks, or every hook would run twice.
         inner = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         writes = []
-        original = inner._store.write_async
+        original = inner._engine.store.write_async
 
         def spy(checkpoint, metadata, **kwargs):
             writes.append(metadata["position"])
             return original(checkpoint, metadata, **kwargs)
 
-        inner._store.write_async = spy
+        inner._engine.store.write_async = spy
 
         class Wrapper(tf_keras.callbacks.Callback):
             def set_model(self, model):
@@ -179,13 +179,13 @@ class CallbackTest(parameterized.TestCase):
         # state per Checkpoint object: one per backup ran out of memory.
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         seen = []
-        original = callback._store.write_async
+        original = callback._engine.store.write_async
 
         def spy(checkpoint, metadata, **kwargs):
             seen.append(checkpoint)
             return original(checkpoint, metadata, **kwargs)
 
-        callback._store.write_async = spy
+        callback._engine.store.write_async = spy
         _fit(_model(), [callback])
         self.assertLen(seen, EPOCHS * 4)
         self.assertLen({id(c) for c in seen}, 1)

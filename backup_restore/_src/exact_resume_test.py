@@ -31,6 +31,10 @@ CONFIGS = {
     "generator": ["--input=generator", "--steps_per_epoch=4"],
     "dropout": ["--dropout=0.3"],
     "mirrored_two_cpus": ["--strategy=mirrored", "--input=dataset"],
+    "one_device": ["--strategy=one_device"],
+    "central_storage_two_cpus": ["--strategy=central_storage"],
+    # Only in the _tpu variant (a TPU VM); skipped elsewhere.
+    "tpu": ["--strategy=tpu", "--input=dataset"],
 }
 # Where each configuration is killed: (save_freq, steps of the 1st and 2nd
 # run, epoch-level kill step). A step is one train_function call, which is
@@ -77,6 +81,8 @@ class ExactResumeTest(parameterized.TestCase):
     @parameterized.named_parameters(*CONFIGS.items())
     def test_killed_and_restarted_runs_match_uninterrupted(self, flags):
         name = self._testMethodName.split("uninterrupted_")[-1]
+        if name == "tpu" and device.requested_device() != "tpu":
+            self.skipTest("TPUStrategy: runs in the _tpu variant only")
         save_freq, first, second, at_epoch = KILLS.get(name, KILLS["default"])
         reference = self._run([*flags, f"--backup_dir={self.tmp}/ref"])
 

@@ -29,6 +29,10 @@ touches, and why:
   every other callback after the same batch or epoch.
 - `ModelCheckpoint._batches_seen_since_last_saving` / `._last_batch_seen`:
   its batch-level save counters, backed up with its other state.
+- `Callback._supports_tf_logs`: set to True, it tells fit() that the callback
+  takes logs as tensors (it never reads batch logs). Under
+  ParameterServerStrategy, fit() refuses batch-level callbacks without it
+  (their logs are RemoteValues), so step-level backups would be impossible.
 - `BaseRandomLayer._random_generator` (a `backend.RandomGenerator`), its
   `_rng_type` and `_generator`: layer randomness (Dropout, ...). tf-keras
   deliberately leaves it out of checkpoints; `layer_random_generators` hands
@@ -60,6 +64,12 @@ class _InitialCounters:
     ):
         del steps_per_epoch, initial_epoch, mode  # decided by the callback
         return self._epoch, self._step
+
+
+def accept_tensor_logs(callback: tf_keras.callbacks.Callback) -> None:
+    """Lets fit() hand `callback` unconverted logs (and run its batch hooks
+    under ParameterServerStrategy). The callback must not read batch logs."""
+    callback._supports_tf_logs = True
 
 
 def set_initial_counters(model: tf_keras.Model, epoch: int, step: int) -> None:
@@ -246,32 +256,3 @@ def layer_random_generators(model: tf_keras.Model) -> list:
         if isinstance(generator, tf.random.Generator):
             generators.append(generator)
     return generators
-
-
-def is_multi_worker(strategy) -> bool:
-    """Whether the strategy spans several worker processes."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or getattr(resolver, "task_type", None) is None:
-        return False
-    jobs = resolver.cluster_spec().as_dict()
-    return sum(len(tasks) for tasks in jobs.values()) > 1
-
-
-def worker_role(strategy) -> tuple[bool, int]:
-    """(is the chief, task index) of this process in a multi-worker cluster.
-
-    Single-process strategies are their own chief. In a cluster, the chief is
-    the `chief` task if there is one, else worker 0 (tf.distribute's rule).
-    Uses only the strategy's public cluster_resolver.
-    """
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    if resolver is None or task_type is None:
-        return True, 0
-    task_id = int(resolver.task_id or 0)
-    jobs = resolver.cluster_spec().as_dict()
-    if task_type == "chief":
-        return True, task_id
-    if task_type == "worker" and "chief" not in jobs:
-        return task_id == 0, task_id
-    return False, task_id

@@ -8,15 +8,14 @@ counters.
 The README's "Custom training loops" section has a complete example.
 """
 
-import sys
 import time
 
 import tensorflow as tf
 from absl import logging
 
+from backup_restore._src import engine
 from backup_restore._src import errors
 from backup_restore._src import preemption
-from backup_restore._src import store
 
 FORMAT = "backup_restore.manager/1"
 
@@ -135,28 +134,33 @@ class BackupManager:
                 f"save_every_n_steps must be a positive int or None, got "
                 f"{save_every_n_steps!r}."
             )
-        self._store = store.BackupStore(backup_dir)
+        # The same engine as the Keras callback: commits, async persist,
+        # preemption handling.
+        self._engine = engine.Engine(
+            backup_dir,
+            async_backup=async_backup,
+            save_before_preemption=save_before_preemption,
+            preemption_signals=preemption_signals,
+            exit_on_preemption=exit_on_preemption,
+            preemption_exit_code=preemption_exit_code,
+        )
         self._checkpoint = tf.train.Checkpoint(**trackables)
         self._every = save_every_n_steps
-        self._async = bool(async_backup)
-        self._watcher = (
-            preemption.PreemptionWatcher(preemption_signals)
-            if save_before_preemption
-            else None
-        )
-        self._exit_on_preemption = exit_on_preemption
-        self._exit_code = preemption_exit_code
         self.resumed_from = None  # the step restore() returned, if resumed
         self.metadata = None  # the user metadata of the restored backup
-        self.preempted = False
 
     @property
     def backup_dir(self) -> str:
-        return self._store.directory
+        return self._engine.backup_dir
 
     @property
     def preemption_requested(self) -> bool:
-        return self._watcher is not None and self._watcher.requested
+        return self._engine.preemption_requested
+
+    @property
+    def preempted(self) -> bool:
+        """Whether training stopped for a preemption (after its backup)."""
+        return self._engine.preempted
 
     def restore(self) -> int:
         """Restores the newest intact backup; returns the step to go on from.
@@ -169,15 +173,12 @@ class BackupManager:
             shapes, dtypes) than the objects given.
           BackupCorruptError: every backup fails its integrity checks.
         """
-        if self._watcher is not None:
-            self._watcher.install()
-        self._store.cleanup()
+        self._engine.start()
         start = time.monotonic()
-        restored = self._store.restore_latest(self._prepare)
+        restored = self._engine.restore(self._prepare)
         if restored is None:
             return 0
-        info, status = restored
-        status.assert_existing_objects_matched()
+        info, _ = restored
         step = int(info.metadata["step"])
         self.resumed_from = step
         self.metadata = info.metadata.get("user")
@@ -216,7 +217,7 @@ class BackupManager:
             `self.metadata` after restore().
           wait: block until the backup is committed.
         """
-        self._store.write_async(
+        self._engine.write(
             self._checkpoint,
             {
                 "format": FORMAT,
@@ -225,10 +226,9 @@ class BackupManager:
                 "user": metadata,
                 "written_at": time.time(),
             },
-            asynchronous=self._async,
         )
         if wait:
-            self._store.wait()
+            self._engine.wait()
 
     def maybe_backup(self, step: int, metadata=None) -> bool:
         """Backs up if due at `step` or if a preemption was announced.
@@ -236,18 +236,9 @@ class BackupManager:
         Returns:
           True when training must stop (preempted, exit_on_preemption=False).
         """
-        if self.preemption_requested:
-            self.backup(step, metadata, wait=True)
-            self.preempted = True
-            logging.warning(
-                "Preemption signal %s: backed up step %d to %s.",
-                self._watcher.received,
-                step,
-                self.backup_dir,
-            )
-            self._watcher.uninstall()
-            if self._exit_on_preemption:
-                sys.exit(self._exit_code)
+        if self._engine.preemption_agreed():
+            self.backup(step, metadata)
+            self._engine.stop_for_preemption(f"step {step}")
             return True
         if self._every is not None and step % self._every == 0:
             self.backup(step, metadata)
@@ -255,15 +246,11 @@ class BackupManager:
 
     def wait(self) -> None:
         """Blocks until the last backup is committed (raises its error)."""
-        self._store.wait()
+        self._engine.wait()
 
     def finish(self, delete: bool = True) -> None:
         """Ends training: waits for the last backup, deletes the backups.
 
         Not deleted after a preemption (the next run resumes from them).
         """
-        self._store.wait()
-        if self._watcher is not None:
-            self._watcher.uninstall()
-        if delete and not self.preempted:
-            self._store.delete_all()
+        self._engine.finish(delete)

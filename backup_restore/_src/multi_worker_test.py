@@ -146,6 +146,47 @@ class MultiWorkerTest(absltest.TestCase):
         self.assertEqual(codes[2], -signal.SIGKILL)
         self._finish(3, args, reference, [1, 2])
 
+    def _preempt(self, n, task, at_step, save_freq, expected):
+        """SIGTERM to one worker: every worker backs up at that batch,
+        exits 42, and the restarted cluster ends like the reference."""
+        reference = self._reference(n)
+        backup_dir = f"{self.tmp}/b"
+        args = [
+            *_ARGS,
+            f"--save_freq={save_freq}",
+            "--save_before_preemption",
+            f"--backup_dir={backup_dir}",
+        ]
+        codes, _, outputs = self._cluster(
+            n,
+            args,
+            per_worker={
+                task: [
+                    f"--fail_at_step={at_step}",
+                    f"--fail_on_task={task}",
+                    "--fail_with=sigterm",
+                ]
+            },
+        )
+        self.assertEqual(codes, [42] * n, outputs[task][-3000:])
+        where = f"epoch {expected[0]}, batch {expected[1]}"
+        self.assertIn(f"backed up {where}", outputs[0])
+        for i in range(1, n):
+            self.assertIn(f"the chief backed up {where}", outputs[i])
+        self.assertIn("Preemption (SIGTERM)", outputs[task])
+        self.assertLen(os.listdir(backup_dir), 1)
+        self._finish(n, args, reference, expected)
+
+    def test_sigterm_to_a_worker_backs_up_every_worker_at_that_batch(self):
+        # 4 batches per epoch: the 6th is epoch 1, batch 2. No periodic
+        # backups: only the one the preemption asks for.
+        self._preempt(2, task=1, at_step=6, save_freq="false", expected=[1, 2])
+
+    def test_sigterm_to_the_chief_between_periodic_backups(self):
+        # Periodic backups every 3 batches (at 3 and 6); SIGTERM after the
+        # 7th: the backup at batch 7 = epoch 1, batch 3 is the last.
+        self._preempt(2, task=0, at_step=7, save_freq=3, expected=[1, 3])
+
     def test_launcher_restarts_the_group_until_done(self):
         reference = self._reference(2)
         backup_dir = f"{self.tmp}/launched"

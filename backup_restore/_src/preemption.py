@@ -4,8 +4,7 @@ Cloud VMs and schedulers (Kubernetes, GCE, SLURM) announce a kill with SIGTERM
 and a grace period. The handler only sets a flag (all that is safe inside a
 signal handler); the training loop checks it after each step, writes a backup
 at that exact step, waits until it is committed, and stops. No network probe.
-Tested in single-process training; with several workers the callback refuses
-it (they would have to agree on the step).
+With several workers, engine.py makes them agree on that step.
 
 Thread-safety: signal handlers can only be installed from the main thread;
 `install` raises elsewhere. The flag may be read from any thread.

@@ -45,7 +45,7 @@ class PreemptionTest(parameterized.TestCase):
         self.assertEqual(
             run.returncode, backup_restore.RESTART_EXIT_CODE, run.describe()
         )
-        self.assertIn("Preemption signal", run.stderr)
+        self.assertIn("Preemption (SIGTERM)", run.stderr)
         return run
 
     @parameterized.named_parameters(

@@ -11,6 +11,7 @@ The last line printed summarises the run, e.g.
   RESULT epochs_run=3 resumed_from=epoch:2,batch:0 final_loss=0.0123
 """
 
+import glob
 import json
 import os
 import signal
@@ -119,11 +120,24 @@ _KILL_AT_BACKUP_NUMBER = flags.DEFINE_integer(
 _STRATEGY = flags.DEFINE_enum(
     "strategy",
     "default",
-    ["default", "mirrored", "multi_worker"],
-    "tf.distribute strategy. mirrored: all GPUs, or on a machine without "
-    "GPUs, --logical_cpus logical CPU devices. multi_worker: "
-    "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (start the "
-    "workers with //backup_restore/examples:multi_worker_launcher).",
+    [
+        "default",
+        "mirrored",
+        "multi_worker",
+        "parameter_server",
+        "tpu",
+        "one_device",
+        "central_storage",
+    ],
+    "tf.distribute strategy. mirrored / central_storage: all GPUs, or on a "
+    "machine without GPUs, --logical_cpus logical CPU devices. multi_worker: "
+    "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG. "
+    "parameter_server: ParameterServerStrategy over the chief/worker/ps "
+    "cluster in TF_CONFIG; the worker and ps tasks only serve (start them "
+    "all with //backup_restore/examples:multi_worker_launcher --num_ps=1); "
+    "needs --steps_per_epoch and reads a repeated tf.data input. "
+    "tpu: TPUStrategy on this TPU VM's TPU. "
+    "one_device: OneDeviceStrategy on the first GPU, else the CPU.",
 )
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus",
@@ -206,29 +220,85 @@ def _install_fault_hook(stage: str | None, number: int, delay: float):
     faults.set_hook(hook)
 
 
-def _strategy(tf):
-    if _STRATEGY.value == "default":
-        return tf.distribute.get_strategy()
-    if _STRATEGY.value == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise app.UsageError("--strategy=multi_worker needs TF_CONFIG.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+def _local_devices(tf):
+    """All GPUs, or --logical_cpus logical CPU devices without a GPU."""
     if tf.config.list_physical_devices("GPU"):
-        return tf.distribute.MirroredStrategy()
+        return None  # the strategy's default: every GPU
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu,
         [tf.config.LogicalDeviceConfiguration()] * _LOGICAL_CPUS.value,
     )
-    devices = [f"/cpu:{i}" for i in range(_LOGICAL_CPUS.value)]
+    return [f"/cpu:{i}" for i in range(_LOGICAL_CPUS.value)]
+
+
+def _serve_parameter_server_task(tf, resolver):
+    """Runs this worker or ps task of a parameter-server cluster forever.
+
+    Only the chief runs fit(); the other tasks host variables (ps) or run the
+    steps the chief schedules (worker) until they are killed.
+    """
+    server = tf.distribute.Server(
+        resolver.cluster_spec(),
+        job_name=resolver.task_type,
+        task_index=resolver.task_id,
+        protocol=resolver.rpc_layer or "grpc",
+        start=True,
+    )
+    print(f"SERVING as {resolver.task_type} {resolver.task_id}", flush=True)
+    server.join()
+
+
+def _has_tpu():
+    # Without a TPU, resolving one would query the GCE metadata server.
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def _strategy(tf):
+    name = _STRATEGY.value
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name in ("multi_worker", "parameter_server"):
+        if "TF_CONFIG" not in os.environ:
+            raise app.UsageError(f"--strategy={name} needs TF_CONFIG.")
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        if resolver.task_type in ("worker", "ps"):
+            _serve_parameter_server_task(tf, resolver)
+            sys.exit(0)
+        return tf.distribute.ParameterServerStrategy(resolver)
+    if name == "tpu":
+        if not _has_tpu():
+            raise app.UsageError(
+                "--strategy=tpu: this machine has no TPU (no /dev/accel* or "
+                "/dev/vfio device). Run on a Cloud TPU VM."
+            )
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver("local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(
+            gpus[0].name if gpus else "/cpu:0"
+        )
+    devices = _local_devices(tf)
+    if name == "central_storage":
+        return tf.distribute.experimental.CentralStorageStrategy(devices)
     return tf.distribute.MirroredStrategy(devices)
 
 
 def _failure_callback(tf_keras, at_step: int, how: str, backup):
+    from backup_restore._src import keras_adapter
+
     class Fail(tf_keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self._batches = 0
+            # Reads no logs; lets fit() run it under ParameterServerStrategy.
+            keras_adapter.accept_tensor_logs(self)
 
         def on_train_batch_end(self, batch, logs=None):
             self._batches += 1
@@ -269,6 +339,11 @@ def main(argv):
         and not _STEPS_PER_EPOCH.value
     ):
         raise app.UsageError(f"--input={_INPUT.value} needs --steps_per_epoch.")
+    if _STRATEGY.value == "parameter_server" and not _STEPS_PER_EPOCH.value:
+        raise app.UsageError(
+            "--strategy=parameter_server needs --steps_per_epoch (fit() "
+            "under ParameterServerStrategy does)."
+        )
     save_freq = _save_freq(_SAVE_FREQ.value)
 
     import tensorflow as tf  # here, not at the top: keeps --help fast
@@ -322,7 +397,19 @@ def main(argv):
         callbacks=callbacks,
         verbose=0,
     )
-    if _INPUT.value == "numpy":
+    if _STRATEGY.value == "parameter_server":
+        # Every worker reads its own copy of the data, and a restarted worker
+        # starts it again: the per-worker dataset must never run out.
+        fit_kwargs["x"] = tf_keras.utils.experimental.DatasetCreator(
+            lambda input_context: synthetic.regression_dataset(
+                _NUM_SAMPLES.value,
+                _BATCH_SIZE.value,
+                seed=_SEED.value,
+                shuffle_seed=_SEED.value if _SHUFFLE.value else None,
+                repeat=True,
+            )
+        )
+    elif _INPUT.value == "numpy":
         x, y = synthetic.regression_data(_NUM_SAMPLES.value, seed=_SEED.value)
         fit_kwargs.update(
             x=x, y=y, batch_size=_BATCH_SIZE.value, shuffle=_SHUFFLE.value

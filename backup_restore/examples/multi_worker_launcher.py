@@ -1,19 +1,33 @@
-r"""Starts N local training workers on loopback; restarts the group on a death.
+r"""Starts a local training cluster on loopback; restarts what dies.
 
-Multi-worker training needs every worker: when one dies (preempted, OOM,
-killed), the survivors cannot go on. This launcher runs N copies of a trainer
-with TF_CONFIG describing a cluster on 127.0.0.1, and when any worker exits
-abnormally it stops the others and starts the whole group again (new ports);
-the trainers resume from the last committed backup. It succeeds when every
-worker exits 0.
+Multi-worker training needs its tasks: when one dies (preempted, OOM,
+killed), the job stalls or fails. This launcher runs the tasks of a cluster
+as local processes with TF_CONFIG on 127.0.0.1 and restarts what died; the
+trainer resumes from the last committed backup.
+
+MultiWorkerMirroredStrategy (--num_ps=0, the default): N workers. When any
+worker exits abnormally the others cannot go on: the launcher stops them and
+starts the whole group again (new ports). It succeeds when every worker
+exits 0.
 
   ./tools/bazel run //backup_restore/examples:multi_worker_launcher -- \
       --num_workers=2 -- --strategy=multi_worker --backup_dir=/tmp/mw_backup
 
-Arguments after `--` go to every worker (the fit_trainer by default).
+ParameterServerStrategy (--num_ps >= 1): a chief (runs fit()), N workers and
+the parameter servers. A dead worker is restarted alone, on the same port:
+tf.distribute's ClusterCoordinator reschedules its steps and goes on. When the
+chief or a parameter server dies, the whole group is restarted. It succeeds
+when the chief exits 0; the servers are then stopped.
+
+  ./tools/bazel run //backup_restore/examples:multi_worker_launcher -- \
+      --num_workers=2 --num_ps=1 -- --strategy=parameter_server \
+      --steps_per_epoch=20 --save_freq=5 --backup_dir=/tmp/ps_backup
+
+Arguments after `--` go to every task (the fit_trainer by default). SIGTERM
+or SIGINT to the launcher is passed on to the tasks (a trainer with
+--save_before_preemption then backs up and exits), and nothing is restarted.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -29,57 +43,100 @@ from testing import procs
 _NUM_WORKERS = flags.DEFINE_integer(
     "num_workers", 2, "Workers to start.", lower_bound=1
 )
+_NUM_PS = flags.DEFINE_integer(
+    "num_ps",
+    0,
+    "Parameter servers. With >= 1 the cluster also has a chief: "
+    "ParameterServerStrategy.",
+    lower_bound=0,
+)
 _MAX_RESTARTS = flags.DEFINE_integer(
-    "max_restarts", 3, "Group restarts before giving up.", lower_bound=0
+    "max_restarts", 3, "Restarts before giving up.", lower_bound=0
 )
 _TRAINER = flags.DEFINE_string(
     "trainer",
     "backup_restore/examples/fit_trainer",
-    "The worker binary (a runfiles path, or an absolute path).",
+    "The task binary (a runfiles path, or an absolute path).",
 )
 _LOG_DIR = flags.DEFINE_string(
-    "worker_log_dir", None, "Write each worker's output to files here."
+    "worker_log_dir", None, "Write each task's output to files here."
 )
 _WORKER_ARGS_FLAG = flags.DEFINE_multi_string(
-    "worker_arg", [], "Extra argument for worker INDEX as INDEX:ARG."
+    "worker_arg",
+    [],
+    "Extra argument for one task as INDEX:ARG. INDEX counts the tasks in "
+    "the order chief, workers, parameter servers (so without --num_ps it is "
+    "the worker index).",
 )
 
 
-def _start_group(binary, args, attempt):
-    cluster = ports.pick_unused_ports(_NUM_WORKERS.value)
-    workers = []
-    for index in range(_NUM_WORKERS.value):
-        env = dict(os.environ)
-        env["TF_CONFIG"] = ports.tf_config(cluster, index)
+class _Task:
+    """One process of the cluster, restartable with the same TF_CONFIG."""
+
+    def __init__(self, generation, index, job, job_index, tf_config):
+        self.generation = generation
+        self.index, self.job, self.job_index = index, job, job_index
+        self.tf_config = tf_config
+        self.process = None
+        self.starts = 0
+
+    @property
+    def name(self):
+        return f"{self.job} {self.job_index}"
+
+    def start(self, binary, args):
+        env = dict(os.environ, TF_CONFIG=self.tf_config)
         extra = [
             a.split(":", 1)[1]
             for a in _WORKER_ARGS_FLAG.value
-            if a.split(":", 1)[0] == str(index)
+            if a.split(":", 1)[0] == str(self.index)
         ]
         out = subprocess.DEVNULL
         if _LOG_DIR.value:
             os.makedirs(_LOG_DIR.value, exist_ok=True)
             path = os.path.join(
-                _LOG_DIR.value, f"attempt{attempt}-worker{index}.log"
+                _LOG_DIR.value,
+                f"group{self.generation}-{self.job}{self.job_index}"
+                f"-start{self.starts}.log",
             )
             out = open(path, "w")  # the child writes it; closed at exit
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, binary, *args, *extra],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = subprocess.Popen(
+            [sys.executable, binary, *args, *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
-    return workers
+        self.starts += 1
 
 
-def _stop(workers):
-    for w in workers:
-        if w.poll() is None:
-            w.send_signal(signal.SIGKILL)
-    for w in workers:
-        w.wait()
+def _make_cluster(generation):
+    """The cluster's tasks, on fresh loopback ports."""
+    jobs = {}
+    if _NUM_PS.value:
+        jobs["chief"] = 1
+    jobs["worker"] = _NUM_WORKERS.value
+    if _NUM_PS.value:
+        jobs["ps"] = _NUM_PS.value
+    free = iter(ports.pick_unused_ports(sum(jobs.values())))
+    addresses = {job: [next(free) for _ in range(n)] for job, n in jobs.items()}
+    tasks = []
+    for job, n in jobs.items():
+        for job_index in range(n):
+            config = ports.cluster_tf_config(addresses, job, job_index)
+            tasks.append(_Task(generation, len(tasks), job, job_index, config))
+    return tasks
+
+
+def _stop(tasks, sig=signal.SIGKILL):
+    for task in tasks:
+        if task.process.poll() is None:
+            task.process.send_signal(sig)
+    for task in tasks:
+        task.process.wait()
+
+
+def _describe(code):
+    return f"signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def main(argv):
@@ -87,47 +144,61 @@ def main(argv):
     binary = _TRAINER.value
     if not os.path.isabs(binary):
         binary = procs.runfile(binary)
-    for attempt in range(_MAX_RESTARTS.value + 1):
-        workers = _start_group(binary, args, attempt)
-        print(
-            f"LAUNCHED attempt {attempt}: {len(workers)} workers "
-            f"(pids {[w.pid for w in workers]})",
-            flush=True,
-        )
-        failed = None
-        while failed is None and any(w.poll() is None for w in workers):
-            for index, w in enumerate(workers):
-                code = w.poll()
-                if code not in (None, 0):
-                    failed = (index, code)
-            time.sleep(0.2)
-        if failed is None:
-            failed = next(
-                (
-                    (i, w.returncode)
-                    for i, w in enumerate(workers)
-                    if w.returncode
-                ),
-                None,
+    parameter_server = _NUM_PS.value > 0
+    signals = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: signals.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: signals.append(signum))
+    restarts, generation, tasks = 0, 0, None
+    while True:
+        if tasks is None:
+            tasks = _make_cluster(generation)
+            generation += 1
+            for task in tasks:
+                task.start(binary, args)
+            print(
+                f"LAUNCHED {len(tasks)} tasks (restarts so far: {restarts}): "
+                + ", ".join(f"{t.name} pid {t.process.pid}" for t in tasks),
+                flush=True,
             )
-        if failed is None:
-            print(f"DONE after {attempt} restart(s)", flush=True)
+            # The tasks whose exit ends the job: the chief under
+            # ParameterServerStrategy (servers never exit), else all.
+            finishers = tasks[:1] if parameter_server else tasks
+        if signals:
+            print("SIGNALLED: passing it on to the tasks", flush=True)
+            _stop(tasks, signals[0])
+            ok = all(t.process.returncode == 0 for t in finishers)
+            return 0 if ok else 1
+        if all(t.process.poll() == 0 for t in finishers):
+            _stop(tasks)
+            print(f"DONE after {restarts} restart(s)", flush=True)
             return 0
-        index, code = failed
-        how = f"signal {-code}" if code < 0 else f"exit status {code}"
-        print(
-            f"WORKER {index} died ({how}): stopping the group and "
-            f"restarting it",
-            flush=True,
+        dead = next(
+            (t for t in tasks if t.process.poll() not in (None, 0)), None
         )
-        _stop(workers)
-    print(
-        f"GAVE UP after {_MAX_RESTARTS.value} restarts",
-        file=sys.stderr,
-        flush=True,
-    )
-    print(json.dumps({"restarts": _MAX_RESTARTS.value}))
-    return 1
+        if dead is None:
+            time.sleep(0.2)
+            continue
+        died = (
+            f"WORKER {dead.index} died "
+            f"({_describe(dead.process.returncode)}) [{dead.name}]"
+        )
+        if restarts >= _MAX_RESTARTS.value:
+            print(f"{died}: stopping the group", flush=True)
+            _stop(tasks)
+            print(
+                f"GAVE UP after {restarts} restarts",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        restarts += 1
+        if parameter_server and dead.job == "worker":
+            print(f"{died}: restarting it alone", flush=True)
+            dead.start(binary, args)
+            continue
+        print(f"{died}: stopping the group and restarting it", flush=True)
+        _stop(tasks)
+        tasks = None
 
 
 if __name__ == "__main__":

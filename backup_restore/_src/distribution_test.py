@@ -1,0 +1,73 @@
+"""Which strategies are supported, and what each process does under them.
+
+Exact resume under OneDeviceStrategy, MirroredStrategy, CentralStorageStrategy
+and TPUStrategy is tested end to end in exact_resume_test.py; multi-worker
+strategies in multi_worker_test.py and parameter_server_test.py.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl.testing import absltest
+
+import backup_restore
+from backup_restore._src import distribution
+from testing import device
+
+
+class RoleTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+
+    def test_single_process_strategies_are_their_own_chief(self):
+        for strategy in (
+            tf.distribute.get_strategy(),
+            tf.distribute.OneDeviceStrategy("/cpu:0"),
+            tf.distribute.MirroredStrategy(["/cpu:0"]),
+            tf.distribute.experimental.CentralStorageStrategy(["/cpu:0"]),
+            # Without TF_CONFIG: a cluster of one.
+            tf.distribute.MultiWorkerMirroredStrategy(),
+        ):
+            with self.subTest(type(strategy).__name__):
+                role = distribution.role(strategy)
+                self.assertTrue(role.is_chief)
+                self.assertFalse(role.collective_saves)
+                self.assertIsNone(role.coordinator)
+
+    def test_default_strategy_is_recognised_inside_another_scope(self):
+        # fit() calls the callback inside the model's strategy scope, where
+        # tf.distribute.get_strategy() is that strategy, not the default.
+        default = tf.distribute.get_strategy()
+        with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+            self.assertTrue(distribution.role(default).is_chief)
+
+    def test_tf1_strategy_is_refused_naming_the_tf2_alternative(self):
+        strategy = tf.compat.v1.distribute.OneDeviceStrategy("/cpu:0")
+        with self.assertRaisesRegex(ValueError, "TF2 counterpart"):
+            distribution.role(strategy)
+
+    def test_fit_with_an_unsupported_strategy_fails_before_writing(self):
+        backup_dir = os.path.join(self.create_tempdir().full_path, "b")
+        strategy = tf.compat.v1.distribute.OneDeviceStrategy("/cpu:0")
+        with strategy.scope():
+            model = tf_keras.Sequential(
+                [tf_keras.layers.Dense(1, input_shape=(4,))]
+            )
+            model.compile(optimizer="adam", loss="mse")
+        x = np.ones((8, 4), np.float32)
+        with self.assertRaisesRegex(ValueError, "OneDeviceStrategyV1"):
+            model.fit(
+                x,
+                x[:, :1],
+                epochs=1,
+                verbose=0,
+                callbacks=[backup_restore.BackupAndRestore(backup_dir)],
+            )
+        self.assertFalse(os.path.exists(backup_dir))
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -1,0 +1,204 @@
+"""The engine both front ends share: the Keras callback and BackupManager.
+
+It ties together, once, what makes backups safe and identical in behaviour
+whichever front end drives them:
+
+- the store (store.py): atomic, durable, verified commits; async persist;
+- the role of this process under its tf.distribute strategy
+  (distribution.py): only the chief commits into backup_dir; other
+  workers write their (collective) copy into a private scratch directory
+  and delete it at once;
+- preemption (preemption.py): a signal is turned into "back up at this
+  step, wait until committed, then exit (or stop)", agreed on by every
+  worker of a MultiWorkerMirroredStrategy cluster.
+
+A front end decides what to back up (a tf.train.Checkpoint plus JSON
+metadata) and when; the engine does the rest.
+"""
+
+import hashlib
+import os
+import signal
+import sys
+import tempfile
+
+from absl import logging
+
+from backup_restore._src import distribution
+from backup_restore._src import preemption
+from backup_restore._src import store
+
+
+class Engine:
+    """Backups of one training job in `backup_dir`.
+
+    Args:
+      backup_dir: where backups live; validated now.
+      async_backup: persist backups on a background thread.
+      save_before_preemption: watch `preemption_signals`.
+      preemption_signals: the signals announcing a preemption.
+      exit_on_preemption: exit the process after the preemption backup;
+        else `stop_for_preemption` returns and training should stop.
+      preemption_exit_code: the exit status then.
+    """
+
+    def __init__(
+        self,
+        backup_dir,
+        *,
+        async_backup=True,
+        save_before_preemption=False,
+        preemption_signals=preemption.DEFAULT_SIGNALS,
+        exit_on_preemption=True,
+        preemption_exit_code=preemption.RESTART_EXIT_CODE,
+    ):
+        self.store = store.BackupStore(backup_dir)
+        self.async_backup = bool(async_backup)
+        self._watcher = (
+            preemption.PreemptionWatcher(preemption_signals)
+            if save_before_preemption
+            else None
+        )
+        self._exit_on_preemption = exit_on_preemption
+        self._exit_code = preemption_exit_code
+        self._role = distribution.Role(True, 0, False, None)
+        self._strategy = None
+        self._scratch = None
+        self.preempted = False
+
+    @property
+    def backup_dir(self) -> str:
+        return self.store.directory
+
+    @property
+    def role(self) -> distribution.Role:
+        return self._role
+
+    @property
+    def preemption_requested(self) -> bool:
+        """Whether a preemption signal reached this process."""
+        return self._watcher is not None and self._watcher.requested
+
+    def start(self, strategy=None) -> None:
+        """Begins a training run: role, preemption handler, leftovers.
+
+        Raises:
+          ValueError: the strategy is not supported.
+          RuntimeError: save_before_preemption outside the main thread.
+        """
+        self._strategy = strategy
+        if strategy is not None:
+            self._role = distribution.role(strategy)
+        self.preempted = False
+        self._scratch = None
+        if not self._role.is_chief:
+            # Outside backup_dir, which only the chief touches (else its
+            # cleanup at the end races with these writes); a fixed path per
+            # job and task, so that a crash's leftover goes at next start.
+            job = hashlib.sha256(self.backup_dir.encode()).hexdigest()[:12]
+            self._scratch = store.BackupStore(
+                os.path.join(
+                    tempfile.gettempdir(),
+                    f"backup_restore-{job}-worker{self._role.task_id}",
+                )
+            )
+            self._scratch.delete_all()
+        if self._watcher is not None:
+            self._watcher.install()
+        if self._role.is_chief:
+            self.store.cleanup()
+
+    def restore(self, prepare):
+        """Restores the newest intact backup; (info, status) or None.
+
+        `prepare(info)` checks a candidate (raising to refuse it) and returns
+        the tf.train.Checkpoint to read into. Every worker reads the chief's
+        committed backup.
+        """
+        restored = self.store.restore_latest(prepare)
+        if restored is not None:
+            # Every object given was restored; entries of the checkpoint with
+            # no object here (its save_counter) are fine, not worth a warning.
+            restored[1].assert_existing_objects_matched().expect_partial()
+        return restored
+
+    def write(self, checkpoint, metadata) -> None:
+        """Backs up `checkpoint` with `metadata` (chief: commits it)."""
+        if self._role.coordinator is not None:
+            # ParameterServerStrategy: steps scheduled may still be running
+            # on the workers; the backup must hold exactly those counted.
+            self._role.coordinator.join()
+        if self._scratch is not None:
+            # Saving may issue collective ops: write as the chief does.
+            self._scratch.write(checkpoint, metadata)
+            self._scratch.delete_all()
+            return
+        self.store.write_async(
+            checkpoint,
+            metadata,
+            asynchronous=self.async_backup,
+            # TensorFlow's async snapshot issues collective ops of its own:
+            # with several workers, snapshot synchronously like the others.
+            # Under ParameterServerStrategy the variables live on remote
+            # parameter servers: read them synchronously, once.
+            async_snapshot=not self._role.collective_saves
+            and self._role.coordinator is None,
+        )
+
+    @property
+    def last_snapshot_seconds(self):
+        return self.store.last_snapshot_seconds
+
+    def preemption_agreed(self) -> bool:
+        """Whether to back up and stop now, the same answer on every worker.
+
+        With several MultiWorkerMirroredStrategy workers, a signal reaches
+        one of them (or several, at different steps); one all-reduce per
+        call through the strategy tells every worker at the same step, so
+        all of them take the same backup (their saves issue collective ops
+        in step) and stop. Every worker must call this at the same steps.
+        """
+        if self._watcher is None:
+            return False
+        requested = self._watcher.requested
+        if self._role.collective_saves:
+            requested = distribution.any_worker(self._strategy, requested)
+        return requested
+
+    def stop_for_preemption(self, where: str) -> None:
+        """After the preemption backup at `where`: waits until committed,
+        then exits (exit_on_preemption) or returns."""
+        self.store.wait()  # committed, durable
+        self.preempted = True
+        logging.warning(
+            "Preemption (%s): %s %s to %s; %s.",
+            signal.Signals(self._watcher.received).name
+            if self._watcher.received
+            else "signalled to another worker",
+            "backed up" if self._role.is_chief else "the chief backed up",
+            where,
+            self.backup_dir,
+            f"exiting with status {self._exit_code}"
+            if self._exit_on_preemption
+            else "stopping training",
+        )
+        self._watcher.uninstall()
+        if self._exit_on_preemption:
+            sys.exit(self._exit_code)
+
+    def wait(self) -> None:
+        """Blocks until the last backup is committed (raises its error)."""
+        self.store.wait()
+
+    def finish(self, delete: bool) -> None:
+        """Ends the run: uninstalls the handler, waits for the last backup,
+        and deletes the backups (chief; not after a preemption)."""
+        if self._watcher is not None:
+            self._watcher.uninstall()
+        self.store.wait()  # a failed last backup raises here
+        if delete and not self.preempted and self._role.is_chief:
+            self.store.delete_all()
+            logging.info(
+                "Training completed; deleted the backups in %s.",
+                self.backup_dir,
+            )
