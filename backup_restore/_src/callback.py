@@ -87,7 +87,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
       save_freq: `"epoch"` to back up at the end of every epoch, or a positive
         int to back up every that many batches. `False` (never) is only valid
         with `save_before_preemption=True`.
-      delete_checkpoint: delete the backup when `fit()` completes.
+      delete_checkpoint: delete the backup when `fit()` completes. The
+        backup due at the very end of training is then not written (it
+        would be deleted unread at once).
       save_before_preemption: on SIGTERM (or `preemption_signals`), finish
         the current batch, back up at that exact batch, wait until the
         backup is committed, then exit the process with
@@ -212,6 +214,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._restored = None  # metadata to apply at the first epoch begin
         self._write_checkpoint = None
         self._write_spec = None
+        self._static = None
         # The strategy decides which process commits (see engine.py).
         self._engine.start(model.distribute_strategy)
         self._warn_about_legacy_rng(model)
@@ -266,11 +269,26 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # backup taken at its last batch is the one to resume from.
             return
         preempted = self._preemption_agreed()
-        if self._policy.at_epoch_end or self._save_at_epoch_end or preempted:
+        due = self._policy.at_epoch_end or self._save_at_epoch_end
+        self._save_at_epoch_end = False
+        if preempted or (due and not self._backup_would_be_deleted(epoch)):
             self._write(epoch + 1, 0)
-            self._save_at_epoch_end = False
         if preempted:
             self._stop_for_preemption(epoch + 1, 0)
+
+    def _backup_would_be_deleted(self, epoch) -> bool:
+        """Whether fit() ends after this epoch and deletes the backups.
+
+        A backup written now would be deleted unread a moment later, after
+        training waited for its commit (tf-keras writes it anyway). Skipping
+        it leaves the previous backup as the last one until the deletion.
+        """
+        if not self.delete_checkpoint:
+            return False
+        last_epoch = epoch + 1 >= self.params.get("epochs", epoch + 2)
+        # Another callback (EarlyStopping, run before this one) may have
+        # stopped training at this epoch.
+        return last_epoch or bool(self.model.stop_training)
 
     def on_train_end(self, logs=None):
         keras_adapter.clear_initial_counters(self.model)
@@ -325,6 +343,14 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             callback_states.assign(self._write_holder, tensors)
         return self._write_checkpoint
 
+    def _static_metadata(self) -> dict:
+        if self._static is None:
+            self._static = {
+                "fingerprint": self._fingerprint(),
+                "build_config": keras_state.build_config(self.model),
+            }
+        return self._static
+
     def _fingerprint(self):
         return keras_state.fingerprint(
             self.model, self._optimizer_fp, len(self._random_generators)
@@ -343,8 +369,8 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "iterator_batches": self._iterator_batches,
                 "stop_training": bool(self.model.stop_training),
             },
-            "fingerprint": self._fingerprint(),
-            "build_config": keras_state.build_config(self.model),
+            # The model's structure does not change during fit().
+            **self._static_metadata(),
             "history": keras_state.to_json_value(
                 {"epoch": history.epoch, "history": history.history}
             ),

@@ -172,7 +172,8 @@ class CallbackTest(parameterized.TestCase):
                 lambda self, *a, _h=hook, **k: getattr(inner, _h)(*a, **k),
             )
         _fit(_model(), [Wrapper()])
-        self.assertLen(writes, EPOCHS * 4)
+        # Every batch but the last (its backup would be deleted at once).
+        self.assertLen(writes, EPOCHS * 4 - 1)
 
     def test_one_checkpoint_object_serves_every_backup(self):
         # TensorFlow's async checkpointing allocates a host copy of the whole
@@ -187,8 +188,53 @@ class CallbackTest(parameterized.TestCase):
 
         callback._engine.store.write_async = spy
         _fit(_model(), [callback])
-        self.assertLen(seen, EPOCHS * 4)
+        self.assertLen(seen, EPOCHS * 4 - 1)
         self.assertLen({id(c) for c in seen}, 1)
+
+    @parameterized.parameters(
+        # (save_freq, delete_checkpoint, backups written): the backup due at
+        # the very end is skipped when fit() would delete it at once.
+        ("epoch", True, EPOCHS - 1),
+        ("epoch", False, EPOCHS),
+        (4, True, EPOCHS - 1),
+        (4, False, EPOCHS),
+    )
+    def test_the_backup_deleted_at_the_end_is_not_written(
+        self, save_freq, delete, expected
+    ):
+        callback = backup_restore.BackupAndRestore(
+            self.dir, save_freq=save_freq, delete_checkpoint=delete
+        )
+        positions = []
+        original = callback._engine.store.write_async
+
+        def spy(checkpoint, metadata, **kwargs):
+            positions.append(metadata["position"]["epoch"])
+            return original(checkpoint, metadata, **kwargs)
+
+        callback._engine.store.write_async = spy
+        _fit(_model(), [callback])
+        self.assertEqual(positions, list(range(1, expected + 1)))
+        self.assertEqual(os.path.exists(self.dir), not delete)
+
+    def test_no_last_backup_when_early_stopping_ends_training(self):
+        callback = backup_restore.BackupAndRestore(self.dir)
+        positions = []
+        original = callback._engine.store.write_async
+
+        def spy(checkpoint, metadata, **kwargs):
+            positions.append(metadata["position"]["epoch"])
+            return original(checkpoint, metadata, **kwargs)
+
+        callback._engine.store.write_async = spy
+
+        class StopAfterFirstEpoch(tf_keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                self.model.stop_training = True
+
+        history = _fit(_model(), [callback, StopAfterFirstEpoch()])
+        self.assertEqual(history.epoch, [0])
+        self.assertEqual(positions, [])
 
     def test_foreign_files_survive_completion(self):
         os.makedirs(self.dir)

@@ -6,6 +6,8 @@ strategies in multi_worker_test.py and parameter_server_test.py.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +17,7 @@ from absl.testing import absltest
 import backup_restore
 from backup_restore._src import distribution
 from testing import device
+from testing import procs
 
 
 class RoleTest(absltest.TestCase):
@@ -67,6 +70,42 @@ class RoleTest(absltest.TestCase):
                 callbacks=[backup_restore.BackupAndRestore(backup_dir)],
             )
         self.assertFalse(os.path.exists(backup_dir))
+
+
+class TrainerFlagsTest(absltest.TestCase):
+    def test_tpu_strategy_without_a_tpu_says_so_without_probing(self):
+        if device.requested_device() == "tpu":
+            self.skipTest("this machine has a TPU")
+        run = subprocess.run(
+            [
+                sys.executable,
+                procs.runfile("backup_restore/examples/fit_trainer"),
+                "--strategy=tpu",
+                f"--backup_dir={self.create_tempdir().full_path}/b",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        self.assertEqual(run.returncode, 1, run.stderr[-2000:])
+        self.assertIn("this machine has no TPU", run.stderr)
+
+    def test_parameter_server_needs_steps_per_epoch(self):
+        run = subprocess.run(
+            [
+                sys.executable,
+                procs.runfile("backup_restore/examples/fit_trainer"),
+                "--strategy=parameter_server",
+                f"--backup_dir={self.create_tempdir().full_path}/b",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        self.assertEqual(run.returncode, 1, run.stderr[-2000:])
+        self.assertIn("needs --steps_per_epoch", run.stderr)
 
 
 if __name__ == "__main__":

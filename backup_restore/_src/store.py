@@ -30,6 +30,9 @@ from backup_restore._src import manifest
 CHECKPOINT_PREFIX = "ckpt"
 
 _LIVE_STORES = weakref.WeakSet()
+# Checkpoint -> whether it holds a data iterator. Front ends reuse one
+# Checkpoint object for every backup of a run; its object graph is walked once.
+_HOLDS_ITERATOR = weakref.WeakKeyDictionary()
 
 
 def _holds_data_iterator(checkpoint) -> bool:
@@ -39,8 +42,21 @@ def _holds_data_iterator(checkpoint) -> bool:
     tf.data iterator yields afterwards (verified by store_test). Checkpoints
     holding one are therefore written synchronously (into the page cache, on
     the caller's thread); fsync, checksums and the commit still run in the
-    background.
+    background. Cached per Checkpoint object.
     """
+    try:
+        return _HOLDS_ITERATOR[checkpoint]
+    except (KeyError, TypeError):
+        pass
+    holds = _walk_for_iterator(checkpoint)
+    try:
+        _HOLDS_ITERATOR[checkpoint] = holds
+    except TypeError:  # not weak-referenceable: no cache
+        pass
+    return holds
+
+
+def _walk_for_iterator(checkpoint) -> bool:
     seen, queue = set(), [checkpoint]
     while queue:
         obj = queue.pop()

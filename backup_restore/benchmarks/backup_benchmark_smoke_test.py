@@ -19,7 +19,7 @@ class BenchmarkSmokeTest(absltest.TestCase):
                 f"--dir={self.create_tempdir().full_path}",
                 "--sizes=tiny",
                 "--repeats=1",
-                "--epochs=1",
+                "--epochs=2",
                 "--steps_per_epoch=4",
                 "--backups_per_epoch=2",
             ],
