@@ -79,6 +79,10 @@ class BackupManager:
     manager.finish()
     ```
 
+    Single-process training only (no strategy, or a single-process one such
+    as MirroredStrategy): with several workers each would commit into
+    `backup_dir`.
+
     Concurrency: use from one thread (the training loop). With
     `async_backup=True` files are written by one background thread, one
     backup at a time. With `save_before_preemption=True`, construct and call
