@@ -80,11 +80,8 @@ def _cluster(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or getattr(resolver, "task_type", None) is None:
         return None, None, {}
-    return (
-        resolver.task_type,
-        int(resolver.task_id or 0),
-        (resolver.cluster_spec().as_dict()),
-    )
+    jobs = resolver.cluster_spec().as_dict()
+    return resolver.task_type, int(resolver.task_id or 0), jobs
 
 
 def role(strategy) -> Role:

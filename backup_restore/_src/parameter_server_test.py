@@ -93,6 +93,33 @@ class ParameterServerTest(absltest.TestCase):
         with open(os.path.join(logs, "group1-chief0-start0.log")) as f:
             self.assertIn("resuming at epoch 1, batch 1", f.read())
 
+    def test_sigterm_to_the_chief_backs_up_at_that_step(self):
+        # No periodic backups. Every start of the chief gets SIGTERM after
+        # its 7th step, backs up there and exits 42, which the launcher
+        # treats as a death: the group restarts and resumes. Steps 7 =
+        # (epoch 1, batch 2), then 7 + 7 = 14 = (2, 4), then the last one.
+        launcher = self._launcher(
+            ["--save_freq=false", "--save_before_preemption"],
+            [
+                "--worker_arg=0:--fail_at_step=7",
+                "--worker_arg=0:--fail_with=sigterm",
+            ],
+        )
+        output, result = self._finish(launcher)
+        self.assertIn("WORKER 0 died (exit status 42) [chief 0]", output)
+        self.assertIn("DONE after 2 restart(s)", output)
+        logs = os.path.join(self.tmp, "logs")
+        with open(os.path.join(logs, "group0-chief0-start0.log")) as f:
+            first = f.read()
+        with open(os.path.join(logs, "group1-chief0-start0.log")) as f:
+            second = f.read()
+        self.assertIn("Preemption (SIGTERM): backed up epoch 1, batch 2", first)
+        self.assertIn("resuming at epoch 1, batch 2", second)
+        self.assertIn(
+            "Preemption (SIGTERM): backed up epoch 2, batch 4", second
+        )
+        self.assertEqual(result["resumed_from"], [2, 4])
+
     def _kill_task_after_first_backup(self, task):
         # Backups every 2 steps, each held 0.5 s before it commits: the
         # run lasts long enough to lose a task in the middle of it.

@@ -68,6 +68,19 @@ class PreemptionTest(parameterized.TestCase):
         )
         self.assertEqual(rerun.result["history"], reference["history"])
 
+    def test_sigterm_under_mirrored_strategy(self):
+        # Two replicas on 2 logical CPUs (all GPUs in the _gpu variant).
+        fit = [*_FIT, "--strategy=mirrored", "--input=dataset"]
+        reference = self._reference(_fit_trainer(), fit)
+        args = [*fit, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        self._preempt(_fit_trainer(), [*args, "--fail_at_step=6"])
+        rerun = procs.run(_fit_trainer(), args)
+        self.assertEqual(rerun.returncode, 0, rerun.describe())
+        self.assertEqual(rerun.result["resumed_from"], [1, 2])
+        self.assertEqual(
+            rerun.result["weights_sha256"], reference["weights_sha256"]
+        )
+
     def test_save_freq_false_saves_only_on_preemption(self):
         reference = self._reference(_fit_trainer(), _FIT)
         args = [

@@ -385,6 +385,13 @@ def main(argv):
             f"{engine_s * 1e3:.0f} ms -> raw/engine = {raw_s / engine_s:.2f}; "
             f"Checkpoint.write alone (no fsync) {tf_write_s * 1e3:.0f} ms"
         )
+        # The spread of the baseline: overheads smaller than it are noise.
+        for freq in sorted(base):
+            fits = results[("none", freq)]["fit_s"]
+            print(
+                f"  no-callback fit ({freq} runs): median {base[freq]:.2f} s, "
+                f"min {min(fits):.2f} s, max {max(fits):.2f} s"
+            )
 
     print(
         "\n| model | callback | backups | overhead | blocking ms/backup "
