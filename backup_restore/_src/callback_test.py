@@ -42,6 +42,19 @@ def _weights(model):
     return [w.numpy() for w in model.weights]
 
 
+def _record_backup_epochs(callback) -> list:
+    """The epoch of the position of every backup `callback` writes."""
+    epochs = []
+    original = callback._engine.store.write_async
+
+    def spy(checkpoint, metadata, **kwargs):
+        epochs.append(metadata["position"]["epoch"])
+        return original(checkpoint, metadata, **kwargs)
+
+    callback._engine.store.write_async = spy
+    return epochs
+
+
 class CallbackTest(parameterized.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -205,28 +218,14 @@ class CallbackTest(parameterized.TestCase):
         callback = backup_restore.BackupAndRestore(
             self.dir, save_freq=save_freq, delete_checkpoint=delete
         )
-        positions = []
-        original = callback._engine.store.write_async
-
-        def spy(checkpoint, metadata, **kwargs):
-            positions.append(metadata["position"]["epoch"])
-            return original(checkpoint, metadata, **kwargs)
-
-        callback._engine.store.write_async = spy
+        positions = _record_backup_epochs(callback)
         _fit(_model(), [callback])
         self.assertEqual(positions, list(range(1, expected + 1)))
         self.assertEqual(os.path.exists(self.dir), not delete)
 
     def test_no_last_backup_when_early_stopping_ends_training(self):
         callback = backup_restore.BackupAndRestore(self.dir)
-        positions = []
-        original = callback._engine.store.write_async
-
-        def spy(checkpoint, metadata, **kwargs):
-            positions.append(metadata["position"]["epoch"])
-            return original(checkpoint, metadata, **kwargs)
-
-        callback._engine.store.write_async = spy
+        positions = _record_backup_epochs(callback)
 
         class StopAfterFirstEpoch(tf_keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):

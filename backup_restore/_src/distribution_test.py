@@ -73,37 +73,29 @@ class RoleTest(absltest.TestCase):
 
 
 class TrainerFlagsTest(absltest.TestCase):
-    def test_tpu_strategy_without_a_tpu_says_so_without_probing(self):
-        if device.requested_device() == "tpu":
-            self.skipTest("this machine has a TPU")
-        run = subprocess.run(
+    def _trainer(self, *args):
+        return subprocess.run(
             [
                 sys.executable,
                 procs.runfile("backup_restore/examples/fit_trainer"),
-                "--strategy=tpu",
                 f"--backup_dir={self.create_tempdir().full_path}/b",
+                *args,
             ],
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
+
+    def test_tpu_strategy_without_a_tpu_says_so_without_probing(self):
+        if device.requested_device() == "tpu":
+            self.skipTest("this machine has a TPU")
+        run = self._trainer("--strategy=tpu")
         self.assertEqual(run.returncode, 1, run.stderr[-2000:])
         self.assertIn("this machine has no TPU", run.stderr)
 
     def test_parameter_server_needs_steps_per_epoch(self):
-        run = subprocess.run(
-            [
-                sys.executable,
-                procs.runfile("backup_restore/examples/fit_trainer"),
-                "--strategy=parameter_server",
-                f"--backup_dir={self.create_tempdir().full_path}/b",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        run = self._trainer("--strategy=parameter_server")
         self.assertEqual(run.returncode, 1, run.stderr[-2000:])
         self.assertIn("needs --steps_per_epoch", run.stderr)
 
