@@ -248,7 +248,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._epoch_batches = batch + 1
         self._iterator_batches += trained
         self._since_save += trained
-        preempted = self._preemption_agreed()
+        preempted = self._engine.preemption_agreed()
         if not preempted and not self._policy.save_after_batches(
             self._since_save
         ):
@@ -268,7 +268,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # fit() still ends the epoch cut short by the preemption; the
             # backup taken at its last batch is the one to resume from.
             return
-        preempted = self._preemption_agreed()
+        preempted = self._engine.preemption_agreed()
         due = self._policy.at_epoch_end or self._save_at_epoch_end
         self._save_at_epoch_end = False
         if preempted or (due and not self._backup_would_be_deleted(epoch)):
@@ -299,9 +299,6 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._engine.finish(self.delete_checkpoint)
 
     # -- backing up ---------------------------------------------------------
-
-    def _preemption_agreed(self) -> bool:
-        return self._engine.preemption_agreed()
 
     def _stop_for_preemption(self, epoch, step):
         self._engine.stop_for_preemption(f"epoch {epoch}, batch {step}")

@@ -66,13 +66,23 @@ class ParameterServerTest(absltest.TestCase):
             text=True,
         )
 
-    def _finish(self, launcher):
+    def _finish(self, launcher, steps_run_twice=0):
+        """Waits for the launcher; checks the run ended complete.
+
+        steps_run_twice: how many steps may have been applied twice. A worker
+        killed in the middle of a step may have updated the variables on the
+        parameter servers already; ClusterCoordinator runs that step again on
+        another worker (at-least-once), which no backup can undo.
+        """
         output = launcher.communicate(timeout=600)[0]
         self.assertEqual(launcher.returncode, 0, output[-4000:])
         with open(self.result_file) as f:
             result = json.load(f)
-        self.assertEqual(
-            result["optimizer_iterations"], _EPOCHS * _STEPS, "steps taken"
+        self.assertBetween(
+            result["optimizer_iterations"],
+            _EPOCHS * _STEPS,
+            _EPOCHS * _STEPS + steps_run_twice,
+            "steps taken",
         )
         self.assertEqual(result["history_epochs"], list(range(_EPOCHS)))
         self.assertFalse(os.path.exists(self.backup_dir), "deleted at the end")
@@ -148,7 +158,7 @@ class ParameterServerTest(absltest.TestCase):
 
     def test_worker_killed_is_restarted_alone_and_training_goes_on(self):
         launcher = self._kill_task_after_first_backup("worker 1")
-        output, result = self._finish(launcher)
+        output, result = self._finish(launcher, steps_run_twice=1)
         self.assertIn("[worker 1]: restarting it alone", output)
         self.assertIsNone(result["resumed_from"], "the chief never restarted")
 

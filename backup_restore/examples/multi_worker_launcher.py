@@ -99,13 +99,15 @@ class _Task:
                 f"group{self.generation}-{self.job}{self.job_index}"
                 f"-start{self.starts}.log",
             )
-            out = open(path, "w")  # the child writes it; closed at exit
+            out = open(path, "w")
         self.process = subprocess.Popen(
             [sys.executable, binary, *args, *extra],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+        if out is not subprocess.DEVNULL:
+            out.close()  # the child has its own copy
         self.starts += 1
 
 
