@@ -209,6 +209,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._iterator = None
         self._iterator_batches = 0
         self._first_epoch = True
+        self._first_step_done = False
         self._pending_skip = 0
         self._resume = None
         self._restored = None  # metadata to apply at the first epoch begin
@@ -244,6 +245,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.preempted:
             return  # backed up and stopping; nothing after counts
+        if not self._first_step_done:
+            self._first_step_done = True
+            self._engine.first_step_done()
         trained = batch - self._batch_start + 1  # > 1 with steps_per_execution
         self._epoch_batches = batch + 1
         self._iterator_batches += trained

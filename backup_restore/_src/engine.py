@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 
 from absl import logging
 
@@ -65,6 +66,9 @@ class Engine:
         self._strategy = None
         self._scratch = None
         self.preempted = False
+        # When training (re)started or last backed up: the interval to the
+        # next backup is about the one that led up to this backup.
+        self._last_mark = None
 
     @property
     def backup_dir(self) -> str:
@@ -107,6 +111,7 @@ class Engine:
             self._watcher.install()
         if self._role.is_chief:
             self.store.cleanup()
+        self._last_mark = time.monotonic()
 
     def restore(self, prepare):
         """Restores the newest intact backup; (info, status) or None.
@@ -120,7 +125,15 @@ class Engine:
             # Every object given was restored; entries of the checkpoint with
             # no object here (its save_counter) are fine, not worth a warning.
             restored[1].assert_existing_objects_matched().expect_partial()
+        self._last_mark = time.monotonic()
         return restored
+
+    def first_step_done(self) -> None:
+        """Training's first step, with its one-time tracing, is done.
+
+        The interval that leads up to the first backup counts from here.
+        """
+        self._last_mark = time.monotonic()
 
     def write(self, checkpoint, metadata) -> None:
         """Backs up `checkpoint` with `metadata` (chief: commits it)."""
@@ -128,6 +141,9 @@ class Engine:
             # ParameterServerStrategy: steps scheduled may still be running
             # on the workers; the backup must hold exactly those counted.
             self._role.coordinator.join()
+        now = time.monotonic()
+        interval = None if self._last_mark is None else now - self._last_mark
+        self._last_mark = now
         if self._scratch is not None:
             # Saving may issue collective ops: write as the chief does.
             self._scratch.write(checkpoint, metadata)
@@ -143,6 +159,7 @@ class Engine:
             # parameter servers: read them synchronously, once.
             async_snapshot=not self._role.collective_saves
             and self._role.coordinator is None,
+            expected_interval=interval,
         )
 
     @property

@@ -3,7 +3,9 @@
 import json
 import os
 import threading
+import time
 import uuid
+from unittest import mock
 
 import tensorflow as tf
 from absl.testing import absltest
@@ -320,6 +322,56 @@ class StoreTest(parameterized.TestCase):
         self.assertEqual(second.cleanup(), [])  # did not remove first's write
         self.assertEqual(second.latest().metadata["value"], [5.0])
 
+    @parameterized.named_parameters(
+        ("far_apart", 1e6, True),
+        ("close", 1e-6, False),
+        ("unknown", None, False),
+    )
+    def test_background_priority_follows_the_expected_interval(
+        self, interval, lowered
+    ):
+        s = store.BackupStore(self._dir("local"))
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        before = {t.native_id for t in threading.enumerate()}
+        s.write_async(
+            tf.train.Checkpoint(v=tf.Variable([2.0])),
+            {"value": [2.0]},
+            expected_interval=interval,
+        )
+        s.wait()
+        # The persist thread, and TensorFlow's async-checkpoint writer.
+        started = {
+            t.name: os.getpriority(os.PRIO_PROCESS, t.native_id)
+            for t in threading.enumerate()
+            if t.native_id not in before
+        }
+        self.assertLen(started, 2, started)
+        want = base
+        if lowered:
+            want = min(19, base + store.BACKGROUND_NICE_INCREMENT)
+        self.assertEqual(set(started.values()), {want}, started)
+        self.assertEqual(s.latest().metadata["value"], [2.0])
+
+    def test_low_priority_snapshot_failure_is_raised_to_the_caller(self):
+        s = store.BackupStore(self._dir("local"))
+        self._write(s, [1.0])
+
+        def hook(at, path):
+            if at == faults.BEFORE_DATA:
+                raise OSError(28, "No space left on device")
+
+        faults.set_hook(hook)
+        with self.assertRaisesRegex(
+            errors.BackupWriteError, "No space left.*previous backup"
+        ):
+            s.write_async(
+                _checkpoint([2.0]), {"value": [2.0]}, expected_interval=1e6
+            )
+        faults.set_hook(None)
+        self.assertEqual(s.latest().metadata["value"], [1.0])
+        s.write_async(_checkpoint([3.0]), {"value": [3.0]})
+        self.assertEqual(s.wait().metadata["value"], [3.0])
+
     def test_invalid_directories(self):
         tmp = self.create_tempdir()
         regular = tmp.create_file("a_file").full_path
@@ -356,6 +408,37 @@ class StoreTest(parameterized.TestCase):
         d = pathlib.Path(self.create_tempdir().full_path) / "b"
         s = store.BackupStore(d)
         self.assertEqual(s.directory, str(d))
+
+
+class WritebackStarterTest(absltest.TestCase):
+    def test_starts_writeback_while_files_grow_then_stops(self):
+        d = self.create_tempdir().full_path
+        path = os.path.join(d, "sub", "data")
+        os.makedirs(os.path.dirname(path))
+        with mock.patch.object(
+            atomicity.os, "posix_fadvise", wraps=os.posix_fadvise
+        ) as fadvise:
+            with atomicity.WritebackStarter(d, interval=0.001) as starter:
+                thread = starter._thread
+                with open(path, "wb") as f:
+                    for _ in range(32):
+                        f.write(b"x" * (1 << 16))
+                        f.flush()
+                        time.sleep(0.002)
+                os.rename(path, path + ".moved")  # files may vanish meanwhile
+                time.sleep(0.01)
+                self.assertTrue(thread.is_alive())
+            self.assertFalse(thread.is_alive())
+        self.assertTrue(fadvise.called)
+        self.assertEqual(
+            {c.args[1:] for c in fadvise.call_args_list},
+            {(0, 0, os.POSIX_FADV_DONTNEED)},
+        )
+        self.assertEqual(os.path.getsize(path + ".moved"), 32 << 16)
+
+    def test_no_thread_off_the_local_filesystem(self):
+        with atomicity.WritebackStarter("ram://somewhere/else") as starter:
+            self.assertIsNone(starter._thread)
 
 
 if __name__ == "__main__":
