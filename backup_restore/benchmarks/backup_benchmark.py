@@ -86,12 +86,20 @@ class _PeakSampler:
 
 
 def _timed(tf_keras, inner):
-    """Wraps a callback; adds up the seconds its hooks take."""
+    """Wraps a callback; records how long each of its hook calls takes."""
 
     class Timed(tf_keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.seconds = 0.0
+            self.calls = []  # seconds, one entry per hook call
+
+        @property
+        def seconds(self):
+            return sum(self.calls)
+
+        def per_backup_seconds(self, backups):
+            """The `backups` longest calls: the ones that backed up."""
+            return sorted(self.calls, reverse=True)[:backups]
 
         def set_model(self, model):
             super().set_model(model)
@@ -105,7 +113,7 @@ def _timed(tf_keras, inner):
         def hook(self, *args, **kwargs):
             start = time.perf_counter()
             getattr(inner, name)(*args, **kwargs)
-            self.seconds += time.perf_counter() - start
+            self.calls.append(time.perf_counter() - start)
 
         return hook
 
@@ -119,6 +127,18 @@ def _timed(tf_keras, inner):
     ):
         setattr(Timed, name, make(name))
     return Timed()
+
+
+def _drop_from_page_cache(directory):
+    """Makes a directory's files cold: written back, then evicted."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def _count_writes(store):
@@ -251,7 +271,13 @@ def main(argv):
                     r.setdefault("fit_s", []).append(seconds)
                     r.setdefault("peak", []).append(sampler.peak)
                     if timed:
-                        r.setdefault("block_ms", []).append(
+                        # Per backup: the hook calls that backed up; and all
+                        # hook time of the fit (restore check, first-backup
+                        # set-up, the final wait, deletion) per backup.
+                        r.setdefault("block_ms", []).extend(
+                            1000 * t for t in timed.per_backup_seconds(backups)
+                        )
+                        r.setdefault("hooks_ms", []).append(
                             1000 * timed.seconds / backups
                         )
                     if config.startswith("ours"):
@@ -265,7 +291,27 @@ def main(argv):
                     # of fit(), which breaks the next fit() of the model.
                     model._training_state = None
 
-        # Restore: ours (through fit's on_train_begin) vs Checkpoint.read.
+        # Restore: ours (through fit's on_train_begin), tf-keras's, and
+        # tf.train.Checkpoint.read of our backup; each with the files cold
+        # (evicted from the page cache first, as after a reboot or on a new
+        # machine) and warm (just read, as after a restart in place).
+        def restore_seconds(cls, directory, prefix, *, model=model, x=x, y=y):
+            """One restore: Checkpoint.read of `prefix`, or (no prefix) the
+            callback `cls` in a fit()."""
+            if prefix is not None:
+                ckpt = tf.train.Checkpoint(
+                    model=model, optimizer=model.optimizer
+                )
+                start = time.perf_counter()
+                ckpt.read(prefix).expect_partial()
+                return time.perf_counter() - start
+            timed = _timed(tf_keras, cls(directory, delete_checkpoint=False))
+            model.fit(
+                x, y, batch_size=_BATCH, epochs=1, verbose=0, callbacks=[timed]
+            )
+            model._training_state = None  # see above
+            return timed.calls[0]  # on_train_begin: the restore
+
         restore = {}
         for config in ("tf_keras", "ours_async"):
             directory = os.path.join(root, f"{size}-restore-{config}")
@@ -283,25 +329,7 @@ def main(argv):
                 verbose=0,
                 callbacks=[cls(directory, delete_checkpoint=False)],
             )
-            times = []
-            for _ in range(3):
-                timed = _timed(
-                    tf_keras, cls(directory, delete_checkpoint=False)
-                )
-                begin = time.perf_counter()
-                timed.set_model(model)
-                model.fit(
-                    x,
-                    y,
-                    batch_size=_BATCH,
-                    epochs=1,
-                    verbose=0,
-                    callbacks=[timed],
-                )
-                del begin
-                times.append(timed.seconds)
-                model._training_state = None  # see above
-            restore[config] = statistics.median(times)
+            readers = {config: None}
             if config == "ours_async":
                 prefix = os.path.join(
                     directory,
@@ -312,20 +340,26 @@ def main(argv):
                     )[-1],
                     "ckpt",
                 )
-                ckpt = tf.train.Checkpoint(
-                    model=model, optimizer=model.optimizer
-                )
-                reads = []
+                readers["checkpoint_read"] = prefix
+            times = {}
+            # Interleaved, so that a slow spell of the disk hits both.
+            for cache in ("cold", "warm"):
                 for _ in range(3):
-                    start = time.perf_counter()
-                    ckpt.read(prefix).expect_partial()
-                    reads.append(time.perf_counter() - start)
-                restore["checkpoint_read"] = statistics.median(reads)
+                    for name, prefix in readers.items():
+                        if cache == "cold":
+                            _drop_from_page_cache(directory)
+                        times.setdefault((name, cache), []).append(
+                            restore_seconds(cls, directory, prefix)
+                        )
+            for key, values in times.items():
+                restore[key] = statistics.median(values)
+            if config == "ours_async":
                 backup_bytes = _dir_bytes(directory)
             shutil.rmtree(directory, ignore_errors=True)
 
-        # The engine's persist alone (write + fsync + commit), with training
-        # not competing for the 2 cores: what the store costs by itself.
+        # The engine's persist alone (snapshot, write + fsync + commit in the
+        # background as during training), with training not competing for
+        # the cores: what the store costs by itself.
         directory = os.path.join(root, f"{size}-engine")
         engine_store = store_lib.BackupStore(directory)
         engine_ckpt = tf.train.Checkpoint(
@@ -334,7 +368,8 @@ def main(argv):
         engine_writes = []
         for _ in range(3):
             start = time.perf_counter()
-            engine_store.write(engine_ckpt, {})
+            engine_store.write_async(engine_ckpt, {})
+            engine_store.wait()
             engine_writes.append(time.perf_counter() - start)
         engine_store.delete_all()
         engine_s = statistics.median(engine_writes)
@@ -355,13 +390,22 @@ def main(argv):
         for (config, freq), r in results.items():
             if config == "none":
                 continue
-            fit_s = statistics.median(r["fit_s"])
+            # Each fit against the no-callback fit of the same repetition
+            # (run next to it): the machine's slow spells hit both.
+            paired = [
+                100 * (fit / none - 1)
+                for fit, none in zip(
+                    r["fit_s"], results[("none", freq)]["fit_s"], strict=True
+                )
+            ]
             row = {
                 "model": f"{size} ({state_bytes / 1e6:.0f} MB state)",
                 "config": config,
                 "backups": freq,
-                "overhead_%": 100 * (fit_s - base[freq]) / base[freq],
+                "overhead_%": statistics.median(paired),
+                "paired": paired,
                 "block_ms": statistics.median(r["block_ms"]),
+                "hooks_ms": statistics.median(r["hooks_ms"]),
                 "peak_MB": statistics.median(r["peak"]) / 1e6,
             }
             if config.startswith("ours"):
@@ -370,17 +414,27 @@ def main(argv):
                     persist = statistics.median(r["persist_s"])
                     row["persist_vs_raw"] = raw_s / persist
             rows.append(row)
+        restore_ratios = {
+            cache: restore[("ours_async", cache)]
+            / restore[("checkpoint_read", cache)]
+            for cache in ("cold", "warm")
+        }
         print(
             f"\n{size}: {steps} batches per epoch; state "
             f"{state_bytes / 1e6:.1f} MB, backup "
             f"{backup_bytes / 1e6:.1f} MB; plain copy {copy_s * 1e3:.1f} ms; "
             f"raw write+fsync {raw_s * 1e3:.0f} ms "
-            f"({state_bytes / raw_s / 1e6:.0f} MB/s); restore: tf-keras "
-            f"{restore['tf_keras'] * 1e3:.0f} ms, ours "
-            f"{restore['ours_async'] * 1e3:.0f} ms (on_train_begin), "
-            f"Checkpoint.read {restore['checkpoint_read'] * 1e3:.0f} ms "
-            f"-> ours/read = "
-            f"{restore['ours_async'] / restore['checkpoint_read']:.2f}; "
+            f"({state_bytes / raw_s / 1e6:.0f} MB/s); "
+            + "; ".join(
+                f"restore {cache}: tf-keras "
+                f"{restore[('tf_keras', cache)] * 1e3:.0f} ms, ours "
+                f"{restore[('ours_async', cache)] * 1e3:.0f} ms "
+                "(on_train_begin), Checkpoint.read "
+                f"{restore[('checkpoint_read', cache)] * 1e3:.0f} ms -> "
+                f"ours/read = {ratio:.2f}"
+                for cache, ratio in restore_ratios.items()
+            )
+            + "; "
             f"engine persist alone (write+fsync+commit, no training) "
             f"{engine_s * 1e3:.0f} ms -> raw/engine = {raw_s / engine_s:.2f}; "
             f"Checkpoint.write alone (no fsync) {tf_write_s * 1e3:.0f} ms"
@@ -392,18 +446,25 @@ def main(argv):
                 f"  no-callback fit ({freq} runs): median {base[freq]:.2f} s, "
                 f"min {min(fits):.2f} s, max {max(fits):.2f} s"
             )
+        for row in rows:
+            if row["model"].startswith(size):
+                print(
+                    f"  {row['config']} {row['backups']}: overhead per "
+                    "repetition "
+                    + ", ".join(f"{p:+.0f}%" for p in row["paired"])
+                )
 
     print(
         "\n| model | callback | backups | overhead | blocking ms/backup "
-        "| peak MB in dir | blocking / plain copy | persist speed / raw "
-        "write+fsync |"
+        "| all hook ms / backup | peak MB in dir | blocking / plain copy "
+        "| persist speed / raw write+fsync |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['model']} | {row['config']} | {row['backups']} | "
             f"{row['overhead_%']:+.1f}% | {row['block_ms']:.1f} | "
-            f"{row['peak_MB']:.0f} | "
+            f"{row['hooks_ms']:.1f} | {row['peak_MB']:.0f} | "
             + (f"{row['vs_copy']:.1f}x | " if "vs_copy" in row else "- | ")
             + (
                 f"{row['persist_vs_raw']:.2f} |"
@@ -419,9 +480,16 @@ def main(argv):
         theirs = ratio_rows[(model_name, "tf_keras", freq)]
         print(
             f"  {model_name}, {freq}: blocking "
-            f"{row['block_ms'] / theirs['block_ms']:.2f}x of tf-keras's; "
+            f"{row['block_ms'] / theirs['block_ms']:.2f}x of tf-keras's "
+            f"(all hook time: "
+            f"{row['hooks_ms'] / theirs['hooks_ms']:.2f}x); "
             f"overhead {row['overhead_%']:+.1f}% vs "
             f"{theirs['overhead_%']:+.1f}%"
+            + (
+                f" ({row['overhead_%'] / theirs['overhead_%']:.2f}x)"
+                if theirs["overhead_%"] > 0
+                else ""
+            )
         )
     return 0
 
