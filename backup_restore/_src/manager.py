@@ -150,6 +150,7 @@ class BackupManager:
         )
         self._checkpoint = tf.train.Checkpoint(**trackables)
         self._every = save_every_n_steps
+        self._first_step_seen = False
         self.resumed_from = None  # the step restore() returned, if resumed
         self.metadata = None  # the user metadata of the restored backup
 
@@ -240,6 +241,9 @@ class BackupManager:
         Returns:
           True when training must stop (preempted, exit_on_preemption=False).
         """
+        if not self._first_step_seen:
+            self._first_step_seen = True
+            self._engine.first_step_done()
         if self._engine.preemption_agreed():
             self.backup(step, metadata)
             self._engine.stop_for_preemption(f"step {step}")

@@ -249,6 +249,10 @@ def main(argv):
                         written = _count_writes(callback._engine.store)
                     timed = _timed(tf_keras, callback) if callback else None
                     os.makedirs(directory, exist_ok=True)
+                    # Every run starts with nothing dirty in the page cache:
+                    # tf-keras never fsyncs, and the kernel writing its
+                    # backups back later would slow whichever run came next.
+                    os.sync()
                     with _PeakSampler(directory) as sampler:
                         start = time.perf_counter()
                         model.fit(
