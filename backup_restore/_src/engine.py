@@ -212,7 +212,9 @@ class Engine:
         and deletes the backups (chief; not after a preemption)."""
         if self._watcher is not None:
             self._watcher.uninstall()
-        self.store.wait()  # a failed last backup raises here
+        # A failed last backup raises here. The background thread ends; the
+        # next run starts one anew (and decides its priority anew).
+        self.store.close()
         if delete and not self.preempted and self._role.is_chief:
             self.store.delete_all()
             logging.info(

@@ -205,9 +205,9 @@ class BackupStore:
         self._dir_was_ours = not tf.io.gfile.exists(self._dir) or all(
             atomicity.is_ours(name) for name in tf.io.gfile.listdir(self._dir)
         )
-        # One background thread at lower priority, kept between backups
-        # (starting a thread while training keeps the cores busy costs
-        # milliseconds).
+        # One background thread, kept between backups (starting a thread
+        # while training keeps the cores busy costs milliseconds); its
+        # priority is decided at the first asynchronous backup.
         self._executor = None
         self._background_low_priority = False
         self._pending = None  # the Future of the persist in flight, if any
@@ -328,7 +328,8 @@ class BackupStore:
         variable: the snapshot takes milliseconds and the copy lands in the
         next training step.) Writing the files (TensorFlow records a CRC-32C
         per tensor), fsync, the manifest and the commit run on a background
-        thread at lower priority. At most one backup is in flight: this
+        thread (at lower priority when backups are far apart, see
+        `expected_interval`). At most one backup is in flight: this
         first waits for the previous one. Older backups are deleted only
         after the new one is committed.
 
@@ -403,9 +404,9 @@ class BackupStore:
         self.last_snapshot_seconds = time.monotonic() - start
 
         def persist():
-            # The disk writes while TensorFlow still writes the files.
-            with atomicity.WritebackStarter(work):
-                if options.experimental_enable_async_checkpoint:
+            if options.experimental_enable_async_checkpoint:
+                # The disk writes while TensorFlow still writes the files.
+                with atomicity.WritebackStarter(work):
                     checkpoint.sync()
             return self._persist(seq, work, final, metadata, start)
 
@@ -417,6 +418,16 @@ class BackupStore:
                 self._pending.set_result(persist())
             except BaseException as e:  # surfaced by wait()
                 self._pending.set_exception(e)
+
+    def close(self) -> None:
+        """Waits for the backup in flight (raising its error), then ends the
+        background thread; a later asynchronous write starts a new one."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def _background(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:

@@ -351,6 +351,13 @@ class StoreTest(parameterized.TestCase):
             want = min(19, base + store.BACKGROUND_NICE_INCREMENT)
         self.assertEqual(set(started.values()), {want}, started)
         self.assertEqual(s.latest().metadata["value"], [2.0])
+        s.close()  # the background thread ends
+        persist_threads = [
+            t
+            for t in threading.enumerate()
+            if t.native_id not in before and "backup_restore" in t.name
+        ]
+        self.assertEqual(persist_threads, [])
 
     def test_low_priority_snapshot_failure_is_raised_to_the_caller(self):
         s = store.BackupStore(self._dir("local"))
