@@ -66,8 +66,9 @@ class Engine:
         self._strategy = None
         self._scratch = None
         self.preempted = False
-        # When training (re)started or last backed up: the interval to the
-        # next backup is about the one that led up to this backup.
+        # When training started (or its first step ended) or last backed up:
+        # the interval to the next backup is about the one that led up to
+        # this backup.
         self._last_mark = None
 
     @property
@@ -125,7 +126,6 @@ class Engine:
             # Every object given was restored; entries of the checkpoint with
             # no object here (its save_counter) are fine, not worth a warning.
             restored[1].assert_existing_objects_matched().expect_partial()
-        self._last_mark = time.monotonic()
         return restored
 
     def first_step_done(self) -> None:
