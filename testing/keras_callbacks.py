@@ -40,3 +40,16 @@ class Recorder(tf_keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.batches.append((self._epoch, batch))
+
+
+def simulate_restart():
+    """Makes this process look like a restarted job to BackupAndRestore.
+
+    Each fit() call of a job has backups of its own, told apart by how many
+    fit() calls on that backup_dir completed in this process; a restarted
+    process starts counting from zero. Tests that "restart" a job within
+    one process call this in between.
+    """
+    from backup_restore._src import callback
+
+    callback._COMPLETED_FITS.clear()

@@ -1,5 +1,7 @@
 """The Keras callback: a thin layer over the backup engine (store.py)."""
 
+import collections
+import os
 import time
 
 import tensorflow as tf
@@ -20,6 +22,20 @@ _SIGNATURE_ARGS = (
     "delete_checkpoint",
     "save_before_preemption",
 )
+
+
+# backup_dir -> how many fit() calls with a BackupAndRestore on it completed
+# in this process. A job that calls fit() several times (two phases, say)
+# gives each call its own backups: call #k only restores and deletes those
+# of call #k. An interrupted call does not count, so running it again (a
+# notebook cell after Ctrl-C, a retry loop) resumes it.
+_COMPLETED_FITS = collections.Counter()
+
+
+def _directory_key(backup_dir: str) -> str:
+    if "://" in backup_dir:
+        return backup_dir.rstrip("/")
+    return os.path.normpath(os.path.abspath(backup_dir))
 
 
 def _check_eager():
@@ -196,11 +212,21 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "BackupAndRestore needs a compiled model: call model.compile() "
                 "before model.fit()."
             )
+        # Checked before anything is changed: two backup callbacks in one
+        # fit() would each restore and each skip the trained batches again.
+        self._refuse_other_backup_callbacks()
         # Run after every other callback, so that a backup taken at the end
         # of a batch or an epoch holds their state after that batch or epoch
         # (EarlyStopping's patience, History's new entry, stop_training).
         self._others = keras_adapter.run_last(self)
         self._optimizer_fp = keras_state.optimizer_fingerprint(model.optimizer)
+        handler = keras_adapter.fit_data_handler()
+        self._fit_call = {
+            "index": _COMPLETED_FITS[_directory_key(self.backup_dir)],
+            "epochs": int(self.params.get("epochs", 1)),
+            "initial_epoch": keras_adapter.user_initial_epoch(handler),
+        }
+        self._data_geometry = keras_adapter.data_geometry(handler)
         self._epoch = 0
         self._epoch_batches = 0
         self._batch_start = 0
@@ -211,14 +237,20 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._first_epoch = True
         self._first_step_done = False
         self._pending_skip = 0
+        self._replay_last_step = False
+        self._validation_metrics = None
+        self._in_fit = True
         self._resume = None
         self._restored = None  # metadata to apply at the first epoch begin
         self._write_checkpoint = None
         self._write_spec = None
         self._static = None
-        # The strategy decides which process commits (see engine.py).
-        self._engine.start(model.distribute_strategy)
-        self._warn_about_legacy_rng(model)
+        # The strategy decides which process commits (see engine.py); each
+        # fit() call of the job has backups of its own.
+        self._engine.start(
+            model.distribute_strategy, scope=f"fit#{self._fit_call['index']}"
+        )
+        self._warn_about_unsaved_state(model)
         self._random_generators = None
         restored = self._engine.restore(self._prepare_restore)
         if restored is None:
@@ -228,6 +260,32 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         else:
             self._after_restore(*restored)
         keras_adapter.wrap_train_function(model, self._wrap)
+
+    def _refuse_other_backup_callbacks(self):
+        others = [
+            c
+            for c in keras_adapter.fit_callback_list().callbacks
+            if c is not self
+            and (
+                isinstance(c, BackupAndRestore)
+                or keras_adapter.is_builtin_backup_callback(c)
+            )
+        ]
+        if others:
+            names = ", ".join(
+                f"{type(c).__module__}.{type(c).__name__}"
+                f"({getattr(c, 'backup_dir', '?')!r})"
+                for c in others
+            )
+            raise ValueError(
+                f"This fit() has more than one backup callback: "
+                f"BackupAndRestore({self.backup_dir!r}) and {names}. Each "
+                "would restore and skip the trained batches again, so "
+                "resuming would go wrong. Pass one BackupAndRestore; to keep "
+                "a second copy of the backups, copy its backup_dir (e.g. "
+                "after each epoch, or with your storage's replication). "
+                "Nothing was restored, written or deleted."
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -245,6 +303,11 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.preempted:
             return  # backed up and stopping; nothing after counts
+        if self._replay_last_step:
+            # The stand-in for the epoch's last batch (see _wrap): trained
+            # before the backup, counted there already.
+            self._replay_last_step = False
+            return
         if not self._first_step_done:
             self._first_step_done = True
             self._engine.first_step_done()
@@ -257,15 +320,46 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             self._since_save
         ):
             return
-        steps = self.params.get("steps") if self.params else None
-        if steps is not None and self._epoch_batches >= steps:
+        if self._at_last_batch():
             # The epoch's last batch: write the backup at the epoch's end,
             # with its logs, so that resuming starts the next epoch cleanly.
+            # A preemption then is acted on at the first validation batch
+            # or at the epoch's end, whichever comes first.
             self._save_at_epoch_end = True
             return
         self._write(self._epoch, self._epoch_batches)
         if preempted:
             self._stop_for_preemption(self._epoch, self._epoch_batches)
+
+    def _at_last_batch(self) -> bool:
+        steps = self.params.get("steps") if self.params else None
+        return steps is not None and self._epoch_batches >= steps
+
+    # Validation inside fit(): fit() calls these hooks of its callbacks
+    # while it evaluates on validation_data at an epoch's end.
+
+    def on_test_begin(self, logs=None):
+        if getattr(self, "_in_fit", False) and self.save_before_preemption:
+            # evaluate() is about to reset the compiled metrics, which hold
+            # the epoch's training values: keep them for a preemption backup
+            # during validation.
+            self._validation_metrics = keras_state.metric_states(self.model)
+
+    def on_test_batch_end(self, batch, logs=None):
+        if not getattr(self, "_in_fit", False) or self.preempted:
+            return
+        if not self._engine.preemption_agreed():
+            return
+        # Preempted during validation: the epoch's batches are all trained.
+        # Back up at that point, with the training metrics of the epoch; the
+        # resumed run validates this epoch again and goes on from there.
+        self._write(
+            self._epoch,
+            self._epoch_batches,
+            metrics=self._validation_metrics,
+            epoch_trained=True,
+        )
+        self._stop_for_preemption(self._epoch, self._epoch_batches)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.preempted:
@@ -275,32 +369,44 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         preempted = self._engine.preemption_agreed()
         due = self._policy.at_epoch_end or self._save_at_epoch_end
         self._save_at_epoch_end = False
-        if preempted or (due and not self._backup_would_be_deleted(epoch)):
+        final = self._is_final_epoch(epoch)
+        if (
+            preempted
+            # A backup written now would be deleted unread a moment later,
+            # after training waited for its commit (tf-keras writes it).
+            or (due and not (final and self.delete_checkpoint))
+            # Kept backups end at the end of training, so that running the
+            # job again trains nothing more.
+            or (final and not self.delete_checkpoint)
+        ):
             self._write(epoch + 1, 0)
         if preempted:
             self._stop_for_preemption(epoch + 1, 0)
 
-    def _backup_would_be_deleted(self, epoch) -> bool:
-        """Whether fit() ends after this epoch and deletes the backups.
-
-        A backup written now would be deleted unread a moment later, after
-        training waited for its commit (tf-keras writes it anyway). Skipping
-        it leaves the previous backup as the last one until the deletion.
-        """
-        if not self.delete_checkpoint:
-            return False
+    def _is_final_epoch(self, epoch) -> bool:
+        """Whether fit() ends after this epoch (another callback, run before
+        this one, e.g. EarlyStopping, may have stopped training)."""
         last_epoch = epoch + 1 >= self.params.get("epochs", epoch + 2)
-        # Another callback (EarlyStopping, run before this one) may have
-        # stopped training at this epoch.
         return last_epoch or bool(self.model.stop_training)
 
     def on_train_end(self, logs=None):
+        self._in_fit = False
         keras_adapter.clear_initial_counters(self.model)
+        keras_adapter.unwrap_train_function(self.model)
         if self._first_epoch and self._restored is not None:
             # Nothing left to train (the backup was taken at the end): fit()
             # still returns the complete History.
             self._apply_restored_state(None)
-        self._engine.finish(self.delete_checkpoint)
+        self._engine.finish(self.delete_checkpoint, self._write_final_backup)
+        if not self.preempted:
+            _COMPLETED_FITS[_directory_key(self.backup_dir)] += 1
+
+    def _write_final_backup(self) -> str:
+        """A preemption reached the end of training before the deletion:
+        backs up the finished state (the restart then trains nothing)."""
+        epoch = self.params.get("epochs", self._epoch + 1)
+        self._write(epoch, 0)
+        return f"epoch {epoch}, batch 0 (training complete)"
 
     # -- backing up ---------------------------------------------------------
 
@@ -315,6 +421,10 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 self._iterator_batches = 0
                 if self._pending_skip:
                     self._skip(iterator, self._pending_skip)
+            if self._replay_last_step:
+                # The epoch's last batch, trained before the backup: its
+                # logs are the epoch's metrics, restored.
+                return keras_adapter.metrics_result(self.model)
             return train_function(iterator)
 
         return train_function_with_position
@@ -357,9 +467,12 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             self.model, self._optimizer_fp, len(self._random_generators)
         )
 
-    def _write(self, epoch, step):
+    def _write(self, epoch, step, metrics=None, epoch_trained=False):
         history = self.model.history
         states, tensors = callback_states.collect(self._others)
+        if metrics is None:
+            # Mid-epoch, the metrics hold the epoch's running values.
+            metrics = keras_state.metric_states(self.model) if step else []
         metadata = {
             "position": {
                 "epoch": epoch,
@@ -369,14 +482,19 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 # boundary when fit() starts every epoch with a new iterator.
                 "iterator_batches": self._iterator_batches,
                 "stop_training": bool(self.model.stop_training),
+                # Every batch of this epoch is trained; its validation and
+                # on_epoch_end are still to run (preempted in validation).
+                "epoch_trained": epoch_trained,
             },
+            # Which fit() call of the job, and what its positions mean.
+            "fit_call": self._fit_call,
+            "data": self._data_geometry,
             # The model's structure does not change during fit().
             **self._static_metadata(),
             "history": keras_state.to_json_value(
                 {"epoch": history.epoch, "history": history.history}
             ),
-            # Mid-epoch, the metrics hold the epoch's running values.
-            "metrics": keras_state.metric_states(self.model) if step else [],
+            "metrics": metrics,
             "callbacks": states,
             "callback_tensors": callback_states.tensor_spec(tensors),
             "written_at": time.time(),
@@ -397,7 +515,8 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     # -- restoring ----------------------------------------------------------
 
-    def _warn_about_legacy_rng(self, model):
+    def _warn_about_unsaved_state(self, model):
+        """One warning at the start of fit() for state no backup can hold."""
         legacy_rng = keras_adapter.legacy_rng_layers(model)
         if legacy_rng:
             logging.warning(
@@ -409,6 +528,58 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "the model.",
                 ", ".join(legacy_rng),
             )
+        unsaved = keras_adapter.layers_with_unsaved_state(model)
+        if unsaved:
+            logging.warning(
+                "Layer(s) %s keep state that tf.train.Checkpoint does not "
+                "save (a vocabulary, bin boundaries): backups do not hold it. "
+                "A resumed run uses whatever the code gives these layers, so "
+                "build them the same way in every run (the same vocabulary= "
+                "or adapt() on the same data, before fit()).",
+                ", ".join(unsaved),
+            )
+
+    def _check_fit_call(self, info):
+        """Refuses a backup whose data positions mean something else here.
+
+        Raises:
+          BackupMismatchError: naming the argument or data size that differs.
+        """
+        metadata = info.metadata
+        problems = []
+        backup_call = metadata.get("fit_call", {})
+        if backup_call.get("initial_epoch") != self._fit_call["initial_epoch"]:
+            problems.append(
+                f"fit(initial_epoch=...): backup "
+                f"{backup_call.get('initial_epoch')}, now "
+                f"{self._fit_call['initial_epoch']}"
+            )
+        for key, what in (
+            ("steps_per_epoch", "batches per epoch"),
+            ("batch_size", "batch size"),
+            ("num_samples", "number of training samples"),
+        ):
+            backup_value = metadata.get("data", {}).get(key)
+            value = self._data_geometry.get(key)
+            if None not in (backup_value, value) and backup_value != value:
+                problems.append(f"{what}: backup {backup_value}, now {value}")
+        if problems:
+            raise errors.BackupMismatchError(
+                f"The backup in {info.path} was written by a fit() call whose "
+                "data positions mean something else in this one, so resuming "
+                "would continue at the wrong place:\n  "
+                + "\n  ".join(problems)
+                + "\nNothing was restored or deleted. Call fit() with the "
+                "same data and arguments as before to resume, or use another "
+                f"backup_dir (or delete {self.backup_dir}) to start afresh."
+            )
+        if backup_call.get("epochs") != self._fit_call["epochs"]:
+            logging.info(
+                "The backup was written by fit(epochs=%s); this fit() has "
+                "epochs=%s and resumes it towards that end.",
+                backup_call.get("epochs"),
+                self._fit_call["epochs"],
+            )
 
     def _prepare_restore(self, info):
         """Checks a candidate backup; returns the checkpoint to read it into.
@@ -419,6 +590,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._restore_start = time.monotonic()
         model = self.model
         metadata = info.metadata
+        self._check_fit_call(info)
         if not model.built:
             config = metadata.get("build_config")
             if config is None:
@@ -497,6 +669,12 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         if position["stop_training"]:
             # A callback had stopped training (EarlyStopping): nothing to run.
             start_epoch = self.params["epochs"]
+        if position.get("epoch_trained") and not position["stop_training"]:
+            # fit() cannot start an epoch after its last batch (it wants
+            # the logs of one): start at that batch, and let the wrapped
+            # train function stand in for it with the restored metrics.
+            self._replay_last_step = True
+            step -= 1
         keras_adapter.set_initial_counters(model, start_epoch, step)
         self._restored = metadata
         # History.history survives History.on_train_begin; its epoch list

@@ -65,6 +65,7 @@ class CallbackTest(parameterized.TestCase):
     def setUp(self):
         super().setUp()
         self.dir = os.path.join(self.create_tempdir().full_path, "backup")
+        keras_callbacks.simulate_restart()  # each test is a job of its own
 
     def _reference(self, **fit_kwargs):
         model = _model()
@@ -139,6 +140,7 @@ class CallbackTest(parameterized.TestCase):
         )
         self.assertEqual(os.listdir(self.dir), ["backup-00000003"])
         # Running the same job again finds it complete: no epoch runs.
+        keras_callbacks.simulate_restart()
         callback = backup_restore.BackupAndRestore(
             self.dir, delete_checkpoint=False
         )
@@ -299,6 +301,7 @@ class CallbackTest(parameterized.TestCase):
             ],
             epochs=1,
         )
+        keras_callbacks.simulate_restart()
         return sorted(os.listdir(self.dir))
 
     def _assert_refused(self, model, *patterns):

@@ -26,6 +26,7 @@ import time
 from absl import logging
 
 from backup_restore._src import distribution
+from backup_restore._src import faults
 from backup_restore._src import preemption
 from backup_restore._src import store
 
@@ -84,13 +85,19 @@ class Engine:
         """Whether a preemption signal reached this process."""
         return self._watcher is not None and self._watcher.requested
 
-    def start(self, strategy=None) -> None:
+    def start(self, strategy=None, scope=None) -> None:
         """Begins a training run: role, preemption handler, leftovers.
+
+        Args:
+          strategy: the tf.distribute strategy training runs under.
+          scope: which run of the job this is (e.g. its fit() call): the
+            run restores, replaces and deletes only backups of its scope.
 
         Raises:
           ValueError: the strategy is not supported.
           RuntimeError: save_before_preemption outside the main thread.
         """
+        self.store.scope = scope
         self._strategy = strategy
         if strategy is not None:
             self._role = distribution.role(strategy)
@@ -122,6 +129,16 @@ class Engine:
         committed backup.
         """
         restored = self.store.restore_latest(prepare)
+        others = len(self.store.committed()) - len(
+            self.store.committed_in_scope()
+        )
+        if others:
+            logging.info(
+                "%s holds %d backup(s) of another run of this job (another "
+                "fit() call): this run leaves them alone.",
+                self.backup_dir,
+                others,
+            )
         if restored is not None:
             # Every object given was restored; entries of the checkpoint with
             # no object here (its save_counter) are fine, not worth a warning.
@@ -207,17 +224,44 @@ class Engine:
         """Blocks until the last backup is committed (raises its error)."""
         self.store.wait()
 
-    def finish(self, delete: bool) -> None:
-        """Ends the run: uninstalls the handler, waits for the last backup,
-        and deletes the backups (chief; not after a preemption)."""
-        if self._watcher is not None:
-            self._watcher.uninstall()
-        # A failed last backup raises here. The background thread ends; the
-        # next run starts one anew (and decides its priority anew).
-        self.store.close()
-        if delete and not self.preempted and self._role.is_chief:
-            self.store.delete_all()
-            logging.info(
-                "Training completed; deleted the backups in %s.",
-                self.backup_dir,
-            )
+    def finish(self, delete: bool, final_backup=None) -> None:
+        """Ends the run: waits for the last backup, deletes the backups
+        (chief; not after a preemption), then uninstalls the handler.
+
+        The preemption handler stays until the end: a preemption that
+        arrives before the deletion starts calls `final_backup()` (which
+        writes the backup of the finished run and returns where it is) and
+        exits (or stops) as at any other step, so the restart has nothing
+        left to train. Once the deletion has started the run is complete;
+        a signal then is logged, and fit() returns normally.
+        """
+        try:
+            # A failed last backup raises here. The background thread ends;
+            # the next run starts one anew (and decides its priority anew).
+            self.store.close()
+            faults.point(faults.FINISH_WAITED, self.backup_dir)
+            if (
+                final_backup is not None
+                and not self.preempted
+                and self.preemption_agreed()
+            ):
+                where = final_backup()
+                self.stop_for_preemption(where)
+                return
+            if delete and not self.preempted and self._role.is_chief:
+                faults.point(faults.DELETING, self.backup_dir)
+                self.store.delete_all()
+                logging.info(
+                    "Training completed; deleted the backups in %s.",
+                    self.backup_dir,
+                )
+        finally:
+            if self._watcher is not None:
+                late = self._watcher.requested and not self.preempted
+                self._watcher.uninstall()
+                if late:
+                    logging.warning(
+                        "A preemption signal arrived after training had "
+                        "completed and its backups were being deleted: "
+                        "nothing is left to back up, so it is not acted on."
+                    )

@@ -17,6 +17,10 @@ DATA_WRITTEN = "data_written"  # tensors written, not yet fsync'd or checksummed
 BEFORE_COMMIT = "before_commit"  # data durable, manifest built, not committed
 COMMITTED = "committed"  # committed; older backups not yet deleted
 STAGES = (BEFORE_DATA, DATA_WRITTEN, BEFORE_COMMIT, COMMITTED)
+# Stages of the end of a run (Engine.finish), in order.
+FINISH_WAITED = "finish_waited"  # last backup committed; nothing deleted
+DELETING = "deleting"  # training complete; about to delete the backups
+FINISH_STAGES = (FINISH_WAITED, DELETING)
 
 _hook: Callable[[str, str], None] | None = None
 

@@ -53,9 +53,15 @@ VERIFIED_TF_KERAS_VERSION = "2.21.0"
 
 
 class _InitialCounters:
-    """Stands in for tf-keras's WorkerTrainingState inside `fit()`."""
+    """Stands in for tf-keras's WorkerTrainingState inside one `fit()`.
 
-    def __init__(self, epoch: int, step: int):
+    One-shot: the fit() it was set for reads it right after on_train_begin;
+    it then removes itself, so that no later fit() (one without the
+    callback, or after an exception escaped this one) starts there too.
+    """
+
+    def __init__(self, model, epoch: int, step: int):
+        self._model = model
         self._epoch = epoch
         self._step = step
 
@@ -63,6 +69,8 @@ class _InitialCounters:
         self, steps_per_epoch, initial_epoch, mode=None
     ):
         del steps_per_epoch, initial_epoch, mode  # decided by the callback
+        if getattr(self._model, "_training_state", None) is self:
+            self._model._training_state = None
         return self._epoch, self._step
 
 
@@ -74,7 +82,7 @@ def accept_tensor_logs(callback: tf_keras.callbacks.Callback) -> None:
 
 def set_initial_counters(model: tf_keras.Model, epoch: int, step: int) -> None:
     """Makes the running `fit()` start at (epoch, step)."""
-    model._training_state = _InitialCounters(epoch, step)
+    model._training_state = _InitialCounters(model, epoch, step)
 
 
 def clear_initial_counters(model: tf_keras.Model) -> None:
@@ -82,18 +90,60 @@ def clear_initial_counters(model: tf_keras.Model) -> None:
         model._training_state = None
 
 
+class _WrappedTrainFunction:
+    """`model.train_function` with a wrapper, for the fit() it was made for.
+
+    fit() reuses `model.train_function` across calls. The wrapper must not
+    outlive its fit(): when it is called under another fit() (the first one
+    raised before on_train_end could unwrap it), it puts the original back
+    and steps aside.
+    """
+
+    def __init__(self, model, original, wrapper, data_handler):
+        self._model = model
+        self.original = original
+        self._wrapper = wrapper
+        self._data_handler = data_handler
+        self._iterator = None
+
+    def __call__(self, iterator):
+        # fit() passes the same iterator for a whole epoch (or run): which
+        # fit() is calling needs checking only when it changes.
+        if iterator is not self._iterator:
+            if fit_data_handler() is not self._data_handler:
+                unwrap_train_function(self._model)
+                return self.original(iterator)
+            self._iterator = iterator
+        return self._wrapper(iterator)
+
+    def __getattr__(self, name):  # tf.function attributes, for tf-keras
+        return getattr(self.original, name)
+
+
 def wrap_train_function(model: tf_keras.Model, make_wrapper) -> None:
     """Replaces `model.train_function` with `make_wrapper(original)`.
 
     Must be called from `on_train_begin`, after `fit()` created the function.
+    The wrapper runs only under this fit(); `unwrap_train_function` (or the
+    next fit()) removes it.
     """
+    unwrap_train_function(model)
     original = model.train_function
     if original is None:
         raise RuntimeError(
             "model.train_function is not set in on_train_begin; this tf-keras "
             f"version differs from the verified {VERIFIED_TF_KERAS_VERSION}."
         )
-    model.train_function = make_wrapper(original)
+    model.train_function = _WrappedTrainFunction(
+        model, original, make_wrapper(original), fit_data_handler()
+    )
+
+
+def unwrap_train_function(model: tf_keras.Model) -> None:
+    """Puts back the train_function that `wrap_train_function` wrapped."""
+    current = getattr(model, "train_function", None)
+    if isinstance(current, _WrappedTrainFunction):
+        model.train_function = current.original
 
 
 def fit_data_handler():
@@ -255,4 +305,92 @@ def layer_random_generators(model: tf_keras.Model) -> list:
         generator = getattr(random_generator, "_generator", None)
         if isinstance(generator, tf.random.Generator):
             generators.append(generator)
+    return generators
+
+
+def data_geometry(data_handler) -> dict:
+    """What a position in fit()'s input means: batches per epoch, batch size
+    and number of samples, each None where fit() does not know it."""
+
+    def known(read):
+        try:
+            value = read()
+        except (AttributeError, NotImplementedError, TypeError, ValueError):
+            return None
+        return None if value is None else int(value)
+
+    adapter = data_handler._adapter
+    batch_size = known(adapter.batch_size)
+    # Array adapters count their size in batches; the last may be partial.
+    batches = known(adapter.get_size)
+    partial = known(adapter.partial_batch_size)
+    samples = None
+    if batch_size is not None and batches is not None:
+        samples = batches * batch_size - (
+            batch_size - partial if partial else 0
+        )
+    return {
+        "steps_per_epoch": known(lambda: data_handler.inferred_steps),
+        "batch_size": batch_size,
+        "num_samples": samples,
+    }
+
+
+def learning_rate_schedule(optimizer):
+    """The LearningRateSchedule driving `optimizer`, or None.
+
+    With a schedule the learning rate is a function of `iterations` (which
+    is backed up); tf-keras's optimizers then refuse to have it set.
+    """
+    schedule_type = tf_keras.optimizers.schedules.LearningRateSchedule
+    while optimizer is not None:
+        for value in (
+            getattr(optimizer, "_learning_rate", None),  # optimizer.Optimizer
+            getattr(optimizer, "_hyper", {}).get("learning_rate"),  # legacy
+        ):
+            if isinstance(value, schedule_type):
+                return value
+        # LossScaleOptimizer delegates to the optimizer it wraps.
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return None
+
+
+# Preprocessing layers whose state tf.train.Checkpoint does not save: the
+# vocabulary of the lookup layers lives in a StaticHashTable, the bin
+# boundaries of Discretization in a Python list.
+_UNSAVED_STATE_LAYERS = (
+    tf_keras.layers.StringLookup,
+    tf_keras.layers.IntegerLookup,
+    tf_keras.layers.TextVectorization,
+    tf_keras.layers.Discretization,
+)
+
+
+def layers_with_unsaved_state(model: tf_keras.Model) -> list[str]:
+    """Names of the model's layers whose state a backup cannot hold."""
+    return [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in model.submodules
+        if isinstance(layer, _UNSAVED_STATE_LAYERS)
+    ]
+
+
+def is_builtin_backup_callback(callback) -> bool:
+    """Whether `callback` is tf-keras's own BackupAndRestore."""
+    return isinstance(callback, tf_keras.callbacks.BackupAndRestore)
+
+
+def metrics_result(model: tf_keras.Model) -> dict:
+    """The logs a train step returns, from the metrics' current state."""
+    return model.get_metrics_result()
+
+
+def random_generators_of(objects) -> list:
+    """`layer_random_generators` of every tf-keras layer among `objects`."""
+    generators = []
+    for obj in objects:
+        if isinstance(obj, tf_keras.layers.Layer):
+            for generator in layer_random_generators(obj):
+                if all(generator is not g for g in generators):
+                    generators.append(generator)
     return generators

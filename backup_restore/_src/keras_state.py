@@ -15,7 +15,10 @@ not depend on them.
 import json
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
+
+from backup_restore._src import keras_adapter
 
 
 def _jsonable(value):
@@ -34,18 +37,36 @@ def to_json_value(value):
 
 
 def optimizer_fingerprint(optimizer) -> dict:
-    """The optimizer's class and configuration, without its name."""
+    """The optimizer's class and configuration, without its name.
+
+    A learning-rate schedule without `get_config()` (allowed for training,
+    needed only for serialization) is recorded by its class.
+    """
     if optimizer is None:
         return {"class": None, "config": None}
-    config = dict(optimizer.get_config())
+    try:
+        config = dict(optimizer.get_config())
+    except NotImplementedError:
+        config = {"learning_rate": _class_name(_lr_owner(optimizer))}
     config.pop("name", None)
     return {
-        "class": f"{type(optimizer).__module__}.{type(optimizer).__name__}",
+        "class": _class_name(optimizer),
         "config": to_json_value(config),
     }
 
 
+def _class_name(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _lr_owner(optimizer):
+    schedule = keras_adapter.learning_rate_schedule(optimizer)
+    return optimizer if schedule is None else schedule
+
+
 def variables_fingerprint(model: tf_keras.Model) -> list:
+    # model.weights also lists non-variable state holders (the vocabulary
+    # handle of a StringLookup): only variables have a shape and a dtype.
     return [
         {
             "name": v.name,
@@ -53,6 +74,7 @@ def variables_fingerprint(model: tf_keras.Model) -> list:
             "dtype": v.dtype.name,
         }
         for v in model.weights
+        if isinstance(v, tf.Variable)
     ]
 
 
@@ -166,9 +188,9 @@ def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
 
 def learning_rate(optimizer):
     """The optimizer's learning rate if it is a number (not a schedule)."""
-    value = getattr(optimizer, "learning_rate", None)
-    if isinstance(value, tf_keras.optimizers.schedules.LearningRateSchedule):
+    if keras_adapter.learning_rate_schedule(optimizer) is not None:
         return None
+    value = getattr(optimizer, "learning_rate", None)
     try:
         return float(np.asarray(value))
     except (TypeError, ValueError):

@@ -15,9 +15,14 @@ from absl import logging
 
 from backup_restore._src import engine
 from backup_restore._src import errors
+from backup_restore._src import keras_adapter
 from backup_restore._src import preemption
 
 FORMAT = "backup_restore.manager/1"
+# BackupManager's backups in a backup_dir (the callback's are per fit() call).
+SCOPE = "custom_loop"
+# The name under which the Keras layers' random generators are saved.
+_LAYER_RNGS = "backup_restore_layer_random_generators"
 
 
 def variable_paths(root) -> dict:
@@ -124,6 +129,8 @@ class BackupManager:
                 "BackupManager needs eager execution (TF2); "
                 "tf.compat.v1.disable_eager_execution() was called."
             )
+        if _LAYER_RNGS in trackables:
+            raise ValueError(f"{_LAYER_RNGS} is a name BackupManager uses.")
         if not trackables:
             raise ValueError(
                 "BackupManager needs the objects to back up, e.g. "
@@ -148,7 +155,8 @@ class BackupManager:
             exit_on_preemption=exit_on_preemption,
             preemption_exit_code=preemption_exit_code,
         )
-        self._checkpoint = tf.train.Checkpoint(**trackables)
+        self._trackables = trackables
+        self._checkpoint_object = None
         self._every = save_every_n_steps
         self._first_step_seen = False
         self.resumed_from = None  # the step restore() returned, if resumed
@@ -178,7 +186,7 @@ class BackupManager:
             shapes, dtypes) than the objects given.
           BackupCorruptError: every backup fails its integrity checks.
         """
-        self._engine.start()
+        self._engine.start(scope=SCOPE)
         start = time.monotonic()
         restored = self._engine.restore(self._prepare)
         if restored is None:
@@ -202,7 +210,7 @@ class BackupManager:
                 f"{info.metadata.get('format')!r})."
             )
         problems = diff_variables(
-            info.metadata["variables"], variable_paths(self._checkpoint)
+            info.metadata["variables"], variable_paths(self._checkpoint())
         )
         if problems:
             raise errors.BackupMismatchError(
@@ -211,7 +219,22 @@ class BackupManager:
                 "deleted. Use the same model and optimizer as before to "
                 "resume, or another backup_dir to start from scratch."
             )
-        return self._checkpoint
+        return self._checkpoint()
+
+    def _checkpoint(self):
+        """What a backup holds: the objects given, plus the random
+        generators of Keras layers among them (Dropout, ...), which Keras
+        leaves out of checkpoints. Made at first use, when the layers are
+        built."""
+        if self._checkpoint_object is None:
+            generators = keras_adapter.random_generators_of(
+                self._trackables.values()
+            )
+            extra = {_LAYER_RNGS: generators} if generators else {}
+            self._checkpoint_object = tf.train.Checkpoint(
+                **self._trackables, **extra
+            )
+        return self._checkpoint_object
 
     def backup(self, step: int, metadata=None, wait: bool = False) -> None:
         """Backs up now, as the state after `step` steps.
@@ -223,11 +246,11 @@ class BackupManager:
           wait: block until the backup is committed.
         """
         self._engine.write(
-            self._checkpoint,
+            self._checkpoint(),
             {
                 "format": FORMAT,
                 "step": int(step),
-                "variables": variable_paths(self._checkpoint),
+                "variables": variable_paths(self._checkpoint()),
                 "user": metadata,
                 "written_at": time.time(),
             },

@@ -61,6 +61,9 @@ class PreemptionWatcher:
                 "save_before_preemption installs signal handlers, which is "
                 "only possible in the main thread; run training there."
             )
+        # A new run: a signal acted on in an earlier one is done with.
+        self._event.clear()
+        self.received = None
         for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         logging.info(

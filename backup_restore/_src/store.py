@@ -211,6 +211,10 @@ class BackupStore:
         self._executor = None
         self._background_low_priority = False
         self._pending = None  # the Future of the persist in flight, if any
+        # Which run of the job writes now (set by the engine per run): a
+        # run finds, replaces and deletes only the backups of its own
+        # scope. None: every backup.
+        self.scope = None
         # How long the last backup blocked its caller, and took to commit.
         self.last_snapshot_seconds = None
         self.last_persist_seconds = None
@@ -242,6 +246,24 @@ class BackupStore:
         """(seq, path) of every committed backup, oldest first (unverified)."""
         named, _ = self._entries()
         return [(s, p) for s, p in named if self._has_manifest(p)]
+
+    def _in_scope(self, path: str) -> bool:
+        """Whether a committed backup belongs to this store's scope.
+
+        One whose manifest cannot be read is counted in: its corruption is
+        reported (and it falls back) like any other's.
+        """
+        if self.scope is None:
+            return True
+        try:
+            body = manifest.read(path)
+        except errors.BackupCorruptError:
+            return True
+        return body["metadata"].get("scope") == self.scope
+
+    def committed_in_scope(self) -> list[tuple[int, str]]:
+        """Like `committed`, only the backups of this store's scope."""
+        return [(s, p) for s, p in self.committed() if self._in_scope(p)]
 
     def leftovers(self) -> list[str]:
         """Directories left by interrupted writes or deletions."""
@@ -278,7 +300,7 @@ class BackupStore:
           errors.BackupCorruptError: committed backups exist but none is intact.
         """
         failures = []
-        for _, path in reversed(self.committed()):
+        for _, path in reversed(self.committed_in_scope()):
             try:
                 result = attempt(path)
             except errors.BackupCorruptError as e:
@@ -353,6 +375,8 @@ class BackupStore:
         """
         self.wait()
         start = time.monotonic()
+        if self.scope is not None:
+            metadata = {**metadata, "scope": self.scope}
         named, temporaries = self._entries()
         seqs = [s for s, _ in named] + [
             atomicity.parse_temporary(os.path.basename(p)) for p in temporaries
@@ -549,13 +573,14 @@ class BackupStore:
         )
 
     def delete_older_than(self, seq: int) -> None:
-        """Deletes every committed backup older than `seq`."""
+        """Deletes every committed backup of this scope older than `seq`."""
         for s, path in self._entries()[0]:
-            if s < seq:
+            if s < seq and self._in_scope(path):
                 atomicity.retire(path)
 
     def delete_all(self) -> None:
-        """Deletes every backup and leftover of this store, nothing else.
+        """Deletes every backup of this scope and every leftover of this
+        store, nothing else.
 
         Waits for a backup in flight first (and raises its error).
 
@@ -565,7 +590,8 @@ class BackupStore:
         self.wait()
         named, temporaries = self._entries()
         for _, path in named:
-            atomicity.retire(path)
+            if self._in_scope(path):
+                atomicity.retire(path)
         for path in temporaries:
             tf.io.gfile.rmtree(path)
         if (
