@@ -1,0 +1,286 @@
+"""Which fit() a backup belongs to, and what its data position means.
+
+In-process: several fit() calls of one job, a changed batch size or data
+size, two backup callbacks in one fit(), a fit() that raised.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import backup_restore
+from backup_restore.examples import synthetic
+from testing import device
+from testing import keras_callbacks
+
+SAMPLES = 64
+BATCH = 16  # 4 batches per epoch
+
+
+def _model():
+    tf_keras.utils.set_random_seed(7)
+    return synthetic.regression_model("tiny")
+
+
+def _fit(model, callbacks, epochs=2, samples=SAMPLES, batch=BATCH, **kwargs):
+    x, y = synthetic.regression_data(samples, seed=3)
+    return model.fit(
+        x,
+        y,
+        batch_size=batch,
+        epochs=epochs,
+        verbose=0,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def _iterations(model):
+    return int(model.optimizer.iterations.numpy())
+
+
+def _weights(model):
+    return [w.numpy() for w in model.weights]
+
+
+class FitCallsTest(parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        device.skip_if_device_absent()
+        tf.config.experimental.enable_op_determinism()
+
+    def setUp(self):
+        super().setUp()
+        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
+        keras_callbacks.simulate_restart()
+
+    def _interrupted(self, model=None, **fit_kwargs):
+        """Leaves the backup of a run interrupted in epoch 1 (after 6)."""
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                model or _model(),
+                [callback, keras_callbacks.InterruptAt(6)],
+                epochs=3,
+                **fit_kwargs,
+            )
+        callback.wait_for_backup()
+        keras_callbacks.simulate_restart()
+        return sorted(os.listdir(self.dir))
+
+    # -- several fit() calls ------------------------------------------------
+
+    def test_a_second_fit_trains_and_a_third_without_callback_is_untouched(
+        self,
+    ):
+        model = _model()
+        for _ in range(2):
+            _fit(
+                model,
+                [
+                    backup_restore.BackupAndRestore(
+                        self.dir, delete_checkpoint=False
+                    )
+                ],
+            )
+        # The second call is another call of the job: it trains its epochs
+        # (as fit() does when called again), it does not restore the first.
+        self.assertEqual(_iterations(model), 2 * 2 * 4)
+        history = _fit(model, [], epochs=3)
+        self.assertEqual(history.epoch, [0, 1, 2])
+        self.assertEqual(_iterations(model), 2 * 2 * 4 + 3 * 4)
+
+    def test_a_rerun_job_restores_each_fit_call_its_own_backup(self):
+        def job():
+            model = _model()
+            callback = backup_restore.BackupAndRestore(
+                self.dir, delete_checkpoint=False
+            )
+            resumed = []
+            for _ in range(2):
+                _fit(model, [callback])
+                resumed.append(callback.resumed_from)
+            return model, resumed
+
+        first, resumed = job()
+        self.assertEqual(resumed, [None, None])
+        keras_callbacks.simulate_restart()
+        again, resumed = job()
+        # Each call finds its own final backup: nothing is trained again.
+        self.assertEqual(resumed, [(2, 0), (2, 0)])
+        self.assertEqual(_iterations(again), _iterations(first))
+        for got, want in zip(_weights(again), _weights(first), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+    def test_nothing_outlives_a_fit_that_raised(self):
+        model = _model()
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                model,
+                [
+                    backup_restore.BackupAndRestore(self.dir, save_freq=1),
+                    keras_callbacks.InterruptAt(3),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+
+        class RaiseAtFirstBatch(tf_keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                raise keras_callbacks.Interrupted("before the first step")
+
+        # This fit() restores (a start epoch/batch and batches to skip for
+        # fit), then raises before its first step...
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(model, [callback, RaiseAtFirstBatch()])
+        self.assertEqual(callback.resumed_from, (0, 2))
+        before = _iterations(model)
+        # ...and a plain fit() afterwards starts at its own beginning and
+        # trains every batch: nothing of the callback was left behind.
+        recorder = keras_callbacks.Recorder()
+        history = _fit(model, [recorder], epochs=2)
+        self.assertEqual(recorder.epochs, [0, 1])
+        self.assertEqual(recorder.batches[0], (0, 0))
+        self.assertEqual(history.epoch, [0, 1])
+        self.assertEqual(_iterations(model), before + 2 * 4)
+
+    def test_an_earlier_fit_call_leaves_a_later_calls_backup_alone(self):
+        # A two-phase job, killed in phase 2 (fit call #1): when it runs
+        # again, phase 1 (call #0) trains and completes without touching
+        # phase 2's backup, which phase 2 then resumes.
+        model = _model()
+        _fit(model, [backup_restore.BackupAndRestore(self.dir)], epochs=2)
+        phase2 = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                model,
+                [phase2, keras_callbacks.InterruptAt(6)],
+                epochs=4,
+                initial_epoch=2,
+            )
+        phase2.wait_for_backup()
+        phase2_backups = sorted(os.listdir(self.dir))
+        keras_callbacks.simulate_restart()
+        model = _model()
+        phase1 = backup_restore.BackupAndRestore(self.dir)
+        _fit(model, [phase1], epochs=2)
+        self.assertIsNone(phase1.resumed_from)
+        self.assertEqual(sorted(os.listdir(self.dir)), phase2_backups)
+        phase2 = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        _fit(model, [phase2], epochs=4, initial_epoch=2)
+        # InterruptAt ran before the backup of batch 6: (3, 0) is the last.
+        self.assertEqual(phase2.resumed_from, (3, 0))
+        self.assertEqual(_iterations(model), 4 * 4)
+        self.assertFalse(os.path.exists(self.dir))
+
+    # -- what a position means ----------------------------------------------
+
+    @parameterized.named_parameters(
+        ("batch_size", dict(batch=32), r"batch size: backup 16, now 32"),
+        (
+            "num_samples",
+            dict(samples=128),
+            r"number of training samples: backup 64, now 128",
+        ),
+        (
+            "initial_epoch",
+            dict(initial_epoch=1),
+            r"initial_epoch=...\): backup 0, now 1",
+        ),
+    )
+    def test_a_resume_with_other_data_is_refused(self, change, pattern):
+        before = self._interrupted()
+        model = _model()
+        weights = _weights(model)
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError, pattern
+        ):
+            _fit(
+                model,
+                [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
+                epochs=3,
+                **change,
+            )
+        self.assertEqual(sorted(os.listdir(self.dir)), before, "nothing lost")
+        self.assertEqual(_iterations(model), 0, "no step ran")
+        for got, want in zip(_weights(model), weights, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+    def test_batches_per_epoch_of_a_dataset_are_checked(self):
+        dataset = synthetic.regression_dataset(SAMPLES, BATCH, seed=3)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _model().fit(
+                dataset,
+                epochs=3,
+                verbose=0,
+                callbacks=[
+                    backup_restore.BackupAndRestore(self.dir, save_freq=2),
+                    keras_callbacks.InterruptAt(6),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"batches per epoch: backup 4, now 2",
+        ):
+            _model().fit(
+                synthetic.regression_dataset(SAMPLES, 2 * BATCH, seed=3),
+                epochs=3,
+                verbose=0,
+                callbacks=[backup_restore.BackupAndRestore(self.dir, 2)],
+            )
+
+    # -- one backup callback per fit() --------------------------------------
+
+    @parameterized.named_parameters(
+        ("two_of_ours", False),
+        ("ours_and_tf_keras", True),
+    )
+    def test_two_backup_callbacks_are_refused_before_anything(
+        self, tf_keras_cb
+    ):
+        before = self._interrupted()
+        other_dir = os.path.join(self.create_tempdir().full_path, "other")
+        other = (
+            tf_keras.callbacks.BackupAndRestore(other_dir)
+            if tf_keras_cb
+            else backup_restore.BackupAndRestore(other_dir)
+        )
+        model = _model()
+        with self.assertRaisesRegex(
+            ValueError, r"more than one backup callback.*Nothing was restored"
+        ):
+            _fit(
+                model,
+                [backup_restore.BackupAndRestore(self.dir), other],
+                epochs=3,
+            )
+        self.assertEqual(sorted(os.listdir(self.dir)), before)
+        self.assertFalse(os.path.exists(other_dir))
+        self.assertEqual(_iterations(model), 0)
+
+    def test_one_callback_serves_two_models_one_after_the_other(self):
+        callback = backup_restore.BackupAndRestore(
+            self.dir, delete_checkpoint=False
+        )
+        _fit(_model(), [callback])
+        other = tf_keras.Sequential(
+            [
+                tf_keras.Input((synthetic.INPUT_DIM,)),
+                tf_keras.layers.Dense(3),
+                tf_keras.layers.Dense(1),
+            ]
+        )
+        other.compile("sgd", "mse")
+        _fit(other, [callback])  # another fit() call: no mismatch
+        self.assertIsNone(callback.resumed_from)
+        self.assertEqual(_iterations(other), 2 * 4)
+
+
+if __name__ == "__main__":
+    absltest.main()
