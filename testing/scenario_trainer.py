@@ -220,7 +220,9 @@ def main(argv):
         )
     result = {
         "phases": phases,
-        "weights_sha256": synthetic.weights_sha256(model.weights),
+        "weights_sha256": synthetic.weights_sha256(
+            [w for w in model.weights if isinstance(w, tf.Variable)]
+        ),
         "preempted": backup.preempted,
         "backup_dir_exists": os.path.isdir(_BACKUP_DIR.value),
     }
