@@ -29,6 +29,7 @@ from backup_restore._src import distribution
 from backup_restore._src import faults
 from backup_restore._src import preemption
 from backup_restore._src import store
+from backup_restore._src import tf_logs
 
 
 class Engine:
@@ -55,6 +56,7 @@ class Engine:
         preemption_exit_code=preemption.RESTART_EXIT_CODE,
     ):
         self.store = store.BackupStore(backup_dir)
+        tf_logs.quiet_checkpoint_chatter()
         self.async_backup = bool(async_backup)
         self._watcher = (
             preemption.PreemptionWatcher(preemption_signals)
