@@ -119,7 +119,7 @@ class ManagerTest(absltest.TestCase):
         ):
             bigger.restore()
 
-    def test_a_keras_callback_backup_is_refused(self):
+    def test_a_keras_callback_backup_is_left_alone(self):
         model = synthetic.regression_model("tiny")
         x, y = synthetic.regression_data(32)
         model.fit(
@@ -133,11 +133,60 @@ class ManagerTest(absltest.TestCase):
                 )
             ],
         )
+        before = sorted(os.listdir(self.dir))
         manager = backup_restore.BackupManager(self.dir, model=model)
-        with self.assertRaisesRegex(
-            backup_restore.BackupMismatchError, "not written by a BackupManager"
-        ):
-            manager.restore()
+        # Not the custom loop's backup: it starts afresh and never deletes
+        # the callback's.
+        self.assertEqual(manager.restore(), 0)
+        manager.backup(1)
+        manager.finish()
+        self.assertEqual(sorted(os.listdir(self.dir)), before)
+
+    def test_layer_randomness_resumes_exactly(self):
+        tf_keras.backend.experimental.enable_tf_random_generator()
+
+        def objects():
+            tf_keras.utils.set_random_seed(3)
+            model = tf_keras.Sequential(
+                [
+                    tf_keras.Input((4,)),
+                    tf_keras.layers.Dropout(0.5),
+                    tf_keras.layers.Dense(2),
+                ]
+            )
+            optimizer = tf_keras.optimizers.SGD(0.1)
+            optimizer.build(model.trainable_variables)
+            return model, optimizer
+
+        def train(model, optimizer, steps):
+            for _ in range(steps):
+                with tf.GradientTape() as tape:
+                    out = model(tf.ones([8, 4]), training=True)
+                    loss = tf.reduce_sum(out)
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(
+                    zip(grads, model.trainable_variables, strict=True)
+                )
+
+        model, optimizer = objects()
+        train(model, optimizer, 6)
+        reference = [w.numpy() for w in model.weights]
+
+        model, optimizer = objects()
+        manager = backup_restore.BackupManager(
+            self.dir, model=model, optimizer=optimizer
+        )
+        manager.restore()
+        train(model, optimizer, 3)
+        manager.backup(3, wait=True)
+        model, optimizer = objects()  # a restarted process
+        manager = backup_restore.BackupManager(
+            self.dir, model=model, optimizer=optimizer
+        )
+        self.assertEqual(manager.restore(), 3)
+        train(model, optimizer, 3)
+        for got, want in zip(model.weights, reference, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want)
 
     def test_invalid_arguments(self):
         with self.assertRaisesRegex(ValueError, "objects to back up"):
