@@ -203,6 +203,20 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         """
         return self._resume
 
+    def set_model(self, model):
+        # Called by fit() (and evaluate/predict) before any other hook.
+        if not isinstance(model, tf_keras.Model):
+            raise TypeError(
+                f"BackupAndRestore serves tf-keras models; this is a "
+                f"{type(model).__module__}.{type(model).__name__}. In "
+                f"TensorFlow {tf.__version__}, tf.keras is Keras 3, which "
+                "this version of backup_restore does not support yet. Build "
+                "the model with tf-keras (import tf_keras, or set "
+                "TF_USE_LEGACY_KERAS=1 before importing TensorFlow). Nothing "
+                "was read, written or deleted."
+            )
+        super().set_model(model)
+
     # -- fit() hooks --------------------------------------------------------
 
     def on_train_begin(self, logs=None):

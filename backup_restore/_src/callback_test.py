@@ -439,6 +439,23 @@ class CallbackTest(parameterized.TestCase):
         self.assertEqual(positional.save_freq, 3)
         self.assertFalse(positional.delete_checkpoint)
 
+    def test_a_keras_3_model_is_a_clear_error_before_anything(self):
+        import keras  # Keras 3: what tf.keras is in TensorFlow 2.21
+
+        keras.utils.set_random_seed(1)  # op determinism is on
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile("adam", "mse")
+        with self.assertRaisesRegex(
+            TypeError, "serves tf-keras models.*Keras 3"
+        ):
+            model.fit(
+                np.ones((8, 4)),
+                np.ones((8, 1)),
+                verbose=0,
+                callbacks=[backup_restore.BackupAndRestore(self.dir)],
+            )
+        self.assertFalse(os.path.exists(self.dir))
+
     def test_uncompiled_model_is_a_clear_error(self):
         model = tf_keras.Sequential([tf_keras.layers.Dense(1)])
         callback = backup_restore.BackupAndRestore(self.dir)
