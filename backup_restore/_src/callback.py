@@ -1,6 +1,7 @@
 """The Keras callback: a thin layer over the backup engine (store.py)."""
 
 import collections
+import difflib
 import os
 import time
 
@@ -16,12 +17,37 @@ from backup_restore._src import keras_state
 from backup_restore._src import policy
 from backup_restore._src import preemption
 
-_SIGNATURE_ARGS = (
+# Every argument BackupAndRestore takes: tf-keras's four, then ours.
+_ARGS = (
     "backup_dir",
     "save_freq",
     "delete_checkpoint",
     "save_before_preemption",
+    "async_backup",
+    "preemption_signals",
+    "exit_on_preemption",
+    "preemption_exit_code",
 )
+
+
+def _check_unknown_kwargs(kwargs):
+    """A near miss of an argument we take is a typo: a TypeError that names
+    the argument. Anything else is accepted (forward compatibility with
+    future tf-keras arguments) and named in one warning."""
+    for name in sorted(kwargs):
+        close = difflib.get_close_matches(name, _ARGS, n=1, cutoff=0.8)
+        if close:
+            raise TypeError(
+                f"BackupAndRestore got an unexpected keyword argument "
+                f"{name!r}; did you mean {close[0]!r}?"
+            )
+    if kwargs:
+        logging.warning(
+            "BackupAndRestore ignores unknown argument(s) %s (accepted for "
+            "forward compatibility; it takes %s).",
+            ", ".join(sorted(kwargs)),
+            ", ".join(_ARGS),
+        )
 
 
 # backup_dir -> how many fit() calls with a BackupAndRestore on it completed
@@ -153,13 +179,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         super().__init__()
         _check_eager()
         keras_adapter.accept_tensor_logs(self)
-        if kwargs:
-            logging.warning(
-                "BackupAndRestore ignores unknown argument(s) %s (accepted "
-                "for forward compatibility; it takes %s).",
-                ", ".join(sorted(kwargs)),
-                ", ".join(_SIGNATURE_ARGS),
-            )
+        _check_unknown_kwargs(kwargs)
         self._policy = policy.from_save_freq(save_freq, save_before_preemption)
         self._engine = engine.Engine(
             backup_dir,

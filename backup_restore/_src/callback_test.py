@@ -425,6 +425,15 @@ class CallbackTest(parameterized.TestCase):
             )
         self.assertLen(logs.output, 1)
         self.assertIn("another, future_option", logs.output[0])
+        self.assertIn("async_backup", logs.output[0])
+
+    def test_a_misspelled_argument_of_ours_is_a_type_error(self):
+        with self.assertRaisesRegex(TypeError, "did you mean 'async_backup'"):
+            backup_restore.BackupAndRestore(self.dir, asnyc_backup=False)
+        with self.assertRaisesRegex(
+            TypeError, "did you mean 'delete_checkpoint'"
+        ):
+            backup_restore.BackupAndRestore(self.dir, delete_checkpoints=False)
 
     def test_factory_and_signature_match_tf_keras(self):
         callback = backup_restore.callback_backup_and_restore(

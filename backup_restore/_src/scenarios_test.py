@@ -179,6 +179,29 @@ class ScenariosTest(parameterized.TestCase):
         self.assertRegex(run.stderr, "arrived after training had completed")
         self.assertFalse(os.path.exists(self.dir))
 
+    # -- a resume with other data ------------------------------------------
+
+    def test_resume_with_another_batch_size_is_refused_and_loses_nothing(self):
+        killed = procs.run(
+            self.trainer,
+            [
+                f"--backup_dir={self.dir}",
+                "--save_freq=3",
+                "--kill_after_batches=13",
+            ],
+        )
+        self.assertEqual(killed.killed_by, signal.SIGKILL, killed.describe())
+        before = sorted(os.listdir(self.dir))
+        refused = self._run(["--save_freq=3", "--batch_size=16"], expect=1)
+        self.assertRegex(
+            refused.stderr,
+            r"BackupMismatchError(.|\n)*batches per epoch: backup 8, now 4"
+            r"(.|\n)*batch size: backup 8, now 16",
+        )
+        self.assertEqual(sorted(os.listdir(self.dir)), before)
+        resumed = self._run(["--save_freq=3"])  # the same job as before
+        self.assertEqual(resumed.result["phases"][0]["resumed_from"], [1, 4])
+
     # -- kept backups ------------------------------------------------------
 
     def test_kept_backup_ends_at_the_end_of_training(self):
