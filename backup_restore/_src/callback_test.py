@@ -463,7 +463,7 @@ class CallbackTest(parameterized.TestCase):
                 verbose=0,
                 callbacks=[backup_restore.BackupAndRestore(self.dir)],
             )
-        self.assertFalse(os.path.exists(self.dir))
+        self.assertFalse(os.path.exists(self.dir) and os.listdir(self.dir))
 
     def test_uncompiled_model_is_a_clear_error(self):
         model = tf_keras.Sequential([tf_keras.layers.Dense(1)])

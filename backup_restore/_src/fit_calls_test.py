@@ -261,7 +261,7 @@ class FitCallsTest(parameterized.TestCase):
                 epochs=3,
             )
         self.assertEqual(sorted(os.listdir(self.dir)), before)
-        self.assertFalse(os.path.exists(other_dir))
+        self.assertFalse(os.path.exists(other_dir) and os.listdir(other_dir))
         self.assertEqual(_iterations(model), 0)
 
     def test_one_callback_serves_two_models_one_after_the_other(self):

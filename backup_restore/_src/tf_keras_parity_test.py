@@ -39,6 +39,7 @@ def _run(make_callback, interrupt_at, **callback_kwargs):
         )
     except keras_callbacks.Interrupted:
         pass
+    keras_callbacks.simulate_restart()  # the job runs again
     tf_keras.utils.set_random_seed(1)
     model = synthetic.regression_model("tiny")
     recorder = keras_callbacks.Recorder()
