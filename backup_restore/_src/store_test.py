@@ -79,19 +79,27 @@ class StoreTest(parameterized.TestCase):
 
     def test_local_write_goes_through_a_temporary_then_rename(self):
         s = store.BackupStore(self._dir("local"))
+        older = self._write(s, [0.0])
         seen = []
         faults.set_hook(lambda stage, path: seen.append((stage, path)))
         info = self._write(s, [1.0])
-        work_paths = {p for st, p in seen if st != faults.COMMITTED}
+        per_file = (faults.FSYNC, faults.MANIFEST_WRITE)
+        after = (faults.COMMITTED, faults.DELETE_OLDER)
+        work_paths = {p for st, p in seen if st not in per_file + after}
         self.assertLen(work_paths, 1)
         (work,) = work_paths
         self.assertIsNotNone(
             atomicity.parse_temporary(os.path.basename(work)), work
         )
-        self.assertEqual(
-            [st for st, _ in seen], list(faults.STAGES), "stages in order"
-        )
-        self.assertEqual(seen[-1][1], info.path)
+        for stage, path in seen:
+            if stage in per_file:
+                self.assertEqual(os.path.dirname(path), work)
+        stages = [st for st, _ in seen]
+        in_order = [st for i, st in enumerate(stages) if stages[i - 1] != st]
+        self.assertEqual(in_order, list(faults.STAGES), "stages in order")
+        self.assertEqual(stages.count(faults.FSYNC), 2)  # index and data
+        self.assertEqual(seen[-2][1], info.path)
+        self.assertEqual(seen[-1][1], older.path)
 
     @parameterized.named_parameters(
         (f"{fs}_{stage}", fs, stage)
