@@ -261,7 +261,7 @@ def _index_num_shards(index_path: str) -> int | None:
 
 
 def checkpoint_problem(
-    directory: str, names, read_index: bool = False
+    directory: str, names, read_index: bool = False, sizes=None
 ) -> str | None:
     """The one place that decides whether a backup's checkpoint is complete.
 
@@ -276,6 +276,8 @@ def checkpoint_problem(
       read_index: also check the index itself: open it with TensorFlow's
         checkpoint reader (it parses the small index only, no tensor bytes;
         about 1 ms for 2,000 variables) and take N from its header.
+      sizes: name -> bytes, if known (a manifest's record): an empty index,
+        or data files that are all empty, cannot be a checkpoint.
 
     Returns:
       None if complete, else what is wrong, for an error message.
@@ -296,6 +298,11 @@ def checkpoint_problem(
         )
     if INDEX not in names:
         return f"{INDEX} is missing"
+    if sizes is not None:
+        if not sizes.get(INDEX):
+            return f"{INDEX} is empty"
+        if shards and not any(sizes.get(name) for name in shards):
+            return "its data files are empty"
     declared = {n for _, n in shards.values()}
     if read_index:
         prefix = os.path.join(directory, CHECKPOINT_PREFIX)
@@ -304,7 +311,7 @@ def checkpoint_problem(
             # a directory. Data shards are opened lazily, not here.
             tf.compat.v1.train.NewCheckpointReader(prefix)
             num_shards = _index_num_shards(os.path.join(directory, INDEX))
-        except (tf.errors.OpError, ValueError) as e:
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e) else ""
             return f"{INDEX} is not readable ({type(e).__name__}: {first})"
         if num_shards is not None:

@@ -90,7 +90,10 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
         atomicity.checkpoint_problem), or naming the first file that is
         missing, truncated or extended, or the tensor whose checksum fails.
     """
-    problem = atomicity.checkpoint_problem(directory, body["files"])
+    sizes = {name: entry.get("size") for name, entry in body["files"].items()}
+    problem = atomicity.checkpoint_problem(
+        directory, body["files"], sizes=sizes
+    )
     if problem is not None:
         raise errors.BackupCorruptError(
             f"{directory} holds an incomplete checkpoint: {problem} (a "
@@ -126,9 +129,10 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
             reader = tf.compat.v1.train.NewCheckpointReader(prefix)
             for key in sorted(reader.get_variable_to_shape_map()):
                 reader.get_tensor(key)
-        except (tf.errors.OpError, ValueError) as e:
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e) else ""
             raise errors.BackupCorruptError(
-                f"{prefix}: a tensor fails TensorFlow's checksum "
+                f"{prefix}: a tensor cannot be read or fails TensorFlow's "
+                "checksum "
                 f"({type(e).__name__}: {first})"
             ) from e

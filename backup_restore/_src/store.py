@@ -664,7 +664,9 @@ class BackupStore:
             checkpoint = prepare(info)
             try:
                 return info, checkpoint.read(info.checkpoint_prefix)
-            except tf.errors.OpError as e:
+            except (tf.errors.OpError, IndexError) as e:
+                # IndexError: TensorFlow's "Read less bytes than requested"
+                # for a data file shorter than its index says.
                 raise errors.BackupCorruptError(
                     f"{path} fails TensorFlow's checks while being read "
                     f"({type(e).__name__}: {str(e).splitlines()[0]})"

@@ -8,6 +8,7 @@ and says what to do, and the store works again once the cause is gone.
 
 import errno
 import os
+import shutil
 import subprocess
 import threading
 import uuid
@@ -325,6 +326,31 @@ class DamagedBackupTest(_Base):
         with self.assertLogs(level=logging.WARNING):
             self.assertEqual(s.latest(full_verify=False).seq, 1)
         self.assertEqual(self._restored_value(s), (1, 1.0))
+
+    @parameterized.named_parameters(
+        ("empty_index", "ckpt.index", 0),
+        ("empty_data", "ckpt.data-00000-of-00001", 0),
+        ("short_data", "ckpt.data-00000-of-00001", 2),
+    )
+    def test_restore_falls_back_from_empty_or_short_files(self, name, part):
+        # Committed with files shorter than the index says, the manifest
+        # agreeing: the quick check or the read refuses it.
+        s = store.BackupStore(self._dir())
+        self._write(s, 1.0, False, size=1000)
+        newest = os.path.join(s.directory, "backup-00000002")
+        shutil.copytree(s.committed()[0][1], newest)
+        path = os.path.join(newest, name)
+        os.truncate(path, os.path.getsize(path) // 2 if part else 0)
+        names = [n for n in os.listdir(newest) if n != atomicity.MANIFEST]
+        atomicity.write_file_durably(
+            os.path.join(newest, atomicity.MANIFEST),
+            manifest.build(newest, names, {"value": 2.0}),
+        )
+        with self.assertRaises(errors.BackupCorruptError):
+            s.load(newest, full_verify=True)
+        with self.assertLogs(level=logging.WARNING) as logs:
+            self.assertEqual(self._restored_value(s, 1000), (1, 1.0))
+        self.assertTrue(any("Falling back" in m for m in logs.output))
 
 
 class FullDiskTest(_Base):
