@@ -189,9 +189,16 @@ class BackupInfo:
 def validate_directory(directory) -> str:
     """Checks a user-supplied backup directory; returns it as a str.
 
+    A local directory is created if missing and checked for real: a file is
+    created in it and removed again (named like this store's own entries,
+    so that a crash midway leaves nothing foreign: the next cleanup removes
+    it). Permission bits alone say nothing for root, nor for read-only or
+    special filesystems (/proc).
+
     Raises:
       TypeError: not a str or os.PathLike.
-      ValueError: empty, an existing regular file, or (locally) not writable.
+      ValueError: empty, an existing regular file, or (locally) a directory
+        that cannot be created or written to.
     """
     if directory is None:
         raise ValueError(
@@ -216,28 +223,44 @@ def validate_directory(directory) -> str:
             "Pass a directory path (it is created if missing)."
         )
     if atomicity.is_local(directory):
-        local = directory.removeprefix("file://")
-        probe = os.path.abspath(local)
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-            raise ValueError(
-                f"backup_dir {directory!r} is not writable "
-                f"({probe!r} does not allow creating files). Choose a "
-                "directory this process can write to, or fix its permissions."
-            )
+        _check_writable(directory)
     return directory
+
+
+def _check_writable(directory: str) -> None:
+    local = directory.removeprefix("file://")
+    probe = os.path.join(local, atomicity.probe_name())
+    try:
+        os.makedirs(local, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"backup_dir {directory!r} is not writable: "
+            f"{e.strerror or e} ({e.filename or local}). Choose a directory "
+            "this process can create files in, or fix its permissions."
+        ) from e
 
 
 class BackupStore:
     """The committed backups kept in one directory.
 
-    Only entries named `backup-<seq>` and `.tmp-backup-<seq>-<nonce>` belong
-    to this store; anything else in the directory is left alone.
+    Only entries named `backup-<seq>`, `.tmp-backup-<seq>-<nonce>` and
+    `.tmp-backup-probe-<nonce>` belong to this store; anything else in the
+    directory is left alone.
     """
 
     def __init__(self, directory):
         self._dir = validate_directory(directory)
+        if self._dir.startswith("ram://"):
+            logging.warning(
+                "backup_dir %s is in memory (ram://): its backups are lost "
+                "when this process exits, so a restarted job trains from "
+                "scratch. Use a directory on disk or in a bucket to survive "
+                "a restart.",
+                self._dir,
+            )
         # Decided once: removing the directory at the end is only right when
         # it held nothing but ours to begin with.
         self._dir_was_ours = not tf.io.gfile.exists(self._dir) or all(
@@ -262,9 +285,14 @@ class BackupStore:
 
     def _entries(self) -> tuple[list[tuple[int, str]], list[str]]:
         """Returns ((seq, path) of backup-* dirs ascending, temporaries)."""
+        named, temporaries, _ = self._all_entries()
+        return named, temporaries
+
+    def _all_entries(self):
+        """Like `_entries`, plus the probe files a crash left behind."""
         if not tf.io.gfile.isdir(self._dir):
-            return [], []
-        named, temporaries = [], []
+            return [], [], []
+        named, temporaries, probes = [], [], []
         for entry in tf.io.gfile.listdir(self._dir):
             name = entry.rstrip("/")
             path = os.path.join(self._dir, name)
@@ -273,7 +301,9 @@ class BackupStore:
                 named.append((seq, path))
             elif atomicity.parse_temporary(name) is not None:
                 temporaries.append(path)
-        return sorted(named), temporaries
+            elif atomicity.is_probe(name):
+                probes.append(path)
+        return sorted(named), temporaries, probes
 
     def _has_manifest(self, path: str) -> bool:
         return tf.io.gfile.exists(os.path.join(path, atomicity.MANIFEST))
@@ -284,9 +314,10 @@ class BackupStore:
         return [(s, p) for s, p in named if self._has_manifest(p)]
 
     def leftovers(self) -> list[str]:
-        """Directories left by interrupted writes or deletions."""
-        named, temporaries = self._entries()
-        return temporaries + [p for _, p in named if not self._has_manifest(p)]
+        """What interrupted writes, deletions or writability checks left."""
+        named, temporaries, probes = self._all_entries()
+        unfinished = [p for _, p in named if not self._has_manifest(p)]
+        return temporaries + unfinished + probes
 
     def cleanup(self) -> list[str]:
         """Removes what interrupted writes left behind; returns the paths."""
@@ -294,7 +325,10 @@ class BackupStore:
         removed = self.leftovers()
         for path in removed:
             logging.info("Removing an interrupted backup write: %s", path)
-            tf.io.gfile.rmtree(path)
+            if atomicity.is_probe(os.path.basename(path)):
+                tf.io.gfile.remove(path)
+            else:
+                tf.io.gfile.rmtree(path)
         return removed
 
     def load(self, path: str, full_verify: bool = True) -> BackupInfo:
@@ -700,11 +734,13 @@ class BackupStore:
         nothing but this store's entries when the store was created.
         """
         self.wait()
-        named, temporaries = self._entries()
+        named, temporaries, probes = self._all_entries()
         for _, path in named:
             atomicity.retire(path)
         for path in temporaries:
             tf.io.gfile.rmtree(path)
+        for path in probes:
+            tf.io.gfile.remove(path)
         if (
             self._dir_was_ours
             and tf.io.gfile.isdir(self._dir)
