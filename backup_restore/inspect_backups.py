@@ -8,8 +8,10 @@ state it holds, the model fingerprint) and the leftovers of interrupted
 writes, with an integrity verdict: manifest checksum and file sizes, and with
 --verify every tensor's checksum. Reads only; changes nothing.
 
-Exit status: 0; 1 with --verify when a committed backup is corrupt; 2 on
-bad usage (missing path, not a directory).
+Exit status: 0; 1 with --verify when a committed backup is corrupt
+(including one whose checkpoint is incomplete or whose tensors cannot be
+read); 2 on bad usage (no path or more than one, an unknown flag, a path that
+does not exist or is not a directory).
 """
 
 import datetime
@@ -141,9 +143,25 @@ def _text(report):
     return "\n".join(lines)
 
 
+_USAGE_EXIT = 2
+
+
+def _parse_flags(argv):
+    """absl's parsing, but bad flags exit 2 (usage), not 1 (corrupt)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"inspect: {e}", file=sys.stderr)
+        print("usage: inspect [--verify] [--json] BACKUP_DIR", file=sys.stderr)
+        sys.exit(_USAGE_EXIT)
+
+
 def main(argv):
     if len(argv) != 2:
-        raise app.UsageError("usage: inspect [--verify] [--json] BACKUP_DIR")
+        raise app.UsageError(
+            "usage: inspect [--verify] [--json] BACKUP_DIR",
+            exitcode=_USAGE_EXIT,
+        )
     path = cli.user_path(argv[1])
     import tensorflow as tf
 
@@ -152,10 +170,10 @@ def main(argv):
 
     if not tf.io.gfile.exists(path):
         print(f"inspect: {path} does not exist", file=sys.stderr)
-        return 2
+        return _USAGE_EXIT
     if not tf.io.gfile.isdir(path):
         print(f"inspect: {path} is not a directory", file=sys.stderr)
-        return 2
+        return _USAGE_EXIT
     s = store_mod.BackupStore(path)
     committed = [
         _describe(tf, errors, s, p, _VERIFY.value) for _, p in s.committed()
@@ -183,4 +201,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -2,11 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 from absl.testing import absltest
 
+from backup_restore._src import atomicity
+from backup_restore._src import manifest
 from testing import device
 from testing import procs
 
@@ -74,6 +77,76 @@ class InspectTest(absltest.TestCase):
         self.assertIn("CORRUPT", report["verdict"])
         self.assertTrue(os.path.exists(os.path.join(backup, data)))
 
+    def _damaged_copy(self, directory, source, damage):
+        """Copies backup `source` to the next number and damages the copy."""
+        seq = atomicity.parse_committed(source) + 1
+        copy = os.path.join(directory, atomicity.committed_name(seq))
+        shutil.copytree(os.path.join(directory, source), copy)
+        with open(os.path.join(copy, atomicity.MANIFEST)) as f:
+            metadata = json.load(f)["body"]["metadata"]
+        names = damage(copy)
+        atomicity.write_file_durably(
+            os.path.join(copy, atomicity.MANIFEST),
+            manifest.build(copy, names, metadata),
+        )
+        return os.path.basename(copy)
+
+    @staticmethod
+    def _like_issue_13(path):
+        # What a failed asynchronous write on a full disk committed: only
+        # the manifest and an empty ckpt_temp/.
+        for name in os.listdir(path):
+            os.remove(os.path.join(path, name))
+        os.mkdir(os.path.join(path, "ckpt_temp"))
+        return ["ckpt_temp"]
+
+    @staticmethod
+    def _empty_files(path):
+        names = [n for n in os.listdir(path) if n != atomicity.MANIFEST]
+        for name in names:
+            os.truncate(os.path.join(path, name), 0)
+        return names
+
+    @staticmethod
+    def _half_data(path):
+        # Sizes match the (rebuilt) manifest; the tensors cannot be read.
+        names = [n for n in os.listdir(path) if n != atomicity.MANIFEST]
+        for name in names:
+            if ".data-" in name:
+                full = os.path.join(path, name)
+                os.truncate(full, os.path.getsize(full) // 2)
+        return names
+
+    def test_verify_fails_on_an_incomplete_or_unreadable_backup(self):
+        directory = self._fit_backup()
+        (intact,) = os.listdir(directory)
+        for damage, why in [
+            (self._like_issue_13, "incomplete checkpoint"),
+            (self._empty_files, "incomplete checkpoint"),
+            (self._half_data, "cannot be read"),
+        ]:
+            with self.subTest(damage=damage.__name__):
+                damaged = self._damaged_copy(directory, intact, damage)
+                self.addCleanup(
+                    shutil.rmtree, os.path.join(directory, damaged), True
+                )
+                full = _inspect("--verify", "--json", directory)
+                self.assertEqual(full.returncode, 1, full.stdout + full.stderr)
+                report = json.loads(full.stdout)
+                entry = {b["name"]: b for b in report["committed"]}[damaged]
+                self.assertTrue(entry["corrupt"])
+                self.assertIn(why, entry["integrity"])
+                self.assertIn(
+                    "training would resume from the newest intact one",
+                    report["verdict"],
+                )
+                text = _inspect("--verify", directory)
+                self.assertEqual(text.returncode, 1)
+                self.assertRegex(
+                    text.stdout, rf"{damaged}.*\n  integrity: CORRUPT"
+                )
+                shutil.rmtree(os.path.join(directory, damaged))
+
     def test_leftovers_are_listed(self):
         directory = os.path.join(self.create_tempdir().full_path, "b")
         run = procs.run(
@@ -112,8 +185,13 @@ class InspectTest(absltest.TestCase):
         not_dir = _inspect(a_file)
         self.assertEqual(not_dir.returncode, 2)
         self.assertIn("is not a directory", not_dir.stderr)
-        usage = _inspect()
-        self.assertNotEqual(usage.returncode, 0)
+        for usage in (
+            _inspect(),
+            _inspect(a_file, a_file),
+            _inspect("--no_such_flag", a_file),
+        ):
+            self.assertEqual(usage.returncode, 2, usage.stderr)
+            self.assertIn("usage: inspect", usage.stderr)
         empty = _inspect(self.create_tempdir().full_path)
         self.assertEqual(empty.returncode, 0)
         self.assertIn("no committed backup", empty.stdout)

@@ -19,6 +19,11 @@ manifest last; a single-object write is atomic there, so the directory only
 counts once the manifest exists. A directory without a manifest is an
 interrupted write, removed at the next start.
 
+Either way, nothing is committed unless `checkpoint_problem` finds the
+checkpoint complete (every file TensorFlow's index implies is there, nothing
+of an unfinished write is) after its files are fsync'd; readers apply the
+same check to what a manifest lists.
+
 Everything goes through tf.io.gfile so that remote filesystems keep working;
 fsync is only possible (and only needed) on local files.
 """
@@ -29,10 +34,21 @@ import threading
 import uuid
 
 import tensorflow as tf
+from tensorflow.core.protobuf import tensor_bundle_pb2
+
+from backup_restore._src import faults
 
 MANIFEST = "manifest.json"
+# The checkpoint of a backup: `ckpt.index` and `ckpt.data-K-of-N`, K < N.
+CHECKPOINT_PREFIX = "ckpt"
+INDEX = f"{CHECKPOINT_PREFIX}.index"
 _COMMITTED_RE = re.compile(r"^backup-(\d{8,})$")
 _TEMPORARY_RE = re.compile(r"^\.tmp-backup-(\d{8,})-[0-9a-f]+$")
+# The file BackupStore creates and removes to check that it may write.
+_PROBE_RE = re.compile(r"^\.tmp-backup-probe-[0-9a-f]+$")
+_DATA_RE = re.compile(
+    rf"^{re.escape(CHECKPOINT_PREFIX)}\.data-(\d{{5}})-of-(\d{{5}})$"
+)
 
 
 def committed_name(seq: int) -> str:
@@ -41,6 +57,14 @@ def committed_name(seq: int) -> str:
 
 def temporary_name(seq: int) -> str:
     return f".tmp-backup-{seq:08d}-{uuid.uuid4().hex[:12]}"
+
+
+def probe_name() -> str:
+    return f".tmp-backup-probe-{uuid.uuid4().hex[:12]}"
+
+
+def is_probe(name: str) -> bool:
+    return _PROBE_RE.match(name.rstrip("/")) is not None
 
 
 def parse_committed(name: str) -> int | None:
@@ -58,7 +82,9 @@ def parse_temporary(name: str) -> int | None:
 def is_ours(name: str) -> bool:
     """True for the entries of backup_dir that this library writes."""
     return (
-        parse_committed(name) is not None or parse_temporary(name) is not None
+        parse_committed(name) is not None
+        or parse_temporary(name) is not None
+        or is_probe(name)
     )
 
 
@@ -158,15 +184,25 @@ def write_file_durably(path: str, data: bytes) -> None:
     """
     if not is_local(path):
         with tf.io.gfile.GFile(path, "wb") as f:
+            faults.point(faults.MANIFEST_WRITE, path)
             f.write(data)
         return
     local = _local(path)
     tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, local)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            faults.point(faults.MANIFEST_WRITE, path)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, local)
+    except BaseException:
+        # A full disk fails the write, and must not keep what it wrote.
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def commit(work_dir: str, final_dir: str, parent: str, manifest: bytes):
@@ -174,13 +210,131 @@ def commit(work_dir: str, final_dir: str, parent: str, manifest: bytes):
 
     With atomic rename, the manifest goes into the temporary `work_dir`, which
     is then renamed to `final_dir`. Without it (`work_dir == final_dir`), the
-    manifest write itself is the commit.
+    manifest write itself is the commit. If the commit cannot be made
+    durable (the fsync of `parent` fails), it is undone before raising.
     """
     write_file_durably(os.path.join(work_dir, MANIFEST), manifest)
     fsync_path(work_dir)
     if work_dir != final_dir:
+        faults.point(faults.RENAME, work_dir)
         tf.io.gfile.rename(work_dir, final_dir, overwrite=False)
-    fsync_path(parent)
+    try:
+        fsync_path(parent)
+    except OSError:
+        retire(final_dir)
+        raise
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(buf):
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("truncated varint")
+
+
+def _index_num_shards(index_path: str) -> int | None:
+    """The number of data shards TensorFlow's index declares, if readable.
+
+    The index is a table whose first entry (key "") is a BundleHeaderProto,
+    stored uncompressed at the file's start: reading 64 bytes is enough.
+    None when that entry is not where expected (then the file names decide).
+    """
+    with tf.io.gfile.GFile(index_path, "rb") as f:
+        head = f.read(64)
+    try:
+        shared, pos = _varint(head, 0)
+        key_length, pos = _varint(head, pos)
+        length, pos = _varint(head, pos)
+        if shared or key_length or pos + length > len(head):
+            return None
+        header = tensor_bundle_pb2.BundleHeaderProto.FromString(
+            head[pos : pos + length]
+        )
+    except Exception:  # not a header we know: no opinion
+        return None
+    return header.num_shards or None
+
+
+def checkpoint_problem(
+    directory: str, names, read_index: bool = False, sizes=None
+) -> str | None:
+    """The one place that decides whether a backup's checkpoint is complete.
+
+    A complete checkpoint is exactly `ckpt.index` plus every data shard
+    `ckpt.data-K-of-N` (K < N) it implies, and nothing else (besides the
+    manifest): no leftover of an unfinished TensorFlow write (`ckpt_temp/`,
+    `*.tempstate*`), no directory, no other file.
+
+    Args:
+      directory: the backup (or work) directory.
+      names: the entries of it to judge (a listing, or a manifest's files).
+      read_index: also check the index itself: open it with TensorFlow's
+        checkpoint reader (it parses the small index only, no tensor bytes;
+        about 1 ms for 2,000 variables) and take N from its header.
+      sizes: name -> bytes, if known (a manifest's record): an empty index,
+        or data files that are all empty, cannot be a checkpoint.
+
+    Returns:
+      None if complete, else what is wrong, for an error message.
+    """
+    names = sorted({n.rstrip("/") for n in names} - {MANIFEST})
+    shards, foreign = {}, []
+    for name in names:
+        m = _DATA_RE.match(name)
+        if m:
+            shards[name] = (int(m.group(1)), int(m.group(2)))
+        elif name != INDEX:
+            foreign.append(name)
+    if foreign:
+        return (
+            f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} "
+            "not part of a complete checkpoint (left by an unfinished "
+            "TensorFlow write)"
+        )
+    if INDEX not in names:
+        return f"{INDEX} is missing"
+    if sizes is not None:
+        if not sizes.get(INDEX):
+            return f"{INDEX} is empty"
+        if shards and not any(sizes.get(name) for name in shards):
+            return "its data files are empty"
+    declared = {n for _, n in shards.values()}
+    if read_index:
+        prefix = os.path.join(directory, CHECKPOINT_PREFIX)
+        try:
+            # Not tf.train.load_checkpoint: on ram:// it takes the prefix for
+            # a directory. Data shards are opened lazily, not here.
+            tf.compat.v1.train.NewCheckpointReader(prefix)
+            num_shards = _index_num_shards(os.path.join(directory, INDEX))
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e) else ""
+            return f"{INDEX} is not readable ({type(e).__name__}: {first})"
+        if num_shards is not None:
+            declared.add(num_shards)
+    if not declared:
+        return f"no data file ({CHECKPOINT_PREFIX}.data-*) exists"
+    if len(declared) > 1:
+        return (
+            "its data files and index disagree on the number of shards "
+            f"({sorted(declared)})"
+        )
+    (num_shards,) = declared
+    want = {
+        f"{CHECKPOINT_PREFIX}.data-{k:05d}-of-{num_shards:05d}"
+        for k in range(num_shards)
+    }
+    missing = sorted(want - set(shards))
+    if missing:
+        return f"data file(s) {', '.join(missing)} missing"
+    extra = sorted(set(shards) - want)
+    if extra:
+        return f"{', '.join(extra)} not part of a {num_shards}-shard checkpoint"
+    return None
 
 
 def retire(backup_dir: str) -> None:

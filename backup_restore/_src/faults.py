@@ -11,12 +11,31 @@ Thread-safety: the hook is process-global; install it before training starts.
 
 from collections.abc import Callable
 
-# Stages of BackupStore.write, in order.
+# Stages of BackupStore.write, in order. A hook that raises OSError at any
+# of them stands for a write that fails there (a full disk, an I/O error).
 BEFORE_DATA = "before_data"  # work directory created, nothing written yet
-DATA_WRITTEN = "data_written"  # tensors written, not yet fsync'd or checksummed
+# Inside TensorFlow's checkpoint write, on its writer thread when
+# asynchronous: the files are written, TensorFlow has not returned yet. An
+# error raised here is one of TensorFlow's own write errors.
+DATA_WRITE = "data_write"
+DATA_WRITTEN = "data_written"  # tensors written, not yet fsync'd or checked
+FSYNC = "fsync"  # before each file is fsync'd (path: the file)
 BEFORE_COMMIT = "before_commit"  # data durable, manifest built, not committed
+MANIFEST_WRITE = "manifest_write"  # manifest being written, not yet durable
+RENAME = "rename"  # before the rename to backup-<seq> (atomic-rename only)
 COMMITTED = "committed"  # committed; older backups not yet deleted
-STAGES = (BEFORE_DATA, DATA_WRITTEN, BEFORE_COMMIT, COMMITTED)
+DELETE_OLDER = "delete_older"  # before each older backup is deleted (path)
+STAGES = (
+    BEFORE_DATA,
+    DATA_WRITE,
+    DATA_WRITTEN,
+    FSYNC,
+    BEFORE_COMMIT,
+    MANIFEST_WRITE,
+    RENAME,
+    COMMITTED,
+    DELETE_OLDER,
+)
 # Stages of the end of a run (Engine.finish), in order.
 FINISH_WAITED = "finish_waited"  # last backup committed; nothing deleted
 DELETING = "deleting"  # training complete; about to delete the backups

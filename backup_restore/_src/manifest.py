@@ -19,6 +19,7 @@ import zlib
 
 import tensorflow as tf
 
+from backup_restore._src import atomicity
 from backup_restore._src import errors
 
 FORMAT = "backup_restore.manifest/1"
@@ -51,7 +52,7 @@ def read(directory: str) -> dict:
       errors.BackupCorruptError: unreadable, not JSON, wrong format, or its own
         checksum does not match.
     """
-    path = os.path.join(directory, "manifest.json")
+    path = os.path.join(directory, atomicity.MANIFEST)
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             raw = f.read()
@@ -85,9 +86,20 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
         and sizes only.
 
     Raises:
-      errors.BackupCorruptError: naming the first file that is missing,
-        truncated or extended, or the tensor whose checksum fails.
+      errors.BackupCorruptError: the checkpoint it lists is incomplete (see
+        atomicity.checkpoint_problem), or naming the first file that is
+        missing, truncated or extended, or the tensor whose checksum fails.
     """
+    sizes = {name: entry.get("size") for name, entry in body["files"].items()}
+    problem = atomicity.checkpoint_problem(
+        directory, body["files"], sizes=sizes
+    )
+    if problem is not None:
+        raise errors.BackupCorruptError(
+            f"{directory} holds an incomplete checkpoint: {problem} (a "
+            "failed write was committed; backup_restore did so before the "
+            "fix of issue #13 when TensorFlow's asynchronous write failed)"
+        )
     for name, entry in sorted(body["files"].items()):
         path = os.path.join(directory, name)
         if not tf.io.gfile.exists(path):
@@ -100,6 +112,13 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
             )
     if not full:
         return
+    problem = atomicity.checkpoint_problem(
+        directory, body["files"], read_index=True
+    )
+    if problem is not None:
+        raise errors.BackupCorruptError(
+            f"{directory} holds an incomplete checkpoint: {problem}"
+        )
     for name in body["files"]:
         if not name.endswith(".index"):
             continue
@@ -110,9 +129,10 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
             reader = tf.compat.v1.train.NewCheckpointReader(prefix)
             for key in sorted(reader.get_variable_to_shape_map()):
                 reader.get_tensor(key)
-        except (tf.errors.OpError, ValueError) as e:
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e) else ""
             raise errors.BackupCorruptError(
-                f"{prefix}: a tensor fails TensorFlow's checksum "
+                f"{prefix}: a tensor cannot be read or fails TensorFlow's "
+                "checksum "
                 f"({type(e).__name__}: {first})"
             ) from e

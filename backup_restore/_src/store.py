@@ -15,6 +15,8 @@ partial backup (see atomicity.py).
 import atexit
 import concurrent.futures
 import dataclasses
+import errno
+import json
 import os
 import threading
 import time
@@ -28,7 +30,7 @@ from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import manifest
 
-CHECKPOINT_PREFIX = "ckpt"
+CHECKPOINT_PREFIX = atomicity.CHECKPOINT_PREFIX
 
 _LIVE_STORES = weakref.WeakSet()
 # Checkpoint -> _Facts. Front ends reuse one Checkpoint object for every
@@ -113,6 +115,42 @@ def _lower_this_threads_priority():
         pass
 
 
+def _sync(checkpoint) -> None:
+    """Waits for TensorFlow's asynchronous write; raises its error here.
+
+    `Checkpoint.sync()` waits but does not raise: TensorFlow 2.21's writer
+    thread keeps its error (AsyncCheckpointHelper._async_save stores it in
+    `_async_error`) and only the next `write` raises it
+    (`_check_async_thread_error`), i.e. at the next backup, after this one
+    would have been committed with whatever the failed write left
+    (tensorflow/python/checkpoint/async_checkpoint_helper.py). Taking it
+    here reports it at its own backup, and the next write starts clean. If
+    TensorFlow renames these privates, the completeness check before the
+    commit still refuses the backup (store_failure_test fails loudly).
+    """
+    checkpoint.sync()
+    helper = getattr(checkpoint, "_async_checkpointer_impl", None)
+    error = getattr(helper, "_async_error", None)
+    if error is not None:
+        helper._async_error = None
+        raise error
+
+
+class _IncompleteCheckpoint(Exception):
+    """The written checkpoint is not complete; see checkpoint_problem."""
+
+
+def _is_out_of_space(error) -> bool:
+    if isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+    ):
+        return True
+    return isinstance(
+        error, tf.errors.ResourceExhaustedError
+    ) or "No space left" in str(error)
+
+
 @atexit.register
 def _finish_backups_in_flight():
     """A backup in flight at interpreter exit is finished, not abandoned."""
@@ -151,9 +189,16 @@ class BackupInfo:
 def validate_directory(directory) -> str:
     """Checks a user-supplied backup directory; returns it as a str.
 
+    A local directory is created if missing and checked for real: a file is
+    created in it and removed again (named like this store's own entries,
+    so that a crash midway leaves nothing foreign: the next cleanup removes
+    it). Permission bits alone say nothing for root, nor for read-only or
+    special filesystems (/proc).
+
     Raises:
       TypeError: not a str or os.PathLike.
-      ValueError: empty, an existing regular file, or (locally) not writable.
+      ValueError: empty, an existing regular file, or (locally) a directory
+        that cannot be created or written to.
     """
     if directory is None:
         raise ValueError(
@@ -178,28 +223,44 @@ def validate_directory(directory) -> str:
             "Pass a directory path (it is created if missing)."
         )
     if atomicity.is_local(directory):
-        local = directory.removeprefix("file://")
-        probe = os.path.abspath(local)
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-            raise ValueError(
-                f"backup_dir {directory!r} is not writable "
-                f"({probe!r} does not allow creating files). Choose a "
-                "directory this process can write to, or fix its permissions."
-            )
+        _check_writable(directory)
     return directory
+
+
+def _check_writable(directory: str) -> None:
+    local = directory.removeprefix("file://")
+    probe = os.path.join(local, atomicity.probe_name())
+    try:
+        os.makedirs(local, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"backup_dir {directory!r} is not writable: "
+            f"{e.strerror or e} ({e.filename or local}). Choose a directory "
+            "this process can create files in, or fix its permissions."
+        ) from e
 
 
 class BackupStore:
     """The committed backups kept in one directory.
 
-    Only entries named `backup-<seq>` and `.tmp-backup-<seq>-<nonce>` belong
-    to this store; anything else in the directory is left alone.
+    Only entries named `backup-<seq>`, `.tmp-backup-<seq>-<nonce>` and
+    `.tmp-backup-probe-<nonce>` belong to this store; anything else in the
+    directory is left alone.
     """
 
     def __init__(self, directory):
         self._dir = validate_directory(directory)
+        if self._dir.startswith("ram://"):
+            logging.warning(
+                "backup_dir %s is in memory (ram://): its backups are lost "
+                "when this process exits, so a restarted job trains from "
+                "scratch. Use a directory on disk or in a bucket to survive "
+                "a restart.",
+                self._dir,
+            )
         # Decided once: removing the directory at the end is only right when
         # it held nothing but ours to begin with.
         self._dir_was_ours = not tf.io.gfile.exists(self._dir) or all(
@@ -215,6 +276,8 @@ class BackupStore:
         # run finds, replaces and deletes only the backups of its own
         # scope. None: every backup.
         self.scope = None
+        # The last sequence number used: a failed write's is never reused.
+        self._last_seq = 0
         # How long the last backup blocked its caller, and took to commit.
         self.last_snapshot_seconds = None
         self.last_persist_seconds = None
@@ -226,9 +289,14 @@ class BackupStore:
 
     def _entries(self) -> tuple[list[tuple[int, str]], list[str]]:
         """Returns ((seq, path) of backup-* dirs ascending, temporaries)."""
+        named, temporaries, _ = self._all_entries()
+        return named, temporaries
+
+    def _all_entries(self):
+        """Like `_entries`, plus the probe files a crash left behind."""
         if not tf.io.gfile.isdir(self._dir):
-            return [], []
-        named, temporaries = [], []
+            return [], [], []
+        named, temporaries, probes = [], [], []
         for entry in tf.io.gfile.listdir(self._dir):
             name = entry.rstrip("/")
             path = os.path.join(self._dir, name)
@@ -237,7 +305,9 @@ class BackupStore:
                 named.append((seq, path))
             elif atomicity.parse_temporary(name) is not None:
                 temporaries.append(path)
-        return sorted(named), temporaries
+            elif atomicity.is_probe(name):
+                probes.append(path)
+        return sorted(named), temporaries, probes
 
     def _has_manifest(self, path: str) -> bool:
         return tf.io.gfile.exists(os.path.join(path, atomicity.MANIFEST))
@@ -266,9 +336,10 @@ class BackupStore:
         return [(s, p) for s, p in self.committed() if self._in_scope(p)]
 
     def leftovers(self) -> list[str]:
-        """Directories left by interrupted writes or deletions."""
-        named, temporaries = self._entries()
-        return temporaries + [p for _, p in named if not self._has_manifest(p)]
+        """What interrupted writes, deletions or writability checks left."""
+        named, temporaries, probes = self._all_entries()
+        unfinished = [p for _, p in named if not self._has_manifest(p)]
+        return temporaries + unfinished + probes
 
     def cleanup(self) -> list[str]:
         """Removes what interrupted writes left behind; returns the paths."""
@@ -276,7 +347,10 @@ class BackupStore:
         removed = self.leftovers()
         for path in removed:
             logging.info("Removing an interrupted backup write: %s", path)
-            tf.io.gfile.rmtree(path)
+            if atomicity.is_probe(os.path.basename(path)):
+                tf.io.gfile.remove(path)
+            else:
+                tf.io.gfile.rmtree(path)
         return removed
 
     def load(self, path: str, full_verify: bool = True) -> BackupInfo:
@@ -352,8 +426,10 @@ class BackupStore:
         per tensor), fsync, the manifest and the commit run on a background
         thread (at lower priority when backups are far apart, see
         `expected_interval`). At most one backup is in flight: this
-        first waits for the previous one. Older backups are deleted only
-        after the new one is committed.
+        first waits for the previous one. A backup is committed only when
+        its checkpoint is complete (atomicity.checkpoint_problem) and
+        durable; older backups are deleted only after the new one is
+        committed.
 
         Args:
           checkpoint: what to back up.
@@ -370,9 +446,15 @@ class BackupStore:
             when backups are far enough apart (see LOW_PRIORITY_SLACK).
 
         Raises:
-          errors.BackupWriteError: the previous background write failed (its
-            earlier backup is intact), or this snapshot could not start.
+          errors.BackupWriteError: the previous background write failed, or
+            this snapshot could not be written. It names the backup that
+            failed and carries the filesystem's or TensorFlow's error
+            (including one from TensorFlow's asynchronous writer thread).
+            Nothing of that backup was committed, its partial files are
+            removed, and no earlier backup was deleted; the store stays
+            usable.
         """
+        called = time.monotonic()  # what the caller waits counts from here
         self.wait()
         start = time.monotonic()
         if self.scope is not None:
@@ -381,7 +463,8 @@ class BackupStore:
         seqs = [s for s, _ in named] + [
             atomicity.parse_temporary(os.path.basename(p)) for p in temporaries
         ]
-        seq = max(seqs, default=0) + 1
+        seq = max([*seqs, self._last_seq]) + 1
+        self._last_seq = seq
         facts = _facts(checkpoint)
         if asynchronous and self._executor is None:
             self._background_low_priority = (
@@ -395,10 +478,17 @@ class BackupStore:
             work = os.path.join(self._dir, atomicity.temporary_name(seq))
         else:
             work = final
+
+        def data_write(save_path):
+            # On TensorFlow's writer thread when asynchronous.
+            del save_path
+            faults.point(faults.DATA_WRITE, work)
+
         options = tf.train.CheckpointOptions(
             experimental_enable_async_checkpoint=asynchronous
             and async_snapshot
-            and not facts.holds_iterator
+            and not facts.holds_iterator,
+            experimental_write_callbacks=[data_write],
         )
 
         def snapshot():
@@ -421,18 +511,29 @@ class BackupStore:
                 with atomicity.WritebackStarter(work):
                     snapshot()
         except (tf.errors.OpError, OSError) as e:
-            raise errors.BackupWriteError(
-                f"Writing backup {final} failed ({type(e).__name__}: {e}). "
-                "The previous backup, if any, is intact."
-            ) from e
-        self.last_snapshot_seconds = time.monotonic() - start
+            raise self._write_failed(seq, work, final, e) from e
+        # Blocked: the wait for the previous backup, and the snapshot.
+        self.last_snapshot_seconds = time.monotonic() - called
 
         def persist():
-            if options.experimental_enable_async_checkpoint:
-                # The disk writes while TensorFlow still writes the files.
-                with atomicity.WritebackStarter(work):
-                    checkpoint.sync()
-            return self._persist(seq, work, final, metadata, start)
+            try:
+                if options.experimental_enable_async_checkpoint:
+                    # The disk writes while TensorFlow still writes the files.
+                    with atomicity.WritebackStarter(work):
+                        _sync(checkpoint)
+                info = self._commit(seq, work, final, metadata)
+            except (tf.errors.OpError, OSError, _IncompleteCheckpoint) as e:
+                raise self._write_failed(seq, work, final, e) from e
+            self.last_persist_seconds = time.monotonic() - start
+            self._after_commit(info)
+            logging.info(
+                "Backup %s committed: %d bytes, %.3f s after its snapshot "
+                "began.",
+                final,
+                info.size_bytes,
+                time.monotonic() - start,
+            )
+            return info
 
         if asynchronous:
             self._pending = self._background().submit(persist)
@@ -464,25 +565,92 @@ class BackupStore:
             )
         return self._executor
 
-    def _persist(self, seq, work, final, metadata, start) -> BackupInfo:
+    def _commit(self, seq, work, final, metadata) -> BackupInfo:
+        """Checks, fsyncs and commits the written files of backup `seq`.
+
+        Raises:
+          _IncompleteCheckpoint: what TensorFlow wrote is not a complete
+            checkpoint (atomicity.checkpoint_problem): nothing is committed.
+          OSError, tf.errors.OpError: as the filesystem raised them.
+        """
         faults.point(faults.DATA_WRITTEN, work)
         names = [n.rstrip("/") for n in tf.io.gfile.listdir(work)]
+        problem = atomicity.checkpoint_problem(work, names, read_index=True)
+        if problem is not None:
+            raise _IncompleteCheckpoint(f"incomplete checkpoint: {problem}")
         for name in names:
-            atomicity.fsync_path(os.path.join(work, name))
+            path = os.path.join(work, name)
+            faults.point(faults.FSYNC, path)
+            atomicity.fsync_path(path)
         body = manifest.build(work, names, metadata)
         faults.point(faults.BEFORE_COMMIT, work)
         atomicity.commit(work, final, self._dir, body)
-        faults.point(faults.COMMITTED, final)
-        info = self.load(final, full_verify=False)
-        self.last_persist_seconds = time.monotonic() - start
-        self.delete_older_than(seq)
-        logging.info(
-            "Backup %s committed: %d bytes, %.3f s after its snapshot began.",
-            final,
-            info.size_bytes,
-            time.monotonic() - start,
+        files = json.loads(body)["body"]["files"]
+        return BackupInfo(seq, final, metadata, files)
+
+    def _after_commit(self, info: BackupInfo) -> None:
+        """Deletes the backups older than the one just committed.
+
+        A failure here (an I/O error) leaves an older backup behind, which
+        the next backup deletes: the new one is committed, so it is logged,
+        not raised.
+        """
+        try:
+            faults.point(faults.COMMITTED, info.path)
+            self.delete_older_than(info.seq)
+        except (tf.errors.OpError, OSError) as e:
+            logging.warning(
+                "Backup %s is committed, but deleting the older backups "
+                "failed (%s: %s); they are deleted after the next backup.",
+                info.path,
+                type(e).__name__,
+                e,
+            )
+
+    def _write_failed(self, seq, work, final, error) -> errors.BackupWriteError:
+        """Removes what a failed write of backup `seq` left; the error."""
+        detail = str(error).strip().splitlines()[0] if str(error) else ""
+        try:
+            if tf.io.gfile.exists(work):
+                if work == final:  # no atomic rename: never leave it named
+                    atomicity.retire(work)
+                else:
+                    tf.io.gfile.rmtree(work)
+            removed = "its partial files were removed"
+        except (tf.errors.OpError, OSError) as e:
+            logging.warning("Could not remove %s: %s", work, e)
+            removed = f"its partial files in {work} are removed at next start"
+        try:
+            older = [p for s, p in self.committed() if s < seq]
+        except (tf.errors.OpError, OSError):
+            older = None
+        if older:
+            kept = (
+                f"The previous backup {older[-1]} was kept: training "
+                "resumes from it."
+            )
+        elif older is None:
+            kept = "Earlier backups were not deleted."
+        else:
+            kept = (
+                "No earlier backup exists: a restart would begin training "
+                "from scratch."
+            )
+        if _is_out_of_space(error):
+            advice = (
+                f"The filesystem of {self._dir} is full: free space there, "
+                "or pass another backup_dir."
+            )
+        else:
+            advice = (
+                f"Check that {self._dir} is writable and has free space, or "
+                "pass another backup_dir."
+            )
+        return errors.BackupWriteError(
+            f"Writing backup {final} (number {seq}) failed "
+            f"({type(error).__name__}: {detail}). Nothing of it was "
+            f"committed; {removed}. {kept} {advice}"
         )
-        return info
 
     @property
     def pending(self) -> bool:
@@ -511,9 +679,9 @@ class BackupStore:
         BackupStores of this process on the same directory.
 
         Raises:
-          errors.BackupWriteError: the background write failed. The earlier
-            committed backup is intact; the partial one is removed by the
-            next cleanup.
+          errors.BackupWriteError: the background write failed (see
+            `write_async`). The earlier committed backup is intact; the
+            partial one is removed (else by the next cleanup).
         """
         self._wait_for_other_writers()
         return self._join()
@@ -526,6 +694,8 @@ class BackupStore:
         error = pending.exception()  # waits
         if error is None:
             return pending.result()
+        if isinstance(error, errors.BackupWriteError):
+            raise error
         if not isinstance(error, (tf.errors.OpError, OSError)):
             raise error
         raise errors.BackupWriteError(
@@ -554,7 +724,9 @@ class BackupStore:
             checkpoint = prepare(info)
             try:
                 return info, checkpoint.read(info.checkpoint_prefix)
-            except tf.errors.OpError as e:
+            except (tf.errors.OpError, IndexError) as e:
+                # IndexError: TensorFlow's "Read less bytes than requested"
+                # for a data file shorter than its index says.
                 raise errors.BackupCorruptError(
                     f"{path} fails TensorFlow's checks while being read "
                     f"({type(e).__name__}: {str(e).splitlines()[0]})"
@@ -576,6 +748,7 @@ class BackupStore:
         """Deletes every committed backup of this scope older than `seq`."""
         for s, path in self._entries()[0]:
             if s < seq and self._in_scope(path):
+                faults.point(faults.DELETE_OLDER, path)
                 atomicity.retire(path)
 
     def delete_all(self) -> None:
@@ -588,12 +761,14 @@ class BackupStore:
         nothing but this store's entries when the store was created.
         """
         self.wait()
-        named, temporaries = self._entries()
+        named, temporaries, probes = self._all_entries()
         for _, path in named:
             if self._in_scope(path):
                 atomicity.retire(path)
         for path in temporaries:
             tf.io.gfile.rmtree(path)
+        for path in probes:
+            tf.io.gfile.remove(path)
         if (
             self._dir_was_ours
             and tf.io.gfile.isdir(self._dir)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -79,19 +80,27 @@ class StoreTest(parameterized.TestCase):
 
     def test_local_write_goes_through_a_temporary_then_rename(self):
         s = store.BackupStore(self._dir("local"))
+        older = self._write(s, [0.0])
         seen = []
         faults.set_hook(lambda stage, path: seen.append((stage, path)))
         info = self._write(s, [1.0])
-        work_paths = {p for st, p in seen if st != faults.COMMITTED}
+        per_file = (faults.FSYNC, faults.MANIFEST_WRITE)
+        after = (faults.COMMITTED, faults.DELETE_OLDER)
+        work_paths = {p for st, p in seen if st not in per_file + after}
         self.assertLen(work_paths, 1)
         (work,) = work_paths
         self.assertIsNotNone(
             atomicity.parse_temporary(os.path.basename(work)), work
         )
-        self.assertEqual(
-            [st for st, _ in seen], list(faults.STAGES), "stages in order"
-        )
-        self.assertEqual(seen[-1][1], info.path)
+        for stage, path in seen:
+            if stage in per_file:
+                self.assertEqual(os.path.dirname(path), work)
+        stages = [st for st, _ in seen]
+        in_order = [st for i, st in enumerate(stages) if stages[i - 1] != st]
+        self.assertEqual(in_order, list(faults.STAGES), "stages in order")
+        self.assertEqual(stages.count(faults.FSYNC), 2)  # index and data
+        self.assertEqual(seen[-2][1], info.path)
+        self.assertEqual(seen[-1][1], older.path)
 
     @parameterized.named_parameters(
         (f"{fs}_{stage}", fs, stage)
@@ -396,18 +405,66 @@ class StoreTest(parameterized.TestCase):
         self.assertTrue(os.path.isfile(regular), "nothing deleted")
 
     def test_unwritable_directory(self):
+        # Checked for real at construction, not at the first backup.
         if os.geteuid() == 0:
-            # root bypasses permission bits; simulate with os.access.
-            from unittest import mock
-
-            with mock.patch.object(os, "access", return_value=False):
-                with self.assertRaisesRegex(ValueError, "not writable"):
-                    store.BackupStore(self.create_tempdir().full_path)
+            # Permission bits do not stop root; /proc does.
+            with self.assertRaisesRegex(ValueError, "not writable"):
+                store.BackupStore("/proc/nope")
+            self.assertFalse(os.path.exists("/proc/nope"))
         else:
             d = self.create_tempdir().full_path
             os.chmod(d, 0o500)
             with self.assertRaisesRegex(ValueError, "not writable"):
                 store.BackupStore(os.path.join(d, "sub"))
+            with self.assertRaisesRegex(ValueError, "not writable"):
+                store.BackupStore(d)
+
+    def test_read_only_filesystem(self):
+        mount_point = self.create_tempdir().full_path
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", mount_point],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if mounted.returncode != 0:
+            self.skipTest(
+                "cannot mount a read-only tmpfs (needs root with "
+                f"CAP_SYS_ADMIN): {mounted.stderr.strip()}"
+            )
+        self.addCleanup(
+            subprocess.run, ["umount", "-l", mount_point], check=False
+        )
+        for d in (mount_point, os.path.join(mount_point, "sub")):
+            with self.assertRaisesRegex(ValueError, "not writable.*Read-only"):
+                store.BackupStore(d)
+
+    def test_missing_directory_is_created_and_probed_cleanly(self):
+        d = os.path.join(self.create_tempdir().full_path, "a", "b")
+        s = store.BackupStore(d)
+        self.assertTrue(os.path.isdir(d))
+        self.assertEqual(os.listdir(d), [], "the probe file is removed")
+        # One left by a crash during the probe is this store's to remove.
+        left = os.path.join(d, atomicity.probe_name())
+        open(left, "w").close()
+        self.assertTrue(atomicity.is_ours(os.path.basename(left)))
+        self.assertEqual(s.leftovers(), [left])
+        self.assertEqual(s.cleanup(), [left])
+        self._write(s, [1.0])
+        self.assertEqual(s.latest().seq, 1)
+        open(left, "w").close()
+        s.delete_all()
+        self.assertFalse(os.path.exists(d))
+
+    def test_in_memory_directory_warns(self):
+        with self.assertLogs(level="WARNING") as logs:
+            store.BackupStore(self._dir("ram"))
+        self.assertTrue(
+            any("lost when this process exits" in m for m in logs.output),
+            logs.output,
+        )
+        with self.assertNoLogs(level="WARNING"):
+            store.BackupStore(self._dir("local"))
 
     def test_pathlike_is_accepted(self):
         import pathlib

@@ -1,0 +1,432 @@
+"""Failed backup writes: a full disk, and an error at every stage (issue #13).
+
+Whatever fails while a backup is written, and wherever (TensorFlow's own
+writer thread included), the previous backup stays committed and restorable,
+nothing incomplete is ever committed, the error names the backup that failed
+and says what to do, and the store works again once the cause is gone.
+"""
+
+import errno
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from unittest import mock
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from backup_restore._src import atomicity
+from backup_restore._src import errors
+from backup_restore._src import faults
+from backup_restore._src import manifest
+from backup_restore._src import store
+from testing import device
+
+_ENOSPC = "No space left on device"
+
+# Stages before the commit: an error there fails the backup.
+_BEFORE_COMMIT_STAGES = (
+    faults.BEFORE_DATA,
+    faults.DATA_WRITE,
+    faults.DATA_WRITTEN,
+    faults.FSYNC,
+    faults.BEFORE_COMMIT,
+    faults.MANIFEST_WRITE,
+    faults.RENAME,
+)
+# Stages after the commit: the new backup stands, older ones are kept.
+_AFTER_COMMIT_STAGES = (faults.COMMITTED, faults.DELETE_OLDER)
+
+
+class _Killed(Exception):
+    """Stands for a kill: the store does not handle it."""
+
+
+def _checkpoint(value, size=4):
+    return tf.train.Checkpoint(
+        v=tf.Variable(np.full([size], value, np.float32)),
+        step=tf.Variable(7),
+    )
+
+
+def _raise_enospc_at(stage, also=None):
+    def hook(reached, path):
+        if reached == stage:
+            if also is not None:
+                also(path)
+            raise OSError(errno.ENOSPC, _ENOSPC, path)
+
+    return hook
+
+
+def _like_a_full_disk(directory):
+    """Leaves what TensorFlow left on the full disk of issue #13."""
+    for name in tf.io.gfile.listdir(directory):
+        full = os.path.join(directory, name.rstrip("/"))
+        if tf.io.gfile.isdir(full):
+            tf.io.gfile.rmtree(full)
+        else:
+            tf.io.gfile.remove(full)
+    tf.io.gfile.makedirs(os.path.join(directory, "ckpt_temp"))
+
+
+def _damage_like_issue_13(backup_path):
+    """A committed backup of only a manifest and an empty ckpt_temp/."""
+    _like_a_full_disk(backup_path)
+    body = manifest.build(backup_path, ["ckpt_temp"], {"value": [2.0]})
+    atomicity.write_file_durably(
+        os.path.join(backup_path, atomicity.MANIFEST), body
+    )
+
+
+class _Base(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+        self.addCleanup(faults.set_hook, None)
+
+    def _dir(self, fs="local"):
+        if fs == "local":
+            return os.path.join(self.create_tempdir().full_path, "backups")
+        path = f"ram://store_failure_test/{uuid.uuid4().hex}/backups"
+        self.addCleanup(
+            lambda: tf.io.gfile.exists(path) and tf.io.gfile.rmtree(path)
+        )
+        return path
+
+    def _write(self, s, value, asynchronous, size=4):
+        """Writes a backup; returns (info, error)."""
+        try:
+            s.write_async(
+                _checkpoint(value, size),
+                {"value": value},
+                asynchronous=asynchronous,
+            )
+            return s.wait(), None
+        except errors.BackupWriteError as e:
+            return None, e
+
+    def _restored_value(self, s, size=4):
+        target = _checkpoint(0.0, size)
+
+        def prepare(info):
+            return target
+
+        info, _ = s.restore_latest(prepare)
+        self.assertEqual(info.metadata["value"], float(target.v.numpy()[0]))
+        return info.seq, info.metadata["value"]
+
+    def _assert_failed_write(self, s, error, seq, previous):
+        """The checks of issue #13 after a failed write of backup `seq`."""
+        self.assertIsInstance(error, errors.BackupWriteError)
+        text = str(error)
+        self.assertIn(atomicity.committed_name(seq), text)
+        self.assertIn(_ENOSPC, text)
+        self.assertRegex(text, "free space|another backup_dir")
+        for other in range(seq + 1, seq + 3):
+            self.assertNotIn(atomicity.committed_name(other), text)
+        committed = [q for q, _ in s.committed()]
+        if previous is None:
+            self.assertEqual(committed, [])
+            self.assertRegex(text, "no earlier backup|No earlier backup")
+            self.assertIsNone(s.latest())
+        else:
+            self.assertEqual(committed, [previous])
+            self.assertIn(atomicity.committed_name(previous), text)
+            self.assertEqual(s.latest().seq, previous)  # full verification
+        self.assertEqual(s.leftovers(), [], "the failed write is removed")
+
+
+class InjectedFailureTest(_Base):
+    @parameterized.named_parameters(
+        (f"{fs}_{mode}_{stage}", fs, mode == "async", stage)
+        for fs in ("local", "ram")
+        for mode in ("sync", "async")
+        for stage in _BEFORE_COMMIT_STAGES
+        if not (fs == "ram" and stage == faults.RENAME)
+    )
+    def test_failure_before_commit(self, fs, asynchronous, stage):
+        s = store.BackupStore(self._dir(fs))
+        self.assertEqual(self._write(s, 1.0, asynchronous)[0].seq, 1)
+        faults.set_hook(_raise_enospc_at(stage))
+        info, error = self._write(s, 2.0, asynchronous)
+        faults.set_hook(None)
+        self.assertIsNone(info)
+        self._assert_failed_write(s, error, seq=2, previous=1)
+        self.assertEqual(self._restored_value(s), (1, 1.0))
+        # The cause gone, the same store writes again.
+        info, error = self._write(s, 3.0, asynchronous)
+        self.assertIsNone(error)
+        self.assertGreater(info.seq, 2)
+        self.assertEqual([q for q, _ in s.committed()], [info.seq])
+        self.assertEqual(self._restored_value(s), (info.seq, 3.0))
+        s.close()
+
+    @parameterized.named_parameters(
+        (f"{fs}_{mode}", fs, mode == "async")
+        for fs in ("local", "ram")
+        for mode in ("sync", "async")
+    )
+    def test_tensorflow_write_error_like_a_full_disk(self, fs, asynchronous):
+        # What TF leaves behind when its writer fails (issue #13): no index,
+        # no data, an empty ckpt_temp/; the error belongs to this backup.
+        s = store.BackupStore(self._dir(fs))
+        self._write(s, 1.0, asynchronous)
+        faults.set_hook(
+            _raise_enospc_at(faults.DATA_WRITE, also=_like_a_full_disk)
+        )
+        _, error = self._write(s, 2.0, asynchronous)
+        faults.set_hook(None)
+        self._assert_failed_write(s, error, seq=2, previous=1)
+        info, error = self._write(s, 3.0, asynchronous)
+        self.assertIsNone(error, "TF's error was reported at its own backup")
+        self.assertEqual(self._restored_value(s), (info.seq, 3.0))
+
+    @parameterized.named_parameters(
+        ("missing_index", lambda d: os.remove(os.path.join(d, "ckpt.index"))),
+        (
+            "missing_shard",
+            lambda d: os.remove(os.path.join(d, "ckpt.data-00000-of-00001")),
+        ),
+        ("temp_dir", lambda d: os.mkdir(os.path.join(d, "ckpt_temp"))),
+        (
+            "tempstate",
+            lambda d: open(
+                os.path.join(d, "ckpt.data-00000-of-00001.tempstate123"), "w"
+            ).close(),
+        ),
+        (
+            "index_not_readable",
+            lambda d: open(os.path.join(d, "ckpt.index"), "wb").close(),
+        ),
+    )
+    def test_an_incomplete_checkpoint_is_never_committed(self, damage):
+        # Even when no error is raised at all (TF's error lost), the commit
+        # checks that the checkpoint is complete.
+        for asynchronous in (False, True):
+            with self.subTest(asynchronous=asynchronous):
+                s = store.BackupStore(self._dir())
+                self._write(s, 1.0, asynchronous)
+
+                def hook(reached, path):
+                    if reached == faults.DATA_WRITTEN:
+                        damage(path)
+
+                faults.set_hook(hook)
+                _, error = self._write(s, 2.0, asynchronous)
+                faults.set_hook(None)
+                self.assertIsInstance(error, errors.BackupWriteError)
+                self.assertIn("backup-00000002", str(error))
+                self.assertIn("incomplete", str(error))
+                self.assertEqual([q for q, _ in s.committed()], [1])
+                self.assertEqual(s.leftovers(), [])
+                self.assertEqual(self._restored_value(s), (1, 1.0))
+
+    @parameterized.named_parameters(
+        (f"{fs}_{mode}_{stage}", fs, mode == "async", stage)
+        for fs in ("local", "ram")
+        for mode in ("sync", "async")
+        for stage in _AFTER_COMMIT_STAGES
+    )
+    def test_failure_after_commit_keeps_both(self, fs, asynchronous, stage):
+        s = store.BackupStore(self._dir(fs))
+        self._write(s, 1.0, asynchronous)
+        faults.set_hook(_raise_enospc_at(stage))
+        with self.assertLogs(level=logging.WARNING) as logs:
+            info, error = self._write(s, 2.0, asynchronous)
+        faults.set_hook(None)
+        self.assertIsNone(error, "backup 2 is committed and complete")
+        self.assertEqual(info.seq, 2)
+        self.assertTrue(any(_ENOSPC in m for m in logs.output), logs.output)
+        self.assertEqual([q for q, _ in s.committed()], [1, 2])
+        self.assertEqual(self._restored_value(s), (2, 2.0))
+        info, error = self._write(s, 3.0, asynchronous)
+        self.assertIsNone(error)
+        self.assertEqual([q for q, _ in s.committed()], [3])
+
+    def test_parent_fsync_failure_uncommits(self):
+        s = store.BackupStore(self._dir())
+        self._write(s, 1.0, False)
+        real = atomicity.fsync_path
+        calls = []
+
+        def fsync(path):
+            if path == s.directory:
+                calls.append(path)
+                raise OSError(errno.EIO, "Input/output error", path)
+            return real(path)
+
+        with mock.patch.object(atomicity, "fsync_path", fsync):
+            _, error = self._write(s, 2.0, False)
+        self.assertTrue(calls)
+        self.assertIsInstance(error, errors.BackupWriteError)
+        self.assertIn("backup-00000002", str(error))
+        self.assertIn("Input/output error", str(error))
+        self.assertEqual([q for q, _ in s.committed()], [1])
+        self.assertEqual(s.leftovers(), [])
+
+    def test_error_surfaces_at_the_next_call(self):
+        # As documented: an asynchronous failure is raised once, by the next
+        # write_async / wait / close, and the store stays usable.
+        for call in ("write_async", "wait", "close"):
+            with self.subTest(call=call):
+                s = store.BackupStore(self._dir())
+                self._write(s, 1.0, True)
+                failed = threading.Event()
+                faults.set_hook(
+                    _raise_enospc_at(
+                        faults.DATA_WRITE, lambda _, event=failed: event.set()
+                    )
+                )
+                s.write_async(_checkpoint(2.0), {"value": 2.0})
+                with self.assertRaisesRegex(
+                    errors.BackupWriteError, "backup-00000002"
+                ):
+                    if call == "write_async":
+                        self.assertTrue(failed.wait(timeout=60))
+                        faults.set_hook(None)
+                        s.write_async(_checkpoint(3.0), {"value": 3.0})
+                    else:
+                        getattr(s, call)()
+                faults.set_hook(None)
+                self.assertIsNone(s.wait())  # reported once
+                info, error = self._write(s, 4.0, True)
+                self.assertIsNone(error)
+                self.assertEqual(self._restored_value(s), (info.seq, 4.0))
+                s.close()
+
+
+class DamagedBackupTest(_Base):
+    """The layout that issue #13 committed, built by hand."""
+
+    def test_load_and_latest_reject_it_and_fall_back(self):
+        s = store.BackupStore(self._dir())
+        self._write(s, 1.0, False)
+
+        def kill(stage, path):
+            if stage == faults.COMMITTED:
+                raise _Killed(path)
+
+        faults.set_hook(kill)
+        with self.assertRaises(_Killed):  # a "kill" before deleting older
+            self._write(s, 2.0, False)
+        faults.set_hook(None)
+        newest = s.committed()[-1][1]
+        _damage_like_issue_13(newest)
+        for full in (False, True):
+            with self.assertRaisesRegex(
+                errors.BackupCorruptError, "incomplete|ckpt.index"
+            ):
+                s.load(newest, full_verify=full)
+        with self.assertLogs(level=logging.WARNING):
+            self.assertEqual(s.latest(full_verify=False).seq, 1)
+        self.assertEqual(self._restored_value(s), (1, 1.0))
+
+    @parameterized.named_parameters(
+        ("empty_index", "ckpt.index", 0),
+        ("empty_data", "ckpt.data-00000-of-00001", 0),
+        ("short_data", "ckpt.data-00000-of-00001", 2),
+    )
+    def test_restore_falls_back_from_empty_or_short_files(self, name, part):
+        # Committed with files shorter than the index says, the manifest
+        # agreeing: the quick check or the read refuses it.
+        s = store.BackupStore(self._dir())
+        self._write(s, 1.0, False, size=1000)
+        newest = os.path.join(s.directory, "backup-00000002")
+        shutil.copytree(s.committed()[0][1], newest)
+        path = os.path.join(newest, name)
+        os.truncate(path, os.path.getsize(path) // 2 if part else 0)
+        names = [n for n in os.listdir(newest) if n != atomicity.MANIFEST]
+        atomicity.write_file_durably(
+            os.path.join(newest, atomicity.MANIFEST),
+            manifest.build(newest, names, {"value": 2.0}),
+        )
+        with self.assertRaises(errors.BackupCorruptError):
+            s.load(newest, full_verify=True)
+        with self.assertLogs(level=logging.WARNING) as logs:
+            self.assertEqual(self._restored_value(s, 1000), (1, 1.0))
+        self.assertTrue(any("Falling back" in m for m in logs.output))
+
+
+class FullDiskTest(_Base):
+    """A real ENOSPC, on a small tmpfs (needs root / CAP_SYS_ADMIN)."""
+
+    def _tmpfs(self, size):
+        mount_point = self.create_tempdir().full_path
+        try:
+            result = subprocess.run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"size={size}",
+                    "tmpfs",
+                    mount_point,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError as e:
+            self.skipTest(f"cannot run mount ({e}): needs root")
+        if result.returncode != 0:
+            self.skipTest(
+                "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): "
+                + result.stderr.strip()
+            )
+        self.addCleanup(
+            subprocess.run, ["umount", "-l", mount_point], check=False
+        )
+        return mount_point
+
+    # float32 values: about 1.1 MB.
+    _SIZE = 280_000
+
+    @parameterized.named_parameters(("sync", False), ("async", True))
+    def test_the_first_fits_a_later_one_does_not(self, asynchronous):
+        mount_point = self._tmpfs("3m")
+        filler = os.path.join(mount_point, "someone_elses_file")
+        with open(filler, "wb") as f:
+            f.write(b"x" * 1_500_000)
+        s = store.BackupStore(os.path.join(mount_point, "backups"))
+        info, error = self._write(s, 1.0, asynchronous, self._SIZE)
+        self.assertIsNone(error)
+        self.assertEqual(info.seq, 1)
+        info, error = self._write(s, 2.0, asynchronous, self._SIZE)
+        self.assertIsNone(info)
+        self._assert_failed_write(s, error, seq=2, previous=1)
+        self.assertEqual(self._restored_value(s, self._SIZE), (1, 1.0))
+        # And a restart would resume from it too.
+        restarted = store.BackupStore(s.directory)
+        restarted.cleanup()
+        self.assertEqual(restarted.latest().seq, 1)
+        # Space freed: the same store writes again.
+        os.remove(filler)
+        info, error = self._write(s, 3.0, asynchronous, self._SIZE)
+        self.assertIsNone(error)
+        self.assertEqual([q for q, _ in s.committed()], [info.seq])
+        self.assertEqual(self._restored_value(s, self._SIZE), (info.seq, 3.0))
+        s.close()
+
+    @parameterized.named_parameters(("sync", False), ("async", True))
+    def test_not_even_the_first_fits(self, asynchronous):
+        mount_point = self._tmpfs("1m")
+        s = store.BackupStore(os.path.join(mount_point, "backups"))
+        info, error = self._write(s, 1.0, asynchronous, self._SIZE)
+        self.assertIsNone(info)
+        self._assert_failed_write(s, error, seq=1, previous=None)
+        # A smaller state fits.
+        info, error = self._write(s, 2.0, asynchronous, 1000)
+        self.assertIsNone(error)
+        self.assertEqual(self._restored_value(s, 1000), (info.seq, 2.0))
+        s.close()
+
+
+if __name__ == "__main__":
+    absltest.main()
