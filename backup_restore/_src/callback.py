@@ -406,12 +406,12 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         final = self._is_final_epoch(epoch)
         if (
             preempted
-            # A backup written now would be deleted unread a moment later,
-            # after training waited for its commit (tf-keras writes it).
-            or (due and not (final and self.delete_checkpoint))
-            # Kept backups end at the end of training, so that running the
-            # job again trains nothing more.
+            # At the end of training only a kept backup is written: running
+            # the job again then trains nothing more. One to be deleted
+            # would be deleted unread a moment later, after training waited
+            # for its commit (tf-keras writes it).
             or (final and not self.delete_checkpoint)
+            or (due and not final)
         ):
             self._write(epoch + 1, 0)
         if preempted:
