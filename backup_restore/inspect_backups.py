@@ -76,7 +76,15 @@ def _describe(tf, errors, s, path, verify):
     if "position" in meta:
         pos = meta["position"]
         entry["kind"] = "Model.fit (BackupAndRestore)"
+        call = meta.get("fit_call")
+        if call:
+            # Each fit() call of a job restores only its own backups.
+            entry["kind"] += (
+                f", fit() call #{call['index']} of the job (epochs="
+                f"{call['epochs']}, initial_epoch={call['initial_epoch']})"
+            )
         entry["resumes_at"] = {"epoch": pos["epoch"], "batch": pos["step"]}
+        entry["data"] = meta.get("data", {})
         fp = meta["fingerprint"]
         params = 0
         for v in fp["variables"]:
@@ -112,7 +120,7 @@ def _text(report):
     if not backups:
         lines.append("no committed backup: training would start from scratch")
     for i, b in enumerate(backups):
-        newest = " (newest: resumed from)" if i == len(backups) - 1 else ""
+        newest = " (newest)" if i == len(backups) - 1 else ""
         lines.append(f"{b['name']}{newest}")
         lines.append(f"  integrity: {b['integrity']}")
         if b["corrupt"]:
@@ -123,6 +131,13 @@ def _text(report):
             f"  written: {b['written_at']}; size: "
             f"{b['size_bytes'] / 1e6:.2f} MB"
         )
+        data = ", ".join(
+            f"{k.replace('_', ' ')} {v}"
+            for k, v in b.get("data", {}).items()
+            if v is not None
+        )
+        if data:
+            lines.append(f"  data: {data}")
         holds = ", ".join(f"{k} ({n})" for k, n in b["holds"].items())
         lines.append(f"  holds: {holds}")
         if "history_epochs" in b:

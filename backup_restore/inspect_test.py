@@ -50,8 +50,15 @@ class InspectTest(absltest.TestCase):
         directory = self._fit_backup()
         out = _inspect(directory)
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertIn("backup-00000002 (newest: resumed from)", out.stdout)
+        self.assertIn("backup-00000002 (newest)", out.stdout)
+        self.assertIn(
+            "fit() call #0 of the job (epochs=2, initial_epoch=0)", out.stdout
+        )
         self.assertIn("resumes at epoch 1, batch 2", out.stdout)
+        self.assertIn(
+            "data: steps per epoch 4, batch size 16, num samples 64",
+            out.stdout,
+        )
         self.assertIn("model weights", out.stdout)
         self.assertIn("optimizer state", out.stdout)
         self.assertIn("mid-epoch metric state", out.stdout)
