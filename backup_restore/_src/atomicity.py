@@ -30,6 +30,8 @@ import uuid
 
 import tensorflow as tf
 
+from backup_restore._src import ownership
+
 MANIFEST = "manifest.json"
 _COMMITTED_RE = re.compile(r"^backup-(\d{8,})$")
 _TEMPORARY_RE = re.compile(r"^\.tmp-backup-(\d{8,})-[0-9a-f]+$")
@@ -58,7 +60,9 @@ def parse_temporary(name: str) -> int | None:
 def is_ours(name: str) -> bool:
     """True for the entries of backup_dir that this library writes."""
     return (
-        parse_committed(name) is not None or parse_temporary(name) is not None
+        parse_committed(name) is not None
+        or parse_temporary(name) is not None
+        or name.rstrip("/") in ownership.FILES
     )
 
 
