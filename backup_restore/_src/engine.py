@@ -26,6 +26,7 @@ import time
 from absl import logging
 
 from backup_restore._src import distribution
+from backup_restore._src import ownership
 from backup_restore._src import preemption
 from backup_restore._src import store
 
@@ -70,6 +71,7 @@ class Engine:
         # the interval to the next backup is about the one that led up to
         # this backup.
         self._last_mark = None
+        self._ownership = None  # held by the chief from start() to finish()
 
     @property
     def backup_dir(self) -> str:
@@ -88,12 +90,19 @@ class Engine:
         """Begins a training run: role, preemption handler, leftovers.
 
         Raises:
+          BackupDirInUseError: another job owns backup_dir (nothing in it
+            was changed).
           ValueError: the strategy is not supported.
           RuntimeError: save_before_preemption outside the main thread.
         """
         self._strategy = strategy
         if strategy is not None:
             self._role = distribution.role(strategy)
+        if self._role.is_chief:
+            # Before anything touches backup_dir: a job refused here (another
+            # one owns it) changes nothing. Other workers only read the
+            # chief's backups: the workers of one job are one owner.
+            self._ownership = ownership.acquire(self.backup_dir)
         self.preempted = False
         self._scratch = None
         if not self._role.is_chief:
@@ -201,6 +210,7 @@ class Engine:
         )
         self._watcher.uninstall()
         if self._exit_on_preemption:
+            self._release_ownership(remove_empty_dir=False)
             sys.exit(self._exit_code)
 
     def wait(self) -> None:
@@ -221,3 +231,14 @@ class Engine:
                 "Training completed; deleted the backups in %s.",
                 self.backup_dir,
             )
+        self._release_ownership(
+            remove_empty_dir=delete
+            and not self.preempted
+            and self.store._dir_was_ours  # the store's own rule
+        )
+
+    def _release_ownership(self, remove_empty_dir: bool) -> None:
+        """Lets another job use backup_dir (after the deletion, if any)."""
+        if self._ownership is not None:
+            self._ownership.release(remove_empty_dir=remove_empty_dir)
+            self._ownership = None
