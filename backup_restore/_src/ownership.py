@@ -29,6 +29,8 @@ How ownership is held depends on the filesystem:
   (Object stores have no compare-and-swap through tf.io.gfile: two takers
   within that moment could both proceed; the owner's renewal thread notices
   a lease that is no longer its own and logs an error.)
+  Local filesystems whose flock fails (NFS mounted `nolock`, some FUSE
+  mounts) use the lease too.
 - ram:// is private to the process: only the in-process registry below.
 
 Within one process, ownership is re-entrant: a second acquire on the same
@@ -40,6 +42,7 @@ registry is keyed by the directory's real path.
 Thread-safety: acquire and release may be called from any thread.
 """
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -175,6 +178,14 @@ class _Held:
         pass
 
 
+# flock's errors on filesystems without locks (NFS mounted nolock, FUSE).
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+class _LocksUnsupported(Exception):
+    pass
+
+
 class _Flock(_Held):
     """A flock on LOCK_FILE, held through an open file descriptor."""
 
@@ -196,6 +207,10 @@ class _Flock(_Held):
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
+                    if e.errno in _NO_LOCKS:
+                        with contextlib.suppress(OSError):
+                            os.unlink(self._path)  # useless here
+                        raise _LocksUnsupported(e) from e
                     raise
                 owner = _read_record_fd(fd)
                 os.close(fd)
@@ -473,7 +488,15 @@ def acquire(directory: str, *, _lease_ttl=None) -> Ownership:
         if directory.startswith("ram://"):
             held = _Held(directory)
         elif _is_local(directory) and _lease_ttl is None:
-            held = _Flock(directory)
+            try:
+                held = _Flock(directory)
+            except _LocksUnsupported as e:
+                logging.warning(
+                    "%s has no file locks (%s): its owner holds a lease.",
+                    directory,
+                    e,
+                )
+                held = _Lease(directory, LEASE_TTL_SECONDS)
         else:
             held = _Lease(
                 directory,

@@ -1,5 +1,6 @@
 """Tests of ownership.py with real processes: flock and lease."""
 
+import errno
 import json
 import os
 import signal
@@ -199,6 +200,21 @@ class FlockTest(absltest.TestCase):
         # The lock is on the file that the path names: others are refused.
         self.assertEqual(self.child().status, "REFUSED")
         handle.release()
+
+    def test_filesystem_without_locks_uses_a_lease(self):
+        def no_locks(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        real_flock = ownership.fcntl.flock
+        ownership.fcntl.flock = no_locks
+        try:
+            handle = ownership.acquire(self.dir)
+        finally:
+            ownership.fcntl.flock = real_flock
+        self.assertIn(ownership.LEASE_FILE, os.listdir(self.dir))
+        self.assertEqual(handle.record["mechanism"], "lease")
+        handle.release()
+        self.assertEqual(os.listdir(self.dir), [])
 
     def test_lock_files_are_ours(self):
         from backup_restore._src import atomicity
