@@ -20,10 +20,12 @@ How ownership is held depends on the filesystem:
   thread every TTL/3 (LEASE_TTL_SECONDS). The takeover rule: a process that
   finds another owner's lease watches it; as soon as it sees the lease
   renewed, the owner is alive and the process is refused. It takes the
-  lease over once the lease has expired by the owner's clock, or has not
-  been renewed for a whole TTL by its own clock (so a dead owner delays a
-  restart by at most one TTL, and clocks need not agree), or at once when
-  the owner ran on this host and its process is gone. Then it writes its
+  lease over once the lease's expiry time has passed (compared with its
+  own clock: the owner renews when 2/3 of the TTL are left, so clocks must
+  agree to within 2/3 of a TTL), or once it has watched the lease go
+  unrenewed for a whole TTL by its own monotonic clock (so a dead owner
+  delays a restart by at most one TTL), or at once when the owner ran on
+  this host (same boot) and its process is gone. Then it writes its
   own lease and reads it back a moment later: if another process took it
   over at the same time, the last writer wins and the other is refused.
   (Object stores have no compare-and-swap through tf.io.gfile: two takers
