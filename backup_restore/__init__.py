@@ -5,7 +5,8 @@ Public API:
   callback_backup_and_restore: factory for BackupAndRestore.
   BackupManager: the same engine for custom training loops.
   RESTART_EXIT_CODE: the exit status after a preemption backup (42).
-  BackupError, BackupCorruptError, BackupMismatchError, BackupWriteError.
+  BackupError, BackupCorruptError, BackupDirInUseError, BackupMismatchError,
+  BackupWriteError.
 
 Everything under backup_restore._src is private.
 """
@@ -13,6 +14,7 @@ Everything under backup_restore._src is private.
 from backup_restore._src.callback import BackupAndRestore
 from backup_restore._src.callback import callback_backup_and_restore
 from backup_restore._src.errors import BackupCorruptError
+from backup_restore._src.errors import BackupDirInUseError
 from backup_restore._src.errors import BackupError
 from backup_restore._src.errors import BackupMismatchError
 from backup_restore._src.errors import BackupWriteError
@@ -23,6 +25,7 @@ __all__ = [
     "RESTART_EXIT_CODE",
     "BackupAndRestore",
     "BackupCorruptError",
+    "BackupDirInUseError",
     "BackupError",
     "BackupManager",
     "BackupMismatchError",

@@ -129,3 +129,72 @@ def run_and_signal_at_pause(
         proc.wait()
         raise
     return Run(proc.returncode, "".join(lines) + stdout, stderr, None)
+
+
+class Started:
+    """A binary running in a child process, driven line by line.
+
+    For tests that act while the child runs (start a second job, freeze it
+    with SIGSTOP at a line it printed), then let it finish.
+    """
+
+    def __init__(self, binary: str, args: list[str]):
+        fd, self._result_file = tempfile.mkstemp(
+            suffix=".json", dir=os.environ.get("TEST_TMPDIR")
+        )
+        os.close(fd)
+        os.remove(self._result_file)
+        self.proc = subprocess.Popen(
+            _command(binary, [*args, f"--result_file={self._result_file}"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        self._lines = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_for_line(self, prefix: str) -> str:
+        """Reads stdout up to the first line starting with `prefix`."""
+        for line in self.proc.stdout:
+            self._lines.append(line)
+            if line.startswith(prefix):
+                return line.rstrip("\n")
+        self.proc.wait()
+        raise AssertionError(
+            f"the child ended (status {self.proc.returncode}) before printing "
+            f"{prefix!r}:\n{''.join(self._lines)[-3000:]}\n"
+            f"{self.proc.stderr.read()[-6000:]}"
+        )
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 300) -> Run:
+        """Waits for the child to end; returns its Run."""
+        try:
+            stdout, stderr = self.proc.communicate(timeout=timeout)
+        except BaseException:
+            self.kill()
+            raise
+        result = None
+        if os.path.exists(self._result_file):
+            with open(self._result_file) as f:
+                result = json.load(f)
+        return Run(
+            self.proc.returncode, "".join(self._lines) + stdout, stderr, result
+        )
+
+    def kill(self) -> None:
+        """SIGKILLs the child (if still running) and reaps it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def start(binary: str, args: list[str]) -> Started:
+    """Starts `binary args --result_file=...` without waiting for it."""
+    return Started(binary, args)

@@ -38,6 +38,8 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from backup_restore._src import faults
 
+from backup_restore._src import ownership
+
 MANIFEST = "manifest.json"
 # The checkpoint of a backup: `ckpt.index` and `ckpt.data-K-of-N`, K < N.
 CHECKPOINT_PREFIX = "ckpt"
@@ -85,6 +87,7 @@ def is_ours(name: str) -> bool:
         parse_committed(name) is not None
         or parse_temporary(name) is not None
         or is_probe(name)
+        or name.rstrip("/") in ownership.FILES
     )
 
 

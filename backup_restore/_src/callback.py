@@ -161,6 +161,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         checks (nothing is deleted).
       BackupWriteError: a backup could not be written (the previous one is
         intact).
+      BackupDirInUseError: another training job owns `backup_dir`.
     """
 
     def __init__(

@@ -27,6 +27,7 @@ from absl import logging
 
 from backup_restore._src import distribution
 from backup_restore._src import faults
+from backup_restore._src import ownership
 from backup_restore._src import preemption
 from backup_restore._src import store
 from backup_restore._src import tf_logs
@@ -73,6 +74,7 @@ class Engine:
         # the interval to the next backup is about the one that led up to
         # this backup.
         self._last_mark = None
+        self._ownership = None  # held by the chief from start() to finish()
 
     @property
     def backup_dir(self) -> str:
@@ -96,6 +98,8 @@ class Engine:
             run restores, replaces and deletes only backups of its scope.
 
         Raises:
+          BackupDirInUseError: another job owns backup_dir (nothing in it
+            was changed).
           ValueError: the strategy is not supported.
           RuntimeError: save_before_preemption outside the main thread.
         """
@@ -103,6 +107,11 @@ class Engine:
         self._strategy = strategy
         if strategy is not None:
             self._role = distribution.role(strategy)
+        if self._role.is_chief:
+            # Before anything touches backup_dir: a job refused here (another
+            # one owns it) changes nothing. Other workers only read the
+            # chief's backups: the workers of one job are one owner.
+            self._ownership = ownership.acquire(self.backup_dir)
         self.preempted = False
         self._scratch = None
         if not self._role.is_chief:
@@ -220,6 +229,7 @@ class Engine:
         )
         self._watcher.uninstall()
         if self._exit_on_preemption:
+            self._release_ownership(remove_empty_dir=False)
             sys.exit(self._exit_code)
 
     def wait(self) -> None:
@@ -228,7 +238,8 @@ class Engine:
 
     def finish(self, delete: bool, final_backup=None) -> None:
         """Ends the run: waits for the last backup, deletes the backups
-        (chief; not after a preemption), then uninstalls the handler.
+        (chief; not after a preemption), uninstalls the handler and lets
+        backup_dir go.
 
         The preemption handler stays until the end: a preemption that
         arrives before the deletion starts calls `final_backup()` (which
@@ -237,6 +248,7 @@ class Engine:
         left to train. Once the deletion has started the run is complete;
         a signal then is logged, and fit() returns normally.
         """
+        deleted = False
         try:
             # A failed last backup raises here. The background thread ends;
             # the next run starts one anew (and decides its priority anew).
@@ -253,6 +265,7 @@ class Engine:
             if delete and not self.preempted and self._role.is_chief:
                 faults.point(faults.DELETING, self.backup_dir)
                 self.store.delete_all()
+                deleted = True
                 logging.info(
                     "Training completed; deleted the backups in %s.",
                     self.backup_dir,
@@ -267,3 +280,13 @@ class Engine:
                         "completed and its backups were being deleted: "
                         "nothing is left to back up, so it is not acted on."
                     )
+            self._release_ownership(
+                remove_empty_dir=deleted
+                and self.store._dir_was_ours  # the store's own rule
+            )
+
+    def _release_ownership(self, remove_empty_dir: bool) -> None:
+        """Lets another job use backup_dir (after the deletion, if any)."""
+        if self._ownership is not None:
+            self._ownership.release(remove_empty_dir=remove_empty_dir)
+            self._ownership = None

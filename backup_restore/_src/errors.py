@@ -15,3 +15,14 @@ class BackupMismatchError(BackupError, ValueError):
 
 class BackupWriteError(BackupError, RuntimeError):
     """Writing a backup failed; the previous committed backup is intact."""
+
+
+class BackupDirInUseError(BackupError, RuntimeError):
+    """Another training job owns backup_dir; nothing in it was changed.
+
+    Attributes:
+      owner: the owner's record (host, pid, since, command, ...), or None
+        when it could not be read.
+    """
+
+    owner = None

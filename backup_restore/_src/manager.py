@@ -185,6 +185,8 @@ class BackupManager:
           BackupMismatchError: the backup holds other variables (paths,
             shapes, dtypes) than the objects given.
           BackupCorruptError: every backup fails its integrity checks.
+          BackupDirInUseError: another training job owns backup_dir (this
+            one owns it from restore() to finish()); nothing was changed.
         """
         self._engine.start(scope=SCOPE)
         start = time.monotonic()

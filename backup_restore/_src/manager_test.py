@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -88,6 +90,43 @@ class ManagerTest(absltest.TestCase):
         manager.finish()
         self.assertEqual(os.listdir(self.dir), ["notes"])
 
+    def test_owns_backup_dir_until_finish_and_again_in_the_same_process(self):
+        # Another process tries to own the directory (without importing
+        # the package's TensorFlow: only ownership.py, in a bare package).
+        probe = [
+            sys.executable,
+            "-c",
+            "import sys, types; pkg = types.ModuleType('backup_restore'); "
+            "pkg.__path__ = [sys.argv[2]]; "
+            "sys.modules['backup_restore'] = pkg; "
+            "from backup_restore._src import ownership; "
+            "ownership.acquire(sys.argv[1])",
+            self.dir,
+            os.path.dirname(backup_restore.__file__),
+        ]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+        def another_process():
+            return subprocess.run(
+                probe, capture_output=True, text=True, env=env, check=False
+            )
+
+        abandoned = self._manager(_objects(), save_every_n_steps=1)
+        abandoned.restore()
+        abandoned.maybe_backup(1)
+        abandoned.wait()  # then never finished, like a fit() that raised
+        refused = another_process()
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("BackupDirInUseError", refused.stderr)
+        self.assertIn(f"pid {os.getpid()} on host", refused.stderr)
+        # The same process starts again on the same directory.
+        again = self._manager(_objects(), save_every_n_steps=1)
+        self.assertEqual(again.restore(), 1)
+        again.finish()
+        self.assertFalse(os.path.exists(self.dir))
+        free = another_process()
+        self.assertEqual(free.returncode, 0, free.stderr)
+
     def test_changed_shape_is_refused_naming_the_variable(self):
         manager = self._manager(_objects(width=8))
         manager.restore()
@@ -99,7 +138,12 @@ class ManagerTest(absltest.TestCase):
             r"now float32\[4, 9\]",
         ):
             changed.restore()
-        self.assertLen(os.listdir(self.dir), 1, "nothing deleted")
+        # Besides the lock file, held by this process until its next start.
+        self.assertEqual(
+            sorted(os.listdir(self.dir)),
+            [".backup_restore.lock", "backup-00000001"],
+            "nothing deleted",
+        )
 
     def test_extra_object_is_refused(self):
         manager = self._manager(_objects())

@@ -110,8 +110,12 @@ class MultiWorkerTest(absltest.TestCase):
         )
         self.assertEqual(codes[1], -signal.SIGKILL, outputs[1][-2000:])
         self.assertNotEqual(codes[0], 0, "the survivor cannot finish alone")
-        # Only the chief writes into backup_dir.
-        self.assertEqual(os.listdir(backup_dir), ["backup-00000001"])
+        # Only the chief writes into backup_dir (and its lock file, which
+        # its death left behind).
+        self.assertEqual(
+            sorted(os.listdir(backup_dir)),
+            [".backup_restore.lock", "backup-00000001"],
+        )
         self._finish(2, args, reference, [1, 0])
 
     def test_chief_killed_during_a_backup_write(self):

@@ -1,0 +1,509 @@
+"""Who owns a backup_dir: one training job at a time.
+
+A second job started on the directory of a running one must not clean up
+the first one's in-flight backup, restore it, finish its run and delete it.
+So the process that commits into backup_dir (the chief) owns it from
+`Engine.start()` to `Engine.finish()`; another process that opens it is
+refused with `BackupDirInUseError`, which names the owner, before anything
+in the directory is touched.
+
+How ownership is held depends on the filesystem:
+
+- Local paths: `flock(LOCK_EX | LOCK_NB)` on `LOCK_FILE` inside backup_dir.
+  The kernel drops the lock when the process dies (SIGKILL, crash, OOM), so
+  a dead owner never blocks the restart. After locking, the owner writes
+  its record (host, pid, since when, command, a random token) into the file;
+  a refused process reads it to name the owner. (Note: a child forked
+  without exec shares the lock until it exits too.)
+- Filesystems without locks (gs://, s3://, hdfs://, ...): a lease in
+  `LEASE_FILE`, the owner's record plus an expiry, renewed from a daemon
+  thread every TTL/3 (LEASE_TTL_SECONDS). The takeover rule: a process that
+  finds another owner's lease watches it; as soon as it sees the lease
+  renewed, the owner is alive and the process is refused. It takes the
+  lease over once the lease's expiry time has passed (compared with its
+  own clock: the owner renews when 2/3 of the TTL are left, so clocks must
+  agree to within 2/3 of a TTL), or once it has watched the lease go
+  unrenewed for a whole TTL by its own monotonic clock (so a dead owner
+  delays a restart by at most one TTL), or at once when the owner ran on
+  this host (same boot) and its process is gone. Then it writes its
+  own lease and reads it back a moment later: if another process took it
+  over at the same time, the last writer wins and the other is refused.
+  (Object stores have no compare-and-swap through tf.io.gfile: two takers
+  within that moment could both proceed; the owner's renewal thread notices
+  a lease that is no longer its own and logs an error.)
+  Local filesystems whose flock fails (NFS mounted `nolock`, some FUSE
+  mounts) use the lease too.
+- ram:// is private to the process: only the in-process registry below.
+
+Within one process, ownership is re-entrant: a second acquire on the same
+directory (fit() run again after Ctrl-C, with a new callback; a second
+store object) succeeds and makes its handle the holder; releasing an older
+handle is then a no-op, releasing the holder ends the ownership. The
+registry is keyed by the directory's real path.
+
+Thread-safety: acquire and release may be called from any thread.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+from absl import logging
+
+from backup_restore._src import errors
+
+LOCK_FILE = ".backup_restore.lock"
+LEASE_FILE = ".backup_restore.lease"
+# The names of backup_dir's entries that this module writes.
+FILES = (LOCK_FILE, LEASE_FILE)
+
+LEASE_TTL_SECONDS = 60.0
+# Private, for tests: with a number of seconds, local paths use a lease with
+# that TTL instead of flock (so the lease logic runs with real processes).
+FORCE_LEASE_ENV = "BACKUP_RESTORE_TESTONLY_LEASE_TTL"
+
+_REGISTRY_LOCK = threading.Lock()
+_HELD = {}  # key -> _Held
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path.removeprefix("file://")
+
+
+def _now_record(mechanism: str) -> dict:
+    now = time.time()
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": datetime.datetime.fromtimestamp(now)
+        .astimezone()
+        .isoformat(timespec="seconds"),
+        "since_epoch": now,
+        "command": " ".join(sys.argv)[:300],
+        "boot_id": _boot_id(),
+        "token": uuid.uuid4().hex,
+        "mechanism": mechanism,
+    }
+
+
+def _boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _in_use_error(directory: str, owner: dict | None, extra: str = ""):
+    if owner:
+        who = (
+            f"pid {owner.get('pid')} on host {owner.get('host')!r}, which "
+            f"has owned it since {owner.get('since')}"
+        )
+        if owner.get("command"):
+            who += f" (command: {owner['command']})"
+        kill = f"stop it (kill {owner.get('pid')} on {owner.get('host')})"
+    else:
+        who = "a process that has not written its record yet"
+        kill = "stop it"
+    error = errors.BackupDirInUseError(
+        f"backup_dir {directory!r} is in use by another training job: "
+        f"{who}.{extra} Nothing in the directory was changed. Wait for that "
+        f"job to finish, {kill}, or give this job another backup_dir."
+    )
+    error.owner = owner
+    return error
+
+
+class Ownership:
+    """A handle on the ownership of one backup_dir; see `acquire`."""
+
+    def __init__(self, directory: str, key: str):
+        self.directory = directory
+        self._key = key
+        self._released = False
+
+    @property
+    def record(self) -> dict | None:
+        """The owner record written for this process (None for ram://)."""
+        with _REGISTRY_LOCK:
+            held = _HELD.get(self._key)
+            return held.record if held is not None else None
+
+    @property
+    def held(self) -> bool:
+        """Whether this handle is the holder of a live ownership."""
+        with _REGISTRY_LOCK:
+            held = _HELD.get(self._key)
+            return held is not None and held.holder is self
+
+    def release(self, remove_empty_dir: bool = False) -> None:
+        """Ends the ownership if this handle holds it; else a no-op.
+
+        Args:
+          remove_empty_dir: then remove backup_dir if it is empty (the
+            owner file was the last entry).
+        """
+        with _REGISTRY_LOCK:
+            if self._released:
+                return
+            self._released = True
+            held = _HELD.get(self._key)
+            if held is None or held.holder is not self:
+                return
+            del _HELD[self._key]
+        held.close(remove_empty_dir)
+
+
+class _Held:
+    """What one process holds for one directory."""
+
+    record = None
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.holder = None
+
+    def close(self, remove_empty_dir):
+        pass
+
+
+# flock's errors on filesystems without locks (NFS mounted nolock, FUSE).
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+class _LocksUnsupported(Exception):
+    pass
+
+
+class _Flock(_Held):
+    """A flock on LOCK_FILE, held through an open file descriptor."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        self._local = _local(directory)
+        self._path = os.path.join(self._local, LOCK_FILE)
+        self._fd = None
+        # The owner deletes its lock file at the end; a process that opened
+        # it just before then locks a deleted file: open again.
+        for _ in range(100):
+            os.makedirs(self._local, exist_ok=True)
+            try:
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+            except FileNotFoundError:  # the owner removed the directory
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    if e.errno in _NO_LOCKS:
+                        with contextlib.suppress(OSError):
+                            os.unlink(self._path)  # useless here
+                        raise _LocksUnsupported(e) from e
+                    raise
+                owner = _read_record_fd(fd)
+                os.close(fd)
+                raise _in_use_error(directory, owner) from None
+            try:
+                current = os.stat(self._path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is None or (current.st_dev, current.st_ino) != (
+                mine.st_dev,
+                mine.st_ino,
+            ):
+                os.close(fd)
+                continue
+            self._fd = fd
+            break
+        else:
+            raise RuntimeError(
+                f"Could not lock {self._path}: it keeps changing."
+            )
+        self.record = _now_record("flock")
+        data = json.dumps(self.record).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def close(self, remove_empty_dir):
+        # Unlink while still locked: a process that locks the file after
+        # this finds it deleted and opens a new one.
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        if remove_empty_dir:
+            try:
+                os.rmdir(self._local)
+            except OSError:  # not empty (another job's lock file, say)
+                pass
+
+
+def _read_record_fd(fd, patience=2.0):
+    """The record in a locked lock file; None if never written in time."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            raw = os.pread(fd, 65536, 0)
+            record = json.loads(raw) if raw else None
+        except (OSError, ValueError):
+            record = None
+        if record is not None or time.monotonic() >= deadline:
+            return record
+        time.sleep(0.02)  # the owner locked it and is writing its record
+
+
+# -- leases -------------------------------------------------------------------
+
+
+def _gfile():
+    import tensorflow as tf  # only for remote filesystems
+
+    return tf.io.gfile
+
+
+def _read_lease(path):
+    try:
+        if _is_local(path):
+            with open(_local(path), "rb") as f:
+                raw = f.read()
+        else:
+            gfile = _gfile()
+            if not gfile.exists(path):
+                return None
+            with gfile.GFile(path, "rb") as f:
+                raw = f.read()
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # tf.errors.NotFoundError etc.
+        if type(e).__name__ == "NotFoundError":
+            return None
+        raise
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None  # unreadable: treated as no lease
+
+
+def _write_lease(path, lease):
+    data = json.dumps(lease).encode()
+    if _is_local(path):
+        local = _local(path)
+        tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, local)  # readers see the old lease or the new
+    else:
+        with _gfile().GFile(path, "wb") as f:  # one object: all or nothing
+            f.write(data)
+
+
+def _remove(path):
+    try:
+        if _is_local(path):
+            os.remove(_local(path))
+        else:
+            _gfile().remove(path)
+    except Exception as e:
+        logging.warning("Could not remove the lease %s: %s", path, e)
+
+
+def _process_gone(lease) -> bool:
+    """The lease's owner ran on this machine (this boot) and has exited."""
+    if lease.get("host") != socket.gethostname():
+        return False
+    if lease.get("boot_id") is None or lease.get("boot_id") != _boot_id():
+        return False
+    try:
+        os.kill(int(lease["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+class _Lease(_Held):
+    """A lease in LEASE_FILE, renewed every ttl/3 by a daemon thread."""
+
+    def __init__(self, directory, ttl):
+        super().__init__(directory)
+        self._ttl = float(ttl)
+        self._path = os.path.join(directory, LEASE_FILE)
+        self._stop = threading.Event()
+        self.lost = False
+        self._take(directory)
+        self._thread = threading.Thread(
+            target=self._renew_loop, name="backup_restore-lease", daemon=True
+        )
+        self._thread.start()
+
+    def _lease(self):
+        now = time.time()
+        return dict(
+            self.record, renewed_epoch=now, expires_epoch=now + self._ttl
+        )
+
+    def _take(self, directory):
+        poll = min(1.0, self._ttl / 10)
+        seen, seen_at = None, None
+        while True:
+            lease = _read_lease(self._path)
+            if lease is None or (
+                lease.get("pid") == os.getpid()
+                and (lease.get("host") == socket.gethostname())
+            ):
+                break  # free (or this process's own, left by a crash)
+            if time.time() > lease.get("expires_epoch", 0):
+                logging.warning("Taking over the expired lease %s", lease)
+                break
+            if _process_gone(lease):
+                logging.warning(
+                    "Taking over the lease of pid %s, gone: %s",
+                    lease.get("pid"),
+                    lease,
+                )
+                break
+            stamp = (lease.get("token"), lease.get("renewed_epoch"))
+            if seen is None:
+                seen, seen_at = stamp, time.monotonic()
+            elif stamp != seen:
+                # Renewed (or newly taken) while we watched: a live owner.
+                raise _in_use_error(
+                    directory,
+                    lease,
+                    f" Its lease (renewed every {lease.get('ttl', '?')} s / 3)"
+                    " is being renewed.",
+                )
+            elif time.monotonic() - seen_at >= self._ttl:
+                logging.warning("Taking over the unrenewed lease %s", lease)
+                break
+            time.sleep(poll)
+        if _is_local(directory):
+            os.makedirs(_local(directory), exist_ok=True)
+        else:
+            _gfile().makedirs(directory)
+        self.record = dict(_now_record("lease"), ttl=self._ttl)
+        _write_lease(self._path, self._lease())
+        # Another process may have written its lease at the same moment:
+        # the last writer wins, the other is refused.
+        time.sleep(poll)
+        lease = _read_lease(self._path)
+        if lease is None or lease.get("token") != self.record["token"]:
+            raise _in_use_error(
+                directory, lease, " It took the lease over at the same time."
+            )
+
+    def _renew_loop(self):
+        while not self._stop.wait(self._ttl / 3):
+            try:
+                lease = _read_lease(self._path)
+                if (
+                    lease is not None
+                    and lease.get("token") != self.record["token"]
+                ):
+                    self.lost = True
+                    logging.error(
+                        "Lost the ownership of %s: another process took over "
+                        "its lease (this one was not renewed for %.0f s): %s",
+                        self.directory,
+                        self._ttl,
+                        lease,
+                    )
+                    return
+                _write_lease(self._path, self._lease())
+            except Exception as e:  # retried at the next tick
+                logging.warning(
+                    "Renewing the lease %s failed: %s", self._path, e
+                )
+
+    def close(self, remove_empty_dir):
+        self._stop.set()
+        self._thread.join()
+        if self.lost:
+            return
+        lease = _read_lease(self._path)
+        if lease is not None and lease.get("token") == self.record["token"]:
+            _remove(self._path)
+        if remove_empty_dir:
+            try:
+                if _is_local(self.directory):
+                    os.rmdir(_local(self.directory))
+                else:
+                    gfile = _gfile()
+                    if gfile.isdir(self.directory) and not gfile.listdir(
+                        self.directory
+                    ):
+                        gfile.rmtree(self.directory)
+            except Exception:  # not empty: left as is
+                pass
+
+
+def _key(directory: str) -> str:
+    if _is_local(directory):
+        return os.path.realpath(_local(directory))
+    return directory.rstrip("/")
+
+
+def acquire(directory: str, *, _lease_ttl=None) -> Ownership:
+    """Makes this process the owner of `directory`; returns the handle.
+
+    Creates the directory if missing, and in it only LOCK_FILE (local) or
+    LEASE_FILE (other filesystems); nothing on ram://.
+
+    Args:
+      directory: the backup_dir.
+      _lease_ttl: private, for tests: use a lease with this TTL (seconds),
+        on local paths too.
+
+    Raises:
+      BackupDirInUseError: another process owns it; nothing was changed.
+    """
+    directory = os.fspath(directory)
+    if _lease_ttl is None and os.environ.get(FORCE_LEASE_ENV):
+        _lease_ttl = float(os.environ[FORCE_LEASE_ENV])
+    key = _key(directory)
+    handle = Ownership(directory, key)
+    with _REGISTRY_LOCK:
+        held = _HELD.get(key)
+        if held is not None:
+            held.holder = handle  # re-entrant within the process
+            return handle
+        if directory.startswith("ram://"):
+            held = _Held(directory)
+        elif _is_local(directory) and _lease_ttl is None:
+            try:
+                held = _Flock(directory)
+            except _LocksUnsupported as e:
+                logging.warning(
+                    "%s has no file locks (%s): its owner holds a lease.",
+                    directory,
+                    e,
+                )
+                held = _Lease(directory, LEASE_TTL_SECONDS)
+        else:
+            held = _Lease(
+                directory,
+                LEASE_TTL_SECONDS if _lease_ttl is None else _lease_ttl,
+            )
+        held.holder = handle
+        _HELD[key] = held
+    return handle

@@ -1,0 +1,334 @@
+"""Tests of ownership.py with real processes: flock and lease."""
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from absl.testing import absltest
+
+from backup_restore._src import errors
+from backup_restore._src import ownership
+
+# A child that takes the ownership and holds it until told "release" on
+# stdin (or killed). With a TTL argument it takes a lease.
+_CHILD = """
+import json, sys
+from backup_restore._src import errors, ownership
+ttl = float(sys.argv[2]) if len(sys.argv) > 2 else None
+try:
+    handle = ownership.acquire(sys.argv[1], _lease_ttl=ttl)
+except errors.BackupDirInUseError as e:
+    print("REFUSED", json.dumps({"message": str(e), "owner": e.owner}),
+          flush=True)
+    sys.exit(3)
+print("OWNED", json.dumps(handle.record), flush=True)
+for line in sys.stdin:
+    if line.strip() == "release":
+        handle.release(remove_empty_dir=True)
+        print("RELEASED", flush=True)
+        break
+"""
+
+
+class Child:
+    """A real process that owns a directory."""
+
+    def __init__(self, directory, ttl=None):
+        args = [sys.executable, "-c", _CHILD, directory]
+        if ttl is not None:
+            args.append(str(ttl))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        line = self.proc.stdout.readline()
+        self.status, _, payload = line.partition(" ")
+        if self.status not in ("OWNED", "REFUSED"):
+            self.proc.kill()
+            raise AssertionError(
+                f"child failed: {line!r} {self.proc.stderr.read()}"
+            )
+        self.payload = json.loads(payload)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def release(self):
+        self.proc.stdin.write("release\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "RELEASED"
+
+    def kill(self, sig=signal.SIGKILL):
+        self.proc.send_signal(sig)
+
+    def end(self):
+        """Ends the process; returns its stderr."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        _, stderr = self.proc.communicate(timeout=30)
+        return stderr
+
+
+class FlockTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = os.path.join(self.create_tempdir().full_path, "backups")
+        self.children = []
+
+    def tearDown(self):
+        for child in self.children:
+            child.end()
+        super().tearDown()
+
+    def child(self, **kwargs):
+        child = Child(self.dir, **kwargs)
+        self.children.append(child)
+        return child
+
+    def test_acquire_creates_only_the_lock_file_and_release_removes_it(self):
+        handle = ownership.acquire(self.dir)
+        self.assertEqual(os.listdir(self.dir), [ownership.LOCK_FILE])
+        with open(os.path.join(self.dir, ownership.LOCK_FILE)) as f:
+            record = json.load(f)
+        self.assertEqual(record["pid"], os.getpid())
+        self.assertEqual(record, handle.record)
+        handle.release(remove_empty_dir=False)
+        self.assertEqual(os.listdir(self.dir), [])
+        ownership.acquire(self.dir).release(remove_empty_dir=True)
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_second_process_is_refused_naming_the_owner_and_changes_nothing(
+        self,
+    ):
+        owner = self.child()
+        self.assertEqual(owner.status, "OWNED")
+        os.makedirs(os.path.join(self.dir, ".tmp-backup-00000001-abcdef"))
+        before = {
+            name: os.stat(os.path.join(self.dir, name)).st_mtime_ns
+            for name in os.listdir(self.dir)
+        }
+        with open(os.path.join(self.dir, ownership.LOCK_FILE), "rb") as f:
+            lock_bytes = f.read()
+        with self.assertRaises(errors.BackupDirInUseError) as cm:
+            ownership.acquire(self.dir)
+        message = str(cm.exception)
+        self.assertIn(self.dir, message)
+        self.assertIn(f"pid {owner.pid}", message)
+        self.assertIn(socket.gethostname(), message)
+        self.assertIn(owner.payload["since"], message)
+        self.assertIn("Nothing in the directory was changed", message)
+        self.assertEqual(cm.exception.owner["pid"], owner.pid)
+        self.assertIsInstance(cm.exception, errors.BackupError)
+        after = {
+            name: os.stat(os.path.join(self.dir, name)).st_mtime_ns
+            for name in os.listdir(self.dir)
+        }
+        self.assertEqual(before, after)
+        with open(os.path.join(self.dir, ownership.LOCK_FILE), "rb") as f:
+            self.assertEqual(f.read(), lock_bytes)
+        # Another process is refused the same way.
+        other = self.child()
+        self.assertEqual(other.status, "REFUSED")
+        self.assertIn(f"pid {owner.pid}", other.payload["message"])
+
+    def test_owner_killed_does_not_block_the_restart(self):
+        owner = self.child()
+        owner.kill(signal.SIGKILL)
+        owner.proc.wait()
+        # Its lock file stays behind, with its record; the lock died with it.
+        with open(os.path.join(self.dir, ownership.LOCK_FILE)) as f:
+            self.assertEqual(json.load(f)["pid"], owner.pid)
+        handle = ownership.acquire(self.dir)
+        self.assertEqual(handle.record["pid"], os.getpid())
+        with open(os.path.join(self.dir, ownership.LOCK_FILE)) as f:
+            self.assertEqual(json.load(f)["pid"], os.getpid())
+        self.assertEqual(self.child().status, "REFUSED")
+        handle.release()
+
+    def test_same_process_reacquires(self):
+        first = ownership.acquire(self.dir)
+        # A second start in this process (fit() again after Ctrl-C, another
+        # store object) succeeds, also through another spelling of the path.
+        second = ownership.acquire(os.path.join(self.dir, "x", ".."))
+        self.assertTrue(second.held)
+        self.assertFalse(first.held)
+        first.release()  # an older handle: no-op
+        self.assertEqual(self.child().status, "REFUSED")
+        second.release()
+        self.assertEqual(self.child().status, "OWNED")
+
+    def test_ram_filesystem_is_per_process(self):
+        first = ownership.acquire("ram://ownership_test")
+        second = ownership.acquire("ram://ownership_test")
+        self.assertTrue(second.held)
+        first.release()
+        second.release()
+        self.assertFalse(second.held)
+
+    def test_unlink_race_locks_the_file_that_the_path_names(self):
+        owner = self.child()
+        real_flock = ownership.fcntl.flock
+        calls = []
+
+        def flock_after_the_owner_released(fd, op):
+            # This process has opened the owner's lock file; the owner now
+            # deletes it (and the empty directory) and unlocks it.
+            if not calls:
+                owner.release()
+            calls.append(fd)
+            return real_flock(fd, op)
+
+        ownership.fcntl.flock = flock_after_the_owner_released
+        try:
+            handle = ownership.acquire(self.dir)
+        finally:
+            ownership.fcntl.flock = real_flock
+        self.assertLen(calls, 2)  # the deleted file, then the new one
+        with open(os.path.join(self.dir, ownership.LOCK_FILE)) as f:
+            self.assertEqual(json.load(f)["pid"], os.getpid())
+        # The lock is on the file that the path names: others are refused.
+        self.assertEqual(self.child().status, "REFUSED")
+        handle.release()
+
+    def test_filesystem_without_locks_uses_a_lease(self):
+        def no_locks(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        real_flock = ownership.fcntl.flock
+        ownership.fcntl.flock = no_locks
+        try:
+            handle = ownership.acquire(self.dir)
+        finally:
+            ownership.fcntl.flock = real_flock
+        self.assertIn(ownership.LEASE_FILE, os.listdir(self.dir))
+        self.assertEqual(handle.record["mechanism"], "lease")
+        handle.release()
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_lock_files_are_ours(self):
+        from backup_restore._src import atomicity
+
+        for name in ownership.FILES:
+            self.assertTrue(atomicity.is_ours(name))
+
+
+class LeaseTest(absltest.TestCase):
+    TTL = 1.5
+
+    def setUp(self):
+        super().setUp()
+        self.dir = os.path.join(self.create_tempdir().full_path, "backups")
+        self.lease = os.path.join(self.dir, ownership.LEASE_FILE)
+        self.children = []
+
+    def tearDown(self):
+        for child in self.children:
+            child.end()
+        super().tearDown()
+
+    def child(self, ttl=TTL):
+        child = Child(self.dir, ttl=ttl)
+        self.children.append(child)
+        return child
+
+    def read_lease(self):
+        with open(self.lease) as f:
+            return json.load(f)
+
+    def test_renewal_keeps_another_process_out(self):
+        owner = self.child()
+        self.assertEqual(owner.status, "OWNED")
+        first = self.read_lease()
+        time.sleep(2 * self.TTL)  # longer than a TTL: renewed meanwhile
+        renewed = self.read_lease()
+        self.assertEqual(renewed["token"], first["token"])
+        self.assertGreater(renewed["expires_epoch"], first["expires_epoch"])
+        start = time.monotonic()
+        with self.assertRaises(errors.BackupDirInUseError) as cm:
+            ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertLess(time.monotonic() - start, self.TTL)
+        self.assertIn(f"pid {owner.pid}", str(cm.exception))
+        self.assertIn("renewed", str(cm.exception))
+        self.assertEqual(self.read_lease()["token"], first["token"])
+        self.assertEqual(self.child().status, "REFUSED")
+
+    def test_release_removes_the_lease(self):
+        owner = self.child()
+        owner.release()
+        self.assertFalse(os.path.exists(self.dir))
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertEqual(self.read_lease()["pid"], os.getpid())
+        handle.release(remove_empty_dir=True)
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_expired_lease_of_a_stalled_owner_is_taken_over(self):
+        owner = self.child()
+        owner.kill(signal.SIGSTOP)  # alive, but renews no more
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertEqual(self.read_lease()["token"], handle.record["token"])
+        # The owner, woken up, finds its lease taken and says so.
+        owner.kill(signal.SIGCONT)
+        time.sleep(self.TTL)
+        owner.kill(signal.SIGKILL)
+        self.assertIn("Lost the ownership", owner.end())
+        self.assertEqual(self.read_lease()["token"], handle.record["token"])
+        handle.release()
+
+    def test_dead_owner_on_this_host_is_taken_over_at_once(self):
+        owner = self.child(ttl=60)
+        owner.kill(signal.SIGKILL)
+        owner.proc.wait()
+        start = time.monotonic()
+        handle = ownership.acquire(self.dir, _lease_ttl=60)
+        self.assertLess(time.monotonic() - start, 10)
+        self.assertEqual(self.read_lease()["pid"], os.getpid())
+        handle.release()
+
+    def test_unrenewed_lease_is_taken_over_after_a_ttl_whatever_its_clock(
+        self,
+    ):
+        # Another host's lease, expiring in an hour by its (skewed) clock,
+        # that nobody renews: taken over after one TTL of watching it.
+        os.makedirs(self.dir)
+        with open(self.lease, "w") as f:
+            json.dump(
+                {
+                    "host": "another-host",
+                    "pid": 1,
+                    "since": "then",
+                    "token": "theirs",
+                    "renewed_epoch": time.time(),
+                    "expires_epoch": time.time() + 3600,
+                },
+                f,
+            )
+        start = time.monotonic()
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertGreaterEqual(time.monotonic() - start, self.TTL)
+        self.assertEqual(self.read_lease()["token"], handle.record["token"])
+        handle.release()
+
+    def test_forced_by_the_environment(self):
+        os.environ[ownership.FORCE_LEASE_ENV] = str(self.TTL)
+        try:
+            handle = ownership.acquire(self.dir)
+        finally:
+            del os.environ[ownership.FORCE_LEASE_ENV]
+        self.assertEqual(os.listdir(self.dir), [ownership.LEASE_FILE])
+        self.assertEqual(self.child().status, "REFUSED")
+        handle.release()
+
+
+if __name__ == "__main__":
+    absltest.main()
