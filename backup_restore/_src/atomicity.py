@@ -37,7 +37,6 @@ import tensorflow as tf
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from backup_restore._src import faults
-
 from backup_restore._src import ownership
 
 MANIFEST = "manifest.json"
