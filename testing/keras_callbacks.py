@@ -1,5 +1,7 @@
 """Callbacks that tests use to interrupt and observe Model.fit()."""
 
+import os
+
 import tf_keras
 
 
@@ -53,3 +55,11 @@ def simulate_restart():
     from backup_restore._src import callback
 
     callback._COMPLETED_FITS.clear()
+
+
+def backup_entries(directory):
+    """The entries of `directory` but the owner's lock file: a fit() that
+    raised keeps it (held by this process) until the next start."""
+    return sorted(
+        n for n in os.listdir(directory) if not n.startswith(".backup_restore.")
+    )

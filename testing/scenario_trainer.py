@@ -55,6 +55,12 @@ _MODEL = flags.DEFINE_enum(
     "mlp; string_lookup: adapted StringLookup + Embedding; normalization: "
     "an adapted Normalization layer.",
 )
+_INPUT = flags.DEFINE_enum(
+    "input",
+    "numpy",
+    ["numpy", "filtered_dataset"],
+    "numpy arrays, or a shuffled tf.data.Dataset of unknown size (filter()).",
+)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Training samples.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Batch size.")
 _SAVE_FREQ = flags.DEFINE_string("save_freq", "epoch", "'epoch' or an int.")
@@ -196,13 +202,20 @@ def main(argv):
         _pause_in_callback(backup)
     kill_points = _kill_points(tf_keras, backup)
     validation = (x[:16], y[:16]) if _VALIDATION.value else None
+    inputs = dict(x=x, y=y, batch_size=_BATCH_SIZE.value)
+    if _INPUT.value == "filtered_dataset":
+        dataset = (
+            tf.data.Dataset.from_tensor_slices((x, y))
+            .filter(lambda features, label: True)  # size unknown to fit()
+            .shuffle(len(x), seed=3, reshuffle_each_iteration=True)
+            .batch(_BATCH_SIZE.value)
+        )
+        inputs = dict(x=dataset)
     phases = []
     for phase in _PHASES.value:
         epochs, _, initial_epoch = phase.partition(":")
         history = model.fit(
-            x,
-            y,
-            batch_size=_BATCH_SIZE.value,
+            **inputs,
             epochs=int(epochs),
             initial_epoch=int(initial_epoch or 0),
             validation_data=validation,

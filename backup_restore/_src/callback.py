@@ -262,6 +262,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             "initial_epoch": keras_adapter.user_initial_epoch(handler),
         }
         self._data_geometry = keras_adapter.data_geometry(handler)
+        self._data_handler = handler
         self._epoch = 0
         self._epoch_batches = 0
         self._batch_start = 0
@@ -520,6 +521,11 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 # Every batch of this epoch is trained; its validation and
                 # on_epoch_end are still to run (preempted in validation).
                 "epoch_trained": epoch_trained,
+                # Batches per epoch as fit() counted them at the end of the
+                # first epoch, for an input whose size it did not know.
+                "counted_steps_per_epoch": keras_adapter.completed_epoch_steps(
+                    self._data_handler
+                ),
             },
             # Which fit() call of the job, and what its positions mean.
             "fit_call": self._fit_call,
@@ -527,7 +533,12 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # The model's structure does not change during fit().
             **self._static_metadata(),
             "history": keras_state.to_json_value(
-                {"epoch": history.epoch, "history": history.history}
+                {
+                    "epoch": history.epoch,
+                    "history": history.history,
+                    # The manifest sorts keys; History keeps its own order.
+                    "keys": list(history.history),
+                }
             ),
             "metrics": metrics,
             "callbacks": states,
@@ -593,11 +604,23 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             ("steps_per_epoch", "batches per epoch"),
             ("batch_size", "batch size"),
             ("num_samples", "number of training samples"),
+            ("element_spec", "input batches ([shape, dtype] per component)"),
         ):
             backup_value = metadata.get("data", {}).get(key)
             value = self._data_geometry.get(key)
             if None not in (backup_value, value) and backup_value != value:
                 problems.append(f"{what}: backup {backup_value}, now {value}")
+        position = metadata["position"]
+        epochs = self._fit_call["epochs"]
+        if (
+            position["epoch"] > epochs
+            or (position["epoch"] == epochs and position["step"] > 0)
+        ) and not position["stop_training"]:
+            problems.append(
+                f"fit(epochs=...): the backup is at epoch "
+                f"{position['epoch']}, batch {position['step']}, past the "
+                f"end of this fit() (epochs={epochs})"
+            )
         if problems:
             raise errors.BackupMismatchError(
                 f"The backup in {info.path} was written by a fit() call whose "
@@ -608,12 +631,13 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "same data and arguments as before to resume, or use another "
                 f"backup_dir (or delete {self.backup_dir}) to start afresh."
             )
-        if backup_call.get("epochs") != self._fit_call["epochs"]:
-            logging.info(
-                "The backup was written by fit(epochs=%s); this fit() has "
-                "epochs=%s and resumes it towards that end.",
+        if backup_call.get("epochs") != epochs:
+            logging.warning(
+                "The backup in %s was written by fit(epochs=%s); this fit() "
+                "has epochs=%s and continues it to that end.",
+                info.path,
                 backup_call.get("epochs"),
-                self._fit_call["epochs"],
+                epochs,
             )
 
     def _prepare_restore(self, info):
@@ -704,6 +728,15 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         if position["stop_training"]:
             # A callback had stopped training (EarlyStopping): nothing to run.
             start_epoch = self.params["epochs"]
+        counted = position.get("counted_steps_per_epoch")
+        if (
+            keras_adapter.completed_epoch_steps(handler) is None
+            and counted is not None
+            and epoch > keras_adapter.user_initial_epoch(handler)
+        ):
+            # An input of unknown size: the uninterrupted run knew its epoch
+            # length from its first epoch on; so does the resumed one.
+            keras_adapter.set_counted_epoch_steps(handler, counted)
         if position.get("epoch_trained") and not position["stop_training"]:
             # fit() cannot start an epoch after its last batch (it wants
             # the logs of one): start at that batch, and let the wrapped
@@ -714,8 +747,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._restored = metadata
         # History.history survives History.on_train_begin; its epoch list
         # does not and is put back at the first epoch.
+        saved = metadata["history"]["history"]
         model.history.history = {
-            k: list(v) for k, v in metadata["history"]["history"].items()
+            k: list(saved[k]) for k in metadata["history"].get("keys", saved)
         }
         logging.info(
             "Restored backup %s (written %s): resuming at epoch %d, batch %d; "

@@ -55,14 +55,6 @@ def _record_backup_epochs(callback) -> list:
     return epochs
 
 
-def _backup_entries(directory):
-    """The entries of `directory` but the owner's lock file: a fit() that
-    raised keeps it (held by this process) until the next start."""
-    return sorted(
-        n for n in os.listdir(directory) if not n.startswith(".backup_restore.")
-    )
-
-
 class CallbackTest(parameterized.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -310,7 +302,7 @@ class CallbackTest(parameterized.TestCase):
             epochs=1,
         )
         keras_callbacks.simulate_restart()
-        return _backup_entries(self.dir)
+        return keras_callbacks.backup_entries(self.dir)
 
     def _assert_refused(self, model, *patterns):
         before = self._leave_a_backup()
@@ -319,7 +311,9 @@ class CallbackTest(parameterized.TestCase):
             _fit(model, [backup_restore.BackupAndRestore(self.dir)])
         for pattern in patterns:
             self.assertRegex(str(cm.exception), pattern)
-        self.assertEqual(_backup_entries(self.dir), before, "nothing lost")
+        self.assertEqual(
+            keras_callbacks.backup_entries(self.dir), before, "nothing lost"
+        )
         for got, want in zip(_weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)  # nothing half-restored
 

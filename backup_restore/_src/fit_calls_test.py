@@ -71,7 +71,7 @@ class FitCallsTest(parameterized.TestCase):
             )
         callback.wait_for_backup()
         keras_callbacks.simulate_restart()
-        return sorted(os.listdir(self.dir))
+        return keras_callbacks.backup_entries(self.dir)
 
     # -- several fit() calls ------------------------------------------------
 
@@ -164,13 +164,15 @@ class FitCallsTest(parameterized.TestCase):
                 initial_epoch=2,
             )
         phase2.wait_for_backup()
-        phase2_backups = sorted(os.listdir(self.dir))
+        phase2_backups = keras_callbacks.backup_entries(self.dir)
         keras_callbacks.simulate_restart()
         model = _model()
         phase1 = backup_restore.BackupAndRestore(self.dir)
         _fit(model, [phase1], epochs=2)
         self.assertIsNone(phase1.resumed_from)
-        self.assertEqual(sorted(os.listdir(self.dir)), phase2_backups)
+        self.assertEqual(
+            keras_callbacks.backup_entries(self.dir), phase2_backups
+        )
         phase2 = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         _fit(model, [phase2], epochs=4, initial_epoch=2)
         # InterruptAt ran before the backup of batch 6: (3, 0) is the last.
@@ -206,10 +208,67 @@ class FitCallsTest(parameterized.TestCase):
                 epochs=3,
                 **change,
             )
-        self.assertEqual(sorted(os.listdir(self.dir)), before, "nothing lost")
+        self.assertEqual(
+            keras_callbacks.backup_entries(self.dir), before, "nothing lost"
+        )
         self.assertEqual(_iterations(model), 0, "no step ran")
         for got, want in zip(_weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)
+
+    def test_fewer_epochs_than_the_backup_is_refused(self):
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(_model(), [callback, keras_callbacks.InterruptAt(7)], epochs=3)
+        callback.wait_for_backup()  # the last one: epoch 1, batch 2
+        keras_callbacks.simulate_restart()
+        before = keras_callbacks.backup_entries(self.dir)
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"the backup is at epoch 1, batch 2, past the end of this fit\(\) "
+            r"\(epochs=1\)",
+        ):
+            _fit(
+                _model(),
+                [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
+                epochs=1,
+            )
+        self.assertEqual(
+            keras_callbacks.backup_entries(self.dir), before, "nothing lost"
+        )
+
+    def test_batch_size_of_a_dataset_with_drop_remainder_is_checked(self):
+        def dataset(batch):
+            x, y = synthetic.regression_data(SAMPLES, seed=3)
+            return (
+                tf.data.Dataset.from_tensor_slices((x, y))
+                .batch(batch, drop_remainder=True)
+                .repeat()
+            )
+
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _model().fit(
+                dataset(BATCH),
+                epochs=3,
+                steps_per_epoch=4,
+                verbose=0,
+                callbacks=[
+                    backup_restore.BackupAndRestore(self.dir, save_freq=2),
+                    keras_callbacks.InterruptAt(6),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"input batches .*: backup \[\[\[16, 16\], 'float32'\], "
+            r"\[\[16, 1\], 'float32'\]\], now \[\[\[8, 16\]",
+        ):
+            _model().fit(
+                dataset(BATCH // 2),
+                epochs=3,
+                steps_per_epoch=4,
+                verbose=0,
+                callbacks=[backup_restore.BackupAndRestore(self.dir, 2)],
+            )
 
     def test_batches_per_epoch_of_a_dataset_are_checked(self):
         dataset = synthetic.regression_dataset(SAMPLES, BATCH, seed=3)
@@ -260,7 +319,7 @@ class FitCallsTest(parameterized.TestCase):
                 [backup_restore.BackupAndRestore(self.dir), other],
                 epochs=3,
             )
-        self.assertEqual(sorted(os.listdir(self.dir)), before)
+        self.assertEqual(keras_callbacks.backup_entries(self.dir), before)
         self.assertFalse(os.path.exists(other_dir) and os.listdir(other_dir))
         self.assertEqual(_iterations(model), 0)
 

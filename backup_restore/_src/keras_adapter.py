@@ -333,7 +333,43 @@ def data_geometry(data_handler) -> dict:
         "steps_per_epoch": known(lambda: data_handler.inferred_steps),
         "batch_size": batch_size,
         "num_samples": samples,
+        # A tf.data.Dataset tells fit() neither of those two; its element
+        # shapes include the batch size with batch(drop_remainder=True).
+        "element_spec": _element_shapes(data_handler),
     }
+
+
+def _element_shapes(data_handler):
+    """[shape, dtype] of each component of one replica's input batch."""
+    try:
+        spec = data_handler._dataset.element_spec
+    except (AttributeError, TypeError, ValueError):
+        return None
+    specs = tf.nest.flatten(
+        tf.nest.map_structure(
+            lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
+            spec,
+        )
+    )
+    if not all(isinstance(s, tf.TensorSpec) for s in specs):
+        return None  # ragged / sparse / other specs: not recorded
+    return [[s.shape.as_list(), s.dtype.name] for s in specs]
+
+
+def completed_epoch_steps(data_handler):
+    """Batches per epoch, once fit() has counted them; None before."""
+    return data_handler.inferred_steps
+
+
+def set_counted_epoch_steps(data_handler, steps: int) -> None:
+    """Tells fit() how many batches an epoch has, as it would have counted
+    itself at the end of the first epoch of an input of unknown size.
+
+    Without it, a resumed fit() runs its first epoch to the end of the data
+    again; that last, failing step increments the optimizer's `iterations`
+    once more than the uninterrupted run did.
+    """
+    data_handler._inferred_steps = int(steps)
 
 
 def learning_rate_schedule(optimizer):
@@ -367,11 +403,23 @@ _UNSAVED_STATE_LAYERS = (
 
 
 def layers_with_unsaved_state(model: tf_keras.Model) -> list[str]:
-    """Names of the model's layers whose state a backup cannot hold."""
-    return [
-        f"{layer.name} ({type(layer).__name__})"
+    """Names of the model's layers whose state a backup cannot hold (not
+    the lookup layer inside a TextVectorization: the user made the outer)."""
+    found = [
+        layer
         for layer in model.submodules
         if isinstance(layer, _UNSAVED_STATE_LAYERS)
+    ]
+    inner = {
+        id(sub)
+        for layer in found
+        for sub in layer.submodules
+        if sub is not layer
+    }
+    return [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in found
+        if id(layer) not in inner
     ]
 
 

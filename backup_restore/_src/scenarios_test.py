@@ -94,6 +94,17 @@ class ScenariosTest(parameterized.TestCase):
         result = self._kill_and_resume(args, kill_after=20 - 9)
         self.assertEqual(result["phases"][0]["resumed_from"][0], 2)
 
+    # -- an input of unknown size (Dataset.filter) -------------------------
+
+    @parameterized.named_parameters(
+        ("in_the_first_epoch", 5),
+        ("after_the_first_epoch", 13),
+    )
+    def test_dataset_of_unknown_size_resumes_exactly(self, kill_after):
+        self._kill_and_resume(
+            ["--input=filtered_dataset", "--save_freq=3"], kill_after=kill_after
+        )
+
     # -- layers whose state is not (only) variables ------------------------
 
     @parameterized.named_parameters(
