@@ -26,16 +26,24 @@ def _model():
     return synthetic.regression_model("tiny")
 
 
-def _fit(model, callbacks, epochs=2, samples=SAMPLES, batch=BATCH, **kwargs):
-    x, y = synthetic.regression_data(samples, seed=3)
+def _fit(
+    model,
+    callbacks,
+    *,
+    epochs=2,
+    samples=SAMPLES,
+    batch=BATCH,
+    dataset=None,
+    **kwargs,
+):
+    """fit() on numpy arrays of `samples`, or on `dataset` if given."""
+    if dataset is not None:
+        inputs = dict(x=dataset)
+    else:
+        x, y = synthetic.regression_data(samples, seed=3)
+        inputs = dict(x=x, y=y, batch_size=batch)
     return model.fit(
-        x,
-        y,
-        batch_size=batch,
-        epochs=epochs,
-        verbose=0,
-        callbacks=callbacks,
-        **kwargs,
+        **inputs, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs
     )
 
 
@@ -245,53 +253,35 @@ class FitCallsTest(parameterized.TestCase):
                 .repeat()
             )
 
-        with self.assertRaises(keras_callbacks.Interrupted):
-            _model().fit(
-                dataset(BATCH),
-                epochs=3,
-                steps_per_epoch=4,
-                verbose=0,
-                callbacks=[
-                    backup_restore.BackupAndRestore(self.dir, save_freq=2),
-                    keras_callbacks.InterruptAt(6),
-                ],
-            )
-        keras_callbacks.simulate_restart()
+        self._interrupted(dataset=dataset(BATCH), steps_per_epoch=4)
         with self.assertRaisesRegex(
             backup_restore.BackupMismatchError,
             r"input batches .*: backup \[\[\[16, 16\], 'float32'\], "
             r"\[\[16, 1\], 'float32'\]\], now \[\[\[8, 16\]",
         ):
-            _model().fit(
-                dataset(BATCH // 2),
+            _fit(
+                _model(),
+                [backup_restore.BackupAndRestore(self.dir, 2)],
                 epochs=3,
+                dataset=dataset(BATCH // 2),
                 steps_per_epoch=4,
-                verbose=0,
-                callbacks=[backup_restore.BackupAndRestore(self.dir, 2)],
             )
 
     def test_batches_per_epoch_of_a_dataset_are_checked(self):
-        dataset = synthetic.regression_dataset(SAMPLES, BATCH, seed=3)
-        with self.assertRaises(keras_callbacks.Interrupted):
-            _model().fit(
-                dataset,
-                epochs=3,
-                verbose=0,
-                callbacks=[
-                    backup_restore.BackupAndRestore(self.dir, save_freq=2),
-                    keras_callbacks.InterruptAt(6),
-                ],
-            )
-        keras_callbacks.simulate_restart()
+        self._interrupted(
+            dataset=synthetic.regression_dataset(SAMPLES, BATCH, seed=3)
+        )
         with self.assertRaisesRegex(
             backup_restore.BackupMismatchError,
             r"batches per epoch: backup 4, now 2",
         ):
-            _model().fit(
-                synthetic.regression_dataset(SAMPLES, 2 * BATCH, seed=3),
+            _fit(
+                _model(),
+                [backup_restore.BackupAndRestore(self.dir, 2)],
                 epochs=3,
-                verbose=0,
-                callbacks=[backup_restore.BackupAndRestore(self.dir, 2)],
+                dataset=synthetic.regression_dataset(
+                    SAMPLES, 2 * BATCH, seed=3
+                ),
             )
 
     # -- one backup callback per fit() --------------------------------------
