@@ -151,12 +151,17 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     Raises:
       ValueError: eager execution is disabled; `backup_dir` is empty, an
         existing file or not writable; `save_freq` is invalid.
-      TypeError: `backup_dir` is not a str or os.PathLike.
+      TypeError: `backup_dir` is not a str or os.PathLike; a keyword
+        argument is a near miss of one of ours (`asnyc_backup`).
       RuntimeError: `save_before_preemption=True` outside the main thread.
 
     During `fit()`:
+      TypeError: the model is not a tf-keras model (Keras 3's `tf.keras`).
+      ValueError: `fit()` has another backup callback (nothing changed).
       BackupMismatchError: the backup was written by a different model or
-        optimizer configuration.
+        optimizer configuration, or for other data (batch size, samples,
+        batches per epoch, batch shapes) or `fit()` arguments
+        (`initial_epoch`, fewer `epochs` than the backup's position).
       BackupCorruptError: every backup in `backup_dir` fails its integrity
         checks (nothing is deleted).
       BackupWriteError: a backup could not be written (the previous one is
