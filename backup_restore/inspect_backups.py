@@ -131,10 +131,11 @@ def _text(report):
             f"  written: {b['written_at']}; size: "
             f"{b['size_bytes'] / 1e6:.2f} MB"
         )
+        known = b.get("data", {})
         data = ", ".join(
-            f"{k.replace('_', ' ')} {v}"
-            for k, v in b.get("data", {}).items()
-            if v is not None
+            f"{k.replace('_', ' ')} {known[k]}"
+            for k in ("steps_per_epoch", "batch_size", "num_samples")
+            if known.get(k) is not None
         )
         if data:
             lines.append(f"  data: {data}")
