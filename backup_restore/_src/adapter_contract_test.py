@@ -106,6 +106,66 @@ class AdapterContractTest(absltest.TestCase):
         )
         self.assertIsNone(keras_adapter.fit_data_handler())
 
+    def test_data_geometry_of_arrays_and_datasets(self):
+        def check(model, seen):
+            handler = keras_adapter.fit_data_handler()
+            seen["geometry"] = keras_adapter.data_geometry(handler)
+
+        # 30 samples in batches of 8: 4 batches, the last of 6.
+        arrays = self._fit(check, x=self.x[:30], y=self.y[:30])
+        self.assertEqual(
+            arrays.seen["geometry"],
+            {
+                "steps_per_epoch": 4,
+                "batch_size": 8,
+                "num_samples": 30,
+                "element_spec": [
+                    [[None, 16], "float32"],
+                    [[None, 1], "float32"],
+                ],
+            },
+        )
+        dataset = synthetic.regression_dataset(32, 8)
+        geometry = self._fit(check, x=dataset, y=None).seen["geometry"]
+        self.assertEqual(geometry["steps_per_epoch"], 4)
+        self.assertIsNone(geometry["batch_size"])
+        self.assertIsNone(geometry["num_samples"])
+
+    def test_epoch_length_of_an_input_of_unknown_size(self):
+        dataset = synthetic.regression_dataset(32, 8).filter(lambda x, y: True)
+        seen = {}
+
+        class Steps(tf_keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                handler = keras_adapter.fit_data_handler()
+                seen[epoch] = keras_adapter.completed_epoch_steps(handler)
+                if epoch == 0:
+                    seen["handler"] = handler
+
+        self.model.fit(dataset, epochs=2, verbose=0, callbacks=[Steps()])
+        self.assertEqual(seen[0], None)  # unknown until fit() counted it
+        self.assertEqual(seen[1], 4)
+        keras_adapter.set_counted_epoch_steps(seen["handler"], 4)
+        self.assertEqual(seen["handler"].inferred_steps, 4)
+
+    def test_learning_rate_schedule_is_found(self):
+        schedule = tf_keras.optimizers.schedules.ExponentialDecay(0.1, 5, 0.9)
+        for optimizer in (
+            tf_keras.optimizers.Adam(schedule),
+            tf_keras.optimizers.legacy.SGD(schedule),
+            tf_keras.mixed_precision.LossScaleOptimizer(
+                tf_keras.optimizers.Adam(schedule)
+            ),
+        ):
+            self.assertIs(
+                keras_adapter.learning_rate_schedule(optimizer),
+                schedule,
+                type(optimizer).__name__,
+            )
+        self.assertIsNone(
+            keras_adapter.learning_rate_schedule(tf_keras.optimizers.Adam(0.1))
+        )
+
     def test_compiled_metrics_can_be_built_before_the_first_step(self):
         model = synthetic.regression_model("tiny")
         model.compile(optimizer="adam", loss="mse", metrics=["mae"])

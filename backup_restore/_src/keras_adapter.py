@@ -38,6 +38,15 @@ touches, and why:
   deliberately leaves it out of checkpoints; `layer_random_generators` hands
   the `tf.random.Generator`s to the backup so that they are saved too.
 
+- `DataHandler._adapter`'s `batch_size()` / `get_size()` (in batches) /
+  `partial_batch_size()`, `DataHandler._dataset.element_spec` and
+  `inferred_steps` / `_inferred_steps`: what a data position means (checked
+  on resume), and the epoch length fit() counted for an input of unknown
+  size (given to a resumed fit()).
+- `Optimizer._learning_rate` (optimizer.Optimizer), `_hyper["learning_rate"]`
+  (legacy optimizers), `LossScaleOptimizer.inner_optimizer`: whether the
+  learning rate is a schedule (then it cannot be set, and need not be).
+
 adapter_contract_test.py fails loudly when any of this changes in tf-keras.
 """
 
@@ -224,11 +233,7 @@ def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
     loss, metrics = model.compiled_loss, model.compiled_metrics
     if (loss is None or loss.built) and (metrics is None or metrics.built):
         return
-    # A distributed dataset's elements are PerReplica: take one replica's.
-    spec = tf.nest.map_structure(
-        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
-        data_handler._dataset.element_spec,
-    )
+    spec = _one_replica_spec(data_handler._dataset.element_spec)
     x, y, _ = data_adapter.unpack_x_y_sample_weight(spec)
     y_pred = (
         tf.function(lambda inputs: model(inputs, training=False))
@@ -239,6 +244,14 @@ def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
         loss.build(y_pred)
     if metrics is not None and not metrics.built:
         metrics.build(y_pred, y)
+
+
+def _one_replica_spec(element_spec):
+    """A distributed dataset's elements are PerReplica: one replica's spec."""
+    return tf.nest.map_structure(
+        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
+        element_spec,
+    )
 
 
 def replay_epochs(data_handler, count: int) -> None:
@@ -345,12 +358,7 @@ def _element_shapes(data_handler):
         spec = data_handler._dataset.element_spec
     except (AttributeError, TypeError, ValueError):
         return None
-    specs = tf.nest.flatten(
-        tf.nest.map_structure(
-            lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
-            spec,
-        )
-    )
+    specs = tf.nest.flatten(_one_replica_spec(spec))
     if not all(isinstance(s, tf.TensorSpec) for s in specs):
         return None  # ragged / sparse / other specs: not recorded
     return [[s.shape.as_list(), s.dtype.name] for s in specs]
