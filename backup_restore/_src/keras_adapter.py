@@ -353,15 +353,33 @@ def data_geometry(data_handler) -> dict:
 
 
 def _element_shapes(data_handler):
-    """[shape, dtype] of each component of one replica's input batch."""
+    """[shape, dtype] of each component of a (global) input batch.
+
+    Under a distribution strategy the batch dimension is the sum over the
+    replicas, so that a resume on another number of devices with the same
+    global batch matches.
+    """
     try:
         spec = data_handler._dataset.element_spec
     except (AttributeError, TypeError, ValueError):
         return None
-    specs = tf.nest.flatten(_one_replica_spec(spec))
-    if not all(isinstance(s, tf.TensorSpec) for s in specs):
-        return None  # ragged / sparse / other specs: not recorded
-    return [[s.shape.as_list(), s.dtype.name] for s in specs]
+
+    def global_shape(component):
+        replicas = getattr(component, "_value_specs", None) or (component,)
+        if not all(isinstance(r, tf.TensorSpec) for r in replicas):
+            return None  # ragged / sparse / other specs: not recorded
+        shape = replicas[0].shape.as_list()
+        sizes = [
+            r.shape.as_list()[0] if r.shape.rank else None for r in replicas
+        ]
+        if shape and None not in sizes:
+            shape[0] = sum(sizes)
+        return [shape, replicas[0].dtype.name]
+
+    shapes = [
+        global_shape(c) for c in tf.nest.flatten(spec, expand_composites=False)
+    ]
+    return None if None in shapes else shapes
 
 
 def completed_epoch_steps(data_handler):
