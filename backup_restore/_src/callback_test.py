@@ -12,7 +12,7 @@ from absl.testing import parameterized
 
 import backup_restore
 from backup_restore.examples import synthetic
-from testing import device
+from testing import fit_test_case
 from testing import keras_callbacks
 
 EPOCHS = 3
@@ -55,18 +55,7 @@ def _record_backup_epochs(callback) -> list:
     return epochs
 
 
-class CallbackTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        device.skip_if_device_absent()
-        tf.config.experimental.enable_op_determinism()
-
-    def setUp(self):
-        super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
-        keras_callbacks.simulate_restart()  # each test is a job of its own
-
+class CallbackTest(fit_test_case.FitTestCase):
     def _reference(self, **fit_kwargs):
         model = _model()
         history = _fit(model, [keras_callbacks.Recorder()], **fit_kwargs)

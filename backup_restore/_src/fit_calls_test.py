@@ -14,7 +14,7 @@ from absl.testing import parameterized
 
 import backup_restore
 from backup_restore.examples import synthetic
-from testing import device
+from testing import fit_test_case
 from testing import keras_callbacks
 
 SAMPLES = 64
@@ -55,18 +55,7 @@ def _weights(model):
     return [w.numpy() for w in model.weights]
 
 
-class FitCallsTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        device.skip_if_device_absent()
-        tf.config.experimental.enable_op_determinism()
-
-    def setUp(self):
-        super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
-        keras_callbacks.simulate_restart()
-
+class FitCallsTest(fit_test_case.FitTestCase):
     def _interrupted(self, model=None, **fit_kwargs):
         """Leaves the backup of a run interrupted in epoch 1 (after 6)."""
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
