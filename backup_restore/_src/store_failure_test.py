@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import threading
-import uuid
 from unittest import mock
 
 import numpy as np
@@ -26,6 +25,7 @@ from backup_restore._src import faults
 from backup_restore._src import manifest
 from backup_restore._src import store
 from testing import device
+from testing import dirs
 
 _ENOSPC = "No space left on device"
 
@@ -91,13 +91,7 @@ class _Base(parameterized.TestCase):
         self.addCleanup(faults.set_hook, None)
 
     def _dir(self, fs="local"):
-        if fs == "local":
-            return os.path.join(self.create_tempdir().full_path, "backups")
-        path = f"ram://store_failure_test/{uuid.uuid4().hex}/backups"
-        self.addCleanup(
-            lambda: tf.io.gfile.exists(path) and tf.io.gfile.rmtree(path)
-        )
-        return path
+        return dirs.backup_dir(self, fs)
 
     def _write(self, s, value, asynchronous, size=4):
         """Writes a backup; returns (info, error)."""

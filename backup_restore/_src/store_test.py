@@ -5,7 +5,6 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from unittest import mock
 
 import tensorflow as tf
@@ -17,6 +16,7 @@ from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import store
 from testing import device
+from testing import dirs
 
 
 class _Boom(Exception):
@@ -46,13 +46,7 @@ class StoreTest(parameterized.TestCase):
         self.addCleanup(faults.set_hook, None)
 
     def _dir(self, fs):
-        if fs == "local":
-            return os.path.join(self.create_tempdir().full_path, "backups")
-        path = f"ram://store_test/{uuid.uuid4().hex}/backups"
-        self.addCleanup(
-            lambda: tf.io.gfile.exists(path) and tf.io.gfile.rmtree(path)
-        )
-        return path
+        return dirs.backup_dir(self, fs)
 
     def _write(self, s, value, **metadata):
         return s.write(_checkpoint(value), {"value": value, **metadata})
