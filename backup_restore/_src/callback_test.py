@@ -397,7 +397,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, save_freq=False, save_before_preemption=True
         )
         self.assertFalse(callback.save_freq)
-        self.assertFalse(os.path.exists(self.dir), "nothing created")
+        self.assertEqual(os.listdir(self.dir), [], "probed, nothing left")
 
     def test_invalid_backup_dir(self):
         for bad, exc in [

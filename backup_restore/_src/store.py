@@ -228,33 +228,27 @@ def validate_directory(directory) -> str:
 
 
 def _check_writable(directory: str) -> None:
-    """Creates a probe file in `directory` and removes it again, with the
-    directories it had to create: a constructor leaves nothing behind."""
-    local = os.path.abspath(directory.removeprefix("file://"))
+    """Creates `directory` if missing, and a probe file in it, removed again.
+
+    The directory stays: removing it again would race with another process
+    (a worker of the same job) probing it at the same moment.
+    """
+    local = directory.removeprefix("file://")
     probe = os.path.join(local, atomicity.probe_name())
-    created = []  # missing directories, innermost first
-    parent = local
-    while not os.path.exists(parent):
-        created.append(parent)
-        parent = os.path.dirname(parent)
     try:
         os.makedirs(local, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
-        os.remove(probe)
+        try:
+            os.remove(probe)
+        except FileNotFoundError:
+            pass  # the owner's cleanup of leftovers was quicker: it worked
     except OSError as e:
-        for path in created:
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
         raise ValueError(
             f"backup_dir {directory!r} is not writable: "
             f"{e.strerror or e} ({e.filename or local}). Choose a directory "
             "this process can create files in, or fix its permissions."
         ) from e
-    for path in created:
-        os.rmdir(path)
 
 
 class BackupStore:

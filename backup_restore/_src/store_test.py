@@ -433,15 +433,11 @@ class StoreTest(parameterized.TestCase):
             with self.assertRaisesRegex(ValueError, "not writable.*Read-only"):
                 store.BackupStore(d)
 
-    def test_missing_directory_is_probed_and_left_as_it_was(self):
-        parent = self.create_tempdir().full_path
-        d = os.path.join(parent, "a", "b")
+    def test_missing_directory_is_created_and_probed_cleanly(self):
+        d = os.path.join(self.create_tempdir().full_path, "a", "b")
         s = store.BackupStore(d)
-        # Probed by creating it with a file in it; all removed again, so a
-        # constructor (or a fit() refused before its first backup) leaves
-        # nothing behind. The first backup creates it.
-        self.assertEqual(os.listdir(parent), [])
-        os.makedirs(d)
+        self.assertTrue(os.path.isdir(d))
+        self.assertEqual(os.listdir(d), [], "the probe file is removed")
         # One left by a crash during the probe is this store's to remove.
         left = os.path.join(d, atomicity.probe_name())
         open(left, "w").close()
