@@ -438,7 +438,14 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # Nothing left to train (the backup was taken at the end): fit()
             # still returns the complete History.
             self._apply_restored_state(None)
-        self._engine.finish(self.delete_checkpoint, self._write_final_backup)
+        try:
+            self._engine.finish(
+                self.delete_checkpoint, self._write_final_backup
+            )
+        finally:
+            # The data handler holds fit()'s dataset (arrays included): the
+            # callback, which outlives fit(), must not keep it alive.
+            self._data_handler = None
         if not self.preempted:
             _COMPLETED_FITS[_directory_key(self.backup_dir)] += 1
 

@@ -629,7 +629,8 @@ class BackupStore:
             logging.warning("Could not remove %s: %s", work, e)
             removed = f"its partial files in {work} are removed at next start"
         try:
-            older = [p for s, p in self.committed() if s < seq]
+            # Of this run: another run's backup is not where it resumes.
+            older = [p for s, p in self.committed_in_scope() if s < seq]
         except (tf.errors.OpError, OSError):
             older = None
         if older:
