@@ -93,6 +93,13 @@ _PERSIST_FIXED_SECONDS = 0.05
 _PERSIST_BYTES_PER_SECOND = 1e9
 
 
+# Asynchronous backups of states up to this size are written and published
+# before write_async returns (see there). Issue #15's target: the 1M-param
+# MLP with Adam of the benchmark (12.7 MB of variables) is kill-safe when the
+# backup hook returns, at no more blocking than tf-keras's synchronous write.
+KILL_SAFE_MAX_BYTES = 16 << 20
+
+
 def persist_estimate_seconds(nbytes: int) -> float:
     """About how long persisting `nbytes` takes with no training running."""
     return _PERSIST_FIXED_SECONDS + nbytes / _PERSIST_BYTES_PER_SECOND
@@ -259,7 +266,7 @@ class BackupStore:
     directory is left alone.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, *, kill_safe_max_bytes=None):
         self._dir = validate_directory(directory)
         if self._dir.startswith("ram://"):
             logging.warning(
@@ -289,6 +296,14 @@ class BackupStore:
         # How long the last backup blocked its caller, and took to commit.
         self.last_snapshot_seconds = None
         self.last_persist_seconds = None
+        # How long after write_async returned the last backup was published
+        # (0.0: before it returned); None until known.
+        self.last_kill_safe_seconds = None
+        self.kill_safe_max_bytes = (
+            KILL_SAFE_MAX_BYTES
+            if kill_safe_max_bytes is None
+            else kill_safe_max_bytes
+        )
         _LIVE_STORES.add(self)
 
     @property
@@ -423,26 +438,38 @@ class BackupStore:
         async_snapshot: bool = True,
         expected_interval: float | None = None,
     ) -> None:
-        """Snapshots `checkpoint` now; persists and commits it in background.
+        """Writes a backup of `checkpoint`; makes it durable in background.
 
-        The snapshot is consistent: TensorFlow's async checkpointing assigns
-        every variable to a host copy before this returns, so training may go
-        on changing the state. (On the host, that assignment shares the
-        buffer and TensorFlow copies it when the next step first updates the
-        variable: the snapshot takes milliseconds and the copy lands in the
-        next training step.) Writing the files (TensorFlow records a CRC-32C
-        per tensor), fsync, the manifest and the commit run on a background
-        thread (at lower priority when backups are far apart, see
-        `expected_interval`). At most one backup is in flight: this
-        first waits for the previous one. A backup is committed only when
-        its checkpoint is complete (atomicity.checkpoint_problem) and
-        durable; older backups are deleted only after the new one is
-        committed.
+        Two points in a backup's life matter: published (committed into
+        the page cache: a process kill, which leaves the page cache to the
+        kernel, resumes from it) and durable (fsync'd: a machine loss
+        resumes from it too). Older backups are deleted only once the new
+        one is durable, so a restore after a machine loss that tore the
+        newest falls back to the previous (its checks fail: atomicity.py).
+
+        - `asynchronous=False`: published and durable before this returns.
+        - `asynchronous=True`, a state of at most `kill_safe_max_bytes`:
+          written and published before this returns (TensorFlow's
+          synchronous write into the page cache, as tf-keras's own
+          callback does; no fsync); fsync and the deletion of the older
+          backup run on a background thread.
+        - `asynchronous=True`, larger states: a consistent snapshot only
+          (TensorFlow's async checkpointing assigns every variable to a
+          host copy before this returns; on the host that shares the
+          buffer and TensorFlow copies it when the next step first updates
+          the variable); writing, publishing and fsync run in the
+          background (at lower priority when backups are far apart, see
+          `expected_interval`). `last_kill_safe_seconds` then says how long
+          after this returned the backup was published.
+
+        At most one backup is in flight: this first waits for the previous
+        one to be durable. A backup is published only when its checkpoint
+        is complete (atomicity.checkpoint_problem).
 
         Args:
           checkpoint: what to back up.
           metadata: JSON metadata stored in the manifest.
-          asynchronous: persist and commit on the background thread.
+          asynchronous: fsync (and, for large states, write) in background.
           async_snapshot: take the snapshot with TensorFlow's asynchronous
             checkpointing. False writes the files on the calling thread
             (needed with multi-worker strategies, whose workers must issue
@@ -486,6 +513,13 @@ class BackupStore:
             work = os.path.join(self._dir, atomicity.temporary_name(seq))
         else:
             work = final
+        # Written and published here, before returning (see above)?
+        in_caller = (
+            not asynchronous
+            or not async_snapshot
+            or facts.holds_iterator
+            or facts.variable_bytes <= self.kill_safe_max_bytes
+        )
 
         def data_write(save_path):
             # On TensorFlow's writer thread when asynchronous.
@@ -493,9 +527,7 @@ class BackupStore:
             faults.point(faults.DATA_WRITE, work)
 
         options = tf.train.CheckpointOptions(
-            experimental_enable_async_checkpoint=asynchronous
-            and async_snapshot
-            and not facts.holds_iterator,
+            experimental_enable_async_checkpoint=not in_caller,
             experimental_write_callbacks=[data_write],
         )
 
@@ -504,32 +536,45 @@ class BackupStore:
             faults.point(faults.BEFORE_DATA, work)
             checkpoint.write(os.path.join(work, CHECKPOINT_PREFIX), options)
 
+        published = None
         try:
-            if (
-                options.experimental_enable_async_checkpoint
-                and self._background_low_priority
-            ):
+            if not in_caller and self._background_low_priority:
                 # Taken on the background thread while this one waits (a
                 # copy-on-write snapshot: milliseconds), so that the writer
                 # thread TensorFlow starts for it has that thread's priority.
                 self._background().submit(snapshot).result()
-            elif options.experimental_enable_async_checkpoint:
+            elif not in_caller:
                 snapshot()
-            else:  # the files are written here and now
+            elif facts.variable_bytes > self.kill_safe_max_bytes:
+                # Large and written here: the disk writes while TensorFlow
+                # still writes the files, so the fsync finds little left.
                 with atomicity.WritebackStarter(work):
                     snapshot()
-        except (tf.errors.OpError, OSError) as e:
+                published = self._publish(seq, work, final, metadata)
+            else:
+                snapshot()
+                published = self._publish(seq, work, final, metadata)
+        except (tf.errors.OpError, OSError, _IncompleteCheckpoint) as e:
             raise self._write_failed(seq, work, final, e) from e
-        # Blocked: the wait for the previous backup, and the snapshot.
-        self.last_snapshot_seconds = time.monotonic() - called
+        returned = time.monotonic()
+        # Blocked: the wait for the previous backup, the snapshot and (in
+        # the caller) the write; the caller adds its own work around it.
+        self.last_snapshot_seconds = returned - called
+        self.last_kill_safe_seconds = 0.0 if published is not None else None
 
         def persist():
+            info = published
             try:
-                if options.experimental_enable_async_checkpoint:
+                if info is None:
                     # The disk writes while TensorFlow still writes the files.
                     with atomicity.WritebackStarter(work):
                         _sync(checkpoint)
-                info = self._commit(seq, work, final, metadata)
+                    info = self._publish(seq, work, final, metadata)
+                    self.last_kill_safe_seconds = max(
+                        0.0, time.monotonic() - returned
+                    )
+                faults.point(faults.PUBLISHED, final)
+                atomicity.make_durable(final, info.files, self._dir)
             except (tf.errors.OpError, OSError, _IncompleteCheckpoint) as e:
                 raise self._write_failed(seq, work, final, e) from e
             self.last_persist_seconds = time.monotonic() - start
@@ -551,6 +596,7 @@ class BackupStore:
                 self._pending.set_result(persist())
             except BaseException as e:  # surfaced by wait()
                 self._pending.set_exception(e)
+            self.last_snapshot_seconds = time.monotonic() - called
 
     def close(self) -> None:
         """Waits for the backup in flight (raising its error), then ends the
@@ -573,12 +619,13 @@ class BackupStore:
             )
         return self._executor
 
-    def _commit(self, seq, work, final, metadata) -> BackupInfo:
-        """Checks, fsyncs and commits the written files of backup `seq`.
+    def _publish(self, seq, work, final, metadata) -> BackupInfo:
+        """Checks the written files of backup `seq` and publishes them
+        (atomicity.publish: not yet durable).
 
         Raises:
           _IncompleteCheckpoint: what TensorFlow wrote is not a complete
-            checkpoint (atomicity.checkpoint_problem): nothing is committed.
+            checkpoint (atomicity.checkpoint_problem): nothing is published.
           OSError, tf.errors.OpError: as the filesystem raised them.
         """
         faults.point(faults.DATA_WRITTEN, work)
@@ -586,13 +633,9 @@ class BackupStore:
         problem = atomicity.checkpoint_problem(work, names, read_index=True)
         if problem is not None:
             raise _IncompleteCheckpoint(f"incomplete checkpoint: {problem}")
-        for name in names:
-            path = os.path.join(work, name)
-            faults.point(faults.FSYNC, path)
-            atomicity.fsync_path(path)
         body = manifest.build(work, names, metadata)
         faults.point(faults.BEFORE_COMMIT, work)
-        atomicity.commit(work, final, self._dir, body)
+        atomicity.publish(work, final, body)
         files = json.loads(body)["body"]["files"]
         return BackupInfo(seq, final, metadata, files)
 
@@ -624,6 +667,8 @@ class BackupStore:
                     atomicity.retire(work)
                 else:
                     tf.io.gfile.rmtree(work)
+            elif tf.io.gfile.exists(final):  # published, not made durable
+                atomicity.retire(final)
             removed = "its partial files were removed"
         except (tf.errors.OpError, OSError) as e:
             logging.warning("Could not remove %s: %s", work, e)
