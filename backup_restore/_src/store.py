@@ -3,7 +3,8 @@
 Knows nothing of Keras: it saves any `tf.train.Checkpoint` plus a JSON
 metadata dict. The Keras callback and the custom-loop API are thin layers over
 it. The commit protocol lives in atomicity.py, the integrity format in
-manifest.py.
+manifest.py, the background writer and its priority rule in background.py,
+what TensorFlow's checkpoint writer needs in tf_checkpoint.py.
 
 Concurrency contract: one writer per backup directory (in multi-worker
 training, the chief). Methods are not thread-safe; callers serialise them.
@@ -12,135 +13,30 @@ in flight"); every other method first waits for it. Readers never see a
 partial backup (see atomicity.py).
 """
 
-import atexit
 import concurrent.futures
 import dataclasses
 import errno
 import json
 import os
-import threading
 import time
-import weakref
 
 import tensorflow as tf
 from absl import logging
 
 from backup_restore._src import atomicity
+from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import manifest
+from backup_restore._src import tf_checkpoint
 
 CHECKPOINT_PREFIX = atomicity.CHECKPOINT_PREFIX
-
-_LIVE_STORES = weakref.WeakSet()
-# Checkpoint -> _Facts. Front ends reuse one Checkpoint object for every
-# backup of a run; its object graph is walked once.
-_FACTS = weakref.WeakKeyDictionary()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Facts:
-    """What a checkpoint holds, as far as writing it is concerned.
-
-    holds_iterator: a tf.data iterator is reachable. TensorFlow 2.21's
-      asynchronous checkpointing changes the elements such an iterator
-      yields afterwards (verified by store_test), so these checkpoints are
-      written synchronously (into the page cache, on the caller's thread);
-      fsync, checksums and the commit still run in the background.
-    variable_bytes: the size of the variables it holds.
-    """
-
-    holds_iterator: bool
-    variable_bytes: int
-
-
-def _facts(checkpoint) -> _Facts:
-    """Walks the checkpoint's object graph once (cached per object)."""
-    try:
-        return _FACTS[checkpoint]
-    except (KeyError, TypeError):
-        pass
-    holds, nbytes = False, 0
-    for obj in tf.train.TrackableView(checkpoint).descendants():
-        if isinstance(
-            obj, (tf.data.Iterator, tf.distribute.DistributedIterator)
-        ):
-            holds = True
-        elif isinstance(obj, tf.Variable) and obj.shape.is_fully_defined():
-            nbytes += obj.shape.num_elements() * obj.dtype.size
-    facts = _Facts(holds, nbytes)
-    try:
-        _FACTS[checkpoint] = facts
-    except TypeError:  # not weak-referenceable: no cache
-        pass
-    return facts
-
-
-# How much lower than training the background writes run when backups are
-# far apart (Linux nice increment, per thread). On a machine whose cores
-# training keeps busy, a write at equal priority takes cores from the
-# training step; at lower priority it uses what training leaves idle.
-# Measured on 2 cores (README, Benchmark): at one backup per epoch this
-# removes the training slowdown; with backups every few steps it is the
-# wrong choice (the write then mostly runs while training waits for it, on
-# one core), so it is only taken when the next backup is expected at least
-# LOW_PRIORITY_SLACK times later than a persist of this size takes alone.
-BACKGROUND_NICE_INCREMENT = 10
-LOW_PRIORITY_SLACK = 4
-# A persist's cost when it has the machine to itself: a fixed part (fsyncs,
-# manifest, rename) plus the bytes at about this disk's write+fsync speed.
-_PERSIST_FIXED_SECONDS = 0.05
-_PERSIST_BYTES_PER_SECOND = 1e9
-
 
 # Asynchronous backups of states up to this size are written and published
 # before write_async returns (see there). Issue #15's target: the 1M-param
 # MLP with Adam of the benchmark (12.7 MB of variables) is kill-safe when the
 # backup hook returns, at no more blocking than tf-keras's synchronous write.
 KILL_SAFE_MAX_BYTES = 16 << 20
-
-
-def persist_estimate_seconds(nbytes: int) -> float:
-    """About how long persisting `nbytes` takes with no training running."""
-    return _PERSIST_FIXED_SECONDS + nbytes / _PERSIST_BYTES_PER_SECOND
-
-
-def _lower_this_threads_priority():
-    """Runs once in the background thread: lowers its scheduling priority.
-
-    On Linux, setpriority(PRIO_PROCESS, tid) applies to one thread, and
-    threads it starts inherit it (TensorFlow's own async-checkpoint writer,
-    started from here). Elsewhere, or if not permitted, nothing changes.
-    """
-    try:
-        tid = threading.get_native_id()
-        nice = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(
-            os.PRIO_PROCESS, tid, min(19, nice + BACKGROUND_NICE_INCREMENT)
-        )
-    except (AttributeError, OSError):
-        pass
-
-
-def _sync(checkpoint) -> None:
-    """Waits for TensorFlow's asynchronous write; raises its error here.
-
-    `Checkpoint.sync()` waits but does not raise: TensorFlow 2.21's writer
-    thread keeps its error (AsyncCheckpointHelper._async_save stores it in
-    `_async_error`) and only the next `write` raises it
-    (`_check_async_thread_error`), i.e. at the next backup, after this one
-    would have been committed with whatever the failed write left
-    (tensorflow/python/checkpoint/async_checkpoint_helper.py). Taking it
-    here reports it at its own backup, and the next write starts clean. If
-    TensorFlow renames these privates, the completeness check before the
-    commit still refuses the backup (store_failure_test fails loudly).
-    """
-    checkpoint.sync()
-    helper = getattr(checkpoint, "_async_checkpointer_impl", None)
-    error = getattr(helper, "_async_error", None)
-    if error is not None:
-        helper._async_error = None
-        raise error
 
 
 class _IncompleteCheckpoint(Exception):
@@ -156,16 +52,6 @@ def _is_out_of_space(error) -> bool:
     return isinstance(
         error, tf.errors.ResourceExhaustedError
     ) or "No space left" in str(error)
-
-
-@atexit.register
-def _finish_backups_in_flight():
-    """A backup in flight at interpreter exit is finished, not abandoned."""
-    for store in list(_LIVE_STORES):
-        try:
-            store.wait()
-        except Exception as e:  # exiting: report, do not raise
-            logging.error("The last backup could not be written: %s", e)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,11 +167,8 @@ class BackupStore:
         self._dir_was_ours = not tf.io.gfile.exists(self._dir) or all(
             atomicity.is_ours(name) for name in tf.io.gfile.listdir(self._dir)
         )
-        # One background thread, kept between backups (starting a thread
-        # while training keeps the cores busy costs milliseconds); its
-        # priority is decided at the first asynchronous backup.
-        self._executor = None
-        self._background_low_priority = False
+        # Its priority is decided at the first asynchronous backup.
+        self._writer = background.Writer()
         self._pending = None  # the Future of the persist in flight, if any
         # Which run of the job writes now (set by the engine per run): a
         # run finds, replaces and deletes only the backups of its own
@@ -304,7 +187,7 @@ class BackupStore:
             if kill_safe_max_bytes is None
             else kill_safe_max_bytes
         )
-        _LIVE_STORES.add(self)
+        background.register(self)
 
     @property
     def directory(self) -> str:
@@ -478,7 +361,7 @@ class BackupStore:
           expected_interval: seconds until the next backup is expected, if
             known. At this store's first asynchronous backup it decides the
             background thread's priority for good: lower than training's
-            when backups are far enough apart (see LOW_PRIORITY_SLACK).
+            when backups are far enough apart (background.LOW_PRIORITY_SLACK).
 
         Raises:
           errors.BackupWriteError: the previous background write failed, or
@@ -500,13 +383,12 @@ class BackupStore:
         ]
         seq = max([*seqs, self._last_seq]) + 1
         self._last_seq = seq
-        facts = _facts(checkpoint)
-        if asynchronous and self._executor is None:
-            self._background_low_priority = (
-                expected_interval is not None
-                and expected_interval
-                >= LOW_PRIORITY_SLACK
-                * persist_estimate_seconds(facts.variable_bytes)
+        facts = tf_checkpoint.facts(checkpoint)
+        if asynchronous:
+            self._writer.start(
+                background.lower_priority_pays(
+                    expected_interval, facts.variable_bytes
+                )
             )
         final = os.path.join(self._dir, atomicity.committed_name(seq))
         if atomicity.supports_atomic_rename(self._dir):
@@ -538,11 +420,11 @@ class BackupStore:
 
         published = None
         try:
-            if not in_caller and self._background_low_priority:
+            if not in_caller and self._writer.low_priority:
                 # Taken on the background thread while this one waits (a
                 # copy-on-write snapshot: milliseconds), so that the writer
                 # thread TensorFlow starts for it has that thread's priority.
-                self._background().submit(snapshot).result()
+                self._writer.submit(snapshot).result()
             elif not in_caller:
                 snapshot()
             elif facts.variable_bytes > self.kill_safe_max_bytes:
@@ -568,7 +450,7 @@ class BackupStore:
                 if info is None:
                     # The disk writes while TensorFlow still writes the files.
                     with atomicity.WritebackStarter(work):
-                        _sync(checkpoint)
+                        tf_checkpoint.sync(checkpoint)
                     info = self._publish(seq, work, final, metadata)
                     self.last_kill_safe_seconds = max(
                         0.0, time.monotonic() - returned
@@ -589,7 +471,7 @@ class BackupStore:
             return info
 
         if asynchronous:
-            self._pending = self._background().submit(persist)
+            self._pending = self._writer.submit(persist)
         else:
             self._pending = concurrent.futures.Future()
             try:
@@ -604,20 +486,7 @@ class BackupStore:
         try:
             self.wait()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
-
-    def _background(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                1,
-                thread_name_prefix="backup_restore-persist",
-                initializer=_lower_this_threads_priority
-                if self._background_low_priority
-                else None,
-            )
-        return self._executor
+            self._writer.shutdown()
 
     def _publish(self, seq, work, final, metadata) -> BackupInfo:
         """Checks the written files of backup `seq` and publishes them
@@ -719,12 +588,11 @@ class BackupStore:
         with a new callback on the same directory: it must not clean up (or
         miss) the backup being committed.
         """
-        for other in list(_LIVE_STORES):
-            if other is not self and other._dir == self._dir:
-                try:
-                    other._join()
-                except errors.BackupError as e:
-                    logging.warning("An earlier backup failed: %s", e)
+        for other in background.others_on(self):
+            try:
+                other._join()
+            except errors.BackupError as e:
+                logging.warning("An earlier backup failed: %s", e)
 
     def wait(self) -> BackupInfo | None:
         """Blocks until the in-flight backup is committed; returns it.

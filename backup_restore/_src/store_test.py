@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from backup_restore._src import atomicity
+from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import store
@@ -407,7 +408,7 @@ class StoreTest(parameterized.TestCase):
         self.assertLen(started, 2, started)
         want = base
         if lowered:
-            want = min(19, base + store.BACKGROUND_NICE_INCREMENT)
+            want = min(19, base + background.BACKGROUND_NICE_INCREMENT)
         self.assertEqual(set(started.values()), {want}, started)
         self.assertEqual(s.latest().metadata["value"], [2.0])
         s.close()  # the background thread ends
