@@ -29,6 +29,9 @@ from absl import flags
 
 _BACKUP_DIR = flags.DEFINE_string("backup_dir", None, "Backup directory.")
 _RESULT_FILE = flags.DEFINE_string("result_file", None, "Outcome as JSON.")
+_KERAS = flags.DEFINE_enum(
+    "keras", "tf_keras", ["keras3", "tf_keras"], "Which Keras builds the model."
+)
 _PHASES = flags.DEFINE_list(
     "phases",
     ["3"],
@@ -98,9 +101,9 @@ def _optimizer(tf, tf_keras):
             schedules.ExponentialDecay(0.01, 5, 0.9), momentum=0.9
         )
     if name == "loss_scale":
-        return tf_keras.mixed_precision.LossScaleOptimizer(
-            tf_keras.optimizers.Adam(0.01)
-        )
+        scaler = getattr(tf_keras.mixed_precision, "LossScaleOptimizer", None)
+        scaler = scaler or tf_keras.optimizers.LossScaleOptimizer  # Keras 3
+        return scaler(tf_keras.optimizers.Adam(0.01))
     return tf_keras.optimizers.Adam(0.01)
 
 
@@ -112,6 +115,7 @@ def _data(np):
         words = np.array(["red", "green", "blue", "gold", "grey", "teal"])
         x = words[rng.randint(0, len(words), size=(_NUM_SAMPLES.value, 1))]
         y = (x == "red").astype("float32") + (x == "gold").astype("float32")
+
     return x, y
 
 
@@ -143,8 +147,10 @@ def _wait_for_signal(callback):
         time.sleep(0.02)
 
 
-def _kill_points(tf_keras, backup):
-    class KillPoints(tf_keras.callbacks.Callback):
+def _kill_points(backup):
+    from testing import keras_callbacks
+
+    class KillPoints(keras_callbacks.Callback):
         batches = 0
 
         def on_train_batch_end(self, batch, logs=None):
@@ -178,17 +184,22 @@ def main(argv):
     del argv
     import numpy as np
     import tensorflow as tf
-    import tf_keras
 
     import backup_restore
     from backup_restore.examples import synthetic
 
+    tf_keras = synthetic.KERAS[_KERAS.value]  # either flavour
+    if _KERAS.value == "keras3" and _OPTIMIZER.value.startswith("legacy"):
+        raise app.UsageError("Keras 3 has no legacy optimizers.")
     if _OPTIMIZER.value == "loss_scale":
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
-    tf_keras.backend.experimental.enable_tf_random_generator()
+    if _KERAS.value == "tf_keras":
+        tf_keras.backend.experimental.enable_tf_random_generator()
     tf_keras.utils.set_random_seed(1)
     tf.config.experimental.enable_op_determinism()
     x, y = _data(np)
+    if _KERAS.value == "keras3" and x.dtype.kind == "U":
+        x = tf.constant(x)  # Keras 3's fit() takes no numpy string arrays
     model = _model(tf, tf_keras, x)
     save_freq = _SAVE_FREQ.value
     save_freq = save_freq if save_freq == "epoch" else int(save_freq)
@@ -200,7 +211,7 @@ def main(argv):
     )
     if _PAUSE_AT.value:
         _pause_in_callback(backup)
-    kill_points = _kill_points(tf_keras, backup)
+    kill_points = _kill_points(backup)
     validation = (x[:16], y[:16]) if _VALIDATION.value else None
     inputs = dict(x=x, y=y, batch_size=_BATCH_SIZE.value)
     if _INPUT.value == "filtered_dataset":
@@ -234,7 +245,13 @@ def main(argv):
     result = {
         "phases": phases,
         "weights_sha256": synthetic.weights_sha256(
-            [w for w in model.weights if isinstance(w, tf.Variable)]
+            [
+                w
+                for w in model.weights
+                if isinstance(
+                    w, (tf.Variable, synthetic.KERAS["keras3"].Variable)
+                )
+            ]
         ),
         "preempted": backup.preempted,
         "backup_dir_exists": os.path.isdir(_BACKUP_DIR.value),

@@ -37,6 +37,7 @@ _ARGS = (
     "preemption_signals",
     "exit_on_preemption",
     "preemption_exit_code",
+    "overhead_budget",
 )
 
 
@@ -161,6 +162,11 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
         training step only waits for a snapshot of the state in host memory;
         files are written, fsync'd, checksummed and committed on a background
         thread, one backup at a time. `False` writes synchronously.
+      overhead_budget: (not in tf-keras) the share of training time granted
+        to backups, e.g. `0.03`: back up as often as that allows, measured
+        while training runs (policy.BudgetPolicy; the interval chosen is
+        logged). Replaces `save_freq`, which must then be left at its
+        default; combines with `save_before_preemption`.
       **kwargs: accepted for forward compatibility with future tf-keras
         arguments; named in one warning and otherwise ignored.
 
@@ -198,12 +204,15 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
         preemption_signals=preemption.DEFAULT_SIGNALS,
         exit_on_preemption=True,
         preemption_exit_code=preemption.RESTART_EXIT_CODE,
+        overhead_budget=None,
         **kwargs,
     ):
         super().__init__()
         _check_eager()
         _check_unknown_kwargs(kwargs)
-        self._policy = policy.from_save_freq(save_freq, save_before_preemption)
+        self._policy = policy.from_arguments(
+            save_freq, save_before_preemption, overhead_budget
+        )
         self._engine = engine.Engine(
             backup_dir,
             async_backup=async_backup,
@@ -534,6 +543,7 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
         )
 
     def _write(self, epoch, step, metrics=None, epoch_trained=False):
+        started = time.monotonic()  # training waits from here
         history = self.model.history
         states, tensors = callback_states.collect(self._others, self._adapter)
         if metrics is None:
@@ -586,7 +596,7 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
                 "Backing up epoch %d, batch %d (training waited %.3f s).",
                 epoch,
                 step,
-                self._engine.last_snapshot_seconds,
+                time.monotonic() - started,
             )
 
     # -- restoring ----------------------------------------------------------

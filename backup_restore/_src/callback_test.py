@@ -1,6 +1,7 @@
 """In-process tests of BackupAndRestore in Model.fit()."""
 
 import os
+import time
 import uuid
 from unittest import mock
 
@@ -446,6 +447,55 @@ class CallbackTest(fit_test_case.FitTestCase):
         positional = backup_restore.BackupAndRestore(self.dir, 3, False, False)
         self.assertEqual(positional.save_freq, 3)
         self.assertFalse(positional.delete_checkpoint)
+
+    @parameterized.named_parameters(("sync", False), ("async", True))
+    def test_training_waited_log_reports_the_whole_wait(self, asynchronous):
+        # Each backup's fsync is held 0.4 s: in the hook when synchronous;
+        # asynchronously the next backup's hook waits for it (a backup per
+        # batch). The log line must report that wait, not the snapshot.
+        from backup_restore._src import faults
+
+        def hold(stage, path):
+            del path
+            if stage == faults.PUBLISHED:
+                time.sleep(0.4)
+
+        faults.set_hook(hold)
+        self.addCleanup(faults.set_hook, None)
+        callback = backup_restore.BackupAndRestore(
+            self.dir, save_freq=1, async_backup=asynchronous
+        )
+        with self.assertLogs(level=logging.INFO) as logs:
+            _fit(_model(self.FLAVOUR), [callback], epochs=1)
+        waited = [
+            float(m.split("training waited ")[1].split(" s")[0])
+            for m in logs.output
+            if "training waited" in m
+        ]
+        self.assertLen(waited, 3, logs.output)  # batches 1-3 (4: epoch end)
+        # Synchronously every backup waits; asynchronously the second on.
+        self.assertGreaterEqual(min(waited[1:]), 0.3, waited)
+
+    def test_overhead_budget_backs_up_and_excludes_save_freq(self):
+        callback = backup_restore.BackupAndRestore(
+            self.dir, overhead_budget=0.9, delete_checkpoint=False
+        )
+        epochs = _record_backup_epochs(callback)
+        # One iterator for the whole fit(): with 4 batches per epoch, making
+        # a new one every epoch (Keras 3) would cost more than such tiny
+        # steps, and the budget rightly counts it.
+        data = synthetic.regression_dataset(SAMPLES, BATCH, repeat=True)
+        _model(self.FLAVOUR).fit(
+            data, steps_per_epoch=16, epochs=2, verbose=0, callbacks=[callback]
+        )
+        self.assertTrue(epochs, "a 90% budget allows backups")
+        self.assertIsNotNone(callback._policy.chosen)
+        with self.assertRaisesRegex(ValueError, "cannot be combined"):
+            backup_restore.BackupAndRestore(
+                self.dir, save_freq=2, overhead_budget=0.03
+            )
+        with self.assertRaisesRegex(ValueError, "share of training time"):
+            backup_restore.BackupAndRestore(self.dir, overhead_budget=3)
 
     def test_a_backup_of_the_other_flavour_is_refused_and_kept(self):
         other = "tf_keras" if self.FLAVOUR == "keras3" else "keras3"

@@ -18,21 +18,25 @@ BEFORE_DATA = "before_data"  # work directory created, nothing written yet
 # asynchronous: the files are written, TensorFlow has not returned yet. An
 # error raised here is one of TensorFlow's own write errors.
 DATA_WRITE = "data_write"
-DATA_WRITTEN = "data_written"  # tensors written, not yet fsync'd or checked
-FSYNC = "fsync"  # before each file is fsync'd (path: the file)
-BEFORE_COMMIT = "before_commit"  # data durable, manifest built, not committed
-MANIFEST_WRITE = "manifest_write"  # manifest being written, not yet durable
+DATA_WRITTEN = "data_written"  # tensors written, not yet checked
+BEFORE_COMMIT = "before_commit"  # data checked, manifest built, not committed
+MANIFEST_WRITE = "manifest_write"  # manifest being written
 RENAME = "rename"  # before the rename to backup-<seq> (atomic-rename only)
-COMMITTED = "committed"  # committed; older backups not yet deleted
+# Published (a process kill resumes from it), not yet durable; on the
+# background thread when asynchronous (path: backup-<seq>).
+PUBLISHED = "published"
+FSYNC = "fsync"  # before each file of it is fsync'd (path: the file)
+COMMITTED = "committed"  # durable; older backups not yet deleted
 DELETE_OLDER = "delete_older"  # before each older backup is deleted (path)
 STAGES = (
     BEFORE_DATA,
     DATA_WRITE,
     DATA_WRITTEN,
-    FSYNC,
     BEFORE_COMMIT,
     MANIFEST_WRITE,
     RENAME,
+    PUBLISHED,
+    FSYNC,
     COMMITTED,
     DELETE_OLDER,
 )

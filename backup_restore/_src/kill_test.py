@@ -143,7 +143,11 @@ class KillTest(parameterized.TestCase):
         ("async_data_written", "data_written", (1, 0), True, True),
         ("async_half_written_data", "half_written", (1, 0), True, True),
         ("async_written_not_committed", "before_commit", (1, 0), True, True),
+        # Published (renamed into place, not yet fsync'd): a process kill
+        # resumes from it; the previous one stays until it is durable.
+        ("async_published_not_durable", "published", (2, 0), False, True),
         ("async_committed_previous_kept", "committed", (2, 0), False, True),
+        ("sync_published_not_durable", "published", (2, 0), False, False),
         ("sync_half_written_data", "half_written", (1, 0), True, False),
         ("sync_written_not_committed", "before_commit", (1, 0), True, False),
         ("sync_committed_previous_kept", "committed", (2, 0), False, False),
@@ -166,6 +170,24 @@ class KillTest(parameterized.TestCase):
         else:
             self.assertEqual(names, ["backup-00000001", "backup-00000002"])
         self._finish("epoch", expected)
+
+    @parameterized.named_parameters(("async", True), ("sync", False))
+    def test_sigkill_right_after_the_backup_hook_returned(self, asynchronous):
+        # The epoch-0 backup's hook returned at batch 4; SIGKILL one batch
+        # later. Asynchronously its background part (fsync, then deleting
+        # the older backup) is held for 60 s, so the kill surely lands
+        # before it: the backup was complete when the hook returned.
+        extra = ["--persist_delay_seconds=60"] if asynchronous else []
+        run = self._killed(
+            "epoch",
+            "--fail_at_step=5",
+            "--nofail_after_backup_committed",
+            f"--async_backup={asynchronous}",
+            *extra,
+        )
+        self.assertIn("FAILING after 5 batches", run.stdout)
+        self.assertIn("backup-00000001", self._names())
+        self._finish("epoch", (1, 0))
 
     def test_ram_filesystem_survives_an_in_process_restart_only(self):
         # ram:// lives in the process: a killed process loses it. This is a

@@ -21,6 +21,10 @@ _BATCHES_PER_EPOCH = 8
 
 
 class ScenariosTest(parameterized.TestCase):
+    """For tf-keras; ScenariosKeras3Test runs the same for Keras 3."""
+
+    FLAVOUR = "tf_keras"
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -32,8 +36,16 @@ class ScenariosTest(parameterized.TestCase):
         super().setUp()
         self.dir = os.path.join(self.create_tempdir().full_path, "backup")
 
+    def _proc(self, args):
+        return procs.run(self.trainer, [*args, f"--keras={self.FLAVOUR}"])
+
+    def _proc_signal(self, args, **kwargs):
+        return procs.run_and_signal_at_pause(
+            self.trainer, [*args, f"--keras={self.FLAVOUR}"], **kwargs
+        )
+
     def _run(self, args, expect=0):
-        run = procs.run(self.trainer, [f"--backup_dir={self.dir}", *args])
+        run = self._proc([f"--backup_dir={self.dir}", *args])
         self.assertEqual(run.returncode, expect, run.describe())
         return run
 
@@ -41,7 +53,7 @@ class ScenariosTest(parameterized.TestCase):
         key = tuple(args)
         if key not in self._references:
             ref_dir = os.path.join(self.create_tempdir().full_path, "ref")
-            run = procs.run(self.trainer, [f"--backup_dir={ref_dir}", *args])
+            run = self._proc([f"--backup_dir={ref_dir}", *args])
             self.assertEqual(run.returncode, 0, run.describe())
             self._references[key] = run.result
         return self._references[key]
@@ -59,8 +71,7 @@ class ScenariosTest(parameterized.TestCase):
 
     def _kill_and_resume(self, args, kill_after):
         want = self._reference(args)
-        killed = procs.run(
-            self.trainer,
+        killed = self._proc(
             [
                 f"--backup_dir={self.dir}",
                 *args,
@@ -83,11 +94,12 @@ class ScenariosTest(parameterized.TestCase):
         ("mixed_precision_loss_scale", "loss_scale"),
     )
     def test_optimizer_resumes_exactly_after_mid_epoch_kills(self, optimizer):
+        if optimizer.startswith("legacy") and self.FLAVOUR == "keras3":
+            self.skipTest("Keras 3 has no legacy optimizers")
         args = [f"--optimizer={optimizer}", "--save_freq=3"]
         # Twice: in epoch 1 (after 11 batches), then in epoch 2 (20).
         self._reference(args)
-        killed = procs.run(
-            self.trainer,
+        killed = self._proc(
             [f"--backup_dir={self.dir}", *args, "--kill_after_batches=11"],
         )
         self.assertEqual(killed.killed_by, signal.SIGKILL, killed.describe())
@@ -140,8 +152,7 @@ class ScenariosTest(parameterized.TestCase):
     def test_sigterm_during_validation_backs_up_and_resumes_exactly(self):
         args = ["--validation", "--save_freq=epoch"]
         want = self._reference(args)
-        run = procs.run_and_signal_at_pause(
-            self.trainer,
+        run = self._proc_signal(
             [
                 f"--backup_dir={self.dir}",
                 *args,
@@ -162,8 +173,7 @@ class ScenariosTest(parameterized.TestCase):
     def test_sigterm_before_the_deletion_backs_up_the_finished_run(self):
         args = ["--save_freq=epoch", "--save_before_preemption"]
         want = self._reference(args)
-        run = procs.run_and_signal_at_pause(
-            self.trainer,
+        run = self._proc_signal(
             [f"--backup_dir={self.dir}", *args, "--pause_at=finish_waited"],
             sig=signal.SIGTERM,
         )
@@ -175,8 +185,7 @@ class ScenariosTest(parameterized.TestCase):
         self.assertFalse(resumed.result["backup_dir_exists"])
 
     def test_sigterm_during_the_deletion_completes_the_run(self):
-        run = procs.run_and_signal_at_pause(
-            self.trainer,
+        run = self._proc_signal(
             [
                 f"--backup_dir={self.dir}",
                 "--save_freq=epoch",
@@ -193,8 +202,7 @@ class ScenariosTest(parameterized.TestCase):
     # -- a resume with other data ------------------------------------------
 
     def test_resume_with_another_batch_size_is_refused_and_loses_nothing(self):
-        killed = procs.run(
-            self.trainer,
+        killed = self._proc(
             [
                 f"--backup_dir={self.dir}",
                 "--save_freq=3",
@@ -222,6 +230,10 @@ class ScenariosTest(parameterized.TestCase):
         again = self._run(args)
         self.assertEqual(again.result["phases"][0]["resumed_from"], [3, 0])
         self._assert_same_training(again.result, first.result)
+
+
+class ScenariosKeras3Test(ScenariosTest):
+    FLAVOUR = "keras3"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Knows nothing of Keras: it saves any `tf.train.Checkpoint` plus a JSON
 metadata dict. The Keras callback and the custom-loop API are thin layers over
 it. The commit protocol lives in atomicity.py, the integrity format in
-manifest.py.
+manifest.py, the background writer and its priority rule in background.py,
+what TensorFlow's checkpoint writer needs in tf_checkpoint.py.
 
 Concurrency contract: one writer per backup directory (in multi-worker
 training, the chief). Methods are not thread-safe; callers serialise them.
@@ -12,128 +13,30 @@ in flight"); every other method first waits for it. Readers never see a
 partial backup (see atomicity.py).
 """
 
-import atexit
 import concurrent.futures
 import dataclasses
 import errno
 import json
 import os
-import threading
 import time
-import weakref
 
 import tensorflow as tf
 from absl import logging
 
 from backup_restore._src import atomicity
+from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import manifest
+from backup_restore._src import tf_checkpoint
 
 CHECKPOINT_PREFIX = atomicity.CHECKPOINT_PREFIX
 
-_LIVE_STORES = weakref.WeakSet()
-# Checkpoint -> _Facts. Front ends reuse one Checkpoint object for every
-# backup of a run; its object graph is walked once.
-_FACTS = weakref.WeakKeyDictionary()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Facts:
-    """What a checkpoint holds, as far as writing it is concerned.
-
-    holds_iterator: a tf.data iterator is reachable. TensorFlow 2.21's
-      asynchronous checkpointing changes the elements such an iterator
-      yields afterwards (verified by store_test), so these checkpoints are
-      written synchronously (into the page cache, on the caller's thread);
-      fsync, checksums and the commit still run in the background.
-    variable_bytes: the size of the variables it holds.
-    """
-
-    holds_iterator: bool
-    variable_bytes: int
-
-
-def _facts(checkpoint) -> _Facts:
-    """Walks the checkpoint's object graph once (cached per object)."""
-    try:
-        return _FACTS[checkpoint]
-    except (KeyError, TypeError):
-        pass
-    holds, nbytes = False, 0
-    for obj in tf.train.TrackableView(checkpoint).descendants():
-        if isinstance(
-            obj, (tf.data.Iterator, tf.distribute.DistributedIterator)
-        ):
-            holds = True
-        elif isinstance(obj, tf.Variable) and obj.shape.is_fully_defined():
-            nbytes += obj.shape.num_elements() * obj.dtype.size
-    facts = _Facts(holds, nbytes)
-    try:
-        _FACTS[checkpoint] = facts
-    except TypeError:  # not weak-referenceable: no cache
-        pass
-    return facts
-
-
-# How much lower than training the background writes run when backups are
-# far apart (Linux nice increment, per thread). On a machine whose cores
-# training keeps busy, a write at equal priority takes cores from the
-# training step; at lower priority it uses what training leaves idle.
-# Measured on 2 cores (README, Benchmark): at one backup per epoch this
-# removes the training slowdown; with backups every few steps it is the
-# wrong choice (the write then mostly runs while training waits for it, on
-# one core), so it is only taken when the next backup is expected at least
-# LOW_PRIORITY_SLACK times later than a persist of this size takes alone.
-BACKGROUND_NICE_INCREMENT = 10
-LOW_PRIORITY_SLACK = 4
-# A persist's cost when it has the machine to itself: a fixed part (fsyncs,
-# manifest, rename) plus the bytes at about this disk's write+fsync speed.
-_PERSIST_FIXED_SECONDS = 0.05
-_PERSIST_BYTES_PER_SECOND = 1e9
-
-
-def persist_estimate_seconds(nbytes: int) -> float:
-    """About how long persisting `nbytes` takes with no training running."""
-    return _PERSIST_FIXED_SECONDS + nbytes / _PERSIST_BYTES_PER_SECOND
-
-
-def _lower_this_threads_priority():
-    """Runs once in the background thread: lowers its scheduling priority.
-
-    On Linux, setpriority(PRIO_PROCESS, tid) applies to one thread, and
-    threads it starts inherit it (TensorFlow's own async-checkpoint writer,
-    started from here). Elsewhere, or if not permitted, nothing changes.
-    """
-    try:
-        tid = threading.get_native_id()
-        nice = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(
-            os.PRIO_PROCESS, tid, min(19, nice + BACKGROUND_NICE_INCREMENT)
-        )
-    except (AttributeError, OSError):
-        pass
-
-
-def _sync(checkpoint) -> None:
-    """Waits for TensorFlow's asynchronous write; raises its error here.
-
-    `Checkpoint.sync()` waits but does not raise: TensorFlow 2.21's writer
-    thread keeps its error (AsyncCheckpointHelper._async_save stores it in
-    `_async_error`) and only the next `write` raises it
-    (`_check_async_thread_error`), i.e. at the next backup, after this one
-    would have been committed with whatever the failed write left
-    (tensorflow/python/checkpoint/async_checkpoint_helper.py). Taking it
-    here reports it at its own backup, and the next write starts clean. If
-    TensorFlow renames these privates, the completeness check before the
-    commit still refuses the backup (store_failure_test fails loudly).
-    """
-    checkpoint.sync()
-    helper = getattr(checkpoint, "_async_checkpointer_impl", None)
-    error = getattr(helper, "_async_error", None)
-    if error is not None:
-        helper._async_error = None
-        raise error
+# Asynchronous backups of states up to this size are written and published
+# before write_async returns (see there). Issue #15's target: the 1M-param
+# MLP with Adam of the benchmark (12.7 MB of variables) is kill-safe when the
+# backup hook returns, at no more blocking than tf-keras's synchronous write.
+KILL_SAFE_MAX_BYTES = 16 << 20
 
 
 class _IncompleteCheckpoint(Exception):
@@ -149,16 +52,6 @@ def _is_out_of_space(error) -> bool:
     return isinstance(
         error, tf.errors.ResourceExhaustedError
     ) or "No space left" in str(error)
-
-
-@atexit.register
-def _finish_backups_in_flight():
-    """A backup in flight at interpreter exit is finished, not abandoned."""
-    for store in list(_LIVE_STORES):
-        try:
-            store.wait()
-        except Exception as e:  # exiting: report, do not raise
-            logging.error("The last backup could not be written: %s", e)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +152,7 @@ class BackupStore:
     directory is left alone.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, *, kill_safe_max_bytes=None):
         self._dir = validate_directory(directory)
         if self._dir.startswith("ram://"):
             logging.warning(
@@ -274,11 +167,8 @@ class BackupStore:
         self._dir_was_ours = not tf.io.gfile.exists(self._dir) or all(
             atomicity.is_ours(name) for name in tf.io.gfile.listdir(self._dir)
         )
-        # One background thread, kept between backups (starting a thread
-        # while training keeps the cores busy costs milliseconds); its
-        # priority is decided at the first asynchronous backup.
-        self._executor = None
-        self._background_low_priority = False
+        # Its priority is decided at the first asynchronous backup.
+        self._writer = background.Writer()
         self._pending = None  # the Future of the persist in flight, if any
         # Which run of the job writes now (set by the engine per run): a
         # run finds, replaces and deletes only the backups of its own
@@ -289,7 +179,15 @@ class BackupStore:
         # How long the last backup blocked its caller, and took to commit.
         self.last_snapshot_seconds = None
         self.last_persist_seconds = None
-        _LIVE_STORES.add(self)
+        # How long after write_async returned the last backup was published
+        # (0.0: before it returned); None until known.
+        self.last_kill_safe_seconds = None
+        self.kill_safe_max_bytes = (
+            KILL_SAFE_MAX_BYTES
+            if kill_safe_max_bytes is None
+            else kill_safe_max_bytes
+        )
+        background.register(self)
 
     @property
     def directory(self) -> str:
@@ -423,26 +321,38 @@ class BackupStore:
         async_snapshot: bool = True,
         expected_interval: float | None = None,
     ) -> None:
-        """Snapshots `checkpoint` now; persists and commits it in background.
+        """Writes a backup of `checkpoint`; makes it durable in background.
 
-        The snapshot is consistent: TensorFlow's async checkpointing assigns
-        every variable to a host copy before this returns, so training may go
-        on changing the state. (On the host, that assignment shares the
-        buffer and TensorFlow copies it when the next step first updates the
-        variable: the snapshot takes milliseconds and the copy lands in the
-        next training step.) Writing the files (TensorFlow records a CRC-32C
-        per tensor), fsync, the manifest and the commit run on a background
-        thread (at lower priority when backups are far apart, see
-        `expected_interval`). At most one backup is in flight: this
-        first waits for the previous one. A backup is committed only when
-        its checkpoint is complete (atomicity.checkpoint_problem) and
-        durable; older backups are deleted only after the new one is
-        committed.
+        Two points in a backup's life matter: published (committed into
+        the page cache: a process kill, which leaves the page cache to the
+        kernel, resumes from it) and durable (fsync'd: a machine loss
+        resumes from it too). Older backups are deleted only once the new
+        one is durable, so a restore after a machine loss that tore the
+        newest falls back to the previous (its checks fail: atomicity.py).
+
+        - `asynchronous=False`: published and durable before this returns.
+        - `asynchronous=True`, a state of at most `kill_safe_max_bytes`:
+          written and published before this returns (TensorFlow's
+          synchronous write into the page cache, as tf-keras's own
+          callback does; no fsync); fsync and the deletion of the older
+          backup run on a background thread.
+        - `asynchronous=True`, larger states: a consistent snapshot only
+          (TensorFlow's async checkpointing assigns every variable to a
+          host copy before this returns; on the host that shares the
+          buffer and TensorFlow copies it when the next step first updates
+          the variable); writing, publishing and fsync run in the
+          background (at lower priority when backups are far apart, see
+          `expected_interval`). `last_kill_safe_seconds` then says how long
+          after this returned the backup was published.
+
+        At most one backup is in flight: this first waits for the previous
+        one to be durable. A backup is published only when its checkpoint
+        is complete (atomicity.checkpoint_problem).
 
         Args:
           checkpoint: what to back up.
           metadata: JSON metadata stored in the manifest.
-          asynchronous: persist and commit on the background thread.
+          asynchronous: fsync (and, for large states, write) in background.
           async_snapshot: take the snapshot with TensorFlow's asynchronous
             checkpointing. False writes the files on the calling thread
             (needed with multi-worker strategies, whose workers must issue
@@ -451,7 +361,7 @@ class BackupStore:
           expected_interval: seconds until the next backup is expected, if
             known. At this store's first asynchronous backup it decides the
             background thread's priority for good: lower than training's
-            when backups are far enough apart (see LOW_PRIORITY_SLACK).
+            when backups are far enough apart (background.LOW_PRIORITY_SLACK).
 
         Raises:
           errors.BackupWriteError: the previous background write failed, or
@@ -473,19 +383,25 @@ class BackupStore:
         ]
         seq = max([*seqs, self._last_seq]) + 1
         self._last_seq = seq
-        facts = _facts(checkpoint)
-        if asynchronous and self._executor is None:
-            self._background_low_priority = (
-                expected_interval is not None
-                and expected_interval
-                >= LOW_PRIORITY_SLACK
-                * persist_estimate_seconds(facts.variable_bytes)
+        facts = tf_checkpoint.facts(checkpoint)
+        if asynchronous:
+            self._writer.start(
+                background.lower_priority_pays(
+                    expected_interval, facts.variable_bytes
+                )
             )
         final = os.path.join(self._dir, atomicity.committed_name(seq))
         if atomicity.supports_atomic_rename(self._dir):
             work = os.path.join(self._dir, atomicity.temporary_name(seq))
         else:
             work = final
+        # Written and published here, before returning (see above)?
+        in_caller = (
+            not asynchronous
+            or not async_snapshot
+            or facts.holds_iterator
+            or facts.variable_bytes <= self.kill_safe_max_bytes
+        )
 
         def data_write(save_path):
             # On TensorFlow's writer thread when asynchronous.
@@ -493,9 +409,7 @@ class BackupStore:
             faults.point(faults.DATA_WRITE, work)
 
         options = tf.train.CheckpointOptions(
-            experimental_enable_async_checkpoint=asynchronous
-            and async_snapshot
-            and not facts.holds_iterator,
+            experimental_enable_async_checkpoint=not in_caller,
             experimental_write_callbacks=[data_write],
         )
 
@@ -504,32 +418,45 @@ class BackupStore:
             faults.point(faults.BEFORE_DATA, work)
             checkpoint.write(os.path.join(work, CHECKPOINT_PREFIX), options)
 
+        published = None
         try:
-            if (
-                options.experimental_enable_async_checkpoint
-                and self._background_low_priority
-            ):
+            if not in_caller and self._writer.low_priority:
                 # Taken on the background thread while this one waits (a
                 # copy-on-write snapshot: milliseconds), so that the writer
                 # thread TensorFlow starts for it has that thread's priority.
-                self._background().submit(snapshot).result()
-            elif options.experimental_enable_async_checkpoint:
+                self._writer.submit(snapshot).result()
+            elif not in_caller:
                 snapshot()
-            else:  # the files are written here and now
+            elif facts.variable_bytes > self.kill_safe_max_bytes:
+                # Large and written here: the disk writes while TensorFlow
+                # still writes the files, so the fsync finds little left.
                 with atomicity.WritebackStarter(work):
                     snapshot()
-        except (tf.errors.OpError, OSError) as e:
+                published = self._publish(seq, work, final, metadata)
+            else:
+                snapshot()
+                published = self._publish(seq, work, final, metadata)
+        except (tf.errors.OpError, OSError, _IncompleteCheckpoint) as e:
             raise self._write_failed(seq, work, final, e) from e
-        # Blocked: the wait for the previous backup, and the snapshot.
-        self.last_snapshot_seconds = time.monotonic() - called
+        returned = time.monotonic()
+        # Blocked: the wait for the previous backup, the snapshot and (in
+        # the caller) the write; the caller adds its own work around it.
+        self.last_snapshot_seconds = returned - called
+        self.last_kill_safe_seconds = 0.0 if published is not None else None
 
         def persist():
+            info = published
             try:
-                if options.experimental_enable_async_checkpoint:
+                if info is None:
                     # The disk writes while TensorFlow still writes the files.
                     with atomicity.WritebackStarter(work):
-                        _sync(checkpoint)
-                info = self._commit(seq, work, final, metadata)
+                        tf_checkpoint.sync(checkpoint)
+                    info = self._publish(seq, work, final, metadata)
+                    self.last_kill_safe_seconds = max(
+                        0.0, time.monotonic() - returned
+                    )
+                faults.point(faults.PUBLISHED, final)
+                atomicity.make_durable(final, info.files, self._dir)
             except (tf.errors.OpError, OSError, _IncompleteCheckpoint) as e:
                 raise self._write_failed(seq, work, final, e) from e
             self.last_persist_seconds = time.monotonic() - start
@@ -544,13 +471,14 @@ class BackupStore:
             return info
 
         if asynchronous:
-            self._pending = self._background().submit(persist)
+            self._pending = self._writer.submit(persist)
         else:
             self._pending = concurrent.futures.Future()
             try:
                 self._pending.set_result(persist())
             except BaseException as e:  # surfaced by wait()
                 self._pending.set_exception(e)
+            self.last_snapshot_seconds = time.monotonic() - called
 
     def close(self) -> None:
         """Waits for the backup in flight (raising its error), then ends the
@@ -558,27 +486,15 @@ class BackupStore:
         try:
             self.wait()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            self._writer.shutdown()
 
-    def _background(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                1,
-                thread_name_prefix="backup_restore-persist",
-                initializer=_lower_this_threads_priority
-                if self._background_low_priority
-                else None,
-            )
-        return self._executor
-
-    def _commit(self, seq, work, final, metadata) -> BackupInfo:
-        """Checks, fsyncs and commits the written files of backup `seq`.
+    def _publish(self, seq, work, final, metadata) -> BackupInfo:
+        """Checks the written files of backup `seq` and publishes them
+        (atomicity.publish: not yet durable).
 
         Raises:
           _IncompleteCheckpoint: what TensorFlow wrote is not a complete
-            checkpoint (atomicity.checkpoint_problem): nothing is committed.
+            checkpoint (atomicity.checkpoint_problem): nothing is published.
           OSError, tf.errors.OpError: as the filesystem raised them.
         """
         faults.point(faults.DATA_WRITTEN, work)
@@ -586,13 +502,9 @@ class BackupStore:
         problem = atomicity.checkpoint_problem(work, names, read_index=True)
         if problem is not None:
             raise _IncompleteCheckpoint(f"incomplete checkpoint: {problem}")
-        for name in names:
-            path = os.path.join(work, name)
-            faults.point(faults.FSYNC, path)
-            atomicity.fsync_path(path)
         body = manifest.build(work, names, metadata)
         faults.point(faults.BEFORE_COMMIT, work)
-        atomicity.commit(work, final, self._dir, body)
+        atomicity.publish(work, final, body)
         files = json.loads(body)["body"]["files"]
         return BackupInfo(seq, final, metadata, files)
 
@@ -624,6 +536,8 @@ class BackupStore:
                     atomicity.retire(work)
                 else:
                     tf.io.gfile.rmtree(work)
+            elif tf.io.gfile.exists(final):  # published, not made durable
+                atomicity.retire(final)
             removed = "its partial files were removed"
         except (tf.errors.OpError, OSError) as e:
             logging.warning("Could not remove %s: %s", work, e)
@@ -674,12 +588,11 @@ class BackupStore:
         with a new callback on the same directory: it must not clean up (or
         miss) the backup being committed.
         """
-        for other in list(_LIVE_STORES):
-            if other is not self and other._dir == self._dir:
-                try:
-                    other._join()
-                except errors.BackupError as e:
-                    logging.warning("An earlier backup failed: %s", e)
+        for other in background.others_on(self):
+            try:
+                other._join()
+            except errors.BackupError as e:
+                logging.warning("An earlier backup failed: %s", e)
 
     def wait(self) -> BackupInfo | None:
         """Blocks until the in-flight backup is committed; returns it.

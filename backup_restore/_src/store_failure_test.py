@@ -29,18 +29,24 @@ from testing import dirs
 
 _ENOSPC = "No space left on device"
 
-# Stages before the commit: an error there fails the backup.
+# Stages before the backup is durable: an error there fails the backup.
 _BEFORE_COMMIT_STAGES = (
     faults.BEFORE_DATA,
     faults.DATA_WRITE,
     faults.DATA_WRITTEN,
-    faults.FSYNC,
     faults.BEFORE_COMMIT,
     faults.MANIFEST_WRITE,
     faults.RENAME,
+    # Published, not yet durable: a failure to make it durable retires it.
+    faults.PUBLISHED,
+    faults.FSYNC,
 )
 # Stages after the commit: the new backup stands, older ones are kept.
 _AFTER_COMMIT_STAGES = (faults.COMMITTED, faults.DELETE_OLDER)
+# sync: durable on return; async: a small state, published on return and
+# made durable in background; async_in_background: a state larger than
+# kill_safe_max_bytes, written in background too.
+_MODES = ("sync", "async", "async_in_background")
 
 
 class _Killed(Exception):
@@ -93,6 +99,16 @@ class _Base(parameterized.TestCase):
     def _dir(self, fs="local"):
         return dirs.backup_dir(self, fs)
 
+    def _store(self, fs, mode):
+        """A store and whether to write asynchronously, for one of _MODES."""
+        background = mode == "async_in_background"
+        return (
+            store.BackupStore(
+                self._dir(fs), kill_safe_max_bytes=0 if background else None
+            ),
+            mode != "sync",
+        )
+
     def _write(self, s, value, asynchronous, size=4):
         """Writes a backup; returns (info, error)."""
         try:
@@ -138,14 +154,14 @@ class _Base(parameterized.TestCase):
 
 class InjectedFailureTest(_Base):
     @parameterized.named_parameters(
-        (f"{fs}_{mode}_{stage}", fs, mode == "async", stage)
+        (f"{fs}_{mode}_{stage}", fs, mode, stage)
         for fs in ("local", "ram")
-        for mode in ("sync", "async")
+        for mode in _MODES
         for stage in _BEFORE_COMMIT_STAGES
         if not (fs == "ram" and stage == faults.RENAME)
     )
-    def test_failure_before_commit(self, fs, asynchronous, stage):
-        s = store.BackupStore(self._dir(fs))
+    def test_failure_before_commit(self, fs, mode, stage):
+        s, asynchronous = self._store(fs, mode)
         self.assertEqual(self._write(s, 1.0, asynchronous)[0].seq, 1)
         faults.set_hook(_raise_enospc_at(stage))
         info, error = self._write(s, 2.0, asynchronous)
@@ -162,14 +178,12 @@ class InjectedFailureTest(_Base):
         s.close()
 
     @parameterized.named_parameters(
-        (f"{fs}_{mode}", fs, mode == "async")
-        for fs in ("local", "ram")
-        for mode in ("sync", "async")
+        (f"{fs}_{mode}", fs, mode) for fs in ("local", "ram") for mode in _MODES
     )
-    def test_tensorflow_write_error_like_a_full_disk(self, fs, asynchronous):
+    def test_tensorflow_write_error_like_a_full_disk(self, fs, mode):
         # What TF leaves behind when its writer fails (issue #13): no index,
         # no data, an empty ckpt_temp/; the error belongs to this backup.
-        s = store.BackupStore(self._dir(fs))
+        s, asynchronous = self._store(fs, mode)
         self._write(s, 1.0, asynchronous)
         faults.set_hook(
             _raise_enospc_at(faults.DATA_WRITE, also=_like_a_full_disk)
@@ -222,13 +236,13 @@ class InjectedFailureTest(_Base):
                 self.assertEqual(self._restored_value(s), (1, 1.0))
 
     @parameterized.named_parameters(
-        (f"{fs}_{mode}_{stage}", fs, mode == "async", stage)
+        (f"{fs}_{mode}_{stage}", fs, mode, stage)
         for fs in ("local", "ram")
-        for mode in ("sync", "async")
+        for mode in _MODES
         for stage in _AFTER_COMMIT_STAGES
     )
-    def test_failure_after_commit_keeps_both(self, fs, asynchronous, stage):
-        s = store.BackupStore(self._dir(fs))
+    def test_failure_after_commit_keeps_both(self, fs, mode, stage):
+        s, asynchronous = self._store(fs, mode)
         self._write(s, 1.0, asynchronous)
         faults.set_hook(_raise_enospc_at(stage))
         with self.assertLogs(level=logging.WARNING) as logs:
@@ -269,7 +283,8 @@ class InjectedFailureTest(_Base):
         # write_async / wait / close, and the store stays usable.
         for call in ("write_async", "wait", "close"):
             with self.subTest(call=call):
-                s = store.BackupStore(self._dir())
+                # Written in background: the error is the next call's.
+                s = store.BackupStore(self._dir(), kill_safe_max_bytes=0)
                 self._write(s, 1.0, True)
                 failed = threading.Event()
                 faults.set_hook(

@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from backup_restore._src import atomicity
+from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import store
@@ -78,8 +79,8 @@ class StoreTest(parameterized.TestCase):
         seen = []
         faults.set_hook(lambda stage, path: seen.append((stage, path)))
         info = self._write(s, [1.0])
-        per_file = (faults.FSYNC, faults.MANIFEST_WRITE)
-        after = (faults.COMMITTED, faults.DELETE_OLDER)
+        after = (faults.PUBLISHED, faults.COMMITTED, faults.DELETE_OLDER)
+        per_file = (faults.FSYNC, faults.MANIFEST_WRITE, faults.DELETE_OLDER)
         work_paths = {p for st, p in seen if st not in per_file + after}
         self.assertLen(work_paths, 1)
         (work,) = work_paths
@@ -87,12 +88,17 @@ class StoreTest(parameterized.TestCase):
             atomicity.parse_temporary(os.path.basename(work)), work
         )
         for stage, path in seen:
-            if stage in per_file:
+            if stage == faults.MANIFEST_WRITE:
                 self.assertEqual(os.path.dirname(path), work)
+            elif stage == faults.FSYNC:  # published first, then fsync'd
+                self.assertEqual(os.path.dirname(path), info.path)
+            elif stage in (faults.PUBLISHED, faults.COMMITTED):
+                self.assertEqual(path, info.path)
         stages = [st for st, _ in seen]
         in_order = [st for i, st in enumerate(stages) if stages[i - 1] != st]
         self.assertEqual(in_order, list(faults.STAGES), "stages in order")
-        self.assertEqual(stages.count(faults.FSYNC), 2)  # index and data
+        # Index, data and manifest.
+        self.assertEqual(stages.count(faults.FSYNC), 3)
         self.assertEqual(seen[-2][1], info.path)
         self.assertEqual(seen[-1][1], older.path)
 
@@ -257,7 +263,8 @@ class StoreTest(parameterized.TestCase):
 
     @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
     def test_async_snapshot_is_consistent_and_commits_in_background(self, fs):
-        s = store.BackupStore(self._dir(fs))
+        # A state larger than kill_safe_max_bytes: written in background.
+        s = store.BackupStore(self._dir(fs), kill_safe_max_bytes=0)
         self._write(s, [1.0])
         reached, release = self._blocking_hook(faults.DATA_WRITTEN)
         variable = tf.Variable([2.0])
@@ -272,6 +279,56 @@ class StoreTest(parameterized.TestCase):
         target = tf.train.Checkpoint(v=tf.Variable([0.0]))
         target.read(s.latest().checkpoint_prefix)
         self.assertEqual(target.v.numpy().tolist(), [2.0])
+
+    @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
+    def test_small_async_backup_is_published_on_return(self, fs):
+        # Kill-safe when write_async returns: committed into the page cache
+        # (a killed process resumes from it); the previous stays until the
+        # new one is fsync'd (a machine loss may tear the new one).
+        s = store.BackupStore(self._dir(fs))
+        self._write(s, [1.0])
+        reached, release = self._blocking_hook(faults.PUBLISHED)
+        variable = tf.Variable([2.0])
+        s.write_async(tf.train.Checkpoint(v=variable), {"value": [2.0]})
+        self.assertEqual(s.last_kill_safe_seconds, 0.0)
+        # Not a wait for the background: it is held before its fsync.
+        self.assertEqual([seq for seq, _ in s.committed()], [1, 2])
+        variable.assign([99.0])
+        fresh = store.BackupStore(s.directory)  # what a restart would see
+        target = tf.train.Checkpoint(v=tf.Variable([0.0]))
+        info = fresh.latest()
+        target.read(info.checkpoint_prefix)
+        self.assertEqual((info.seq, target.v.numpy().tolist()), (2, [2.0]))
+        self.assertTrue(reached.wait(timeout=60))
+        self.assertTrue(s.pending)
+        release.set()
+        self.assertEqual(s.wait().seq, 2)
+        self.assertEqual([seq for seq, _ in s.committed()], [2])
+
+    def test_large_async_backup_reports_when_it_was_published(self):
+        s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
+        s.write_async(_checkpoint([1.0]), {"value": [1.0]})
+        s.wait()
+        self.assertIsNotNone(s.last_kill_safe_seconds)
+        self.assertGreater(s.last_kill_safe_seconds, 0.0)
+
+    def test_fsync_failure_after_publishing_retires_it(self):
+        s = store.BackupStore(self._dir("local"))
+        self._write(s, [1.0])
+
+        def hook(at, path):
+            if at == faults.FSYNC:
+                raise OSError(5, "Input/output error", path)
+
+        faults.set_hook(hook)
+        s.write_async(_checkpoint([2.0]), {"value": [2.0]})
+        with self.assertRaisesRegex(
+            errors.BackupWriteError, "Input/output error.*previous backup"
+        ):
+            s.wait()
+        faults.set_hook(None)
+        self.assertEqual([seq for seq, _ in s.committed()], [1])
+        self.assertEqual(s.latest().metadata["value"], [1.0])
 
     def test_async_backup_of_a_data_iterator_leaves_its_data_unchanged(self):
         # TensorFlow's async checkpointing alone perturbs a tf.data iterator
@@ -297,7 +354,7 @@ class StoreTest(parameterized.TestCase):
         self.assertEqual(got, want)
 
     def test_async_failure_surfaces_at_wait_and_keeps_previous(self):
-        s = store.BackupStore(self._dir("local"))
+        s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
         self._write(s, [1.0])
 
         def hook(at, path):
@@ -333,7 +390,7 @@ class StoreTest(parameterized.TestCase):
     def test_background_priority_follows_the_expected_interval(
         self, interval, lowered
     ):
-        s = store.BackupStore(self._dir("local"))
+        s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
         base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         before = {t.native_id for t in threading.enumerate()}
         s.write_async(
@@ -351,7 +408,7 @@ class StoreTest(parameterized.TestCase):
         self.assertLen(started, 2, started)
         want = base
         if lowered:
-            want = min(19, base + store.BACKGROUND_NICE_INCREMENT)
+            want = min(19, base + background.BACKGROUND_NICE_INCREMENT)
         self.assertEqual(set(started.values()), {want}, started)
         self.assertEqual(s.latest().metadata["value"], [2.0])
         s.close()  # the background thread ends
@@ -363,7 +420,7 @@ class StoreTest(parameterized.TestCase):
         self.assertEqual(persist_threads, [])
 
     def test_low_priority_snapshot_failure_is_raised_to_the_caller(self):
-        s = store.BackupStore(self._dir("local"))
+        s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
         self._write(s, [1.0])
 
         def hook(at, path):

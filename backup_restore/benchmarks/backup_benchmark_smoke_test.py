@@ -29,8 +29,11 @@ class BenchmarkSmokeTest(absltest.TestCase):
             check=False,
         )
         self.assertEqual(proc.returncode, 0, proc.stderr[-5000:])
-        for config in ("tf_keras", "ours_sync", "ours_async"):
+        for config in ("tf_keras", "ours_sync", "ours_async", "ours_budget"):
             self.assertIn(f"| {config} |", proc.stdout)
+        self.assertIn("physical floor per backup", proc.stdout)
+        self.assertIn("hook return to kill-safe p50", proc.stdout)
+        self.assertIn("ours_budget (overhead_budget=0.03) chose", proc.stdout)
         self.assertIn("ours_async vs tf_keras (same run)", proc.stdout)
         self.assertIn("Checkpoint.read", proc.stdout)
 

@@ -113,6 +113,7 @@ _KILL_AT_BACKUP_STAGE = flags.DEFINE_enum(
         "data_written",
         "half_written",
         "before_commit",
+        "published",
         "committed",
     ],
     "SIGKILL this process at this stage of writing backup number "
@@ -201,7 +202,7 @@ def _install_fault_hook(stage: str | None, number: int, delay: float):
     """Demo/test hook into the backup write path (a private API).
 
     Kills this process at `stage` of backup number `number`, and/or holds
-    every persist `delay` seconds once its data is written.
+    every persist `delay` seconds once it is published (before fsync).
     """
     from backup_restore._src import faults
 
@@ -211,7 +212,7 @@ def _install_fault_hook(stage: str | None, number: int, delay: float):
     def hook(reached, path):
         if reached == faults.BEFORE_DATA:
             seen["n"] += 1
-        if reached == faults.DATA_WRITTEN and delay:
+        if reached == faults.PUBLISHED and delay:
             print(f"PERSIST DELAYED in {path}", flush=True)
             time.sleep(delay)
         if reached != target or seen["n"] != number:
