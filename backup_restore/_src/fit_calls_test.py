@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 from absl.testing import absltest
 from absl.testing import parameterized
 
@@ -21,9 +20,9 @@ SAMPLES = 64
 BATCH = 16  # 4 batches per epoch
 
 
-def _model():
-    tf_keras.utils.set_random_seed(7)
-    return synthetic.regression_model("tiny")
+def _model(flavour):
+    synthetic.KERAS[flavour].utils.set_random_seed(7)
+    return synthetic.regression_model("tiny", flavour=flavour)
 
 
 def _fit(
@@ -61,7 +60,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertRaises(keras_callbacks.Interrupted):
             _fit(
-                model or _model(),
+                model or _model(self.FLAVOUR),
                 [callback, keras_callbacks.InterruptAt(6)],
                 epochs=3,
                 **fit_kwargs,
@@ -75,7 +74,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
     def test_a_second_fit_trains_and_a_third_without_callback_is_untouched(
         self,
     ):
-        model = _model()
+        model = _model(self.FLAVOUR)
         for _ in range(2):
             _fit(
                 model,
@@ -94,7 +93,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
 
     def test_a_rerun_job_restores_each_fit_call_its_own_backup(self):
         def job():
-            model = _model()
+            model = _model(self.FLAVOUR)
             callback = backup_restore.BackupAndRestore(
                 self.dir, delete_checkpoint=False
             )
@@ -115,7 +114,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
             np.testing.assert_array_equal(got, want)
 
     def test_nothing_outlives_a_fit_that_raised(self):
-        model = _model()
+        model = _model(self.FLAVOUR)
         with self.assertRaises(keras_callbacks.Interrupted):
             _fit(
                 model,
@@ -126,7 +125,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
             )
         keras_callbacks.simulate_restart()
 
-        class RaiseAtFirstBatch(tf_keras.callbacks.Callback):
+        class RaiseAtFirstBatch(self.keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):
                 raise keras_callbacks.Interrupted("before the first step")
 
@@ -150,7 +149,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         # A two-phase job, killed in phase 2 (fit call #1): when it runs
         # again, phase 1 (call #0) trains and completes without touching
         # phase 2's backup, which phase 2 then resumes.
-        model = _model()
+        model = _model(self.FLAVOUR)
         _fit(model, [backup_restore.BackupAndRestore(self.dir)], epochs=2)
         phase2 = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertRaises(keras_callbacks.Interrupted):
@@ -163,7 +162,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         phase2.wait_for_backup()
         phase2_backups = keras_callbacks.backup_entries(self.dir)
         keras_callbacks.simulate_restart()
-        model = _model()
+        model = _model(self.FLAVOUR)
         phase1 = backup_restore.BackupAndRestore(self.dir)
         _fit(model, [phase1], epochs=2)
         self.assertIsNone(phase1.resumed_from)
@@ -194,7 +193,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
     )
     def test_a_resume_with_other_data_is_refused(self, change, pattern):
         before = self._interrupted()
-        model = _model()
+        model = _model(self.FLAVOUR)
         weights = _weights(model)
         with self.assertRaisesRegex(
             backup_restore.BackupMismatchError, pattern
@@ -215,7 +214,11 @@ class FitCallsTest(fit_test_case.FitTestCase):
     def test_fewer_epochs_than_the_backup_is_refused(self):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(_model(), [callback, keras_callbacks.InterruptAt(7)], epochs=3)
+            _fit(
+                _model(self.FLAVOUR),
+                [callback, keras_callbacks.InterruptAt(7)],
+                epochs=3,
+            )
         callback.wait_for_backup()  # the last one: epoch 1, batch 2
         keras_callbacks.simulate_restart()
         before = keras_callbacks.backup_entries(self.dir)
@@ -225,7 +228,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
             r"\(epochs=1\)",
         ):
             _fit(
-                _model(),
+                _model(self.FLAVOUR),
                 [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
                 epochs=1,
             )
@@ -249,7 +252,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
             r"\[\[16, 1\], 'float32'\]\], now \[\[\[8, 16\]",
         ):
             _fit(
-                _model(),
+                _model(self.FLAVOUR),
                 [backup_restore.BackupAndRestore(self.dir, 2)],
                 epochs=3,
                 dataset=dataset(BATCH // 2),
@@ -265,7 +268,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
             r"batches per epoch: backup 4, now 2",
         ):
             _fit(
-                _model(),
+                _model(self.FLAVOUR),
                 [backup_restore.BackupAndRestore(self.dir, 2)],
                 epochs=3,
                 dataset=synthetic.regression_dataset(
@@ -277,19 +280,17 @@ class FitCallsTest(fit_test_case.FitTestCase):
 
     @parameterized.named_parameters(
         ("two_of_ours", False),
-        ("ours_and_tf_keras", True),
+        ("ours_and_the_flavours_own", True),
     )
-    def test_two_backup_callbacks_are_refused_before_anything(
-        self, tf_keras_cb
-    ):
+    def test_two_backup_callbacks_are_refused_before_anything(self, keras_own):
         before = self._interrupted()
         other_dir = os.path.join(self.create_tempdir().full_path, "other")
         other = (
-            tf_keras.callbacks.BackupAndRestore(other_dir)
-            if tf_keras_cb
+            self.keras.callbacks.BackupAndRestore(other_dir)
+            if keras_own
             else backup_restore.BackupAndRestore(other_dir)
         )
-        model = _model()
+        model = _model(self.FLAVOUR)
         with self.assertRaisesRegex(
             ValueError, r"more than one backup callback.*Nothing was restored"
         ):
@@ -306,12 +307,12 @@ class FitCallsTest(fit_test_case.FitTestCase):
         callback = backup_restore.BackupAndRestore(
             self.dir, delete_checkpoint=False
         )
-        _fit(_model(), [callback])
-        other = tf_keras.Sequential(
+        _fit(_model(self.FLAVOUR), [callback])
+        other = self.keras.Sequential(
             [
-                tf_keras.Input((synthetic.INPUT_DIM,)),
-                tf_keras.layers.Dense(3),
-                tf_keras.layers.Dense(1),
+                self.keras.Input((synthetic.INPUT_DIM,)),
+                self.keras.layers.Dense(3),
+                self.keras.layers.Dense(1),
             ]
         )
         other.compile("sgd", "mse")
@@ -319,6 +320,8 @@ class FitCallsTest(fit_test_case.FitTestCase):
         self.assertIsNone(callback.resumed_from)
         self.assertEqual(_iterations(other), 2 * 4)
 
+
+FitCallsTfKerasTest = fit_test_case.tf_keras_variant(FitCallsTest)
 
 if __name__ == "__main__":
     absltest.main()
