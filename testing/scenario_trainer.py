@@ -54,9 +54,10 @@ _OPTIMIZER = flags.DEFINE_enum(
 _MODEL = flags.DEFINE_enum(
     "model",
     "mlp",
-    ["mlp", "string_lookup", "normalization"],
+    ["mlp", "string_lookup", "normalization", "batch_norm_dropout"],
     "mlp; string_lookup: adapted StringLookup + Embedding; normalization: "
-    "an adapted Normalization layer.",
+    "an adapted Normalization layer; batch_norm_dropout: BatchNormalization "
+    "and Dropout.",
 )
 _INPUT = flags.DEFINE_enum(
     "input",
@@ -135,6 +136,8 @@ def _model(tf, tf_keras, x):
             norm.adapt(x)
             h = norm(h)
         h = layers.Dense(8, activation="relu")(h)
+        if _MODEL.value == "batch_norm_dropout":
+            h = layers.Dropout(0.3)(layers.BatchNormalization()(h))
     outputs = layers.Dense(1, dtype="float32")(h)
     model = tf_keras.Model(inputs, outputs)
     model.compile(optimizer=_optimizer(tf, tf_keras), loss="mse")

@@ -122,6 +122,7 @@ class ScenariosTest(parameterized.TestCase):
     @parameterized.named_parameters(
         ("string_lookup_embedding", "string_lookup"),
         ("normalization", "normalization"),
+        ("batch_norm_dropout", "batch_norm_dropout"),
     )
     def test_preprocessing_model_resumes_exactly(self, model):
         result = self._kill_and_resume(
