@@ -55,3 +55,43 @@ def flavour_problem(metadata: dict, flavour: str, names) -> str | None:
             "neither can resume the other's training)"
         )
     return None
+
+
+# What a data position depends on, and how a message names it.
+_GEOMETRY = (
+    ("steps_per_epoch", "batches per epoch"),
+    ("batch_size", "batch size"),
+    ("num_samples", "number of training samples"),
+    ("element_spec", "input batches ([shape, dtype] per component)"),
+)
+
+
+def fit_call_problems(metadata: dict, fit_call: dict, geometry: dict) -> list:
+    """Why the backup's data position means something else in this fit()
+    (`fit_call`: index, epochs, initial_epoch; `geometry`: the adapter's
+    data_geometry): one line per difference, naming both values."""
+    problems = []
+    backup_call = metadata.get("fit_call", {})
+    if backup_call.get("initial_epoch") != fit_call["initial_epoch"]:
+        problems.append(
+            f"fit(initial_epoch=...): backup "
+            f"{backup_call.get('initial_epoch')}, now "
+            f"{fit_call['initial_epoch']}"
+        )
+    for key, what in _GEOMETRY:
+        backup_value = metadata.get("data", {}).get(key)
+        value = geometry.get(key)
+        if None not in (backup_value, value) and backup_value != value:
+            problems.append(f"{what}: backup {backup_value}, now {value}")
+    position = metadata["position"]
+    epochs = fit_call["epochs"]
+    if (
+        position["epoch"] > epochs
+        or (position["epoch"] == epochs and position["step"] > 0)
+    ) and not position["stop_training"]:
+        problems.append(
+            f"fit(epochs=...): the backup is at epoch {position['epoch']}, "
+            f"batch {position['step']}, past the end of this fit() "
+            f"(epochs={epochs})"
+        )
+    return problems

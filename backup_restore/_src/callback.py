@@ -631,36 +631,9 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
         Raises:
           BackupMismatchError: naming the argument or data size that differs.
         """
-        metadata = info.metadata
-        problems = []
-        backup_call = metadata.get("fit_call", {})
-        if backup_call.get("initial_epoch") != self._fit_call["initial_epoch"]:
-            problems.append(
-                f"fit(initial_epoch=...): backup "
-                f"{backup_call.get('initial_epoch')}, now "
-                f"{self._fit_call['initial_epoch']}"
-            )
-        for key, what in (
-            ("steps_per_epoch", "batches per epoch"),
-            ("batch_size", "batch size"),
-            ("num_samples", "number of training samples"),
-            ("element_spec", "input batches ([shape, dtype] per component)"),
-        ):
-            backup_value = metadata.get("data", {}).get(key)
-            value = self._data_geometry.get(key)
-            if None not in (backup_value, value) and backup_value != value:
-                problems.append(f"{what}: backup {backup_value}, now {value}")
-        position = metadata["position"]
-        epochs = self._fit_call["epochs"]
-        if (
-            position["epoch"] > epochs
-            or (position["epoch"] == epochs and position["step"] > 0)
-        ) and not position["stop_training"]:
-            problems.append(
-                f"fit(epochs=...): the backup is at epoch "
-                f"{position['epoch']}, batch {position['step']}, past the "
-                f"end of this fit() (epochs={epochs})"
-            )
+        problems = backup_metadata.fit_call_problems(
+            info.metadata, self._fit_call, self._data_geometry
+        )
         if problems:
             raise errors.BackupMismatchError(
                 f"The backup in {info.path} was written by a fit() call whose "
@@ -671,13 +644,14 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
                 "same data and arguments as before to resume, or use another "
                 f"backup_dir (or delete {self.backup_dir}) to start afresh."
             )
-        if backup_call.get("epochs") != epochs:
+        backup_epochs = info.metadata.get("fit_call", {}).get("epochs")
+        if backup_epochs != self._fit_call["epochs"]:
             logging.warning(
                 "The backup in %s was written by fit(epochs=%s); this fit() "
                 "has epochs=%s and continues it to that end.",
                 info.path,
-                backup_call.get("epochs"),
-                epochs,
+                backup_epochs,
+                self._fit_call["epochs"],
             )
 
     def _prepare_restore(self, info):
