@@ -267,6 +267,9 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
     def on_train_begin(self, logs=None):
         model = self.model
         adapter = self._adapter
+        # A start position set by an earlier fit() that raised before fit()
+        # read it must not move this one.
+        adapter.clear_start(model, None)
         if getattr(model, "optimizer", None) is None:
             raise ValueError(
                 "BackupAndRestore needs a compiled model: call model.compile() "
