@@ -198,3 +198,18 @@ class Started:
 def start(binary: str, args: list[str]) -> Started:
     """Starts `binary args --result_file=...` without waiting for it."""
     return Started(binary, args)
+
+
+class FlavouredRuns:
+    """For a test class whose child trainers take `--keras`: runs them with
+    the class's `FLAVOUR` (a subclass sets the other one)."""
+
+    FLAVOUR = "keras3"
+
+    def run_child(self, binary, args, **kwargs):
+        return run(binary, [*args, f"--keras={self.FLAVOUR}"], **kwargs)
+
+    def run_child_and_signal(self, binary, args, **kwargs):
+        return run_and_signal_at_pause(
+            binary, [*args, f"--keras={self.FLAVOUR}"], **kwargs
+        )

@@ -112,6 +112,15 @@ def unique(items) -> list:
     return out
 
 
+def batch_shapes(dataset):
+    """`global_batch_shapes` of a (distributed) dataset's elements."""
+    try:
+        spec = dataset.element_spec
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return global_batch_shapes(spec)
+
+
 def global_batch_shapes(element_spec):
     """[shape, dtype] of each component of a (global) input batch, or None
     when a component is not a dense tensor.

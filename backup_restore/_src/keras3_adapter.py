@@ -285,16 +285,8 @@ def data_geometry(context) -> dict:
         "steps_per_epoch": context.num_batches,
         "batch_size": batch_size,
         "num_samples": None if samples is None else int(samples),
-        "element_spec": _element_shapes(context),
+        "element_spec": fit_frames.batch_shapes(context._distributed_dataset),
     }
-
-
-def _element_shapes(context):
-    try:
-        spec = context._distributed_dataset.element_spec
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return fit_frames.global_batch_shapes(spec)
 
 
 def completed_epoch_steps(context):

@@ -24,18 +24,8 @@ def _trainer():
     return procs.runfile("backup_restore/examples/fit_trainer")
 
 
-class KillTest(parameterized.TestCase):
+class KillTest(procs.FlavouredRuns, parameterized.TestCase):
     """With Keras 3 models; KillTfKerasTest: the same with tf-keras."""
-
-    FLAVOUR = "keras3"
-
-    def _run(self, binary, args, **kwargs):
-        return procs.run(binary, [*args, f"--keras={self.FLAVOUR}"], **kwargs)
-
-    def _run_and_signal(self, binary, args, **kwargs):
-        return procs.run_and_signal_at_pause(
-            binary, [*args, f"--keras={self.FLAVOUR}"], **kwargs
-        )
 
     @classmethod
     def setUpClass(cls):
@@ -51,7 +41,7 @@ class KillTest(parameterized.TestCase):
         # Backups do not change training, but cache per save_freq anyway so a
         # difference would show up as a mismatch, not be hidden.
         if save_freq not in self.references:
-            run = self._run(
+            run = self.run_child(
                 _trainer(), [*_ARGS, f"--backup_dir={self.dir}-ref"]
             )
             self.assertEqual(run.returncode, 0, run.describe())
@@ -67,14 +57,14 @@ class KillTest(parameterized.TestCase):
         ]
 
     def _killed(self, save_freq, *extra, sig=signal.SIGKILL):
-        run = self._run(_trainer(), self._args(save_freq, *extra))
+        run = self.run_child(_trainer(), self._args(save_freq, *extra))
         self.assertEqual(run.killed_by, sig, run.describe())
         self.assertIsNone(run.result)
         return run
 
     def _finish(self, save_freq, expected_resume):
         reference = self._reference(save_freq)
-        run = self._run(_trainer(), self._args(save_freq))
+        run = self.run_child(_trainer(), self._args(save_freq))
         self.assertEqual(run.returncode, 0, run.describe())
         result = run.result
         self.assertEqual(
@@ -118,7 +108,7 @@ class KillTest(parameterized.TestCase):
             self.assertFalse(
                 os.path.exists(self.dir) and self._names(), "no backup yet"
             )
-            run = self._run(_trainer(), self._args(save_freq))
+            run = self.run_child(_trainer(), self._args(save_freq))
             self.assertEqual(run.returncode, 0, run.describe())
             self.assertIsNone(run.result["resumed_from"])
             return
@@ -136,7 +126,7 @@ class KillTest(parameterized.TestCase):
         ("sigkill", signal.SIGKILL), ("sigterm", signal.SIGTERM)
     )
     def test_external_signal_at_a_paused_step(self, sig):
-        run = self._run_and_signal(
+        run = self.run_child_and_signal(
             _trainer(),
             self._args("3", "--fail_at_step=7", "--fail_with=pause"),
             sig=sig,
@@ -204,7 +194,7 @@ class KillTest(parameterized.TestCase):
     def test_ram_filesystem_survives_an_in_process_restart_only(self):
         # ram:// lives in the process: a killed process loses it. This is a
         # property of that filesystem, asserted so that nobody relies on it.
-        run = self._run(
+        run = self.run_child(
             _trainer(),
             [*_ARGS, "--backup_dir=ram://kill_test/x", "--fail_at_step=6"],
         )

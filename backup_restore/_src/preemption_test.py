@@ -27,18 +27,8 @@ def _loop_trainer():
     return procs.runfile("backup_restore/examples/custom_loop_trainer")
 
 
-class PreemptionTest(parameterized.TestCase):
+class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
     """With Keras 3 models; PreemptionTfKerasTest: the same with tf-keras."""
-
-    FLAVOUR = "keras3"
-
-    def _run(self, binary, args, **kwargs):
-        return procs.run(binary, [*args, f"--keras={self.FLAVOUR}"], **kwargs)
-
-    def _run_and_signal(self, binary, args, **kwargs):
-        return procs.run_and_signal_at_pause(
-            binary, [*args, f"--keras={self.FLAVOUR}"], **kwargs
-        )
 
     def setUp(self):
         super().setUp()
@@ -46,12 +36,12 @@ class PreemptionTest(parameterized.TestCase):
         self.dir = os.path.join(self.create_tempdir().full_path, "backup")
 
     def _reference(self, binary, base):
-        ref = self._run(binary, [*base, f"--backup_dir={self.dir}-ref"])
+        ref = self.run_child(binary, [*base, f"--backup_dir={self.dir}-ref"])
         self.assertEqual(ref.returncode, 0, ref.describe())
         return ref.result
 
     def _preempt(self, binary, args, signals=(signal.SIGTERM,)):
-        run = self._run_and_signal(
+        run = self.run_child_and_signal(
             binary, [*args, "--fail_with=pause"], sig=signals
         )
         self.assertEqual(
@@ -72,7 +62,7 @@ class PreemptionTest(parameterized.TestCase):
         reference = self._reference(_fit_trainer(), _FIT)
         args = [*_FIT, f"--backup_dir={self.dir}", "--save_before_preemption"]
         self._preempt(_fit_trainer(), [*args, f"--fail_at_step={batch}"])
-        rerun = self._run(_fit_trainer(), args)
+        rerun = self.run_child(_fit_trainer(), args)
         self.assertEqual(rerun.returncode, 0, rerun.describe())
         self.assertEqual(rerun.result["resumed_from"], list(expected))
         self.assertEqual(
@@ -86,7 +76,7 @@ class PreemptionTest(parameterized.TestCase):
         reference = self._reference(_fit_trainer(), fit)
         args = [*fit, f"--backup_dir={self.dir}", "--save_before_preemption"]
         self._preempt(_fit_trainer(), [*args, "--fail_at_step=6"])
-        rerun = self._run(_fit_trainer(), args)
+        rerun = self.run_child(_fit_trainer(), args)
         self.assertEqual(rerun.returncode, 0, rerun.describe())
         self.assertEqual(rerun.result["resumed_from"], [1, 2])
         self.assertEqual(
@@ -103,7 +93,7 @@ class PreemptionTest(parameterized.TestCase):
         ]
         self._preempt(_fit_trainer(), [*args, "--fail_at_step=6"])
         self.assertLen(os.listdir(self.dir), 1)
-        rerun = self._run(_fit_trainer(), args)
+        rerun = self.run_child(_fit_trainer(), args)
         self.assertEqual(rerun.result["resumed_from"], [1, 2])
         self.assertEqual(
             rerun.result["weights_sha256"], reference["weights_sha256"]
@@ -125,7 +115,9 @@ class PreemptionTest(parameterized.TestCase):
             [*args, "--fail_at_step=5", "--nofail_after_backup_committed"],
         )
         self.assertIn("PERSIST DELAYED", run.stdout)
-        rerun = self._run(_fit_trainer(), [*args, "--persist_delay_seconds=0"])
+        rerun = self.run_child(
+            _fit_trainer(), [*args, "--persist_delay_seconds=0"]
+        )
         self.assertEqual(rerun.result["resumed_from"], [1, 1])
         self.assertEqual(
             rerun.result["weights_sha256"], reference["weights_sha256"]
@@ -139,7 +131,7 @@ class PreemptionTest(parameterized.TestCase):
             [*args, "--fail_at_step=6"],
             signals=(signal.SIGTERM, signal.SIGTERM),
         )
-        rerun = self._run(_fit_trainer(), args)
+        rerun = self.run_child(_fit_trainer(), args)
         self.assertEqual(rerun.result["resumed_from"], [1, 2])
         self.assertEqual(
             rerun.result["weights_sha256"], reference["weights_sha256"]
@@ -147,13 +139,13 @@ class PreemptionTest(parameterized.TestCase):
 
     def test_without_save_before_preemption_sigterm_just_kills(self):
         args = [*_FIT, f"--backup_dir={self.dir}", "--save_freq=epoch"]
-        run = self._run_and_signal(
+        run = self.run_child_and_signal(
             _fit_trainer(),
             [*args, "--fail_at_step=7", "--fail_with=pause"],
             sig=signal.SIGTERM,
         )
         self.assertEqual(run.killed_by, signal.SIGTERM, run.describe())
-        rerun = self._run(_fit_trainer(), args)
+        rerun = self.run_child(_fit_trainer(), args)
         self.assertEqual(rerun.result["resumed_from"], [1, 0])
 
     # -- custom training loop ------------------------------------------------
@@ -162,7 +154,7 @@ class PreemptionTest(parameterized.TestCase):
         reference = self._reference(_loop_trainer(), _LOOP)
         args = [*_LOOP, f"--backup_dir={self.dir}", "--save_before_preemption"]
         self._preempt(_loop_trainer(), [*args, "--fail_at_step=13"])
-        rerun = self._run(_loop_trainer(), args)
+        rerun = self.run_child(_loop_trainer(), args)
         self.assertEqual(rerun.returncode, 0, rerun.describe())
         self.assertEqual(rerun.result["resumed_from"], 13)
         self.assertEqual(

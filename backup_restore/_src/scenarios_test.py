@@ -20,7 +20,7 @@ _TRAINER = "testing/scenario_trainer"
 _BATCHES_PER_EPOCH = 8
 
 
-class ScenariosTest(parameterized.TestCase):
+class ScenariosTest(procs.FlavouredRuns, parameterized.TestCase):
     """For tf-keras; ScenariosKeras3Test runs the same for Keras 3."""
 
     FLAVOUR = "tf_keras"
@@ -36,16 +36,8 @@ class ScenariosTest(parameterized.TestCase):
         super().setUp()
         self.dir = os.path.join(self.create_tempdir().full_path, "backup")
 
-    def _proc(self, args):
-        return procs.run(self.trainer, [*args, f"--keras={self.FLAVOUR}"])
-
-    def _proc_signal(self, args, **kwargs):
-        return procs.run_and_signal_at_pause(
-            self.trainer, [*args, f"--keras={self.FLAVOUR}"], **kwargs
-        )
-
     def _run(self, args, expect=0):
-        run = self._proc([f"--backup_dir={self.dir}", *args])
+        run = self.run_child(self.trainer, [f"--backup_dir={self.dir}", *args])
         self.assertEqual(run.returncode, expect, run.describe())
         return run
 
@@ -53,7 +45,9 @@ class ScenariosTest(parameterized.TestCase):
         key = tuple(args)
         if key not in self._references:
             ref_dir = os.path.join(self.create_tempdir().full_path, "ref")
-            run = self._proc([f"--backup_dir={ref_dir}", *args])
+            run = self.run_child(
+                self.trainer, [f"--backup_dir={ref_dir}", *args]
+            )
             self.assertEqual(run.returncode, 0, run.describe())
             self._references[key] = run.result
         return self._references[key]
@@ -71,7 +65,8 @@ class ScenariosTest(parameterized.TestCase):
 
     def _kill_and_resume(self, args, kill_after):
         want = self._reference(args)
-        killed = self._proc(
+        killed = self.run_child(
+            self.trainer,
             [
                 f"--backup_dir={self.dir}",
                 *args,
@@ -99,7 +94,8 @@ class ScenariosTest(parameterized.TestCase):
         args = [f"--optimizer={optimizer}", "--save_freq=3"]
         # Twice: in epoch 1 (after 11 batches), then in epoch 2 (20).
         self._reference(args)
-        killed = self._proc(
+        killed = self.run_child(
+            self.trainer,
             [f"--backup_dir={self.dir}", *args, "--kill_after_batches=11"],
         )
         self.assertEqual(killed.killed_by, signal.SIGKILL, killed.describe())
@@ -153,7 +149,8 @@ class ScenariosTest(parameterized.TestCase):
     def test_sigterm_during_validation_backs_up_and_resumes_exactly(self):
         args = ["--validation", "--save_freq=epoch"]
         want = self._reference(args)
-        run = self._proc_signal(
+        run = self.run_child_and_signal(
+            self.trainer,
             [
                 f"--backup_dir={self.dir}",
                 *args,
@@ -174,7 +171,8 @@ class ScenariosTest(parameterized.TestCase):
     def test_sigterm_before_the_deletion_backs_up_the_finished_run(self):
         args = ["--save_freq=epoch", "--save_before_preemption"]
         want = self._reference(args)
-        run = self._proc_signal(
+        run = self.run_child_and_signal(
+            self.trainer,
             [f"--backup_dir={self.dir}", *args, "--pause_at=finish_waited"],
             sig=signal.SIGTERM,
         )
@@ -186,7 +184,8 @@ class ScenariosTest(parameterized.TestCase):
         self.assertFalse(resumed.result["backup_dir_exists"])
 
     def test_sigterm_during_the_deletion_completes_the_run(self):
-        run = self._proc_signal(
+        run = self.run_child_and_signal(
+            self.trainer,
             [
                 f"--backup_dir={self.dir}",
                 "--save_freq=epoch",
@@ -203,7 +202,8 @@ class ScenariosTest(parameterized.TestCase):
     # -- a resume with other data ------------------------------------------
 
     def test_resume_with_another_batch_size_is_refused_and_loses_nothing(self):
-        killed = self._proc(
+        killed = self.run_child(
+            self.trainer,
             [
                 f"--backup_dir={self.dir}",
                 "--save_freq=3",

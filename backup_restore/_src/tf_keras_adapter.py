@@ -337,16 +337,8 @@ def data_geometry(data_handler) -> dict:
         "num_samples": samples,
         # A tf.data.Dataset tells fit() neither of those two; its element
         # shapes include the batch size with batch(drop_remainder=True).
-        "element_spec": _element_shapes(data_handler),
+        "element_spec": fit_frames.batch_shapes(data_handler._dataset),
     }
-
-
-def _element_shapes(data_handler):
-    try:
-        spec = data_handler._dataset.element_spec
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return fit_frames.global_batch_shapes(spec)
 
 
 def completed_epoch_steps(data_handler):
