@@ -87,7 +87,7 @@ def main(argv):
 
     manager = backup_restore.BackupManager(
         cli.user_path(_BACKUP_DIR.value),
-        save_every_n_steps=_SAVE_EVERY.value,
+        save_freq=_SAVE_EVERY.value,
         async_backup=_ASYNC_BACKUP.value,
         save_before_preemption=_SAVE_BEFORE_PREEMPTION.value,
         model=model,
@@ -106,7 +106,7 @@ def main(argv):
         step += 1
         steps_this_run += 1
         if steps_this_run == _FAIL_AT_STEP.value:
-            manager.wait()
+            manager.wait_for_backup()
             print(f"FAILING after {steps_this_run} steps", flush=True)
             how = _FAIL_WITH.value
             if how == "sigkill":
