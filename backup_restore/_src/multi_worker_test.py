@@ -198,7 +198,7 @@ class MultiWorkerTest(absltest.TestCase):
         proc = subprocess.run(
             [
                 sys.executable,
-                procs.runfile("backup_restore/examples/multi_worker_launcher"),
+                procs.runfile("testing/launcher"),
                 "--num_workers=2",
                 "--max_restarts=3",
                 f"--worker_log_dir={self.tmp}/logs",

@@ -49,7 +49,7 @@ class ParameterServerTest(absltest.TestCase):
         return subprocess.Popen(
             [
                 sys.executable,
-                procs.runfile("backup_restore/examples/multi_worker_launcher"),
+                procs.runfile("testing/launcher"),
                 "--num_workers=2",
                 "--num_ps=1",
                 "--max_restarts=3",

@@ -134,7 +134,7 @@ _STRATEGY = flags.DEFINE_enum(
     "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG. "
     "parameter_server: ParameterServerStrategy over the chief/worker/ps "
     "cluster in TF_CONFIG; the worker and ps tasks only serve (start them "
-    "all with //backup_restore/examples:multi_worker_launcher --num_ps=1); "
+    "all with //testing:launcher --num_ps=1); "
     "needs --steps_per_epoch and reads a repeated tf.data input. "
     "tpu: TPUStrategy on this TPU VM's TPU. "
     "one_device: OneDeviceStrategy on the first GPU, else the CPU.",

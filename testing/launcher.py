@@ -10,8 +10,8 @@ worker exits abnormally the others cannot go on: the launcher stops them and
 starts the whole group again (new ports). It succeeds when every worker
 exits 0.
 
-  ./tools/bazel run //backup_restore/examples:multi_worker_launcher -- \
-      --num_workers=2 -- --strategy=multi_worker --backup_dir=/tmp/mw_backup
+  ./tools/bazel run //testing:launcher -- --num_workers=2 \
+      --trainer=backup_restore/examples/multi_worker
 
 ParameterServerStrategy (--num_ps >= 1): a chief (runs fit()), N workers and
 the parameter servers. A dead worker is restarted alone, on the same port:
@@ -19,11 +19,13 @@ tf.distribute's ClusterCoordinator reschedules its steps and goes on. When the
 chief or a parameter server dies, the whole group is restarted. It succeeds
 when the chief exits 0; the servers are then stopped.
 
-  ./tools/bazel run //backup_restore/examples:multi_worker_launcher -- \
+  ./tools/bazel run //testing:launcher -- \
       --num_workers=2 --num_ps=1 -- --strategy=parameter_server \
       --steps_per_epoch=20 --save_freq=5 --backup_dir=/tmp/ps_backup
 
-Arguments after `--` go to every task (the fit_trainer by default). SIGTERM
+Arguments after `--` go to every task (the test trainer
+backup_restore/examples/fit_trainer by default). The tasks' output goes to the
+launcher's own, or with --worker_log_dir to one file per task and start. SIGTERM
 or SIGINT to the launcher is passed on to the tasks (a trainer with
 --save_before_preemption then backs up and exits), and nothing is restarted.
 """
@@ -91,7 +93,7 @@ class _Task:
             for a in _WORKER_ARGS_FLAG.value
             if a.split(":", 1)[0] == str(self.index)
         ]
-        out = subprocess.DEVNULL
+        out = None  # the launcher's own stdout
         if _LOG_DIR.value:
             os.makedirs(_LOG_DIR.value, exist_ok=True)
             path = os.path.join(
@@ -106,7 +108,7 @@ class _Task:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        if out is not subprocess.DEVNULL:
+        if out is not None:
             out.close()  # the child has its own copy
         self.starts += 1
 
