@@ -12,8 +12,9 @@ class Interrupted(Exception):
 class InterruptAt(tf_keras.callbacks.Callback):
     """Raises Interrupted after `batches` batches of this fit() call.
 
-    Place it after BackupAndRestore in the callbacks list so that a backup due
-    at the same batch is written first, as in a crash right after it.
+    BackupAndRestore runs after every other callback (it moves itself last
+    when fit() starts), so wherever this one is placed, a backup due at the
+    same batch is not written: the crash comes before it.
     """
 
     def __init__(self, batches: int):
