@@ -18,6 +18,8 @@ from absl.testing import parameterized
 
 from testing import device
 from testing import procs
+from testing import test_case
+from testing import trainers
 
 _BASE = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=9"]
 
@@ -50,18 +52,9 @@ CONFIGS["steps_per_execution"] = ["--steps_per_execution=2", "--num_samples=96"]
 KILLS["steps_per_execution"] = ("2", 2, 2, 4)
 
 
-def _trainer():
-    return procs.runfile("backup_restore/examples/fit_trainer")
-
-
-class ExactResumeTest(parameterized.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.tmp = self.create_tempdir().full_path
-
+class ExactResumeTest(test_case.TestCase):
     def _run(self, args, killed=False):
-        run = procs.run(_trainer(), [*_BASE, *args])
+        run = procs.run(trainers.fit_trainer(), [*_BASE, *args])
         if killed:
             self.assertEqual(run.killed_by, signal.SIGKILL, run.describe())
         else:
@@ -101,7 +94,7 @@ class ExactResumeTest(parameterized.TestCase):
         self._assert_same(self._run(epochs), reference)
 
     def test_custom_loop_killed_twice_matches_uninterrupted(self):
-        loop = procs.runfile("backup_restore/examples/custom_loop_trainer")
+        loop = trainers.custom_loop_trainer()
         base = ["--steps=30", "--save_every=7", "--seed=2"]
 
         def run(args, killed=False):

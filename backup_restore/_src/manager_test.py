@@ -13,6 +13,7 @@ from absl.testing import absltest
 import backup_restore
 from backup_restore.examples import synthetic
 from testing import device
+from testing import test_case
 
 
 def _objects(width=8):
@@ -30,12 +31,7 @@ def _backups(directory):
     return sorted(n for n in os.listdir(directory) if n.startswith("backup-"))
 
 
-class ManagerTest(absltest.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.dir = os.path.join(self.create_tempdir().full_path, "b")
-
+class ManagerTest(test_case.TestCase):
     def _manager(self, objects, **kwargs):
         model, optimizer, iterator, rng = objects
         return backup_restore.BackupManager(

@@ -16,9 +16,10 @@ import time
 
 from absl.testing import absltest
 
-from testing import device
 from testing import ports
 from testing import procs
+from testing import test_case
+from testing import trainers
 
 _ARGS = [
     "--strategy=multi_worker",
@@ -29,16 +30,7 @@ _ARGS = [
 ]
 
 
-def _trainer():
-    return procs.runfile("backup_restore/examples/fit_trainer")
-
-
-class MultiWorkerTest(absltest.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.tmp = self.create_tempdir().full_path
-
+class MultiWorkerTest(test_case.TestCase):
     def _cluster(self, n, args, per_worker=None, wait_for_death=None):
         """Runs n workers; returns their exit codes and chief's result.
 
@@ -56,7 +48,7 @@ class MultiWorkerTest(absltest.TestCase):
                 extra = [*extra, f"--result_file={result_file}"]
             workers.append(
                 subprocess.Popen(
-                    [sys.executable, _trainer(), *args, *extra],
+                    [sys.executable, trainers.fit_trainer(), *args, *extra],
                     env=env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

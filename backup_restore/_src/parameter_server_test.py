@@ -23,8 +23,8 @@ import time
 
 from absl.testing import absltest
 
-from testing import device
 from testing import procs
+from testing import test_case
 
 _EPOCHS, _STEPS = 3, 5
 _ARGS = [
@@ -37,11 +37,9 @@ _ARGS = [
 ]
 
 
-class ParameterServerTest(absltest.TestCase):
+class ParameterServerTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        device.skip_if_device_absent()
-        self.tmp = self.create_tempdir().full_path
         self.backup_dir = os.path.join(self.tmp, "backup")
         self.result_file = os.path.join(self.tmp, "result.json")
 

@@ -12,25 +12,20 @@ import signal
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from testing import device
 from testing import procs
+from testing import test_case
+from testing import trainers
 
-_TRAINER = "testing/scenario_trainer"
 # 64 samples in batches of 8: 8 batches per epoch, 3 epochs.
 _BATCHES_PER_EPOCH = 8
 
 
-class ScenariosTest(parameterized.TestCase):
+class ScenariosTest(test_case.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        device.skip_if_device_absent()
-        cls.trainer = procs.runfile(_TRAINER)
+        cls.trainer = trainers.scenario_trainer()
         cls._references = {}
-
-    def setUp(self):
-        super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
 
     def _run(self, args, expect=0):
         run = procs.run(self.trainer, [f"--backup_dir={self.dir}", *args])
