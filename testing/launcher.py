@@ -24,7 +24,7 @@ when the chief exits 0; the servers are then stopped.
       --steps_per_epoch=20 --save_freq=5 --backup_dir=/tmp/ps_backup
 
 Arguments after `--` go to every task (the test trainer
-backup_restore/examples/fit_trainer by default). The tasks' output goes to the
+testing/fit_trainer by default). The tasks' output goes to the
 launcher's own, or with --worker_log_dir to one file per task and start. SIGTERM
 or SIGINT to the launcher is passed on to the tasks (a trainer with
 --save_before_preemption then backs up and exits), and nothing is restarted.
@@ -57,7 +57,7 @@ _MAX_RESTARTS = flags.DEFINE_integer(
 )
 _TRAINER = flags.DEFINE_string(
     "trainer",
-    "backup_restore/examples/fit_trainer",
+    "testing/fit_trainer",
     "The task binary (a runfiles path, or an absolute path).",
 )
 _LOG_DIR = flags.DEFINE_string(

@@ -181,7 +181,7 @@ def main(argv):
     import tf_keras
 
     import backup_restore
-    from backup_restore.examples import synthetic
+    from testing import synthetic
 
     if _OPTIMIZER.value == "loss_scale":
         tf_keras.mixed_precision.set_global_policy("mixed_float16")

@@ -6,12 +6,12 @@ from testing import procs
 
 def fit_trainer() -> str:
     """Model.fit() with BackupAndRestore; kill, signal and fault flags."""
-    return procs.runfile("backup_restore/examples/fit_trainer")
+    return procs.runfile("testing/fit_trainer")
 
 
 def custom_loop_trainer() -> str:
     """A custom loop with BackupManager; kill and signal flags."""
-    return procs.runfile("backup_restore/examples/custom_loop_trainer")
+    return procs.runfile("testing/custom_loop_trainer")
 
 
 def scenario_trainer() -> str:

@@ -11,8 +11,8 @@ import tf_keras
 from absl.testing import absltest
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import device
+from testing import synthetic
 from testing import test_case
 
 

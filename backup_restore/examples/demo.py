@@ -28,7 +28,7 @@ _KILL_AT = flags.DEFINE_integer(
 
 def main(argv):
     del argv
-    trainer = procs.runfile("backup_restore/examples/fit_trainer")
+    trainer = procs.runfile("testing/fit_trainer")
     inspect = procs.runfile("backup_restore/inspect")
     work = tempfile.mkdtemp(prefix="backup_restore_demo_")
     common = ["--epochs=4", "--num_samples=160", "--batch_size=16"]

@@ -1,10 +1,10 @@
-r"""Example: Model.fit() with backup_restore.BackupAndRestore.
+r"""Test trainer: Model.fit() with BackupAndRestore and fault injection.
 
 Trains a small regression MLP on embedded synthetic data. Kill it at any time
 (Ctrl-C, `kill -9`, or the --fail_* flags) and run the same command again: it
 resumes from the last backup. When training completes the backup is deleted.
 
-  ./tools/bazel run //backup_restore/examples:fit_trainer -- \
+  ./tools/bazel run //testing:fit_trainer -- \
       --backup_dir=/tmp/fit_trainer_backup --epochs=5 --save_freq=10
 
 The last line printed summarises the run, e.g.
@@ -350,7 +350,7 @@ def main(argv):
     import tf_keras
 
     import backup_restore
-    from backup_restore.examples import synthetic
+    from testing import synthetic
 
     # First: multi-worker collectives and logical devices must be configured
     # before anything else initializes TensorFlow's runtime.

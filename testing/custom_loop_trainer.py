@@ -1,4 +1,4 @@
-r"""Example: a custom training loop with backup_restore.BackupManager.
+r"""Test trainer: a custom training loop with BackupManager, killable.
 
 A tf.function train step in a plain Python loop. The manager backs up the
 model, the optimizer, the tf.data iterator (its position and shuffle state)
@@ -6,7 +6,7 @@ and a tf.random.Generator (used for input noise); killed and restarted, the
 loop continues at the step after the last backup and ends bit-identical to an
 uninterrupted run.
 
-  ./tools/bazel run //backup_restore/examples:custom_loop_trainer -- \
+  ./tools/bazel run //testing:custom_loop_trainer -- \
       --backup_dir=/tmp/custom_loop_backup --steps=200 --save_every=20
 """
 
@@ -61,7 +61,7 @@ def main(argv):
     import tf_keras
 
     import backup_restore
-    from backup_restore.examples import synthetic
+    from testing import synthetic
 
     tf_keras.utils.set_random_seed(_SEED.value)
     tf.config.experimental.enable_op_determinism()
