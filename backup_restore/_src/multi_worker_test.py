@@ -16,7 +16,7 @@ import time
 
 from absl.testing import absltest
 
-from testing import ports
+from testing import cluster
 from testing import procs
 from testing import test_case
 from testing import trainers
@@ -37,24 +37,20 @@ class MultiWorkerTest(test_case.TestCase):
         wait_for_death: the index of a worker expected to die; once it has,
         the others get up to 60 s to notice, then are SIGKILLed.
         """
-        cluster = ports.pick_unused_ports(n)
         result_file = os.path.join(self.tmp, f"result-{time.time_ns()}.json")
-        workers = []
-        for i in range(n):
-            env = dict(os.environ, TF_CONFIG=ports.tf_config(cluster, i))
-            env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-            extra = (per_worker or {}).get(i, [])
-            if i == 0:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        tasks = cluster.make(n)
+        for task in tasks:
+            extra = (per_worker or {}).get(task.index, [])
+            if task.index == 0:
                 extra = [*extra, f"--result_file={result_file}"]
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, trainers.fit_trainer(), *args, *extra],
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
+            task.start(
+                trainers.fit_trainer(),
+                [*args, *extra],
+                stdout=subprocess.PIPE,
+                env=env,
             )
+        workers = [task.process for task in tasks]
         if wait_for_death is not None:
             workers[wait_for_death].wait(timeout=300)
             deadline = time.monotonic() + 60

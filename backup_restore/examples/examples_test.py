@@ -140,7 +140,11 @@ class ExamplesTest(absltest.TestCase):
         self.assertIn("Done: 3000 steps.", out)
 
     def test_inspect_a_kept_backup(self):
-        fit = readme.commands("//backup_restore/examples:fit")[1]
+        fit = next(
+            c
+            for c in readme.commands("//backup_restore/examples:fit")
+            if "--nodelete_checkpoint" in c
+        )
         inspect = next(
             c
             for c in readme.commands("//backup_restore:inspect")
