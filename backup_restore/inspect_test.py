@@ -12,6 +12,7 @@ from backup_restore._src import atomicity
 from backup_restore._src import manifest
 from testing import device
 from testing import procs
+from testing import trainers
 
 
 def _inspect(*args):
@@ -33,7 +34,7 @@ class InspectTest(absltest.TestCase):
     def _fit_backup(self, *extra):
         directory = os.path.join(self.create_tempdir().full_path, "b")
         run = procs.run(
-            procs.runfile("backup_restore/examples/fit_trainer"),
+            trainers.fit_trainer(),
             [
                 f"--backup_dir={directory}",
                 "--epochs=2",
@@ -160,7 +161,7 @@ class InspectTest(absltest.TestCase):
     def test_leftovers_are_listed(self):
         directory = os.path.join(self.create_tempdir().full_path, "b")
         run = procs.run(
-            procs.runfile("backup_restore/examples/fit_trainer"),
+            trainers.fit_trainer(),
             [
                 f"--backup_dir={directory}",
                 "--epochs=3",
@@ -177,7 +178,7 @@ class InspectTest(absltest.TestCase):
     def test_custom_loop_backup(self):
         directory = os.path.join(self.create_tempdir().full_path, "b")
         run = procs.run(
-            procs.runfile("backup_restore/examples/custom_loop_trainer"),
+            trainers.custom_loop_trainer(),
             [f"--backup_dir={directory}", "--steps=20", "--fail_at_step=12"],
         )
         self.assertEqual(run.killed_by, 9, run.describe())

@@ -1,12 +1,18 @@
-"""Test macros: one test source -> CPU, GPU and TPU py_test variants.
+"""Test macros: one test source -> a CPU py_test, and GPU / TPU variants.
 
 After TensorFlow's cuda_py_test / distribute_py_test: each variant gets its own
-tags and environment, then a test_suite with the plain name groups them. The
+tags and environment, then a test_suite with the plain name groups them. Every
+test gets `<name>_cpu`; GPU and TPU variants are opt-in
+(`devices = ALL_DEVICES`), for the tests whose code runs on a device (training,
+strategies), not for the ones that exercise files, processes or docs. The
 default `bazel test` selects the CPU variants (.bazelrc filters out the `gpu`
 and `tpu` tags); `--config=gpu` / `--config=tpu` select the others. A GPU or
 TPU variant on a machine without that device skips every test case with a
 stated reason (testing/device.py); it never passes vacuously.
 """
+
+# For tests whose code runs on a device: also a GPU and a TPU variant.
+ALL_DEVICES = ["cpu", "gpu", "tpu"]
 
 _DEVICES = {
     "cpu": struct(
@@ -38,7 +44,7 @@ def backup_restore_py_test(
         shard_count = None,
         size = "medium",
         timeout = None,
-        devices = ["cpu", "gpu", "tpu"],
+        devices = ["cpu"],
         **kwargs):
     """Emits `<name>_<device>` py_tests for each device, and test_suite(name).
 
@@ -54,7 +60,8 @@ def backup_restore_py_test(
       shard_count: passed through; absltest honours Bazel sharding.
       size: test size.
       timeout: test timeout.
-      devices: which variants to emit.
+      devices: which variants to emit: the CPU one (default), or
+        ALL_DEVICES for a test that runs code on a device.
       **kwargs: passed to every py_test.
     """
     variants = []

@@ -1,18 +1,15 @@
 """A base class for in-process tests of BackupAndRestore in Model.fit()."""
 
-import os
-
 import tensorflow as tf
-from absl.testing import parameterized
 
-from backup_restore.examples import synthetic
-from testing import device
 from testing import keras_callbacks
+from testing import synthetic
+from testing import test_case
 
 
-class FitTestCase(parameterized.TestCase):
-    """Skips without this variant's device; op determinism on; each test a
-    job of its own, with `self.dir` a fresh backup_dir (not yet created).
+class FitTestCase(test_case.TestCase):
+    """test_case.TestCase (device skip, fresh `self.dir`), with op
+    determinism on and the process made to look like a fresh job.
 
     `self.keras` is the Keras flavour under test (`FLAVOUR`: Keras 3 here;
     `tf_keras_variant` makes the same tests for tf-keras)."""
@@ -26,12 +23,10 @@ class FitTestCase(parameterized.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        device.skip_if_device_absent()
         tf.config.experimental.enable_op_determinism()
 
     def setUp(self):
         super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
         keras_callbacks.simulate_restart()
 
 

@@ -16,9 +16,12 @@ class Interrupted(Exception):
 
 
 class InterruptAt(Callback):
-    """Raises Interrupted after `batches` batches of this fit() call, before
-    a backup due at that batch (BackupAndRestore runs last): a crash at
-    the end of that batch."""
+    """Raises Interrupted after `batches` batches of this fit() call.
+
+    BackupAndRestore runs after every other callback (it moves itself last
+    when fit() starts), so wherever this one is placed, a backup due at the
+    same batch is not written: the crash comes before it.
+    """
 
     def __init__(self, batches: int):
         super().__init__()

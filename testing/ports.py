@@ -24,11 +24,6 @@ def pick_unused_ports(count: int) -> list[int]:
     return ports
 
 
-def tf_config(ports: list[int], index: int, task_type: str = "worker") -> str:
-    """TF_CONFIG for task `index` of a cluster of workers on loopback."""
-    return cluster_tf_config({"worker": ports}, task_type, index)
-
-
 def cluster_tf_config(jobs: dict[str, list[int]], task_type: str, index: int):
     """TF_CONFIG for one task of a cluster on loopback: jobs maps a job name
     (chief, worker, ps) to its tasks' ports."""

@@ -189,7 +189,7 @@ def main(argv):
     import tensorflow as tf
 
     import backup_restore
-    from backup_restore.examples import synthetic
+    from testing import synthetic
 
     tf_keras = synthetic.KERAS[_KERAS.value]  # either flavour
     if _KERAS.value == "keras3" and _OPTIMIZER.value.startswith("legacy"):

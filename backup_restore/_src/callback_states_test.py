@@ -7,9 +7,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import fit_test_case
 from testing import keras_callbacks
+from testing import synthetic
 
 SAMPLES, BATCH = 64, 16  # 4 batches per epoch
 X, Y = synthetic.regression_data(SAMPLES, seed=3)

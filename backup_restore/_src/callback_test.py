@@ -13,9 +13,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import fit_test_case
 from testing import keras_callbacks
+from testing import synthetic
 
 EPOCHS = 3
 SAMPLES = 64

@@ -17,7 +17,7 @@ from absl.testing import absltest
 import backup_restore
 from backup_restore._src import distribution
 from testing import device
-from testing import procs
+from testing import trainers
 
 
 class RoleTest(absltest.TestCase):
@@ -78,7 +78,7 @@ class TrainerFlagsTest(absltest.TestCase):
         return subprocess.run(
             [
                 sys.executable,
-                procs.runfile("backup_restore/examples/fit_trainer"),
+                trainers.fit_trainer(),
                 f"--backup_dir={self.create_tempdir().full_path}/b",
                 *args,
             ],

@@ -8,9 +8,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import device
 from testing import procs
+from testing import synthetic
 
 
 def _python_blocks(text):

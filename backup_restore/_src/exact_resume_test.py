@@ -18,6 +18,8 @@ from absl.testing import parameterized
 
 from testing import device
 from testing import procs
+from testing import test_case
+from testing import trainers
 
 _BASE = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=9"]
 
@@ -61,18 +63,9 @@ CONFIGS = [
 ]
 
 
-def _trainer():
-    return procs.runfile("backup_restore/examples/fit_trainer")
-
-
-class ExactResumeTest(parameterized.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.tmp = self.create_tempdir().full_path
-
+class ExactResumeTest(test_case.TestCase):
     def _run(self, args, killed=False):
-        run = procs.run(_trainer(), [*_BASE, *args])
+        run = procs.run(trainers.fit_trainer(), [*_BASE, *args])
         if killed:
             self.assertEqual(run.killed_by, signal.SIGKILL, run.describe())
         else:
@@ -112,7 +105,7 @@ class ExactResumeTest(parameterized.TestCase):
 
     @parameterized.parameters("keras3", "tf_keras")
     def test_custom_loop_killed_twice_matches_uninterrupted(self, flavour):
-        loop = procs.runfile("backup_restore/examples/custom_loop_trainer")
+        loop = trainers.custom_loop_trainer()
         base = ["--steps=30", "--save_every=7", "--seed=2", "--dropout=0.3"]
         base.append(f"--keras={flavour}")
 

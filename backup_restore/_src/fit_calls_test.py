@@ -12,9 +12,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import fit_test_case
 from testing import keras_callbacks
+from testing import synthetic
 
 SAMPLES = 64
 BATCH = 16  # 4 batches per epoch

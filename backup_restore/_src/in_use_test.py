@@ -12,17 +12,14 @@ import signal
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from testing import device
 from testing import procs
+from testing import test_case
+from testing import trainers
 
 # 64 samples / batch 16 = 4 batches per epoch, 3 epochs; a backup per epoch.
 _ARGS = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=5"]
 # ownership.FORCE_LEASE_ENV (not imported: the test needs only the trainer).
 _FORCE_LEASE_ENV = "BACKUP_RESTORE_TESTONLY_LEASE_TTL"
-
-
-def _trainer():
-    return procs.runfile("backup_restore/examples/fit_trainer")
 
 
 def _snapshot(directory):
@@ -39,19 +36,13 @@ def _snapshot(directory):
     return found
 
 
-class InUseTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        device.skip_if_device_absent()
-
+class InUseTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
         self.args = [*_ARGS, f"--backup_dir={self.dir}"]
 
     def _start(self, *extra):
-        job = procs.start(_trainer(), [*self.args, *extra])
+        job = procs.start(trainers.fit_trainer(), [*self.args, *extra])
         self.addCleanup(job.kill)
         return job
 
@@ -75,7 +66,9 @@ class InUseTest(parameterized.TestCase):
         self.assertNotEmpty(os.listdir(temporary))
         before = _snapshot(self.dir)
 
-        self._assert_refused(procs.run(_trainer(), self.args), owner.pid)
+        self._assert_refused(
+            procs.run(trainers.fit_trainer(), self.args), owner.pid
+        )
         self.assertEqual(_snapshot(self.dir), before)
 
         owner.signal(signal.SIGCONT)
@@ -100,7 +93,9 @@ class InUseTest(parameterized.TestCase):
         owner.wait_for_line("PAUSED")
         self.assertIn(name, os.listdir(self.dir))
         before = _snapshot(self.dir)
-        self._assert_refused(procs.run(_trainer(), self.args), owner.pid)
+        self._assert_refused(
+            procs.run(trainers.fit_trainer(), self.args), owner.pid
+        )
         after = _snapshot(self.dir)
         if lease_ttl is not None:  # renewed meanwhile by the owner
             before.pop(name)
@@ -111,7 +106,7 @@ class InUseTest(parameterized.TestCase):
         self.assertEqual(owner.finish().killed_by, signal.SIGKILL)
         # Started at once: the dead owner's lock (or lease, whose process is
         # gone from this host) does not stand in the way.
-        run = procs.run(_trainer(), self.args)
+        run = procs.run(trainers.fit_trainer(), self.args)
         self.assertEqual(run.returncode, 0, run.describe())
         self.assertEqual(run.result["resumed_from"], [1, 0], run.describe())
         self.assertEqual(run.result["history_epochs"], [0, 1, 2])

@@ -14,9 +14,9 @@ from keras.src.trainers import epoch_iterator
 
 from backup_restore._src import keras3_adapter
 from backup_restore._src import position
-from backup_restore.examples import synthetic
 from testing import device
 from testing import keras_callbacks
+from testing import synthetic
 
 
 class _Probe(keras_callbacks.Recorder):

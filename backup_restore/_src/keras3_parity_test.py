@@ -11,9 +11,9 @@ import keras
 from absl.testing import absltest
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import fit_test_case
 from testing import keras_callbacks
+from testing import synthetic
 
 EPOCHS = 4
 X, Y = synthetic.regression_data(64)  # batch 16: 4 batches per epoch

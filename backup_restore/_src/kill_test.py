@@ -13,36 +13,28 @@ import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from testing import device
 from testing import procs
+from testing import test_case
+from testing import trainers
 
 # 64 samples / batch 16 = 4 batches per epoch, 3 epochs.
 _ARGS = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=5"]
 
 
-def _trainer():
-    return procs.runfile("backup_restore/examples/fit_trainer")
-
-
-class KillTest(procs.FlavouredRuns, parameterized.TestCase):
+class KillTest(procs.FlavouredRuns, test_case.TestCase):
     """With Keras 3 models; KillTfKerasTest: the same with tf-keras."""
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        device.skip_if_device_absent()
         cls.references = {}
-
-    def setUp(self):
-        super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
 
     def _reference(self, save_freq):
         # Backups do not change training, but cache per save_freq anyway so a
         # difference would show up as a mismatch, not be hidden.
         if save_freq not in self.references:
             run = self.run_child(
-                _trainer(), [*_ARGS, f"--backup_dir={self.dir}-ref"]
+                trainers.fit_trainer(), [*_ARGS, f"--backup_dir={self.dir}-ref"]
             )
             self.assertEqual(run.returncode, 0, run.describe())
             self.references[save_freq] = run.result
@@ -57,14 +49,16 @@ class KillTest(procs.FlavouredRuns, parameterized.TestCase):
         ]
 
     def _killed(self, save_freq, *extra, sig=signal.SIGKILL):
-        run = self.run_child(_trainer(), self._args(save_freq, *extra))
+        run = self.run_child(
+            trainers.fit_trainer(), self._args(save_freq, *extra)
+        )
         self.assertEqual(run.killed_by, sig, run.describe())
         self.assertIsNone(run.result)
         return run
 
     def _finish(self, save_freq, expected_resume):
         reference = self._reference(save_freq)
-        run = self.run_child(_trainer(), self._args(save_freq))
+        run = self.run_child(trainers.fit_trainer(), self._args(save_freq))
         self.assertEqual(run.returncode, 0, run.describe())
         result = run.result
         self.assertEqual(
@@ -108,7 +102,7 @@ class KillTest(procs.FlavouredRuns, parameterized.TestCase):
             self.assertFalse(
                 os.path.exists(self.dir) and self._names(), "no backup yet"
             )
-            run = self.run_child(_trainer(), self._args(save_freq))
+            run = self.run_child(trainers.fit_trainer(), self._args(save_freq))
             self.assertEqual(run.returncode, 0, run.describe())
             self.assertIsNone(run.result["resumed_from"])
             return
@@ -127,7 +121,7 @@ class KillTest(procs.FlavouredRuns, parameterized.TestCase):
     )
     def test_external_signal_at_a_paused_step(self, sig):
         run = self.run_child_and_signal(
-            _trainer(),
+            trainers.fit_trainer(),
             self._args("3", "--fail_at_step=7", "--fail_with=pause"),
             sig=sig,
         )
@@ -195,7 +189,7 @@ class KillTest(procs.FlavouredRuns, parameterized.TestCase):
         # ram:// lives in the process: a killed process loses it. This is a
         # property of that filesystem, asserted so that nobody relies on it.
         run = self.run_child(
-            _trainer(),
+            trainers.fit_trainer(),
             [*_ARGS, "--backup_dir=ram://kill_test/x", "--fail_at_step=6"],
         )
         self.assertEqual(run.killed_by, signal.SIGKILL, run.describe())

@@ -1,9 +1,10 @@
 """BackupManager: crash-safe, exact backups for custom training loops.
 
-The same engine as the Keras callback (store.py: atomic + durable commits,
-checksums, asynchronous persist; preemption.py: back up on SIGTERM), over any
-trackable objects: models, optimizers, tf.data iterators, tf.random.Generator,
-counters.
+The same engine as the Keras callback (engine.py over the store: atomic and
+durable commits, checksums, asynchronous persist; preemption.py: back up on
+SIGTERM) and the same "every N" policy (policy.py), over any trackable
+objects: models, optimizers, tf.data iterators, tf.random.Generator, counters.
+Its arguments and methods carry the callback's names.
 
 The README's "Custom training loops" section has a complete example.
 """
@@ -16,6 +17,7 @@ from absl import logging
 from backup_restore._src import engine
 from backup_restore._src import errors
 from backup_restore._src import flavours
+from backup_restore._src import policy
 from backup_restore._src import preemption
 
 FORMAT = "backup_restore.manager/1"
@@ -73,7 +75,7 @@ class BackupManager:
     weights = tf.Variable(tf.zeros([3]))
     manager = backup_restore.BackupManager(
         "/tmp/backup_manager_docstring_example",
-        save_every_n_steps=5,
+        save_freq=5,
         weights=weights,
     )
     step = manager.restore()  # 0 on a fresh start
@@ -93,11 +95,20 @@ class BackupManager:
     backup at a time. With `save_before_preemption=True`, construct and call
     `restore()` on the main thread (signal handlers).
 
+    The names are the callback's (`save_freq`, `delete_checkpoint`,
+    `wait_for_backup()`, `resumed_from`); a loop has steps, not epochs, so
+    `save_freq` is a number of steps and `resumed_from` a step. The earlier
+    names still work: `save_every_n_steps=` for `save_freq=`, `wait()` for
+    `wait_for_backup()`, `finish(delete=...)` for `delete_checkpoint`.
+
     Args:
       backup_dir: where backups live (local path or any tf.io.gfile
         filesystem). One directory per training job.
-      save_every_n_steps: `maybe_backup(step)` backs up when `step` is a
-        multiple of this. None: only on preemption or `backup()`.
+      save_freq: back up in `maybe_backup(step)` once this many steps have
+        passed since the last backup (or the restored one), the callback's
+        batch-level rule (policy.py). None: only on preemption or
+        `backup()`.
+      delete_checkpoint: `finish()` deletes the backups (default).
       async_backup: persist backups on a background thread.
       save_before_preemption: on a signal in `preemption_signals`, the next
         `maybe_backup(step)` backs up at `step`, waits until it is committed,
@@ -106,6 +117,7 @@ class BackupManager:
       preemption_signals: the signals announcing a preemption.
       exit_on_preemption: exit the process after the preemption backup.
       preemption_exit_code: the exit status then (TensorFlow's default, 42).
+      save_every_n_steps: the earlier name of `save_freq`.
       **trackables: what to back up: any objects tf.train.Checkpoint accepts.
 
     Raises:
@@ -116,6 +128,8 @@ class BackupManager:
         self,
         backup_dir,
         *,
+        save_freq=None,
+        delete_checkpoint=True,
         save_every_n_steps=None,
         async_backup=True,
         save_before_preemption=False,
@@ -136,14 +150,21 @@ class BackupManager:
                 "BackupManager needs the objects to back up, e.g. "
                 "BackupManager(dir, model=model, optimizer=optimizer)."
             )
-        if save_every_n_steps is not None and (
-            isinstance(save_every_n_steps, bool)
-            or not isinstance(save_every_n_steps, int)
-            or save_every_n_steps < 1
+        if save_every_n_steps is not None:
+            if save_freq is not None:
+                raise ValueError(
+                    "Give save_freq or its earlier name save_every_n_steps, "
+                    "not both."
+                )
+            save_freq = save_every_n_steps
+        if save_freq is not None and (
+            isinstance(save_freq, bool)
+            or not isinstance(save_freq, int)
+            or save_freq < 1
         ):
             raise ValueError(
-                f"save_every_n_steps must be a positive int or None, got "
-                f"{save_every_n_steps!r}."
+                f"save_freq (save_every_n_steps) must be a positive int (a "
+                f"number of steps) or None, got {save_freq!r}."
             )
         # The same engine as the Keras callback: commits, async persist,
         # preemption handling.
@@ -157,7 +178,12 @@ class BackupManager:
         )
         self._trackables = trackables
         self._checkpoint_object = None
-        self._every = save_every_n_steps
+        # The callback's rule for batch-level backups, counted in steps.
+        self._policy = policy.SavePolicy(
+            every_n_batches=save_freq, at_epoch_end=False
+        )
+        self._delete_checkpoint = delete_checkpoint
+        self._last_backup_step = 0  # the restored step, or the last backup's
         self._first_step_seen = False
         self.resumed_from = None  # the step restore() returned, if resumed
         self.metadata = None  # the user metadata of the restored backup
@@ -196,6 +222,7 @@ class BackupManager:
         info, _ = restored
         step = int(info.metadata["step"])
         self.resumed_from = step
+        self._last_backup_step = step
         self.metadata = info.metadata.get("user")
         logging.info(
             "Restored backup %s: resuming at step %d; took %.2f s.",
@@ -251,6 +278,7 @@ class BackupManager:
             `self.metadata` after restore().
           wait: block until the backup is committed.
         """
+        self._last_backup_step = int(step)
         self._engine.write(
             self._checkpoint(),
             {
@@ -277,17 +305,28 @@ class BackupManager:
             self.backup(step, metadata)
             self._engine.stop_for_preemption(f"step {step}")
             return True
-        if self._every is not None and step % self._every == 0:
+        if self._policy.save_after_batches(step - self._last_backup_step):
             self.backup(step, metadata)
         return False
 
-    def wait(self) -> None:
+    def wait_for_backup(self) -> None:
         """Blocks until the last backup is committed (raises its error)."""
         self._engine.wait()
 
-    def finish(self, delete: bool = True) -> None:
+    def wait(self) -> None:
+        """The earlier name of `wait_for_backup()`."""
+        self.wait_for_backup()
+
+    def finish(self, delete: bool | None = None) -> None:
         """Ends training: waits for the last backup, deletes the backups.
 
-        Not deleted after a preemption (the next run resumes from them).
+        Deletes them with `delete_checkpoint=True` (the default), never after
+        a preemption (the next run resumes from them).
+
+        Args:
+          delete: the earlier way to say `delete_checkpoint`; None: the
+            constructor's `delete_checkpoint`.
         """
-        self._engine.finish(delete)
+        self._engine.finish(
+            self._delete_checkpoint if delete is None else delete
+        )

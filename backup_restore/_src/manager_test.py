@@ -11,8 +11,9 @@ import tf_keras
 from absl.testing import absltest
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import device
+from testing import synthetic
+from testing import test_case
 
 
 def _objects(width=8):
@@ -26,12 +27,11 @@ def _objects(width=8):
     return model, optimizer, iter(dataset), tf.random.Generator.from_seed(5)
 
 
-class ManagerTest(absltest.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.dir = os.path.join(self.create_tempdir().full_path, "b")
+def _backups(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith("backup-"))
 
+
+class ManagerTest(test_case.TestCase):
     def _manager(self, objects, **kwargs):
         model, optimizer, iterator, rng = objects
         return backup_restore.BackupManager(
@@ -50,7 +50,9 @@ class ManagerTest(absltest.TestCase):
 
     def test_round_trip_of_weights_iterator_rng_and_metadata(self):
         model, _, iterator, rng = objects = _objects()
-        manager = self._manager(objects, save_every_n_steps=5)
+        manager = self._manager(
+            objects, save_every_n_steps=5
+        )  # the earlier names
         manager.restore()
         for step in range(1, 8):
             next(iterator)
@@ -84,7 +86,7 @@ class ManagerTest(absltest.TestCase):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "notes"), "w") as f:
             f.write("x")
-        manager = self._manager(_objects(), save_every_n_steps=1)
+        manager = self._manager(_objects(), save_freq=1)
         manager.restore()
         manager.maybe_backup(1)
         manager.finish()
@@ -111,7 +113,7 @@ class ManagerTest(absltest.TestCase):
                 probe, capture_output=True, text=True, env=env, check=False
             )
 
-        abandoned = self._manager(_objects(), save_every_n_steps=1)
+        abandoned = self._manager(_objects(), save_freq=1)
         abandoned.restore()
         abandoned.maybe_backup(1)
         abandoned.wait()  # then never finished, like a fit() that raised
@@ -232,6 +234,29 @@ class ManagerTest(absltest.TestCase):
         for got, want in zip(model.weights, reference, strict=True):
             np.testing.assert_array_equal(got.numpy(), want)
 
+    def test_callback_names_and_steps_counted_from_the_restored_backup(self):
+        first = self._manager(_objects(), save_freq=10, delete_checkpoint=False)
+        first.restore()
+        first.backup(23)  # as at a preemption at step 23
+        first.wait_for_backup()
+        first.finish()  # delete_checkpoint=False: kept
+        self.assertEqual(_backups(self.dir), ["backup-00000001"])
+
+        resumed = self._manager(_objects(), save_freq=10)
+        self.assertEqual(resumed.restore(), 23)
+        self.assertEqual(resumed.resumed_from, 23)
+        # Due 10 steps after the restored backup, not at a multiple of 10:
+        # the callback's rule for save_freq=N (policy.py).
+        listings = {}
+        for step in range(24, 34):
+            resumed.maybe_backup(step)
+            resumed.wait_for_backup()
+            listings[step] = _backups(self.dir)
+        self.assertEqual(listings[32], ["backup-00000001"])
+        self.assertEqual(listings[33], ["backup-00000002"])
+        resumed.finish()  # delete_checkpoint=True (default): deleted
+        self.assertFalse(os.path.exists(self.dir))
+
     def test_invalid_arguments(self):
         with self.assertRaisesRegex(ValueError, "objects to back up"):
             backup_restore.BackupManager(self.dir)
@@ -240,6 +265,17 @@ class ManagerTest(absltest.TestCase):
                 backup_restore.BackupManager(
                     self.dir, save_every_n_steps=bad, v=tf.Variable(1)
                 )
+        with self.assertRaisesRegex(ValueError, "not both"):
+            backup_restore.BackupManager(
+                self.dir,
+                save_freq=2,
+                save_every_n_steps=2,
+                v=tf.Variable(1),
+            )
+        with self.assertRaisesRegex(ValueError, "number of steps"):
+            backup_restore.BackupManager(
+                self.dir, save_freq="epoch", v=tf.Variable(1)
+            )
         self.assertFalse(os.path.exists(self.dir))
 
     def test_preemption_without_exit_returns_true_and_keeps_the_backup(self):

@@ -16,9 +16,10 @@ import time
 
 from absl.testing import absltest
 
-from testing import device
-from testing import ports
+from testing import cluster
 from testing import procs
+from testing import test_case
+from testing import trainers
 
 # tf-keras: Keras 3's fit() does not train under MultiWorkerMirroredStrategy
 # (keras3_adapter.check_strategy).
@@ -32,40 +33,27 @@ _ARGS = [
 ]
 
 
-def _trainer():
-    return procs.runfile("backup_restore/examples/fit_trainer")
-
-
-class MultiWorkerTest(absltest.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.tmp = self.create_tempdir().full_path
-
+class MultiWorkerTest(test_case.TestCase):
     def _cluster(self, n, args, per_worker=None, wait_for_death=None):
         """Runs n workers; returns their exit codes and chief's result.
 
         wait_for_death: the index of a worker expected to die; once it has,
         the others get up to 60 s to notice, then are SIGKILLed.
         """
-        cluster = ports.pick_unused_ports(n)
         result_file = os.path.join(self.tmp, f"result-{time.time_ns()}.json")
-        workers = []
-        for i in range(n):
-            env = dict(os.environ, TF_CONFIG=ports.tf_config(cluster, i))
-            env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-            extra = (per_worker or {}).get(i, [])
-            if i == 0:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        tasks = cluster.make(n)
+        for task in tasks:
+            extra = (per_worker or {}).get(task.index, [])
+            if task.index == 0:
                 extra = [*extra, f"--result_file={result_file}"]
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, _trainer(), *args, *extra],
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
+            task.start(
+                trainers.fit_trainer(),
+                [*args, *extra],
+                stdout=subprocess.PIPE,
+                env=env,
             )
+        workers = [task.process for task in tasks]
         if wait_for_death is not None:
             workers[wait_for_death].wait(timeout=300)
             deadline = time.monotonic() + 60
@@ -201,7 +189,7 @@ class MultiWorkerTest(absltest.TestCase):
         proc = subprocess.run(
             [
                 sys.executable,
-                procs.runfile("backup_restore/examples/multi_worker_launcher"),
+                procs.runfile("testing/launcher"),
                 "--num_workers=2",
                 "--max_restarts=3",
                 f"--worker_log_dir={self.tmp}/logs",

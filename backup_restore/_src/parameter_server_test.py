@@ -23,8 +23,8 @@ import time
 
 from absl.testing import absltest
 
-from testing import device
 from testing import procs
+from testing import test_case
 
 _EPOCHS, _STEPS = 3, 5
 # tf-keras: Keras 3's fit() has no ParameterServerStrategy support.
@@ -39,11 +39,9 @@ _ARGS = [
 ]
 
 
-class ParameterServerTest(absltest.TestCase):
+class ParameterServerTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        device.skip_if_device_absent()
-        self.tmp = self.create_tempdir().full_path
         self.backup_dir = os.path.join(self.tmp, "backup")
         self.result_file = os.path.join(self.tmp, "result.json")
 
@@ -51,7 +49,7 @@ class ParameterServerTest(absltest.TestCase):
         return subprocess.Popen(
             [
                 sys.executable,
-                procs.runfile("backup_restore/examples/multi_worker_launcher"),
+                procs.runfile("testing/launcher"),
                 "--num_workers=2",
                 "--num_ps=1",
                 "--max_restarts=3",

@@ -12,28 +12,16 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from testing import device
 from testing import procs
+from testing import test_case
+from testing import trainers
 
 _FIT = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=4"]
 _LOOP = ["--steps=30", "--save_every=10", "--seed=4"]
 
 
-def _fit_trainer():
-    return procs.runfile("backup_restore/examples/fit_trainer")
-
-
-def _loop_trainer():
-    return procs.runfile("backup_restore/examples/custom_loop_trainer")
-
-
-class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
+class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
     """With Keras 3 models; PreemptionTfKerasTest: the same with tf-keras."""
-
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
 
     def _reference(self, binary, base):
         ref = self.run_child(binary, [*base, f"--backup_dir={self.dir}-ref"])
@@ -59,10 +47,12 @@ class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
         ("first_batch", 1, (0, 1)),
     )
     def test_sigterm_backs_up_at_that_batch(self, batch, expected):
-        reference = self._reference(_fit_trainer(), _FIT)
+        reference = self._reference(trainers.fit_trainer(), _FIT)
         args = [*_FIT, f"--backup_dir={self.dir}", "--save_before_preemption"]
-        self._preempt(_fit_trainer(), [*args, f"--fail_at_step={batch}"])
-        rerun = self.run_child(_fit_trainer(), args)
+        self._preempt(
+            trainers.fit_trainer(), [*args, f"--fail_at_step={batch}"]
+        )
+        rerun = self.run_child(trainers.fit_trainer(), args)
         self.assertEqual(rerun.returncode, 0, rerun.describe())
         self.assertEqual(rerun.result["resumed_from"], list(expected))
         self.assertEqual(
@@ -73,10 +63,10 @@ class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
     def test_sigterm_under_mirrored_strategy(self):
         # Two replicas on 2 logical CPUs (all GPUs in the _gpu variant).
         fit = [*_FIT, "--strategy=mirrored", "--input=dataset"]
-        reference = self._reference(_fit_trainer(), fit)
+        reference = self._reference(trainers.fit_trainer(), fit)
         args = [*fit, f"--backup_dir={self.dir}", "--save_before_preemption"]
-        self._preempt(_fit_trainer(), [*args, "--fail_at_step=6"])
-        rerun = self.run_child(_fit_trainer(), args)
+        self._preempt(trainers.fit_trainer(), [*args, "--fail_at_step=6"])
+        rerun = self.run_child(trainers.fit_trainer(), args)
         self.assertEqual(rerun.returncode, 0, rerun.describe())
         self.assertEqual(rerun.result["resumed_from"], [1, 2])
         self.assertEqual(
@@ -84,16 +74,16 @@ class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
         )
 
     def test_save_freq_false_saves_only_on_preemption(self):
-        reference = self._reference(_fit_trainer(), _FIT)
+        reference = self._reference(trainers.fit_trainer(), _FIT)
         args = [
             *_FIT,
             f"--backup_dir={self.dir}",
             "--save_before_preemption",
             "--save_freq=False",
         ]
-        self._preempt(_fit_trainer(), [*args, "--fail_at_step=6"])
+        self._preempt(trainers.fit_trainer(), [*args, "--fail_at_step=6"])
         self.assertLen(os.listdir(self.dir), 1)
-        rerun = self.run_child(_fit_trainer(), args)
+        rerun = self.run_child(trainers.fit_trainer(), args)
         self.assertEqual(rerun.result["resumed_from"], [1, 2])
         self.assertEqual(
             rerun.result["weights_sha256"], reference["weights_sha256"]
@@ -102,7 +92,7 @@ class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
     def test_sigterm_while_a_backup_is_in_flight(self):
         # Batch-level backups every 3 batches, each held 3 s in the
         # background; paused at batch 5 while the batch-3 backup persists.
-        reference = self._reference(_fit_trainer(), _FIT)
+        reference = self._reference(trainers.fit_trainer(), _FIT)
         args = [
             *_FIT,
             f"--backup_dir={self.dir}",
@@ -111,12 +101,12 @@ class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
             "--persist_delay_seconds=3",
         ]
         run = self._preempt(
-            _fit_trainer(),
+            trainers.fit_trainer(),
             [*args, "--fail_at_step=5", "--nofail_after_backup_committed"],
         )
         self.assertIn("PERSIST DELAYED", run.stdout)
         rerun = self.run_child(
-            _fit_trainer(), [*args, "--persist_delay_seconds=0"]
+            trainers.fit_trainer(), [*args, "--persist_delay_seconds=0"]
         )
         self.assertEqual(rerun.result["resumed_from"], [1, 1])
         self.assertEqual(
@@ -124,14 +114,14 @@ class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
         )
 
     def test_sigterm_twice(self):
-        reference = self._reference(_fit_trainer(), _FIT)
+        reference = self._reference(trainers.fit_trainer(), _FIT)
         args = [*_FIT, f"--backup_dir={self.dir}", "--save_before_preemption"]
         self._preempt(
-            _fit_trainer(),
+            trainers.fit_trainer(),
             [*args, "--fail_at_step=6"],
             signals=(signal.SIGTERM, signal.SIGTERM),
         )
-        rerun = self.run_child(_fit_trainer(), args)
+        rerun = self.run_child(trainers.fit_trainer(), args)
         self.assertEqual(rerun.result["resumed_from"], [1, 2])
         self.assertEqual(
             rerun.result["weights_sha256"], reference["weights_sha256"]
@@ -140,21 +130,23 @@ class PreemptionTest(procs.FlavouredRuns, parameterized.TestCase):
     def test_without_save_before_preemption_sigterm_just_kills(self):
         args = [*_FIT, f"--backup_dir={self.dir}", "--save_freq=epoch"]
         run = self.run_child_and_signal(
-            _fit_trainer(),
+            trainers.fit_trainer(),
             [*args, "--fail_at_step=7", "--fail_with=pause"],
             sig=signal.SIGTERM,
         )
         self.assertEqual(run.killed_by, signal.SIGTERM, run.describe())
-        rerun = self.run_child(_fit_trainer(), args)
+        rerun = self.run_child(trainers.fit_trainer(), args)
         self.assertEqual(rerun.result["resumed_from"], [1, 0])
 
     # -- custom training loop ------------------------------------------------
 
     def test_custom_loop_sigterm_backs_up_at_that_step(self):
-        reference = self._reference(_loop_trainer(), _LOOP)
+        reference = self._reference(trainers.custom_loop_trainer(), _LOOP)
         args = [*_LOOP, f"--backup_dir={self.dir}", "--save_before_preemption"]
-        self._preempt(_loop_trainer(), [*args, "--fail_at_step=13"])
-        rerun = self.run_child(_loop_trainer(), args)
+        self._preempt(
+            trainers.custom_loop_trainer(), [*args, "--fail_at_step=13"]
+        )
+        rerun = self.run_child(trainers.custom_loop_trainer(), args)
         self.assertEqual(rerun.returncode, 0, rerun.describe())
         self.assertEqual(rerun.result["resumed_from"], 13)
         self.assertEqual(

@@ -12,15 +12,15 @@ import signal
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from testing import device
 from testing import procs
+from testing import test_case
+from testing import trainers
 
-_TRAINER = "testing/scenario_trainer"
 # 64 samples in batches of 8: 8 batches per epoch, 3 epochs.
 _BATCHES_PER_EPOCH = 8
 
 
-class ScenariosTest(procs.FlavouredRuns, parameterized.TestCase):
+class ScenariosTest(procs.FlavouredRuns, test_case.TestCase):
     """For tf-keras; ScenariosKeras3Test runs the same for Keras 3."""
 
     FLAVOUR = "tf_keras"
@@ -28,13 +28,8 @@ class ScenariosTest(procs.FlavouredRuns, parameterized.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        device.skip_if_device_absent()
-        cls.trainer = procs.runfile(_TRAINER)
+        cls.trainer = trainers.scenario_trainer()
         cls._references = {}
-
-    def setUp(self):
-        super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backup")
 
     def _run(self, args, expect=0):
         run = self.run_child(self.trainer, [f"--backup_dir={self.dir}", *args])

@@ -1,4 +1,4 @@
-"""Unit tests of the backup engine: commit, find, verify, cleanup, fallback."""
+"""Unit tests of the store: commit, find, verify, cleanup, fallback."""
 
 import json
 import os

@@ -9,8 +9,8 @@ import tf_keras
 from absl.testing import absltest
 
 from backup_restore._src import tf_keras_adapter as keras_adapter
-from backup_restore.examples import synthetic
 from testing import device
+from testing import synthetic
 
 
 class _Probe(tf_keras.callbacks.Callback):

@@ -12,9 +12,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from backup_restore.examples import synthetic
 from testing import device
 from testing import keras_callbacks
+from testing import synthetic
 
 EPOCHS = 4
 X, Y = synthetic.regression_data(64)  # batch 16: 4 batches per epoch

@@ -1,6 +1,6 @@
 r"""Demo: a training killed for real, restarted, and checked against the truth.
 
-  ./tools/bazel run //backup_restore/examples:demo
+  ./tools/bazel run //backup_restore/examples:demo [-- --keras=tf_keras]
 
 1. trains the example model without interruption (the reference);
 2. trains it again with backups every 5 batches and SIGKILLs the process in
@@ -24,14 +24,22 @@ from testing import procs
 _KILL_AT = flags.DEFINE_integer(
     "kill_at_batch", 23, "Batch after which the training is killed."
 )
+_KERAS = flags.DEFINE_enum(
+    "keras",
+    "keras3",
+    ["keras3", "tf_keras"],
+    "Which Keras builds the model: keras3 (tf.keras in TensorFlow 2.21, its "
+    "default) or tf_keras.",
+)
 
 
 def main(argv):
     del argv
-    trainer = procs.runfile("backup_restore/examples/fit_trainer")
+    trainer = procs.runfile("testing/fit_trainer")
     inspect = procs.runfile("backup_restore/inspect")
     work = tempfile.mkdtemp(prefix="backup_restore_demo_")
     common = ["--epochs=4", "--num_samples=160", "--batch_size=16"]
+    common.append(f"--keras={_KERAS.value}")
     backup_dir = os.path.join(work, "backup")
 
     print("1. Uninterrupted reference run ...", flush=True)

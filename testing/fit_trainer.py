@@ -1,10 +1,10 @@
-r"""Example: Model.fit() with backup_restore.BackupAndRestore.
+r"""Test trainer: Model.fit() with BackupAndRestore and fault injection.
 
 Trains a small regression MLP on embedded synthetic data. Kill it at any time
 (Ctrl-C, `kill -9`, or the --fail_* flags) and run the same command again: it
 resumes from the last backup. When training completes the backup is deleted.
 
-  ./tools/bazel run //backup_restore/examples:fit_trainer -- \
+  ./tools/bazel run //testing:fit_trainer -- \
       --backup_dir=/tmp/fit_trainer_backup --epochs=5 --save_freq=10
 
 The last line printed summarises the run, e.g.
@@ -142,7 +142,7 @@ _STRATEGY = flags.DEFINE_enum(
     "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG. "
     "parameter_server: ParameterServerStrategy over the chief/worker/ps "
     "cluster in TF_CONFIG; the worker and ps tasks only serve (start them "
-    "all with //backup_restore/examples:multi_worker_launcher --num_ps=1); "
+    "all with //testing:launcher --num_ps=1); "
     "needs --steps_per_epoch and reads a repeated tf.data input. "
     "tpu: TPUStrategy on this TPU VM's TPU. "
     "one_device: OneDeviceStrategy on the first GPU, else the CPU.",
@@ -357,7 +357,7 @@ def main(argv):
     import tensorflow as tf  # here, not at the top: keeps --help fast
 
     import backup_restore
-    from backup_restore.examples import synthetic
+    from testing import synthetic
 
     keras = synthetic.KERAS[_KERAS.value]
 

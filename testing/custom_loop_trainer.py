@@ -1,4 +1,4 @@
-r"""Example: a custom training loop with backup_restore.BackupManager.
+r"""Test trainer: a custom training loop with BackupManager, killable.
 
 A tf.function train step in a plain Python loop. The manager backs up the
 model, the optimizer, the tf.data iterator (its position and shuffle state)
@@ -6,7 +6,7 @@ and a tf.random.Generator (used for input noise); killed and restarted, the
 loop continues at the step after the last backup and ends bit-identical to an
 uninterrupted run.
 
-  ./tools/bazel run //backup_restore/examples:custom_loop_trainer -- \
+  ./tools/bazel run //testing:custom_loop_trainer -- \
       --backup_dir=/tmp/custom_loop_backup --steps=200 --save_every=20
 """
 
@@ -68,7 +68,7 @@ def main(argv):
     import tensorflow as tf  # here, not at the top: keeps --help fast
 
     import backup_restore
-    from backup_restore.examples import synthetic
+    from testing import synthetic
 
     keras = synthetic.KERAS[_KERAS.value]
     if _KERAS.value == "tf_keras":
@@ -99,7 +99,7 @@ def main(argv):
 
     manager = backup_restore.BackupManager(
         cli.user_path(_BACKUP_DIR.value),
-        save_every_n_steps=_SAVE_EVERY.value,
+        save_freq=_SAVE_EVERY.value,
         async_backup=_ASYNC_BACKUP.value,
         save_before_preemption=_SAVE_BEFORE_PREEMPTION.value,
         model=model,
@@ -118,7 +118,7 @@ def main(argv):
         step += 1
         steps_this_run += 1
         if steps_this_run == _FAIL_AT_STEP.value:
-            manager.wait()
+            manager.wait_for_backup()
             print(f"FAILING after {steps_this_run} steps", flush=True)
             how = _FAIL_WITH.value
             if how == "sigkill":

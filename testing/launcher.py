@@ -10,8 +10,8 @@ worker exits abnormally the others cannot go on: the launcher stops them and
 starts the whole group again (new ports). It succeeds when every worker
 exits 0.
 
-  ./tools/bazel run //backup_restore/examples:multi_worker_launcher -- \
-      --num_workers=2 -- --strategy=multi_worker --backup_dir=/tmp/mw_backup
+  ./tools/bazel run //testing:launcher -- --num_workers=2 \
+      --trainer=backup_restore/examples/multi_worker
 
 ParameterServerStrategy (--num_ps >= 1): a chief (runs fit()), N workers and
 the parameter servers. A dead worker is restarted alone, on the same port:
@@ -19,25 +19,26 @@ tf.distribute's ClusterCoordinator reschedules its steps and goes on. When the
 chief or a parameter server dies, the whole group is restarted. It succeeds
 when the chief exits 0; the servers are then stopped.
 
-  ./tools/bazel run //backup_restore/examples:multi_worker_launcher -- \
+  ./tools/bazel run //testing:launcher -- \
       --num_workers=2 --num_ps=1 -- --strategy=parameter_server \
       --steps_per_epoch=20 --save_freq=5 --backup_dir=/tmp/ps_backup
 
-Arguments after `--` go to every task (the fit_trainer by default). SIGTERM
+Arguments after `--` go to every task (the test trainer
+testing/fit_trainer by default). The tasks' output goes to the
+launcher's own, or with --worker_log_dir to one file per task and start. SIGTERM
 or SIGINT to the launcher is passed on to the tasks (a trainer with
 --save_before_preemption then backs up and exits), and nothing is restarted.
 """
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
 from absl import app
 from absl import flags
 
-from testing import ports
+from testing import cluster
 from testing import procs
 
 _NUM_WORKERS = flags.DEFINE_integer(
@@ -55,7 +56,7 @@ _MAX_RESTARTS = flags.DEFINE_integer(
 )
 _TRAINER = flags.DEFINE_string(
     "trainer",
-    "backup_restore/examples/fit_trainer",
+    "testing/fit_trainer",
     "The task binary (a runfiles path, or an absolute path).",
 )
 _LOG_DIR = flags.DEFINE_string(
@@ -70,71 +71,25 @@ _WORKER_ARGS_FLAG = flags.DEFINE_multi_string(
 )
 
 
-class _Task:
-    """One process of the cluster, restartable with the same TF_CONFIG."""
-
-    def __init__(self, generation, index, job, job_index, tf_config):
-        self.generation = generation
-        self.index, self.job, self.job_index = index, job, job_index
-        self.tf_config = tf_config
-        self.process = None
-        self.starts = 0
-
-    @property
-    def name(self):
-        return f"{self.job} {self.job_index}"
-
-    def start(self, binary, args):
-        env = dict(os.environ, TF_CONFIG=self.tf_config)
-        extra = [
-            a.split(":", 1)[1]
-            for a in _WORKER_ARGS_FLAG.value
-            if a.split(":", 1)[0] == str(self.index)
-        ]
-        out = subprocess.DEVNULL
-        if _LOG_DIR.value:
-            os.makedirs(_LOG_DIR.value, exist_ok=True)
-            path = os.path.join(
-                _LOG_DIR.value,
-                f"group{self.generation}-{self.job}{self.job_index}"
-                f"-start{self.starts}.log",
-            )
-            out = open(path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, binary, *args, *extra],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+def _start(task, group, binary, args):
+    """Starts `task` with its --worker_arg extras; its output goes to the
+    launcher's, or to a file of --worker_log_dir per task and start."""
+    extra = [
+        a.split(":", 1)[1]
+        for a in _WORKER_ARGS_FLAG.value
+        if a.split(":", 1)[0] == str(task.index)
+    ]
+    out = None
+    if _LOG_DIR.value:
+        os.makedirs(_LOG_DIR.value, exist_ok=True)
+        path = os.path.join(
+            _LOG_DIR.value,
+            f"group{group}-{task.job}{task.job_index}-start{task.starts}.log",
         )
-        if out is not subprocess.DEVNULL:
-            out.close()  # the child has its own copy
-        self.starts += 1
-
-
-def _make_cluster(generation):
-    """The cluster's tasks, on fresh loopback ports."""
-    jobs = {}
-    if _NUM_PS.value:
-        jobs["chief"] = 1
-    jobs["worker"] = _NUM_WORKERS.value
-    if _NUM_PS.value:
-        jobs["ps"] = _NUM_PS.value
-    free = iter(ports.pick_unused_ports(sum(jobs.values())))
-    addresses = {job: [next(free) for _ in range(n)] for job, n in jobs.items()}
-    tasks = []
-    for job, n in jobs.items():
-        for job_index in range(n):
-            config = ports.cluster_tf_config(addresses, job, job_index)
-            tasks.append(_Task(generation, len(tasks), job, job_index, config))
-    return tasks
-
-
-def _stop(tasks, sig=signal.SIGKILL):
-    for task in tasks:
-        if task.process.poll() is None:
-            task.process.send_signal(sig)
-    for task in tasks:
-        task.process.wait()
+        out = open(path, "w")
+    task.start(binary, [*args, *extra], stdout=out)
+    if out is not None:
+        out.close()  # the child has its own copy
 
 
 def _describe(code):
@@ -150,13 +105,13 @@ def main(argv):
     signals = []
     signal.signal(signal.SIGTERM, lambda signum, frame: signals.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: signals.append(signum))
-    restarts, generation, tasks = 0, 0, None
+    restarts, group, tasks = 0, -1, None
     while True:
         if tasks is None:
-            tasks = _make_cluster(generation)
-            generation += 1
+            tasks = cluster.make(_NUM_WORKERS.value, _NUM_PS.value)
+            group += 1
             for task in tasks:
-                task.start(binary, args)
+                _start(task, group, binary, args)
             print(
                 f"LAUNCHED {len(tasks)} tasks (restarts so far: {restarts}): "
                 + ", ".join(f"{t.name} pid {t.process.pid}" for t in tasks),
@@ -167,11 +122,11 @@ def main(argv):
             finishers = tasks[:1] if parameter_server else tasks
         if signals:
             print("SIGNALLED: passing it on to the tasks", flush=True)
-            _stop(tasks, signals[0])
+            cluster.stop(tasks, signals[0])
             ok = all(t.process.returncode == 0 for t in finishers)
             return 0 if ok else 1
         if all(t.process.poll() == 0 for t in finishers):
-            _stop(tasks)
+            cluster.stop(tasks)
             print(f"DONE after {restarts} restart(s)", flush=True)
             return 0
         dead = next(
@@ -186,7 +141,7 @@ def main(argv):
         )
         if restarts >= _MAX_RESTARTS.value:
             print(f"{died}: stopping the group", flush=True)
-            _stop(tasks)
+            cluster.stop(tasks)
             print(
                 f"GAVE UP after {restarts} restarts",
                 file=sys.stderr,
@@ -196,10 +151,10 @@ def main(argv):
         restarts += 1
         if parameter_server and dead.job == "worker":
             print(f"{died}: restarting it alone", flush=True)
-            dead.start(binary, args)
+            _start(dead, group, binary, args)
             continue
         print(f"{died}: stopping the group and restarting it", flush=True)
-        _stop(tasks)
+        cluster.stop(tasks)
         tasks = None
 
 
