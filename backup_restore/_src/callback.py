@@ -722,6 +722,7 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
         position_ = metadata["position"]
         epoch, step = int(position_["epoch"]), int(position_["step"])
         iterators_done, skip = position_["iterators_done"], position_["drawn"]
+        epochs_done = epoch - self._fit_call["initial_epoch"]
         if self._engine.role.coordinator is not None:
             # ParameterServerStrategy: each worker iterates over its own copy
             # of the dataset and takes steps as they come, so no record says
@@ -731,11 +732,11 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
                 "ParameterServerStrategy: resuming at the backed-up step; "
                 "the workers' datasets start from their beginning."
             )
-            iterators_done = skip = 0
+            iterators_done = skip = epochs_done = 0
         # The iterators used up before: made (never read) again, since
         # making one advances its reshuffle seeds; then the batches drawn
         # from the current one are skipped (in _wrap).
-        adapter.replay_epochs(context, iterators_done)
+        adapter.replay_epochs(context, iterators_done, epochs_done)
         self._position = position.Position(iterators_done, skip)
         if (
             skip

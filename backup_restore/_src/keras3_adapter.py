@@ -39,10 +39,13 @@ data iterator. What this module touches, and why:
 adapter_contract_test.py fails loudly when any of this changes in Keras.
 """
 
+import random
+
 import keras
 import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import TFEpochIterator
 from keras.src.trainers.data_adapters import generator_data_adapter
+from keras.src.trainers.data_adapters import py_dataset_adapter
 from keras.src.utils import file_utils
 
 from backup_restore._src import fit_frames
@@ -251,16 +254,26 @@ def data_position(context, position, at_epoch_end: bool) -> dict:
     return {"iterators_done": made - 1, "drawn": 0}
 
 
-def replay_epochs(context, count: int) -> None:
-    """Makes `count` iterators of fit()'s input without reading them, as
-    the interrupted run did before the one it trained on last: each `iter()`
-    of a `Dataset.shuffle(seed=...)` draws its next reshuffle seeds. The
-    data adapter's epoch hooks run once per iterator (a PyDataset's
-    `on_epoch_end` may reorder it)."""
+def replay_epochs(context, iterators: int, epochs: int) -> None:
+    """Brings fit()'s input to where the interrupted run had it, without
+    reading it: makes `iterators` iterators (each `iter()` of a
+    `Dataset.shuffle(seed=...)` draws its next reshuffle seeds), and for
+    each of the `epochs` completed epochs runs the data adapter's epoch
+    hooks (a PyDataset's `on_epoch_end` may reorder it) and, for a shuffled
+    PyDataset, the batch-order draw from Python's `random` that its
+    generator makes when an epoch starts reading it."""
     source = context._get_iterator()
     adapter = context.data_adapter
-    for _ in range(count):
+    for _ in range(iterators):
         iter(source)
+    shuffled = (
+        isinstance(adapter, py_dataset_adapter.PyDatasetAdapter)
+        and adapter.shuffle
+        and adapter.py_dataset.num_batches
+    )
+    for _ in range(epochs):
+        if shuffled:
+            random.shuffle(list(range(adapter.py_dataset.num_batches)))
         adapter.on_epoch_begin()
         adapter.on_epoch_end()
 

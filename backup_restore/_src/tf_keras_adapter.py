@@ -232,19 +232,22 @@ def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
         metrics.build(y_pred, y)
 
 
-def replay_epochs(data_handler, count: int) -> None:
-    """Advances a per-epoch input pipeline by `count` epochs without training.
+def replay_epochs(data_handler, iterators: int, epochs: int) -> None:
+    """Advances a per-epoch input pipeline by `iterators` epochs without
+    training (tf-keras makes one iterator per epoch for such an input, and
+    none for the others; `epochs` is the same count then).
 
     For inputs that get a new iterator every epoch, what orders epoch k lives
     outside the checkpoint: the reshuffle seed generator of a
     `Dataset.shuffle(seed=...)` advances once per iterator created, fit's
     Sequence shuffle draws from Python's `random` once per epoch, and a
-    Sequence may reorder itself in `on_epoch_end`. Doing the same `count`
-    times makes the resumed epoch see what the uninterrupted run saw.
+    Sequence may reorder itself in `on_epoch_end`. Doing the same for each
+    makes the resumed epoch see what the uninterrupted run saw.
     """
+    del epochs
     adapter = data_handler._adapter
     dataset = data_handler._dataset
-    for _ in range(count):
+    for _ in range(iterators):
         iter(dataset)  # draws the next reshuffle seeds; never read
         if isinstance(adapter, data_adapter.KerasSequenceAdapter):
             if adapter._shuffle_sequence:
