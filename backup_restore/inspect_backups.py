@@ -37,6 +37,9 @@ _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of text.")
 _KINDS = {
     "model": "model weights",
     "optimizer": "optimizer state",
+    # A Keras 3 model's backup holds the variables themselves.
+    "model_variables": "model weights and layer RNG state",
+    "optimizer_variables": "optimizer state",
     "layer_random_generators": "layer RNG state",
     "callback_tensors": "callback tensors",
 }
