@@ -22,6 +22,7 @@ import sys
 from absl import app
 from absl import flags
 
+from backup_restore._src import backup_metadata
 from backup_restore._src import cli
 
 _VERIFY = flags.DEFINE_bool(
@@ -73,9 +74,9 @@ def _describe(tf, errors, s, path, verify):
     entry["written_at"] = datetime.datetime.fromtimestamp(
         meta.get("written_at", 0)
     ).isoformat(sep=" ", timespec="seconds")
-    if "position" in meta:
+    if backup_metadata.is_fit_backup(meta):
         pos = meta["position"]
-        entry["kind"] = "Model.fit (BackupAndRestore)"
+        entry["kind"] = f"Model.fit (BackupAndRestore, {meta['keras']} model)"
         call = meta.get("fit_call")
         if call:
             # Each fit() call of a job restores only its own backups.

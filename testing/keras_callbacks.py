@@ -2,19 +2,23 @@
 
 import os
 
-import tf_keras
+import keras
+
+from backup_restore._src import tf_keras_adapter
+
+
+class Callback(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
+    """A base for test callbacks that serve both Keras flavours' fit()."""
 
 
 class Interrupted(Exception):
     """Raised by InterruptAt: stands in for a crash inside fit()."""
 
 
-class InterruptAt(tf_keras.callbacks.Callback):
-    """Raises Interrupted after `batches` batches of this fit() call.
-
-    Place it after BackupAndRestore in the callbacks list so that a backup due
-    at the same batch is written first, as in a crash right after it.
-    """
+class InterruptAt(Callback):
+    """Raises Interrupted after `batches` batches of this fit() call, before
+    a backup due at that batch (BackupAndRestore runs last): a crash at
+    the end of that batch."""
 
     def __init__(self, batches: int):
         super().__init__()
@@ -27,7 +31,7 @@ class InterruptAt(tf_keras.callbacks.Callback):
             raise Interrupted(f"interrupted after {self._seen} batches")
 
 
-class Recorder(tf_keras.callbacks.Callback):
+class Recorder(Callback):
     """Records the epochs and (epoch, batch) steps fit() runs."""
 
     def __init__(self):

@@ -1,21 +1,31 @@
-"""The Keras callback: a thin layer over the backup engine (store.py)."""
+"""The Keras callback: fit()'s hooks over the engine (engine.py).
+
+The callback serves both Keras flavours: it finds the flavour from the model
+it is attached to (`set_model`) and reaches that flavour's fit() internals
+only through its adapter (flavours.py). What it records is flavour-free:
+the data position (position.py) and the backup's metadata
+(backup_metadata.py).
+"""
 
 import collections
 import difflib
 import os
 import time
 
+import keras
 import tensorflow as tf
-import tf_keras
 from absl import logging
 
+from backup_restore._src import backup_metadata
 from backup_restore._src import callback_states
 from backup_restore._src import engine
 from backup_restore._src import errors
-from backup_restore._src import keras_adapter
+from backup_restore._src import flavours
 from backup_restore._src import keras_state
 from backup_restore._src import policy
+from backup_restore._src import position
 from backup_restore._src import preemption
+from backup_restore._src import tf_keras_adapter
 
 # Every argument BackupAndRestore takes: tf-keras's four, then ours.
 _ARGS = (
@@ -76,7 +86,7 @@ def _check_eager():
         )
 
 
-class BackupAndRestore(tf_keras.callbacks.Callback):
+class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
     """Backs up the training state of `Model.fit()` and resumes from it.
 
     While `fit()` runs, the callback writes the whole training state (model
@@ -97,16 +107,22 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     Only entries named `backup-*` and `.tmp-backup-*` in `backup_dir` belong to
     the callback; other files there are never touched.
 
+    It serves Keras 3 models with the TensorFlow backend (`tf.keras` in
+    TensorFlow 2.21, or `import keras`) and tf-keras models (`import
+    tf_keras`), and is a `keras.callbacks.Callback`.
+
     Example:
 
     ```python
     import numpy as np
-    import tf_keras
+    import tensorflow as tf
     import backup_restore
 
     x = np.random.rand(64, 4).astype("float32")
     y = x.sum(axis=1, keepdims=True)
-    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(4,))])
+    model = tf.keras.Sequential(
+        [tf.keras.Input((4,)), tf.keras.layers.Dense(1)]
+    )
     model.compile(optimizer="adam", loss="mse")
     backup_dir = "/tmp/backup_restore_docstring_example"
     model.fit(
@@ -162,11 +178,13 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
       RuntimeError: `save_before_preemption=True` outside the main thread.
 
     During `fit()`:
-      TypeError: the model is not a tf-keras model (Keras 3's `tf.keras`).
+      TypeError: the model is no Keras 3 or tf-keras model.
+      ValueError: a Keras 3 model on the JAX or PyTorch backend.
       ValueError: `fit()` has another backup callback (nothing changed).
       BackupMismatchError: the backup was written by a different model or
-        optimizer configuration, or for other data (batch size, samples,
-        batches per epoch, batch shapes) or `fit()` arguments
+        optimizer configuration, by the other Keras flavour, or for other
+        data (batch size, samples, batches per epoch, batch shapes) or
+        `fit()` arguments
         (`initial_epoch`, fewer `epochs` than the backup's position).
       BackupCorruptError: every backup in `backup_dir` fails its integrity
         checks (nothing is deleted).
@@ -191,7 +209,6 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     ):
         super().__init__()
         _check_eager()
-        keras_adapter.accept_tensor_logs(self)
         _check_unknown_kwargs(kwargs)
         self._policy = policy.from_arguments(
             save_freq, save_before_preemption, overhead_budget
@@ -210,6 +227,8 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self.save_before_preemption = save_before_preemption
         self.async_backup = bool(async_backup)
         self._resume = None
+        self._adapter = None
+        self._in_fit = False
 
     def wait_for_backup(self):
         """Blocks until the last backup is committed (async_backup=True).
@@ -240,22 +259,14 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def set_model(self, model):
         # Called by fit() (and evaluate/predict) before any other hook.
-        if not isinstance(model, tf_keras.Model):
-            raise TypeError(
-                f"BackupAndRestore serves tf-keras models; this is a "
-                f"{type(model).__module__}.{type(model).__name__}. In "
-                f"TensorFlow {tf.__version__}, tf.keras is Keras 3, which "
-                "this version of backup_restore does not support yet. Build "
-                "the model with tf-keras (import tf_keras, or set "
-                "TF_USE_LEGACY_KERAS=1 before importing TensorFlow). Nothing "
-                "was read, written or deleted."
-            )
+        self._adapter = flavours.for_model(model)
         super().set_model(model)
 
     # -- fit() hooks --------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         model = self.model
+        adapter = self._adapter
         if getattr(model, "optimizer", None) is None:
             raise ValueError(
                 "BackupAndRestore needs a compiled model: call model.compile() "
@@ -264,29 +275,27 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         # Checked before anything is changed: two backup callbacks in one
         # fit() would each restore and each skip the trained batches again.
         self._refuse_other_backup_callbacks()
+        adapter.check_strategy(model.distribute_strategy)
         # Run after every other callback, so that a backup taken at the end
         # of a batch or an epoch holds their state after that batch or epoch
         # (EarlyStopping's patience, History's new entry, stop_training).
-        self._others = keras_adapter.run_last(self)
-        self._optimizer_fp = keras_state.optimizer_fingerprint(model.optimizer)
-        handler = keras_adapter.fit_data_handler()
+        self._others = adapter.run_last(self)
+        self._optimizer_fp = keras_state.optimizer_fingerprint(
+            model.optimizer, adapter
+        )
+        context = adapter.fit_context()
         self._fit_call = {
             "index": _COMPLETED_FITS[_directory_key(self.backup_dir)],
             "epochs": int(self.params.get("epochs", 1)),
-            "initial_epoch": keras_adapter.user_initial_epoch(handler),
+            "initial_epoch": adapter.user_initial_epoch(context),
         }
-        self._data_geometry = keras_adapter.data_geometry(handler)
-        self._data_handler = handler
-        self._epoch = 0
-        self._epoch_batches = 0
-        self._batch_start = 0
-        self._since_save = 0
+        self._data_geometry = adapter.data_geometry(context)
+        adapter.track_iterators(context)
+        self._context = context
+        self._position = position.Position()
         self._save_at_epoch_end = False
-        self._iterator = None
-        self._iterator_batches = 0
         self._first_epoch = True
         self._first_step_done = False
-        self._pending_skip = 0
         self._replay_last_step = False
         self._validation_metrics = None
         self._in_fit = True
@@ -304,21 +313,21 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._random_generators = None
         restored = self._engine.restore(self._prepare_restore)
         if restored is None:
-            self._random_generators = keras_adapter.layer_random_generators(
-                model
-            )
+            self._random_generators = adapter.layer_random_generators(model)
         else:
             self._after_restore(*restored)
-        keras_adapter.wrap_train_function(model, self._wrap)
+        adapter.wrap_train_function(model, self._wrap)
 
     def _refuse_other_backup_callbacks(self):
         others = [
             c
-            for c in keras_adapter.fit_callback_list().callbacks
+            for c in self._adapter.fit_callback_list().callbacks
             if c is not self
             and (
                 isinstance(c, BackupAndRestore)
-                or keras_adapter.is_builtin_backup_callback(c)
+                or any(
+                    a.is_builtin_backup_callback(c) for a in flavours.ADAPTERS
+                )
             )
         ]
         if others:
@@ -338,8 +347,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._epoch_batches = 0
+        self._position.begin_epoch(epoch)
         if self._first_epoch:
             self._first_epoch = False
             if self._restored is not None:
@@ -348,7 +356,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 self._apply_restored_state(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._batch_start = batch
+        self._position.begin_batch(batch)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.preempted:
@@ -361,13 +369,10 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         if not self._first_step_done:
             self._first_step_done = True
             self._engine.first_step_done()
-        trained = batch - self._batch_start + 1  # > 1 with steps_per_execution
-        self._epoch_batches = batch + 1
-        self._iterator_batches += trained
-        self._since_save += trained
+        self._position.end_batch(batch)
         preempted = self._engine.preemption_agreed()
         if not preempted and not self._policy.save_after_batches(
-            self._since_save
+            self._position.since_save
         ):
             return
         if self._at_last_batch():
@@ -377,39 +382,41 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             # or at the epoch's end, whichever comes first.
             self._save_at_epoch_end = True
             return
-        self._write(self._epoch, self._epoch_batches)
+        self._write(self._position.epoch, self._position.epoch_batches)
         if preempted:
-            self._stop_for_preemption(self._epoch, self._epoch_batches)
+            self._stop_for_preemption(
+                self._position.epoch, self._position.epoch_batches
+            )
 
     def _at_last_batch(self) -> bool:
         steps = self.params.get("steps") if self.params else None
-        return steps is not None and self._epoch_batches >= steps
+        return steps is not None and self._position.epoch_batches >= steps
 
     # Validation inside fit(): fit() calls these hooks of its callbacks
     # while it evaluates on validation_data at an epoch's end.
 
     def on_test_begin(self, logs=None):
-        if getattr(self, "_in_fit", False) and self.save_before_preemption:
+        if self._in_fit and self.save_before_preemption:
             # evaluate() is about to reset the compiled metrics, which hold
             # the epoch's training values: keep them for a preemption backup
             # during validation.
-            self._validation_metrics = keras_state.metric_states(self.model)
+            self._validation_metrics = keras_state.metric_states(
+                self.model, self._adapter
+            )
 
     def on_test_batch_end(self, batch, logs=None):
-        if not getattr(self, "_in_fit", False) or self.preempted:
+        if not self._in_fit or self.preempted:
             return
         if not self._engine.preemption_agreed():
             return
         # Preempted during validation: the epoch's batches are all trained.
         # Back up at that point, with the training metrics of the epoch; the
         # resumed run validates this epoch again and goes on from there.
+        epoch, step = self._position.epoch, self._position.epoch_batches
         self._write(
-            self._epoch,
-            self._epoch_batches,
-            metrics=self._validation_metrics,
-            epoch_trained=True,
+            epoch, step, metrics=self._validation_metrics, epoch_trained=True
         )
-        self._stop_for_preemption(self._epoch, self._epoch_batches)
+        self._stop_for_preemption(epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.preempted:
@@ -441,8 +448,8 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._in_fit = False
-        keras_adapter.clear_initial_counters(self.model)
-        keras_adapter.unwrap_train_function(self.model)
+        self._adapter.clear_start(self.model, self._context)
+        self._adapter.unwrap_train_function(self.model)
         if self._first_epoch and self._restored is not None:
             # Nothing left to train (the backup was taken at the end): fit()
             # still returns the complete History.
@@ -452,16 +459,18 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 self.delete_checkpoint, self._write_final_backup
             )
         finally:
-            # The data handler holds fit()'s dataset (arrays included): the
-            # callback, which outlives fit(), must not keep it alive.
-            self._data_handler = None
+            # The fit context holds fit()'s dataset (arrays included) and
+            # the position its iterator: the callback, which outlives fit(),
+            # must not keep them alive.
+            self._context = None
+            self._position.forget_iterator()
         if not self.preempted:
             _COMPLETED_FITS[_directory_key(self.backup_dir)] += 1
 
     def _write_final_backup(self) -> str:
         """A preemption reached the end of training before the deletion:
         backs up the finished state (the restart then trains nothing)."""
-        epoch = self.params.get("epochs", self._epoch + 1)
+        epoch = self.params.get("epochs", self._position.epoch + 1)
         self._write(epoch, 0)
         return f"epoch {epoch}, batch 0 (training complete)"
 
@@ -473,15 +482,13 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def _wrap(self, train_function):
         def train_function_with_position(iterator):
-            if iterator is not self._iterator:
-                self._iterator = iterator
-                self._iterator_batches = 0
-                if self._pending_skip:
-                    self._skip(iterator, self._pending_skip)
+            skip = self._position.on_iterator(iterator)
+            if skip:
+                self._skip(iterator, skip)
             if self._replay_last_step:
                 # The epoch's last batch, trained before the backup: its
                 # logs are the epoch's metrics, restored.
-                return keras_adapter.metrics_result(self.model)
+                return self._adapter.metrics_result(self.model)
             return train_function(iterator)
 
         return train_function_with_position
@@ -489,9 +496,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
     def _checkpoint(self, callback_tensors):
         """What a backup holds in tensors."""
         return tf.train.Checkpoint(
-            model=self.model,
-            optimizer=self.model.optimizer,
-            layer_random_generators=self._random_generators,
+            **self._adapter.checkpoint_objects(
+                self.model, self._random_generators
+            ),
             callback_tensors=callback_tensors,
         )
 
@@ -513,7 +520,15 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def _static_metadata(self) -> dict:
         if self._static is None:
+            adapter = self._adapter
             self._static = {
+                **backup_metadata.header(
+                    adapter.FLAVOUR,
+                    {
+                        "tensorflow": tf.__version__,
+                        adapter.FLAVOUR: adapter.VERSION,
+                    },
+                ),
                 "fingerprint": self._fingerprint(),
                 "build_config": keras_state.build_config(self.model),
             }
@@ -521,32 +536,39 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def _fingerprint(self):
         return keras_state.fingerprint(
-            self.model, self._optimizer_fp, len(self._random_generators)
+            self.model,
+            self._adapter,
+            self._optimizer_fp,
+            len(self._random_generators),
         )
 
     def _write(self, epoch, step, metrics=None, epoch_trained=False):
         started = time.monotonic()  # training waits from here
         history = self.model.history
-        states, tensors = callback_states.collect(self._others)
+        states, tensors = callback_states.collect(self._others, self._adapter)
         if metrics is None:
             # Mid-epoch, the metrics hold the epoch's running values.
-            metrics = keras_state.metric_states(self.model) if step else []
+            metrics = (
+                keras_state.metric_states(self.model, self._adapter)
+                if step
+                else []
+            )
+        data_position = self._adapter.data_position(
+            self._context, self._position, at_epoch_end=step == 0
+        )
         metadata = {
             "position": {
                 "epoch": epoch,
                 "step": step,
-                # Batches drawn from fit()'s current data iterator. A resumed
-                # run skips them in its own iterator, except at an epoch
-                # boundary when fit() starts every epoch with a new iterator.
-                "iterator_batches": self._iterator_batches,
+                **data_position,
                 "stop_training": bool(self.model.stop_training),
                 # Every batch of this epoch is trained; its validation and
                 # on_epoch_end are still to run (preempted in validation).
                 "epoch_trained": epoch_trained,
                 # Batches per epoch as fit() counted them at the end of the
                 # first epoch, for an input whose size it did not know.
-                "counted_steps_per_epoch": keras_adapter.completed_epoch_steps(
-                    self._data_handler
+                "counted_steps_per_epoch": (
+                    self._adapter.completed_epoch_steps(self._context)
                 ),
             },
             # Which fit() call of the job, and what its positions mean.
@@ -566,13 +588,9 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
             "callbacks": states,
             "callback_tensors": callback_states.tensor_spec(tensors),
             "written_at": time.time(),
-            "versions": {
-                "tensorflow": tf.__version__,
-                "tf_keras": tf_keras.__version__,
-            },
         }
         self._engine.write(self._checkpoint_for(tensors), metadata)
-        self._since_save = 0
+        self._position.saved()
         if self._engine.role.is_chief:
             logging.info(
                 "Backing up epoch %d, batch %d (training waited %.3f s).",
@@ -585,7 +603,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def _warn_about_unsaved_state(self, model):
         """One warning at the start of fit() for state no backup can hold."""
-        legacy_rng = keras_adapter.legacy_rng_layers(model)
+        legacy_rng = self._adapter.legacy_rng_layers(model)
         if legacy_rng:
             logging.warning(
                 "Layer(s) %s draw random numbers from tf-keras's legacy "
@@ -596,7 +614,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "the model.",
                 ", ".join(legacy_rng),
             )
-        unsaved = keras_adapter.layers_with_unsaved_state(model)
+        unsaved = self._adapter.layers_with_unsaved_state(model)
         if unsaved:
             logging.warning(
                 "Layer(s) %s keep state that tf.train.Checkpoint does not "
@@ -671,6 +689,16 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         self._restore_start = time.monotonic()
         model = self.model
         metadata = info.metadata
+        problem = backup_metadata.flavour_problem(
+            metadata, self._adapter.FLAVOUR, flavours.name
+        )
+        if problem:
+            raise errors.BackupMismatchError(
+                f"The backup in {info.path} cannot be restored into this "
+                f"model: {problem}.\nNothing was restored or deleted. Resume "
+                "with the same code as before, or use another backup_dir "
+                f"(or delete {self.backup_dir}) to start afresh."
+            )
         self._check_fit_call(info)
         if not model.built:
             config = metadata.get("build_config")
@@ -682,7 +710,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                     "Input/input_shape, or call model.build(input_shape)."
                 )
             model.build_from_config(config)
-        self._random_generators = keras_adapter.layer_random_generators(model)
+        self._random_generators = self._adapter.layer_random_generators(model)
         problems = keras_state.diff(
             metadata["fingerprint"], self._fingerprint()
         )
@@ -695,11 +723,11 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 f"as before to resume, or use another backup_dir (or delete "
                 f"{self.backup_dir}) to start from scratch."
             )
-        optimizer = model.optimizer
-        if hasattr(optimizer, "build"):
-            # Create slot variables now so that they are restored here, not
-            # lazily at the first step.
-            optimizer.build(model.trainable_variables)
+        # Slot variables are made now so that they are restored here, not
+        # lazily at the first step.
+        self._adapter.build_optimizer(
+            model.optimizer, model.trainable_variables
+        )
         self._restored_holder = callback_states.holder(
             spec=metadata["callback_tensors"]
         )
@@ -707,14 +735,16 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
 
     def _after_restore(self, info, status):
         model = self.model
+        adapter = self._adapter
+        context = self._context
         metadata = info.metadata
         self._restored_tensors = self._restored_holder.tensors
         self._restored_learning_rate = keras_state.learning_rate(
-            model.optimizer
+            model.optimizer, adapter
         )
-        position = metadata["position"]
-        epoch, step = int(position["epoch"]), int(position["step"])
-        handler = keras_adapter.fit_data_handler()
+        position_ = metadata["position"]
+        epoch, step = int(position_["epoch"]), int(position_["step"])
+        iterators_done, skip = position_["iterators_done"], position_["drawn"]
         if self._engine.role.coordinator is not None:
             # ParameterServerStrategy: each worker iterates over its own copy
             # of the dataset and takes steps as they come, so no record says
@@ -724,48 +754,50 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 "ParameterServerStrategy: resuming at the backed-up step; "
                 "the workers' datasets start from their beginning."
             )
-        elif keras_adapter.recreates_iterator_per_epoch(handler):
-            # A new iterator every epoch: bring the pipeline to epoch `epoch`,
-            # then skip the batches of that epoch already trained.
-            keras_adapter.replay_epochs(
-                handler, epoch - keras_adapter.user_initial_epoch(handler)
+            iterators_done = skip = 0
+        # The iterators used up before: made (never read) again, since
+        # making one advances its reshuffle seeds; then the batches drawn
+        # from the current one are skipped (in _wrap).
+        adapter.replay_epochs(context, iterators_done)
+        self._position = position.Position(iterators_done, skip)
+        if (
+            skip
+            and not adapter.recreates_iterator_per_epoch(context)
+            and adapter.is_python_generator_input(context)
+        ):
+            logging.warning(
+                "The training input is a Python generator, which cannot "
+                "be rewound: resuming skips the first %d batches it "
+                "yields. That continues exactly where training stopped "
+                "only if the generator yields the same batches from its "
+                "start as in the interrupted run (deterministic, seeded "
+                "code). Otherwise use a tf.data.Dataset or a "
+                "keras.utils.Sequence / PyDataset.",
+                skip,
             )
-            self._pending_skip = step
-        else:
-            # One iterator for all epochs: skip everything drawn from it.
-            self._pending_skip = int(position["iterator_batches"])
-            if keras_adapter.is_python_generator_input(handler):
-                logging.warning(
-                    "The training input is a Python generator, which cannot "
-                    "be rewound: resuming skips the first %d batches it "
-                    "yields. That continues exactly where training stopped "
-                    "only if the generator yields the same batches from its "
-                    "start as in the interrupted run (deterministic, seeded "
-                    "code). Otherwise use a tf.data.Dataset or a "
-                    "keras.utils.Sequence.",
-                    self._pending_skip,
-                )
         self._resume = (epoch, step)
         start_epoch = epoch
-        if position["stop_training"]:
+        if position_["stop_training"]:
             # A callback had stopped training (EarlyStopping): nothing to run.
             start_epoch = self.params["epochs"]
-        counted = position.get("counted_steps_per_epoch")
+        counted = position_.get("counted_steps_per_epoch")
         if (
-            keras_adapter.completed_epoch_steps(handler) is None
+            adapter.completed_epoch_steps(context) is None
             and counted is not None
-            and epoch > keras_adapter.user_initial_epoch(handler)
+            and epoch > self._fit_call["initial_epoch"]
         ):
             # An input of unknown size: the uninterrupted run knew its epoch
             # length from its first epoch on; so does the resumed one.
-            keras_adapter.set_counted_epoch_steps(handler, counted)
-        if position.get("epoch_trained") and not position["stop_training"]:
+            adapter.set_counted_epoch_steps(context, counted)
+        drawn_before_step = skip
+        if position_.get("epoch_trained") and not position_["stop_training"]:
             # fit() cannot start an epoch after its last batch (it wants
             # the logs of one): start at that batch, and let the wrapped
             # train function stand in for it with the restored metrics.
             self._replay_last_step = True
             step -= 1
-        keras_adapter.set_initial_counters(model, start_epoch, step)
+            drawn_before_step -= 1
+        adapter.start_at(model, context, start_epoch, step, drawn_before_step)
         self._restored = metadata
         # History.history survives History.on_train_begin; its epoch list
         # does not and is put back at the first epoch.
@@ -791,6 +823,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         history.epoch = list(metadata["history"]["epoch"]) + history.epoch
         unmatched = callback_states.restore(
             self._others,
+            self._adapter,
             metadata["callbacks"],
             self._restored_tensors,
             metadata["history"],
@@ -810,7 +843,7 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
                 self.model.optimizer.learning_rate = (
                     self._restored_learning_rate
                 )
-            self._epoch_batches = self._resume[1]
+            self._position.epoch_batches = self._resume[1]
             if metadata["metrics"]:
                 self._restore_metric_states(metadata["metrics"])
 
@@ -819,8 +852,6 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         start = time.monotonic()
         for _ in range(count):
             next(iterator)
-        self._iterator_batches = count
-        self._pending_skip = 0
         logging.info(
             "Skipped %d already-trained batches in %.2f s.",
             count,
@@ -828,9 +859,10 @@ class BackupAndRestore(tf_keras.callbacks.Callback):
         )
 
     def _restore_metric_states(self, states):
-        handler = keras_adapter.fit_data_handler()
-        keras_adapter.build_compiled_metrics(self.model, handler)
-        missing = keras_state.restore_metric_states(self.model, states)
+        self._adapter.build_compiled_metrics(self.model, self._context)
+        missing = keras_state.restore_metric_states(
+            self.model, self._adapter, states
+        )
         if missing:
             logging.warning(
                 "Could not restore the state of metric(s) %s: this epoch's "

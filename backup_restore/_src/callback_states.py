@@ -10,7 +10,7 @@ rows).
 User callbacks opt in with two methods, and their state must be JSON-
 serializable (nothing is ever pickled):
 
-    class MyCallback(tf_keras.callbacks.Callback):
+    class MyCallback(keras.callbacks.Callback):
         def get_backup_state(self):
             return {"seen": self.seen}
 
@@ -25,9 +25,7 @@ import json
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
-from backup_restore._src import keras_adapter
 from backup_restore._src import keras_state
 
 GET_STATE = "get_backup_state"
@@ -43,8 +41,8 @@ def _keys(callbacks):
         yield f"{name}#{index}", callback
 
 
-def _builtin_attrs(callback):
-    for cls, attrs in keras_adapter.BUILTIN_CALLBACK_STATE.items():
+def _builtin_attrs(callback, adapter):
+    for cls, attrs in adapter.BUILTIN_CALLBACK_STATE.items():
         if isinstance(callback, cls):
             return attrs
     return None
@@ -57,7 +55,7 @@ def _file_size(path):
         return 0
 
 
-def collect(callbacks) -> tuple[dict, dict]:
+def collect(callbacks, adapter) -> tuple[dict, dict]:
     """Returns (JSON states by key, tensors by key) of the callbacks."""
     states, tensors = {}, {}
     for key, callback in _keys(callbacks):
@@ -72,7 +70,7 @@ def collect(callbacks) -> tuple[dict, dict]:
                 ) from e
             states[key] = {"user": state}
             continue
-        attrs = _builtin_attrs(callback)
+        attrs = _builtin_attrs(callback, adapter)
         if attrs is not None:
             states[key] = {
                 "attrs": keras_state.to_json_value(
@@ -82,7 +80,7 @@ def collect(callbacks) -> tuple[dict, dict]:
             best_weights = getattr(callback, "best_weights", None)
             if best_weights is not None:
                 tensors[key] = [np.asarray(w) for w in best_weights]
-        elif isinstance(callback, tf_keras.callbacks.CSVLogger):
+        elif isinstance(callback, adapter.CSV_LOGGER):
             if getattr(callback, "csv_file", None) is not None:
                 callback.csv_file.flush()
             states[key] = {
@@ -92,7 +90,7 @@ def collect(callbacks) -> tuple[dict, dict]:
     return states, tensors
 
 
-def restore(callbacks, states, tensors, history) -> list[str]:
+def restore(callbacks, adapter, states, tensors, history) -> list[str]:
     """Restores saved states; returns keys of saved states not matched.
 
     Runs after every callback's on_train_begin (which resets their state).
@@ -111,11 +109,11 @@ def restore(callbacks, states, tensors, history) -> list[str]:
             if key in tensors:
                 callback.best_weights = [t.numpy() for t in tensors[key]]
         elif "csv_append" in state:
-            _restore_csv(callback, state, history)
+            _restore_csv(callback, adapter, state, history)
     return sorted(unmatched)
 
 
-def _restore_csv(callback, state, history):
+def _restore_csv(callback, adapter, state, history):
     if callback.append:
         # The file already holds the rows up to the backup, maybe more from
         # after it: cut those, they are written again.
@@ -125,7 +123,7 @@ def _restore_csv(callback, state, history):
         callback.csv_file.close()
         with tf.io.gfile.GFile(callback.filename, "wb") as f:
             f.write(kept)
-        callback.csv_file = tf.io.gfile.GFile(callback.filename, "a")
+        callback.csv_file = adapter.open_csv_for_append(callback.filename)
         return
     # on_train_begin truncated the file: write the restored epochs again,
     # through CSVLogger's own code so that the rows are byte-identical.

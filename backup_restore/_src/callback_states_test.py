@@ -3,21 +3,19 @@
 import os
 
 import numpy as np
-import tensorflow as tf
-import tf_keras
 from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
 from backup_restore.examples import synthetic
-from testing import device
+from testing import fit_test_case
 from testing import keras_callbacks
 
 SAMPLES, BATCH = 64, 16  # 4 batches per epoch
 X, Y = synthetic.regression_data(SAMPLES, seed=3)
 
 
-class LearningRateLog(tf_keras.callbacks.Callback):
+class LearningRateLog(keras_callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.rates = []
@@ -26,7 +24,7 @@ class LearningRateLog(tf_keras.callbacks.Callback):
         self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
 
 
-class Counter(tf_keras.callbacks.Callback):
+class Counter(keras_callbacks.Callback):
     """A user callback that opts in to backups."""
 
     def __init__(self):
@@ -43,10 +41,10 @@ class Counter(tf_keras.callbacks.Callback):
         self.batches = state["batches"]
 
 
-def _run(make_callbacks, epochs, backup_dir=None, interrupt_at=None):
+def _run(flavour, make_callbacks, epochs, backup_dir=None, interrupt_at=None):
     """Builds a fresh model and fits it; returns (model, history, callbacks)."""
-    tf_keras.utils.set_random_seed(11)
-    model = synthetic.regression_model("tiny")
+    synthetic.KERAS[flavour].utils.set_random_seed(11)
+    model = synthetic.regression_model("tiny", flavour=flavour)
     callbacks = make_callbacks()
     extra = []
     if backup_dir:
@@ -64,20 +62,18 @@ def _run(make_callbacks, epochs, backup_dir=None, interrupt_at=None):
     return model, history, callbacks
 
 
-class CallbackStatesTest(parameterized.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        device.skip_if_device_absent()
-        tf.config.experimental.enable_op_determinism()
-
+class CallbackStatesTest(fit_test_case.FitTestCase):
     def _compare(self, make_callbacks, epochs, interrupt_at):
         """Uninterrupted vs interrupted+resumed; returns both callback lists."""
-        ref_model, ref_history, ref_cbs = _run(make_callbacks, epochs)
+        ref_model, ref_history, ref_cbs = _run(
+            self.FLAVOUR, make_callbacks, epochs
+        )
         backup_dir = os.path.join(self.create_tempdir().full_path, "b")
         with self.assertRaises(keras_callbacks.Interrupted):
-            _run(make_callbacks, epochs, backup_dir, interrupt_at)
-        model, history, cbs = _run(make_callbacks, epochs, backup_dir)
+            _run(self.FLAVOUR, make_callbacks, epochs, backup_dir, interrupt_at)
+        model, history, cbs = _run(
+            self.FLAVOUR, make_callbacks, epochs, backup_dir
+        )
         self.assertEqual(history.epoch, ref_history.epoch)
         self.assertEqual(history.history, ref_history.history)
         for got, want in zip(model.weights, ref_model.weights, strict=True):
@@ -88,7 +84,7 @@ class CallbackStatesTest(parameterized.TestCase):
         def make():
             # Never "improves" after epoch 0: stops after epoch 2.
             return [
-                tf_keras.callbacks.EarlyStopping(
+                self.keras.callbacks.EarlyStopping(
                     monitor="loss",
                     min_delta=1e9,
                     patience=2,
@@ -107,7 +103,7 @@ class CallbackStatesTest(parameterized.TestCase):
     def test_reduce_lr_on_plateau_follows_the_same_trajectory(self):
         def make():
             return [
-                tf_keras.callbacks.ReduceLROnPlateau(
+                self.keras.callbacks.ReduceLROnPlateau(
                     monitor="loss", min_delta=1e9, patience=1, factor=0.5
                 ),
                 LearningRateLog(),
@@ -125,7 +121,7 @@ class CallbackStatesTest(parameterized.TestCase):
     def test_learning_rate_scheduler(self):
         def make():
             return [
-                tf_keras.callbacks.LearningRateScheduler(
+                self.keras.callbacks.LearningRateScheduler(
                     lambda epoch, lr: lr * 0.5
                 ),
                 LearningRateLog(),
@@ -142,7 +138,7 @@ class CallbackStatesTest(parameterized.TestCase):
 
         def make():
             return [
-                tf_keras.callbacks.ModelCheckpoint(
+                self.keras.callbacks.ModelCheckpoint(
                     os.path.join(tmp, "best.weights.h5"),
                     monitor="loss",
                     save_best_only=True,
@@ -171,7 +167,7 @@ class CallbackStatesTest(parameterized.TestCase):
         def make():
             calls.append(None)
             path = ref_path if len(calls) == 1 else job_path
-            return [tf_keras.callbacks.CSVLogger(path, append=append)]
+            return [self.keras.callbacks.CSVLogger(path, append=append)]
 
         # Interrupted after 10 batches: epochs 0 and 1 are in the CSV file,
         # the last backup is at batch 9 (epoch 2, batch 1).
@@ -193,7 +189,7 @@ class CallbackStatesTest(parameterized.TestCase):
         self.assertEqual(got.batches, 12)
 
     def test_user_state_must_be_json(self):
-        class Bad(tf_keras.callbacks.Callback):
+        class Bad(self.keras.callbacks.Callback):
             def get_backup_state(self):
                 return {"array": np.zeros(3)}
 
@@ -202,8 +198,10 @@ class CallbackStatesTest(parameterized.TestCase):
 
         backup_dir = os.path.join(self.create_tempdir().full_path, "b")
         with self.assertRaisesRegex(TypeError, "JSON-serializable"):
-            _run(lambda: [Bad()], 2, backup_dir)
+            _run(self.FLAVOUR, lambda: [Bad()], 2, backup_dir)
 
+
+CallbackStatesTfKerasTest = fit_test_case.tf_keras_variant(CallbackStatesTest)
 
 if __name__ == "__main__":
     absltest.main()

@@ -3,10 +3,11 @@
 import os
 import time
 import uuid
+from unittest import mock
 
+import keras
 import numpy as np
 import tensorflow as tf
-import tf_keras
 from absl import logging
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -21,9 +22,9 @@ SAMPLES = 64
 BATCH = 16  # 4 batches per epoch
 
 
-def _model(**kwargs):
-    tf_keras.utils.set_random_seed(7)
-    return synthetic.regression_model("tiny", **kwargs)
+def _model(flavour, **kwargs):
+    synthetic.KERAS[flavour].utils.set_random_seed(7)
+    return synthetic.regression_model("tiny", flavour=flavour, **kwargs)
 
 
 def _fit(model, callbacks, epochs=EPOCHS, **kwargs):
@@ -58,12 +59,12 @@ def _record_backup_epochs(callback) -> list:
 
 class CallbackTest(fit_test_case.FitTestCase):
     def _reference(self, **fit_kwargs):
-        model = _model()
+        model = _model(self.FLAVOUR)
         history = _fit(model, [keras_callbacks.Recorder()], **fit_kwargs)
         return model, history
 
     def _interrupted_then_resumed(self, save_freq, interrupt_at, **kw):
-        model = _model()
+        model = _model(self.FLAVOUR)
         with self.assertRaises(keras_callbacks.Interrupted):
             _fit(
                 model,
@@ -74,7 +75,7 @@ class CallbackTest(fit_test_case.FitTestCase):
                 **kw,
             )
         self.assertTrue(tf.io.gfile.isdir(self.dir))
-        resumed = _model()
+        resumed = _model(self.FLAVOUR)
         callback = backup_restore.BackupAndRestore(self.dir, save_freq)
         recorder = keras_callbacks.Recorder()
         history = _fit(resumed, [callback, recorder], **kw)
@@ -114,14 +115,14 @@ class CallbackTest(fit_test_case.FitTestCase):
 
     def test_no_backup_starts_fresh_and_deletes_at_end(self):
         callback = backup_restore.BackupAndRestore(self.dir)
-        history = _fit(_model(), [callback])
+        history = _fit(_model(self.FLAVOUR), [callback])
         self.assertIsNone(callback.resumed_from)
         self.assertLen(history.epoch, EPOCHS)
         self.assertFalse(os.path.exists(self.dir))
 
     def test_delete_checkpoint_false_keeps_the_backup(self):
         _fit(
-            _model(),
+            _model(self.FLAVOUR),
             [
                 backup_restore.BackupAndRestore(
                     self.dir, delete_checkpoint=False
@@ -135,7 +136,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, delete_checkpoint=False
         )
         recorder = keras_callbacks.Recorder()
-        history = _fit(_model(), [callback, recorder])
+        history = _fit(_model(self.FLAVOUR), [callback, recorder])
         self.assertEqual(callback.resumed_from, (EPOCHS, 0))
         self.assertEqual(recorder.epochs, [])
         self.assertEqual(history.epoch, list(range(EPOCHS)))
@@ -154,7 +155,7 @@ class CallbackTest(fit_test_case.FitTestCase):
 
         inner._engine.store.write_async = spy
 
-        class Wrapper(tf_keras.callbacks.Callback):
+        class Wrapper(self.keras.callbacks.Callback):
             def set_model(self, model):
                 super().set_model(model)
                 inner.set_model(model)
@@ -176,7 +177,7 @@ class CallbackTest(fit_test_case.FitTestCase):
                 hook,
                 lambda self, *a, _h=hook, **k: getattr(inner, _h)(*a, **k),
             )
-        _fit(_model(), [Wrapper()])
+        _fit(_model(self.FLAVOUR), [Wrapper()])
         # Every batch but the last (its backup would be deleted at once).
         self.assertLen(writes, EPOCHS * 4 - 1)
 
@@ -192,7 +193,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             return original(checkpoint, metadata, **kwargs)
 
         callback._engine.store.write_async = spy
-        _fit(_model(), [callback])
+        _fit(_model(self.FLAVOUR), [callback])
         self.assertLen(seen, EPOCHS * 4 - 1)
         self.assertLen({id(c) for c in seen}, 1)
 
@@ -211,7 +212,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, save_freq=save_freq, delete_checkpoint=delete
         )
         positions = _record_backup_epochs(callback)
-        _fit(_model(), [callback])
+        _fit(_model(self.FLAVOUR), [callback])
         self.assertEqual(positions, list(range(1, expected + 1)))
         self.assertEqual(os.path.exists(self.dir), not delete)
 
@@ -219,11 +220,11 @@ class CallbackTest(fit_test_case.FitTestCase):
         callback = backup_restore.BackupAndRestore(self.dir)
         positions = _record_backup_epochs(callback)
 
-        class StopAfterFirstEpoch(tf_keras.callbacks.Callback):
+        class StopAfterFirstEpoch(self.keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 self.model.stop_training = True
 
-        history = _fit(_model(), [callback, StopAfterFirstEpoch()])
+        history = _fit(_model(self.FLAVOUR), [callback, StopAfterFirstEpoch()])
         self.assertEqual(history.epoch, [0])
         self.assertEqual(positions, [])
 
@@ -231,7 +232,7 @@ class CallbackTest(fit_test_case.FitTestCase):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "notes.txt"), "w") as f:
             f.write("mine")
-        _fit(_model(), [backup_restore.BackupAndRestore(self.dir)])
+        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(self.dir)])
         self.assertEqual(os.listdir(self.dir), ["notes.txt"])
 
     def test_ram_filesystem(self):
@@ -246,8 +247,10 @@ class CallbackTest(fit_test_case.FitTestCase):
         x, y = synthetic.regression_data(SAMPLES, seed=3)
 
         def unbuilt():
-            tf_keras.utils.set_random_seed(7)
-            return synthetic.regression_model("tiny", build=False)
+            self.keras.utils.set_random_seed(7)
+            return synthetic.regression_model(
+                "tiny", build=False, flavour=self.FLAVOUR
+            )
 
         ref = unbuilt()
         ref.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0)
@@ -283,7 +286,7 @@ class CallbackTest(fit_test_case.FitTestCase):
 
     def _leave_a_backup(self):
         _fit(
-            _model(),
+            _model(self.FLAVOUR),
             [
                 backup_restore.BackupAndRestore(
                     self.dir, delete_checkpoint=False
@@ -308,53 +311,53 @@ class CallbackTest(fit_test_case.FitTestCase):
             np.testing.assert_array_equal(got, want)  # nothing half-restored
 
     def test_changed_layer_is_refused_with_what_differs(self):
-        tf_keras.utils.set_random_seed(7)
-        model = tf_keras.Sequential(
+        self.keras.utils.set_random_seed(7)
+        model = self.keras.Sequential(
             [
-                tf_keras.Input(shape=(synthetic.INPUT_DIM,)),
-                tf_keras.layers.Dense(9, activation="relu"),
-                tf_keras.layers.Dense(1),
+                self.keras.Input(shape=(synthetic.INPUT_DIM,)),
+                self.keras.layers.Dense(9, activation="relu"),
+                self.keras.layers.Dense(1),
             ]
         )
-        model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse")
+        model.compile(optimizer=self.keras.optimizers.Adam(0.01), loss="mse")
         self._assert_refused(
             model, r"weight #0: backup .*\[16, 8\], model .*\[16, 9\]"
         )
 
     def test_changed_dtype_is_refused(self):
-        tf_keras.utils.set_random_seed(7)
-        model = tf_keras.Sequential(
+        self.keras.utils.set_random_seed(7)
+        model = self.keras.Sequential(
             [
-                tf_keras.Input(shape=(synthetic.INPUT_DIM,)),
-                tf_keras.layers.Dense(8, activation="relu", dtype="float64"),
-                tf_keras.layers.Dense(1),
+                self.keras.Input(shape=(synthetic.INPUT_DIM,)),
+                self.keras.layers.Dense(8, activation="relu", dtype="float64"),
+                self.keras.layers.Dense(1),
             ]
         )
-        model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse")
+        model.compile(optimizer=self.keras.optimizers.Adam(0.01), loss="mse")
         self._assert_refused(model, r"float32\[16, 8\], model .*float64")
 
     def test_extra_layer_is_refused(self):
-        tf_keras.utils.set_random_seed(7)
-        model = tf_keras.Sequential(
+        self.keras.utils.set_random_seed(7)
+        model = self.keras.Sequential(
             [
-                tf_keras.Input(shape=(synthetic.INPUT_DIM,)),
-                tf_keras.layers.Dense(8, activation="relu"),
-                tf_keras.layers.Dense(4, activation="relu"),
-                tf_keras.layers.Dense(1),
+                self.keras.Input(shape=(synthetic.INPUT_DIM,)),
+                self.keras.layers.Dense(8, activation="relu"),
+                self.keras.layers.Dense(4, activation="relu"),
+                self.keras.layers.Dense(1),
             ]
         )
-        model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="mse")
+        model.compile(optimizer=self.keras.optimizers.Adam(0.01), loss="mse")
         self._assert_refused(model, "number of weights: backup 4, model 6")
 
     def test_changed_optimizer_config_is_refused(self):
         self._assert_refused(
-            _model(learning_rate=0.5),
+            _model(self.FLAVOUR, learning_rate=0.5),
             r"optimizer config 'learning_rate': backup 0.0099.*, model 0.5",
         )
 
     def test_changed_optimizer_class_is_refused(self):
-        model = _model()
-        model.compile(optimizer=tf_keras.optimizers.SGD(0.01), loss="mse")
+        model = _model(self.FLAVOUR)
+        model.compile(optimizer=self.keras.optimizers.SGD(0.01), loss="mse")
         self._assert_refused(model, r"optimizer class: backup .*Adam.*SGD")
 
     def test_corrupt_backup_is_refused_and_kept(self):
@@ -371,7 +374,10 @@ class CallbackTest(fit_test_case.FitTestCase):
             "(?s)fails TensorFlow's checks.*Checksum does not match.*"
             "Nothing was deleted",
         ):
-            _fit(_model(), [backup_restore.BackupAndRestore(self.dir)])
+            _fit(
+                _model(self.FLAVOUR),
+                [backup_restore.BackupAndRestore(self.dir)],
+            )
         self.assertTrue(os.path.exists(os.path.join(backup, data)))
 
     # -- arguments ----------------------------------------------------------
@@ -432,7 +438,9 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, save_freq=2, delete_checkpoint=False
         )
         self.assertIsInstance(callback, backup_restore.BackupAndRestore)
-        self.assertIsInstance(callback, tf_keras.callbacks.Callback)
+        # A Callback of both flavours.
+        for flavour in synthetic.KERAS.values():
+            self.assertIsInstance(callback, flavour.callbacks.Callback)
         self.assertEqual(callback.save_freq, 2)
         self.assertFalse(callback.delete_checkpoint)
         # Positional order is tf-keras's.
@@ -458,7 +466,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, save_freq=1, async_backup=asynchronous
         )
         with self.assertLogs(level=logging.INFO) as logs:
-            _fit(_model(), [callback], epochs=1)
+            _fit(_model(self.FLAVOUR), [callback], epochs=1)
         waited = [
             float(m.split("training waited ")[1].split(" s")[0])
             for m in logs.output
@@ -473,8 +481,13 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, overhead_budget=0.9, delete_checkpoint=False
         )
         epochs = _record_backup_epochs(callback)
-        _fit(_model(), [callback], epochs=4)
-        self.assertTrue(epochs, "a 90% budget allows backups")
+        x, y = synthetic.regression_data(SAMPLES, seed=3)
+        # 64 batches per epoch: the time between epochs counts as a cost,
+        # which 4 batches of a tiny model per epoch would not amortise.
+        _model(self.FLAVOUR).fit(
+            x, y, batch_size=1, epochs=2, verbose=0, callbacks=[callback]
+        )
+        self.assertGreater(len(epochs), 1, "a 90% budget allows backups")
         self.assertIsNotNone(callback._policy.chosen)
         with self.assertRaisesRegex(ValueError, "cannot be combined"):
             backup_restore.BackupAndRestore(
@@ -483,30 +496,56 @@ class CallbackTest(fit_test_case.FitTestCase):
         with self.assertRaisesRegex(ValueError, "share of training time"):
             backup_restore.BackupAndRestore(self.dir, overhead_budget=3)
 
-    def test_a_keras_3_model_is_a_clear_error_before_anything(self):
-        import keras  # Keras 3: what tf.keras is in TensorFlow 2.21
-
-        keras.utils.set_random_seed(1)  # op determinism is on
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-        model.compile("adam", "mse")
-        with self.assertRaisesRegex(
-            TypeError, "serves tf-keras models.*Keras 3"
-        ):
-            model.fit(
-                np.ones((8, 4)),
-                np.ones((8, 1)),
-                verbose=0,
-                callbacks=[backup_restore.BackupAndRestore(self.dir)],
+    def test_a_backup_of_the_other_flavour_is_refused_and_kept(self):
+        other = "tf_keras" if self.FLAVOUR == "keras3" else "keras3"
+        model = _model(other)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                model,
+                [
+                    backup_restore.BackupAndRestore(
+                        self.dir, save_freq=2, async_backup=False
+                    ),
+                    keras_callbacks.InterruptAt(6),
+                ],
             )
+        kept = keras_callbacks.backup_entries(self.dir)
+        self.assertNotEmpty(kept)
+        keras_callbacks.simulate_restart()
+        want = "written by a (tf-keras|Keras) .* model; this model is a"
+        with self.assertRaisesRegex(backup_restore.BackupMismatchError, want):
+            _fit(
+                _model(self.FLAVOUR),
+                [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
+            )
+        self.assertEqual(keras_callbacks.backup_entries(self.dir), kept)
+
+    def test_keras_3_on_another_backend_is_a_clear_error(self):
+        if self.FLAVOUR != "keras3":
+            self.skipTest("a Keras 3 backend")
+        model = _model(self.FLAVOUR)
+        callback = backup_restore.BackupAndRestore(self.dir)
+        with mock.patch.object(keras.backend, "backend", return_value="jax"):
+            with self.assertRaisesRegex(
+                ValueError, "TensorFlow backend.*'jax'.*KERAS_BACKEND"
+            ):
+                callback.set_model(model)
         self.assertFalse(os.path.exists(self.dir) and os.listdir(self.dir))
 
+    def test_a_model_of_no_keras_is_a_type_error(self):
+        callback = backup_restore.BackupAndRestore(self.dir)
+        with self.assertRaisesRegex(TypeError, "serves Keras models"):
+            callback.set_model(tf.Module())
+
     def test_uncompiled_model_is_a_clear_error(self):
-        model = tf_keras.Sequential([tf_keras.layers.Dense(1)])
+        model = self.keras.Sequential([self.keras.layers.Dense(1)])
         callback = backup_restore.BackupAndRestore(self.dir)
         callback.set_model(model)
         with self.assertRaisesRegex(ValueError, "compile"):
             callback.on_train_begin()
 
+
+CallbackTfKerasTest = fit_test_case.tf_keras_variant(CallbackTest)
 
 if __name__ == "__main__":
     absltest.main()

@@ -21,8 +21,9 @@ from testing import procs
 
 _BASE = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=9"]
 
-# name -> extra trainer flags. 4 batches per epoch unless stated.
-CONFIGS = {
+# name -> extra trainer flags. 4 batches per epoch unless stated. Each runs
+# with both Keras flavours (FLAVOURS), except where NOT_IN says otherwise.
+INPUTS = {
     "numpy_shuffle": [],
     "numpy_no_shuffle": ["--noshuffle"],
     "dataset_reshuffle": ["--input=dataset"],
@@ -46,8 +47,18 @@ KILLS = {"default": ("3", 5, 4, 8)}
 # 6 batches per epoch in 3 executions of 2: backups every 2 batches; killed
 # after batch 4 ((0, 2) backed up), then after 4 more ((0, 4)); epoch-level:
 # after batch 8.
-CONFIGS["steps_per_execution"] = ["--steps_per_execution=2", "--num_samples=96"]
+INPUTS["steps_per_execution"] = ["--steps_per_execution=2", "--num_samples=96"]
 KILLS["steps_per_execution"] = ("2", 2, 2, 4)
+FLAVOURS = ("keras3", "tf_keras")
+# Keras 3's fit() itself does not run under CentralStorageStrategy.
+NOT_IN = {"keras3": {"central_storage_two_cpus"}}
+# (test name, trainer flags, input name)
+CONFIGS = [
+    (f"{name}_{flavour}", [*flags, f"--keras={flavour}"], name)
+    for name, flags in INPUTS.items()
+    for flavour in FLAVOURS
+    if name not in NOT_IN.get(flavour, ())
+]
 
 
 def _trainer():
@@ -78,9 +89,8 @@ class ExactResumeTest(parameterized.TestCase):
         self.assertEqual(got["history_epochs"], want["history_epochs"])
         self.assertEqual(got["history"], want["history"])
 
-    @parameterized.named_parameters(*CONFIGS.items())
-    def test_killed_and_restarted_runs_match_uninterrupted(self, flags):
-        name = self._testMethodName.split("uninterrupted_")[-1]
+    @parameterized.named_parameters(*CONFIGS)
+    def test_killed_and_restarted_runs_match_uninterrupted(self, flags, name):
         if name == "tpu" and device.requested_device() != "tpu":
             self.skipTest("TPUStrategy: runs in the _tpu variant only")
         save_freq, first, second, at_epoch = KILLS.get(name, KILLS["default"])
@@ -100,9 +110,11 @@ class ExactResumeTest(parameterized.TestCase):
         self._run([*epochs, f"--fail_at_step={at_epoch}"], killed=True)
         self._assert_same(self._run(epochs), reference)
 
-    def test_custom_loop_killed_twice_matches_uninterrupted(self):
+    @parameterized.parameters("keras3", "tf_keras")
+    def test_custom_loop_killed_twice_matches_uninterrupted(self, flavour):
         loop = procs.runfile("backup_restore/examples/custom_loop_trainer")
-        base = ["--steps=30", "--save_every=7", "--seed=2"]
+        base = ["--steps=30", "--save_every=7", "--seed=2", "--dropout=0.3"]
+        base.append(f"--keras={flavour}")
 
         def run(args, killed=False):
             result = procs.run(loop, [*base, *args])
@@ -128,7 +140,7 @@ class ExactResumeTest(parameterized.TestCase):
     def test_legacy_dropout_rng_is_not_exact_and_says_so(self):
         # tf-keras's legacy stateful RNG keeps its state in op kernels: it
         # cannot be backed up. Kept as a test so the difference stays known.
-        flags = ["--dropout=0.3", "--notf_random_generator"]
+        flags = ["--dropout=0.3", "--notf_random_generator", "--keras=tf_keras"]
         reference = self._run([*flags, f"--backup_dir={self.tmp}/ref"])
         args = [f"--backup_dir={self.tmp}/b", "--save_freq=3", *flags]
         self._run([*args, "--fail_at_step=7"], killed=True)

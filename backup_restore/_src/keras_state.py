@@ -16,9 +16,8 @@ import json
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
-from backup_restore._src import keras_adapter
+Adapter = object  # an adapter module (flavours.py)
 
 
 def _jsonable(value):
@@ -36,7 +35,7 @@ def to_json_value(value):
     return json.loads(json.dumps(value, default=_jsonable))
 
 
-def optimizer_fingerprint(optimizer) -> dict:
+def optimizer_fingerprint(optimizer, adapter: Adapter) -> dict:
     """The optimizer's class and configuration, without its name.
 
     A learning-rate schedule without `get_config()` (allowed for training,
@@ -47,7 +46,7 @@ def optimizer_fingerprint(optimizer) -> dict:
     try:
         config = dict(optimizer.get_config())
     except NotImplementedError:
-        config = {"learning_rate": _class_name(_lr_owner(optimizer))}
+        config = {"learning_rate": _class_name(_lr_owner(optimizer, adapter))}
     config.pop("name", None)
     return {
         "class": _class_name(optimizer),
@@ -59,26 +58,26 @@ def _class_name(obj) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _lr_owner(optimizer):
-    schedule = keras_adapter.learning_rate_schedule(optimizer)
+def _lr_owner(optimizer, adapter):
+    schedule = adapter.learning_rate_schedule(optimizer)
     return optimizer if schedule is None else schedule
 
 
-def variables_fingerprint(model: tf_keras.Model) -> list:
+def variables_fingerprint(model, adapter: Adapter) -> list:
     # model.weights also lists non-variable state holders (the vocabulary
     # handle of a StringLookup): only variables have a shape and a dtype.
     return [
         {
             "name": v.name,
             "shape": [int(d) if d is not None else None for d in v.shape],
-            "dtype": v.dtype.name,
+            "dtype": tf.as_dtype(v.dtype).name,
         }
         for v in model.weights
-        if isinstance(v, tf.Variable)
+        if adapter.is_variable(v)
     ]
 
 
-def build_config(model: tf_keras.Model):
+def build_config(model):
     """What `build_from_config` needs to rebuild an unbuilt model, or None."""
     try:
         return to_json_value(model.get_build_config())
@@ -131,17 +130,17 @@ def diff(backup: dict, current: dict) -> list[str]:
 
 
 def fingerprint(
-    model: tf_keras.Model, optimizer_part: dict, random_generators: int
+    model, adapter: Adapter, optimizer_part: dict, random_generators: int
 ) -> dict:
     return {
         "model_class": type(model).__name__,
-        "variables": variables_fingerprint(model),
+        "variables": variables_fingerprint(model, adapter),
         "optimizer": optimizer_part,
         "random_generators": random_generators,
     }
 
 
-def metric_states(model: tf_keras.Model) -> list:
+def metric_states(model, adapter: Adapter) -> list:
     """The variables of every metric of the model, as JSON lists.
 
     Under a distribution strategy, metric variables are SyncOnRead: each
@@ -153,14 +152,15 @@ def metric_states(model: tf_keras.Model) -> list:
         {
             "name": metric.name,
             "variables": [
-                [c.numpy().tolist() for c in local(v)] for v in metric.variables
+                [c.numpy().tolist() for c in local(adapter.tf_variable(v))]
+                for v in metric.variables
             ],
         }
         for metric in model.metrics
     ]
 
 
-def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
+def restore_metric_states(model, adapter: Adapter, states: list) -> list[str]:
     """Assigns saved metric variables by metric name; returns unknown names."""
     local = model.distribute_strategy.experimental_local_results
     by_name = {m.name: m for m in model.metrics}
@@ -173,8 +173,9 @@ def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
         for variable, replicas in zip(
             metric.variables, state["variables"], strict=True
         ):
-            dtype = variable.dtype.name
-            components = local(variable)
+            tf_variable = adapter.tf_variable(variable)
+            dtype = tf_variable.dtype.name
+            components = local(tf_variable)
             if len(components) == len(replicas):
                 for component, value in zip(components, replicas, strict=True):
                     component.assign(np.asarray(value, dtype=dtype))
@@ -186,9 +187,9 @@ def restore_metric_states(model: tf_keras.Model, states: list) -> list[str]:
     return missing
 
 
-def learning_rate(optimizer):
+def learning_rate(optimizer, adapter: Adapter):
     """The optimizer's learning rate if it is a number (not a schedule)."""
-    if keras_adapter.learning_rate_schedule(optimizer) is not None:
+    if adapter.learning_rate_schedule(optimizer) is not None:
         return None
     value = getattr(optimizer, "learning_rate", None)
     try:

@@ -15,7 +15,7 @@ from absl import logging
 
 from backup_restore._src import engine
 from backup_restore._src import errors
-from backup_restore._src import keras_adapter
+from backup_restore._src import flavours
 from backup_restore._src import preemption
 
 FORMAT = "backup_restore.manager/1"
@@ -229,9 +229,13 @@ class BackupManager:
         leaves out of checkpoints. Made at first use, when the layers are
         built."""
         if self._checkpoint_object is None:
-            generators = keras_adapter.random_generators_of(
-                self._trackables.values()
-            )
+            generators = [
+                generator
+                for adapter in flavours.ADAPTERS
+                for generator in adapter.random_generators_of(
+                    self._trackables.values()
+                )
+            ]
             extra = {_LAYER_RNGS: generators} if generators else {}
             self._checkpoint_object = tf.train.Checkpoint(
                 **self._trackables, **extra

@@ -20,7 +20,10 @@ from testing import device
 from testing import ports
 from testing import procs
 
+# tf-keras: Keras 3's fit() does not train under MultiWorkerMirroredStrategy
+# (keras3_adapter.check_strategy).
 _ARGS = [
+    "--keras=tf_keras",
     "--strategy=multi_worker",
     "--epochs=3",
     "--num_samples=64",

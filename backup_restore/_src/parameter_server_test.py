@@ -27,7 +27,9 @@ from testing import device
 from testing import procs
 
 _EPOCHS, _STEPS = 3, 5
+# tf-keras: Keras 3's fit() has no ParameterServerStrategy support.
 _ARGS = [
+    "--keras=tf_keras",
     "--strategy=parameter_server",
     f"--epochs={_EPOCHS}",
     f"--steps_per_epoch={_STEPS}",

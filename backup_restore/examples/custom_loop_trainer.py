@@ -22,6 +22,14 @@ from absl import flags
 from backup_restore._src import cli
 
 _BACKUP_DIR = flags.DEFINE_string("backup_dir", None, "Backup directory.")
+_KERAS = flags.DEFINE_enum(
+    "keras",
+    "keras3",
+    ["keras3", "tf_keras"],
+    "Which Keras builds the model and optimizer: keras3 (tf.keras in "
+    "TensorFlow 2.21) or tf_keras.",
+)
+_DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout rate.", lower_bound=0.0)
 _STEPS = flags.DEFINE_integer("steps", 60, "Training steps.", lower_bound=1)
 _SAVE_EVERY = flags.DEFINE_integer(
     "save_every", 10, "Back up every this many steps.", lower_bound=1
@@ -58,21 +66,25 @@ def main(argv):
     if not _BACKUP_DIR.value:
         raise app.UsageError("--backup_dir is required.")
     import tensorflow as tf  # here, not at the top: keeps --help fast
-    import tf_keras
 
     import backup_restore
     from backup_restore.examples import synthetic
 
-    tf_keras.utils.set_random_seed(_SEED.value)
+    keras = synthetic.KERAS[_KERAS.value]
+    if _KERAS.value == "tf_keras":
+        keras.backend.experimental.enable_tf_random_generator()
+    keras.utils.set_random_seed(_SEED.value)
     tf.config.experimental.enable_op_determinism()
-    model = synthetic.regression_model("small")
-    optimizer = tf_keras.optimizers.Adam(0.01)
+    model = synthetic.regression_model(
+        "small", dropout=_DROPOUT.value, flavour=_KERAS.value
+    )
+    optimizer = keras.optimizers.Adam(0.01)
     dataset = synthetic.regression_dataset(
         256, _BATCH_SIZE.value, seed=_SEED.value, shuffle_seed=_SEED.value
     ).repeat()
     iterator = iter(dataset)
     rng = tf.random.Generator.from_seed(_SEED.value)
-    loss_fn = tf_keras.losses.MeanSquaredError()
+    loss_fn = keras.losses.MeanSquaredError()
 
     @tf.function
     def train_step(x, y):

@@ -49,6 +49,13 @@ _SAVE_FREQ = flags.DEFINE_string(
 _DELETE_CHECKPOINT = flags.DEFINE_bool(
     "delete_checkpoint", True, "Delete the backup when training completes."
 )
+_KERAS = flags.DEFINE_enum(
+    "keras",
+    "keras3",
+    ["keras3", "tf_keras"],
+    "Which Keras builds the model: keras3 (tf.keras in TensorFlow 2.21, "
+    "its default) or tf_keras (the legacy package).",
+)
 _INPUT = flags.DEFINE_enum(
     "input",
     "numpy",
@@ -291,15 +298,15 @@ def _strategy(tf):
     return tf.distribute.MirroredStrategy(devices)
 
 
-def _failure_callback(tf_keras, at_step: int, how: str, backup):
-    from backup_restore._src import keras_adapter
+def _failure_callback(keras, at_step: int, how: str, backup):
+    from backup_restore._src import tf_keras_adapter
 
-    class Fail(tf_keras.callbacks.Callback):
+    class Fail(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self._batches = 0
             # Reads no logs; lets fit() run it under ParameterServerStrategy.
-            keras_adapter.accept_tensor_logs(self)
+            tf_keras_adapter.accept_tensor_logs(self)
 
         def on_train_batch_end(self, batch, logs=None):
             self._batches += 1
@@ -348,17 +355,18 @@ def main(argv):
     save_freq = _save_freq(_SAVE_FREQ.value)
 
     import tensorflow as tf  # here, not at the top: keeps --help fast
-    import tf_keras
 
     import backup_restore
     from backup_restore.examples import synthetic
 
+    keras = synthetic.KERAS[_KERAS.value]
+
     # First: multi-worker collectives and logical devices must be configured
     # before anything else initializes TensorFlow's runtime.
     strategy = _strategy(tf)
-    if _TF_RANDOM_GENERATOR.value:
-        tf_keras.backend.experimental.enable_tf_random_generator()
-    tf_keras.utils.set_random_seed(_SEED.value)
+    if _TF_RANDOM_GENERATOR.value and _KERAS.value == "tf_keras":
+        keras.backend.experimental.enable_tf_random_generator()
+    keras.utils.set_random_seed(_SEED.value)
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
@@ -383,7 +391,7 @@ def main(argv):
     if _FAIL_AT_STEP.value and fails_here:
         callbacks.append(
             _failure_callback(
-                tf_keras, _FAIL_AT_STEP.value, _FAIL_WITH.value, backup
+                keras, _FAIL_AT_STEP.value, _FAIL_WITH.value, backup
             )
         )
     with strategy.scope():
@@ -391,6 +399,7 @@ def main(argv):
             _MODEL_SIZE.value,
             dropout=_DROPOUT.value,
             steps_per_execution=_STEPS_PER_EXECUTION.value,
+            flavour=_KERAS.value,
         )
     fit_kwargs = dict(
         epochs=_EPOCHS.value,
@@ -401,7 +410,7 @@ def main(argv):
     if _STRATEGY.value == "parameter_server":
         # Every worker reads its own copy of the data, and a restarted worker
         # starts it again: the per-worker dataset must never run out.
-        fit_kwargs["x"] = tf_keras.utils.experimental.DatasetCreator(
+        fit_kwargs["x"] = keras.utils.experimental.DatasetCreator(
             lambda input_context: synthetic.regression_dataset(
                 _NUM_SAMPLES.value,
                 _BATCH_SIZE.value,
@@ -416,7 +425,7 @@ def main(argv):
             x=x, y=y, batch_size=_BATCH_SIZE.value, shuffle=_SHUFFLE.value
         )
     elif _INPUT.value == "sequence":
-        fit_kwargs["x"] = synthetic.RegressionSequence(
+        fit_kwargs["x"] = synthetic.SEQUENCE[_KERAS.value](
             _NUM_SAMPLES.value,
             _BATCH_SIZE.value,
             seed=_SEED.value,

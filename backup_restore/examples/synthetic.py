@@ -6,9 +6,14 @@ from a seed.
 
 import hashlib
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tf_keras
+
+# The two Keras flavours TensorFlow 2.21 ships: Keras 3 (tf.keras, the
+# default) and tf-keras (the legacy package).
+KERAS = {"keras3": keras, "tf_keras": tf_keras}
 
 # Hidden layer widths per model size. "large" is about 1M parameters.
 MODEL_SIZES = {
@@ -48,31 +53,34 @@ def regression_dataset(
 
 def regression_model(
     size: str = "small",
+    *,
     dropout: float = 0.0,
     learning_rate: float = 0.01,
     build: bool = True,
     steps_per_execution: int = 1,
-) -> tf_keras.Model:
-    """A compiled MLP regressor (Adam, MSE)."""
+    flavour: str = "tf_keras",
+):
+    """A compiled MLP regressor (Adam, MSE) of the given Keras flavour."""
+    k = KERAS[flavour]
     layers = []
     if build:
-        layers.append(tf_keras.Input(shape=(INPUT_DIM,)))
+        layers.append(k.Input(shape=(INPUT_DIM,)))
     for width in MODEL_SIZES[size]:
-        layers.append(tf_keras.layers.Dense(width, activation="relu"))
+        layers.append(k.layers.Dense(width, activation="relu"))
         if dropout:
-            layers.append(tf_keras.layers.Dropout(dropout))
-    layers.append(tf_keras.layers.Dense(1))
-    model = tf_keras.Sequential(layers)
+            layers.append(k.layers.Dropout(dropout))
+    layers.append(k.layers.Dense(1))
+    model = k.Sequential(layers)
     model.compile(
-        optimizer=tf_keras.optimizers.Adam(learning_rate),
+        optimizer=k.optimizers.Adam(learning_rate),
         loss="mse",
         steps_per_execution=steps_per_execution,
     )
     return model
 
 
-class RegressionSequence(tf_keras.utils.Sequence):
-    """The same data as a keras Sequence of batches.
+class _RegressionBatches:
+    """The same data as a sequence of batches (a keras Sequence / PyDataset).
 
     `shuffle` reorders the batches at every epoch end with its own seeded
     RandomState, so the order is reproducible.
@@ -96,6 +104,17 @@ class RegressionSequence(tf_keras.utils.Sequence):
     def on_epoch_end(self):
         if self._rng is not None:
             self._rng.shuffle(self._order)
+
+
+class RegressionSequence(_RegressionBatches, tf_keras.utils.Sequence):
+    """For tf-keras."""
+
+
+class RegressionPyDataset(_RegressionBatches, keras.utils.PyDataset):
+    """For Keras 3."""
+
+
+SEQUENCE = {"keras3": RegressionPyDataset, "tf_keras": RegressionSequence}
 
 
 def regression_generator(num_samples, batch_size, seed=0):

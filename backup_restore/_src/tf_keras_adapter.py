@@ -51,14 +51,45 @@ adapter_contract_test.py fails loudly when any of this changes in tf-keras.
 """
 
 import random
-import sys
 
 import tensorflow as tf
 import tf_keras
 from tf_keras.src.engine import data_adapter
 
+from backup_restore._src import fit_frames
+
+FLAVOUR = "tf_keras"
 # The tf-keras version these internals were verified against.
-VERIFIED_TF_KERAS_VERSION = "2.21.0"
+VERIFIED_VERSION = "2.21.0"
+VERSION = tf_keras.__version__
+NAME = f"tf-keras {VERSION}"
+
+
+def owns(model) -> bool:
+    return isinstance(model, tf_keras.Model)
+
+
+def check_backend() -> None:
+    """tf-keras always runs on TensorFlow."""
+
+
+def check_strategy(strategy) -> None:
+    """tf-keras's fit() trains under every tf.distribute strategy."""
+    del strategy
+
+
+class CallbackBase(tf_keras.callbacks.Callback):
+    """The tf-keras side of a callback that is first a Keras 3
+    `keras.callbacks.Callback` (whose `__init__`, `set_model` and `model`
+    win): an instance of both flavours' Callback, with what tf-keras's
+    CallbackList reads of a callback that its own `__init__` would set."""
+
+    # Tells fit() that the callback takes logs as tensors (it never reads
+    # batch logs). Under ParameterServerStrategy, fit() refuses batch-level
+    # callbacks without it (their logs are RemoteValues).
+    _supports_tf_logs = True
+    _chief_worker_only = None
+    validation_data = None
 
 
 class _InitialCounters:
@@ -89,111 +120,44 @@ def accept_tensor_logs(callback: tf_keras.callbacks.Callback) -> None:
     callback._supports_tf_logs = True
 
 
-def set_initial_counters(model: tf_keras.Model, epoch: int, step: int) -> None:
-    """Makes the running `fit()` start at (epoch, step)."""
+def start_at(model, context, epoch: int, step: int, drawn: int) -> None:
+    """Makes the running `fit()` start at batch `step` of `epoch`."""
+    del context, drawn  # tf-keras's fit() skips nothing itself
     model._training_state = _InitialCounters(model, epoch, step)
 
 
-def clear_initial_counters(model: tf_keras.Model) -> None:
+def clear_start(model, context) -> None:
+    del context
     if isinstance(getattr(model, "_training_state", None), _InitialCounters):
         model._training_state = None
 
 
-class _WrappedTrainFunction:
-    """`model.train_function` with a wrapper, for the fit() it was made for.
-
-    fit() reuses `model.train_function` across calls. The wrapper must not
-    outlive its fit(): when it is called under another fit() (the first one
-    raised before on_train_end could unwrap it), it puts the original back
-    and steps aside.
-    """
-
-    def __init__(self, model, original, wrapper, data_handler):
-        self._model = model
-        self.original = original
-        self._wrapper = wrapper
-        self._data_handler = data_handler
-        self._iterator = None
-
-    def __call__(self, iterator):
-        # fit() passes the same iterator for a whole epoch (or run): which
-        # fit() is calling needs checking only when it changes.
-        if iterator is not self._iterator:
-            if fit_data_handler() is not self._data_handler:
-                unwrap_train_function(self._model)
-                return self.original(iterator)
-            self._iterator = iterator
-        return self._wrapper(iterator)
-
-    def __getattr__(self, name):  # tf.function attributes, for tf-keras
-        return getattr(self.original, name)
-
-
-def wrap_train_function(model: tf_keras.Model, make_wrapper) -> None:
-    """Replaces `model.train_function` with `make_wrapper(original)`.
-
-    Must be called from `on_train_begin`, after `fit()` created the function.
-    The wrapper runs only under this fit(); `unwrap_train_function` (or the
-    next fit()) removes it.
-    """
-    unwrap_train_function(model)
-    original = model.train_function
-    if original is None:
-        raise RuntimeError(
-            "model.train_function is not set in on_train_begin; this tf-keras "
-            f"version differs from the verified {VERIFIED_TF_KERAS_VERSION}."
-        )
-    model.train_function = _WrappedTrainFunction(
-        model, original, make_wrapper(original), fit_data_handler()
-    )
-
-
-def unwrap_train_function(model: tf_keras.Model) -> None:
-    """Puts back the train_function that `wrap_train_function` wrapped."""
-    current = getattr(model, "train_function", None)
-    if isinstance(current, _WrappedTrainFunction):
-        model.train_function = current.original
-
-
-def fit_data_handler():
-    """The DataHandler of the `Model.fit()` call on this thread's stack.
-
-    tf-keras keeps it in a local variable of `fit()`; this reads it (never
-    modifies it) from fit's frame. Returns None when not called under fit().
-    """
-    return _fit_local("data_handler", data_adapter.DataHandler)
-
-
-def _fit_local(name, cls):
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code.co_name == "fit":
-            value = frame.f_locals.get(name)
-            if isinstance(value, cls):
-                return value
-        frame = frame.f_back
-    return None
+def fit_context():
+    """The DataHandler of the `Model.fit()` call on this thread's stack
+    (its data, its position); None outside fit()."""
+    return fit_frames.fit_local("data_handler", data_adapter.DataHandler, 3)
 
 
 def fit_callback_list():
     """The CallbackList of the `Model.fit()` call on this thread's stack."""
-    return _fit_local("callbacks", tf_keras.callbacks.CallbackList)
+    return fit_frames.fit_local("callbacks", tf_keras.callbacks.CallbackList, 3)
 
 
 def run_last(callback) -> list:
     """Makes `callback` the last of fit()'s callbacks; returns the others."""
-    callback_list = fit_callback_list()
-    if callback_list is None:
-        raise RuntimeError("run_last must be called from inside Model.fit().")
-    if callback not in callback_list.callbacks:
-        # Wrapped by another callback, which calls our hooks itself: adding
-        # us to the list would run every hook twice. Leave the order alone.
-        return list(callback_list.callbacks)
-    others = [c for c in callback_list.callbacks if c is not callback]
-    # A new list: CallbackList is iterating over the old one right now (this
-    # runs inside on_train_begin), and must finish it unchanged.
-    callback_list.callbacks = [*others, callback]
-    return others
+    return fit_frames.run_last(callback, fit_callback_list())
+
+
+def wrap_train_function(model, make_wrapper) -> None:
+    fit_frames.wrap_train_function(
+        model,
+        make_wrapper,
+        current_fit=fit_context,
+        version=VERIFIED_VERSION,
+    )
+
+
+unwrap_train_function = fit_frames.unwrap_train_function
 
 
 # Attributes that make up the state of tf-keras's built-in callbacks.
@@ -214,6 +178,14 @@ BUILTIN_CALLBACK_STATE = {
 }
 
 
+CSV_LOGGER = tf_keras.callbacks.CSVLogger
+
+
+def open_csv_for_append(filename):
+    """The file object CSVLogger writes to, as its on_train_begin opens it."""
+    return tf.io.gfile.GFile(filename, "a")
+
+
 def recreates_iterator_per_epoch(data_handler) -> bool:
     """Whether fit() makes a new data iterator at every epoch.
 
@@ -222,6 +194,20 @@ def recreates_iterator_per_epoch(data_handler) -> bool:
     for all epochs.
     """
     return bool(data_handler._adapter.should_recreate_iterator())
+
+
+def track_iterators(data_handler) -> None:
+    """tf-keras makes an iterator only to train on it: the position counts
+    them (position.py)."""
+    del data_handler
+
+
+def data_position(data_handler, position, at_epoch_end: bool) -> dict:
+    """The data position to back up (see position.py)."""
+    return position.record(
+        at_epoch_end=at_epoch_end,
+        next_iterator_new=recreates_iterator_per_epoch(data_handler),
+    )
 
 
 def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
@@ -233,7 +219,7 @@ def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
     loss, metrics = model.compiled_loss, model.compiled_metrics
     if (loss is None or loss.built) and (metrics is None or metrics.built):
         return
-    spec = _one_replica_spec(data_handler._dataset.element_spec)
+    spec = fit_frames.one_replica_spec(data_handler._dataset.element_spec)
     x, y, _ = data_adapter.unpack_x_y_sample_weight(spec)
     y_pred = (
         tf.function(lambda inputs: model(inputs, training=False))
@@ -244,14 +230,6 @@ def build_compiled_metrics(model: tf_keras.Model, data_handler) -> None:
         loss.build(y_pred)
     if metrics is not None and not metrics.built:
         metrics.build(y_pred, y)
-
-
-def _one_replica_spec(element_spec):
-    """A distributed dataset's elements are PerReplica: one replica's spec."""
-    return tf.nest.map_structure(
-        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
-        element_spec,
-    )
 
 
 def replay_epochs(data_handler, count: int) -> None:
@@ -300,6 +278,17 @@ def legacy_rng_layers(model: tf_keras.Model) -> list[str]:
         if rng_type == getattr(generator, "RNG_LEGACY_STATEFUL", object()):
             names.append(getattr(layer, "name", type(layer).__name__))
     return names
+
+
+def checkpoint_objects(model, random_generators) -> dict:
+    """What a backup's tf.train.Checkpoint holds of the model: the model,
+    its optimizer, and the layers' tf.random.Generators, which tf-keras
+    leaves out of the model's checkpoint."""
+    return {
+        "model": model,
+        "optimizer": model.optimizer,
+        "layer_random_generators": random_generators,
+    }
 
 
 def layer_random_generators(model: tf_keras.Model) -> list:
@@ -353,33 +342,11 @@ def data_geometry(data_handler) -> dict:
 
 
 def _element_shapes(data_handler):
-    """[shape, dtype] of each component of a (global) input batch.
-
-    Under a distribution strategy the batch dimension is the sum over the
-    replicas, so that a resume on another number of devices with the same
-    global batch matches.
-    """
     try:
         spec = data_handler._dataset.element_spec
     except (AttributeError, TypeError, ValueError):
         return None
-
-    def global_shape(component):
-        replicas = getattr(component, "_value_specs", None) or (component,)
-        if not all(isinstance(r, tf.TensorSpec) for r in replicas):
-            return None  # ragged / sparse / other specs: not recorded
-        shape = replicas[0].shape.as_list()
-        sizes = [
-            r.shape.as_list()[0] if r.shape.rank else None for r in replicas
-        ]
-        if shape and None not in sizes:
-            shape[0] = sum(sizes)
-        return [shape, replicas[0].dtype.name]
-
-    shapes = [
-        global_shape(c) for c in tf.nest.flatten(spec, expand_composites=False)
-    ]
-    return None if None in shapes else shapes
+    return fit_frames.global_batch_shapes(spec)
 
 
 def completed_epoch_steps(data_handler):
@@ -461,10 +428,24 @@ def metrics_result(model: tf_keras.Model) -> dict:
 
 def random_generators_of(objects) -> list:
     """`layer_random_generators` of every tf-keras layer among `objects`."""
-    generators = []
-    for obj in objects:
-        if isinstance(obj, tf_keras.layers.Layer):
-            for generator in layer_random_generators(obj):
-                if all(generator is not g for g in generators):
-                    generators.append(generator)
-    return generators
+    return fit_frames.unique(
+        generator
+        for obj in objects
+        if isinstance(obj, tf_keras.layers.Layer)
+        for generator in layer_random_generators(obj)
+    )
+
+
+def is_variable(value) -> bool:
+    return isinstance(value, tf.Variable)
+
+
+def tf_variable(variable):
+    return variable
+
+
+def build_optimizer(optimizer, variables) -> None:
+    """Creates the optimizer's slot variables now (so that a restore fills
+    them), as its first step would. Legacy optimizers make them lazily."""
+    if hasattr(optimizer, "build"):
+        optimizer.build(variables)

@@ -1,4 +1,4 @@
-"""Contract test: the tf-keras internals keras_adapter.py relies on.
+"""Contract test: the tf-keras internals tf_keras_adapter.py relies on.
 
 When tf-keras changes, this fails loudly here, naming the internal that moved,
 instead of making backups silently wrong.
@@ -8,7 +8,7 @@ import numpy as np
 import tf_keras
 from absl.testing import absltest
 
-from backup_restore._src import keras_adapter
+from backup_restore._src import tf_keras_adapter as keras_adapter
 from backup_restore.examples import synthetic
 from testing import device
 
@@ -50,20 +50,19 @@ class AdapterContractTest(absltest.TestCase):
     def test_pinned_version(self):
         self.assertEqual(
             tf_keras.__version__,
-            keras_adapter.VERIFIED_TF_KERAS_VERSION,
-            "tf-keras changed: re-verify every internal in keras_adapter.py, "
-            "then update VERIFIED_TF_KERAS_VERSION and requirements.txt",
+            keras_adapter.VERIFIED_VERSION,
+            "tf-keras changed: re-verify every internal in "
+            "tf_keras_adapter.py, then update VERIFIED_VERSION and "
+            "requirements.txt",
         )
 
     def test_training_state_hook_sets_initial_epoch_and_step(self):
         self.assertTrue(hasattr(self.model, "_training_state"))
         self.assertIsNone(self.model._training_state)
-        probe = self._fit(
-            lambda m, _: keras_adapter.set_initial_counters(m, 1, 2)
-        )
+        probe = self._fit(lambda m, _: keras_adapter.start_at(m, None, 1, 2, 0))
         self.assertEqual(probe.epochs, [1, 2])
         self.assertEqual(probe.batches[:3], [2, 3, 0])
-        keras_adapter.clear_initial_counters(self.model)
+        keras_adapter.clear_start(self.model, None)
         self.assertIsNone(self.model._training_state)
 
     def test_train_function_exists_in_on_train_begin_and_gets_iterators(self):
@@ -85,7 +84,7 @@ class AdapterContractTest(absltest.TestCase):
 
     def test_fit_data_handler_and_iterator_recreation(self):
         def check(model, seen):
-            handler = keras_adapter.fit_data_handler()
+            handler = keras_adapter.fit_context()
             seen["handler"] = handler
             seen["recreate"] = keras_adapter.recreates_iterator_per_epoch(
                 handler
@@ -104,11 +103,11 @@ class AdapterContractTest(absltest.TestCase):
                 "recreate"
             ]
         )
-        self.assertIsNone(keras_adapter.fit_data_handler())
+        self.assertIsNone(keras_adapter.fit_context())
 
     def test_data_geometry_of_arrays_and_datasets(self):
         def check(model, seen):
-            handler = keras_adapter.fit_data_handler()
+            handler = keras_adapter.fit_context()
             seen["geometry"] = keras_adapter.data_geometry(handler)
 
         # 30 samples in batches of 8: 4 batches, the last of 6.
@@ -137,7 +136,7 @@ class AdapterContractTest(absltest.TestCase):
 
         class Steps(tf_keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                handler = keras_adapter.fit_data_handler()
+                handler = keras_adapter.fit_context()
                 seen[epoch] = keras_adapter.completed_epoch_steps(handler)
                 if epoch == 0:
                     seen["handler"] = handler
@@ -174,9 +173,7 @@ class AdapterContractTest(absltest.TestCase):
         def check(m, seen):
             self.assertFalse(m.compiled_loss.built)
             self.assertEqual(m.metrics, [])
-            keras_adapter.build_compiled_metrics(
-                m, keras_adapter.fit_data_handler()
-            )
+            keras_adapter.build_compiled_metrics(m, keras_adapter.fit_context())
             seen["names"] = [metric.name for metric in m.metrics]
             seen["variables"] = sum(len(x.variables) for x in m.metrics)
 

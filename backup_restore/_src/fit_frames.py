@@ -1,0 +1,148 @@
+"""What both Keras flavours' `fit()` offer a callback the same way.
+
+Neither tf-keras 2.21 nor Keras 3.15 gives a callback its `fit()` call's data
+iterator or callback list. Both keep them in local variables of `fit()` and
+both call `model.train_function(iterator)` once per step. The adapters
+(tf_keras_adapter.py, keras3_adapter.py) use these helpers with their own
+classes; each adapter's contract test pins the names.
+"""
+
+import sys
+
+import tensorflow as tf
+
+
+def fit_local(name: str, cls, depth: int = 2):
+    """A local variable `name` (an instance of `cls`) of the `fit()` frame on
+    this thread's stack, read and never modified; None outside fit()."""
+    frame = sys._getframe(depth)
+    while frame is not None:
+        if frame.f_code.co_name == "fit":
+            value = frame.f_locals.get(name)
+            if isinstance(value, cls):
+                return value
+        frame = frame.f_back
+    return None
+
+
+def run_last(callback, callback_list) -> list:
+    """Makes `callback` the last of fit()'s callbacks; returns the others."""
+    if callback_list is None:
+        raise RuntimeError("run_last must be called from inside Model.fit().")
+    if callback not in callback_list.callbacks:
+        # Wrapped by another callback, which calls our hooks itself: adding
+        # us to the list would run every hook twice. Leave the order alone.
+        return list(callback_list.callbacks)
+    others = [c for c in callback_list.callbacks if c is not callback]
+    # A new list: CallbackList is iterating over the old one right now (this
+    # runs inside on_train_begin), and must finish it unchanged.
+    callback_list.callbacks = [*others, callback]
+    return others
+
+
+class WrappedTrainFunction:
+    """`model.train_function` with a wrapper, for the fit() it was made for.
+
+    fit() reuses `model.train_function` across calls. The wrapper must not
+    outlive its fit(): when it is called under another fit() (the first one
+    raised before on_train_end could unwrap it), it puts the original back
+    and steps aside. `current_fit()` names the running fit() (its data
+    object), `fit_token` the one the wrapper was made for.
+    """
+
+    def __init__(self, model, original, wrapper, *, current_fit, fit_token):
+        self._model = model
+        self.original = original
+        self._wrapper = wrapper
+        self._current_fit = current_fit
+        self._fit_token = fit_token
+        self._iterator = None
+
+    def __call__(self, iterator):
+        # fit() passes the same iterator for a whole epoch (or run): which
+        # fit() is calling needs checking only when it changes.
+        if iterator is not self._iterator:
+            if self._current_fit() is not self._fit_token:
+                unwrap_train_function(self._model)
+                return self.original(iterator)
+            self._iterator = iterator
+        return self._wrapper(iterator)
+
+    def __getattr__(self, name):  # tf.function attributes, for Keras
+        return getattr(self.original, name)
+
+
+def wrap_train_function(model, make_wrapper, *, current_fit, version) -> None:
+    """Replaces `model.train_function` with `make_wrapper(original)`.
+
+    Must be called from `on_train_begin`, after `fit()` created the function.
+    The wrapper runs only under this fit(); `unwrap_train_function` (or the
+    next fit()) removes it.
+    """
+    unwrap_train_function(model)
+    original = getattr(model, "train_function", None)
+    if original is None:
+        raise RuntimeError(
+            "model.train_function is not set in on_train_begin; this Keras "
+            f"version differs from the verified {version}."
+        )
+    model.train_function = WrappedTrainFunction(
+        model,
+        original,
+        make_wrapper(original),
+        current_fit=current_fit,
+        fit_token=current_fit(),
+    )
+
+
+def unwrap_train_function(model) -> None:
+    """Puts back the train_function that `wrap_train_function` wrapped."""
+    current = getattr(model, "train_function", None)
+    if isinstance(current, WrappedTrainFunction):
+        model.train_function = current.original
+
+
+def unique(items) -> list:
+    """`items` without repeats (by identity), in order."""
+    seen, out = set(), []
+    for item in items:
+        if id(item) not in seen:
+            seen.add(id(item))
+            out.append(item)
+    return out
+
+
+def global_batch_shapes(element_spec):
+    """[shape, dtype] of each component of a (global) input batch, or None
+    when a component is not a dense tensor.
+
+    Under a distribution strategy a dataset's elements are PerReplica: the
+    batch dimension is the sum over the replicas, so that a resume on
+    another number of devices with the same global batch matches.
+    """
+
+    def global_shape(component):
+        replicas = getattr(component, "_value_specs", None) or (component,)
+        if not all(isinstance(r, tf.TensorSpec) for r in replicas):
+            return None  # ragged / sparse / other specs: not recorded
+        shape = replicas[0].shape.as_list()
+        sizes = [
+            r.shape.as_list()[0] if r.shape.rank else None for r in replicas
+        ]
+        if shape and None not in sizes:
+            shape[0] = sum(sizes)
+        return [shape, replicas[0].dtype.name]
+
+    shapes = [
+        global_shape(c)
+        for c in tf.nest.flatten(element_spec, expand_composites=False)
+    ]
+    return None if None in shapes else shapes
+
+
+def one_replica_spec(element_spec):
+    """A distributed dataset's elements are PerReplica: one replica's spec."""
+    return tf.nest.map_structure(
+        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
+        element_spec,
+    )

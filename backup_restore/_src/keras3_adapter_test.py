@@ -1,0 +1,242 @@
+"""Contract test: the Keras 3 internals keras3_adapter.py relies on.
+
+When Keras changes, this fails loudly here, naming the internal that moved,
+instead of making backups silently wrong.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+from keras.src.trainers import epoch_iterator
+
+from backup_restore._src import keras3_adapter
+from backup_restore._src import position
+from backup_restore.examples import synthetic
+from testing import device
+from testing import keras_callbacks
+
+
+class _Probe(keras_callbacks.Recorder):
+    """Runs `check(model, seen)` in on_train_begin; records epochs/batches."""
+
+    def __init__(self, check):
+        super().__init__()
+        self._check = check
+        self.seen = {}
+
+    def on_train_begin(self, logs=None):
+        self._check(self.model, self.seen)
+
+
+def _dataset(repeat=False):
+    return synthetic.regression_dataset(
+        32, 8, seed=1, shuffle_seed=2, repeat=repeat
+    )
+
+
+class Keras3AdapterContractTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        device.skip_if_device_absent()
+        keras.utils.set_random_seed(3)
+        self.model = synthetic.regression_model("tiny", flavour="keras3")
+
+    def _fit(self, check, epochs=3, **kwargs):
+        probe = _Probe(check)
+        kwargs.setdefault("x", _dataset())
+        self.model.fit(epochs=epochs, verbose=0, callbacks=[probe], **kwargs)
+        return probe
+
+    def test_pinned_version(self):
+        self.assertEqual(
+            keras.__version__,
+            keras3_adapter.VERIFIED_VERSION,
+            "Keras changed: re-verify every internal in keras3_adapter.py "
+            "(first _enumerate_from against EpochIterator._enumerate_iterator)"
+            ", then update VERIFIED_VERSION and requirements.txt",
+        )
+
+    def test_enumerate_from_is_keras_loop_with_a_start(self):
+        # _enumerate_from copies EpochIterator._enumerate_iterator: from
+        # step 0 it must yield what Keras's own loop yields, and keep the
+        # same state, for each kind of input.
+        for kwargs in (
+            {"x": _dataset()},  # a new iterator every epoch
+            {"x": _dataset(repeat=True), "steps_per_epoch": 3},  # one
+            {"x": _dataset().filter(lambda x, y: True)},  # unknown size
+        ):
+            theirs = self._steps(lambda it: it._enumerate_iterator(), kwargs)
+            ours = self._steps(
+                lambda it: keras3_adapter._enumerate_from(it, 0, 0), kwargs
+            )
+            self.assertEqual(ours, theirs, kwargs)
+        self.assertIn(
+            "_steps_seen",
+            inspect.getsource(epoch_iterator.EpochIterator._enumerate_iterator),
+        )
+
+    def _steps(self, enumerate_epoch, kwargs):
+        it = keras3_adapter.TFEpochIterator(
+            distribute_strategy=tf.distribute.get_strategy(), **kwargs
+        )
+        out = []
+        for _ in range(2):  # two epochs
+            with it.catch_stop_iteration():
+                for begin, end, iterator in enumerate_epoch(it):
+                    next(iterator)
+                    out.append((begin, end, it._steps_seen))
+                    if begin >= 5:
+                        break
+            out.append(("epoch end", it._num_batches))
+        return out
+
+    def test_start_at_starts_fit_at_an_epoch_and_batch_once(self):
+        def check(model, seen):
+            context = keras3_adapter.fit_context()
+            keras3_adapter.start_at(model, context, 1, 2, 2)
+
+        probe = self._fit(check)
+        self.assertEqual(probe.epochs, [1, 2])
+        self.assertEqual(probe.batches[:3], [(1, 2), (1, 3), (2, 0)])
+        self.assertIsNone(self.model._initial_epoch)  # read once, gone
+        again = self._fit(lambda m, s: None, epochs=1)
+        self.assertEqual(again.epochs, [0])
+
+    def test_fit_locals_and_train_function(self):
+        calls = []
+
+        def check(model, seen):
+            seen["context"] = keras3_adapter.fit_context()
+            seen["callbacks"] = keras3_adapter.fit_callback_list()
+            seen["initial_epoch"] = keras3_adapter.user_initial_epoch(None)
+
+            def wrapper(original):
+                def wrapped(iterator):
+                    calls.append(iterator)
+                    return original(iterator)
+
+                return wrapped
+
+            keras3_adapter.wrap_train_function(model, wrapper)
+
+        probe = self._fit(check, initial_epoch=1)
+        self.assertIsInstance(
+            probe.seen["context"], keras3_adapter.TFEpochIterator
+        )
+        self.assertIn(probe, probe.seen["callbacks"].callbacks)
+        self.assertEqual(probe.seen["initial_epoch"], 1)
+        self.assertLen(calls, 8)  # 2 epochs of 4 batches
+        keras3_adapter.unwrap_train_function(self.model)
+        self.assertNotIsInstance(
+            self.model.train_function,
+            keras3_adapter.fit_frames.WrappedTrainFunction,
+        )
+        self.assertIsNone(keras3_adapter.fit_context())
+
+    def test_iterators_are_counted_and_positions_recorded(self):
+        def check(model, seen):
+            context = keras3_adapter.fit_context()
+            keras3_adapter.track_iterators(context)
+            seen["context"] = context
+
+        probe = self._fit(check)
+        context = probe.seen["context"]
+        # Keras makes a new iterator at each epoch end (input used up) and
+        # another at each epoch start: 2 per epoch, 6 for 3 epochs.
+        self.assertEqual(context._get_iterator().made, 6)
+        spot = position.Position()
+        spot.on_iterator(object())
+        spot.end_batch(1)
+        self.assertEqual(
+            keras3_adapter.data_position(context, spot, at_epoch_end=False),
+            {"iterators_done": 5, "drawn": 2},
+        )
+        self.assertEqual(
+            keras3_adapter.data_position(context, spot, at_epoch_end=True),
+            {"iterators_done": 6, "drawn": 0},
+        )
+
+    def test_geometry_seed_states_and_schedule(self):
+        def check(model, seen):
+            context = keras3_adapter.fit_context()
+            seen["geometry"] = keras3_adapter.data_geometry(context)
+
+        x, y = synthetic.regression_data(20)
+        probe = self._fit(check, x=x, y=y, batch_size=8)
+        self.assertEqual(
+            probe.seen["geometry"],
+            {
+                "steps_per_epoch": 3,
+                "batch_size": 8,
+                "num_samples": 20,
+                "element_spec": [
+                    [[None, synthetic.INPUT_DIM], "float32"],
+                    [[None, 1], "float32"],
+                ],
+            },
+        )
+        dropout = synthetic.regression_model(
+            "tiny", dropout=0.5, flavour="keras3"
+        )
+        states = keras3_adapter.layer_random_generators(dropout)
+        self.assertLen(states, 1)
+        self.assertIsInstance(states[0], keras.Variable)
+        schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+        self.assertIs(
+            keras3_adapter.learning_rate_schedule(
+                keras.optimizers.Adam(schedule)
+            ),
+            schedule,
+        )
+        self.assertIsNone(
+            keras3_adapter.learning_rate_schedule(keras.optimizers.Adam(0.1))
+        )
+
+    def test_metrics_can_be_built_before_the_first_step(self):
+        model = synthetic.regression_model("tiny", flavour="keras3")
+        model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+
+        def check(m, seen):
+            keras3_adapter.build_compiled_metrics(
+                m, keras3_adapter.fit_context()
+            )
+            seen["variables"] = [len(x.variables) for x in m.metrics]
+
+        probe = _Probe(check)
+        model.fit(_dataset(), epochs=1, verbose=0, callbacks=[probe])
+        self.assertEqual(probe.seen["variables"], [2, 2])
+
+    def test_async_checkpoint_of_the_tf_variables_behind_keras_ones(self):
+        # TF's async checkpoint cannot copy Keras 3 variables; the plain
+        # tf.Variables behind them it can (checkpoint_objects).
+        model = self.model
+        model.fit(_dataset(), epochs=1, verbose=0)
+        options = tf.train.CheckpointOptions(
+            experimental_enable_async_checkpoint=True
+        )
+        objects = keras3_adapter.checkpoint_objects(model, None)
+        checkpoint = tf.train.Checkpoint(**objects)
+        prefix = self.create_tempdir().full_path + "/ckpt"
+        for _ in range(2):
+            path = checkpoint.write(prefix, options=options)
+            checkpoint.sync()
+        before = [v.numpy() for v in model.variables]
+        for v in model.variables:
+            v.assign(np.zeros(v.shape, v.dtype))
+        status = tf.train.Checkpoint(**objects).read(path)
+        status.assert_existing_objects_matched()
+        for got, want in zip(model.variables, before, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want)
+
+    def test_multi_worker_and_parameter_server_are_refused(self):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        with self.assertRaisesRegex(ValueError, "not supported with Keras 3"):
+            keras3_adapter.check_strategy(strategy)
+        keras3_adapter.check_strategy(tf.distribute.get_strategy())
+
+
+if __name__ == "__main__":
+    absltest.main()
