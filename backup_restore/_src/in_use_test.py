@@ -64,15 +64,16 @@ class InUseTest(parameterized.TestCase):
 
     def test_refused_while_the_owner_has_a_backup_in_flight(self):
         # The situation of the issue: B's start-up must not remove A's
-        # in-flight temporary backup (A then died with BackupWriteError).
+        # in-flight backup (A then died with BackupWriteError).
         owner = self._start("--persist_delay_seconds=3")
         line = owner.wait_for_line("PERSIST DELAYED in ")
-        # Frozen while the persist of its first backup waits: the data is
-        # written into the temporary directory, not yet committed.
+        # Frozen while the persist of its first backup waits: published
+        # (renamed into place), its fsync and the deletion of older backups
+        # still to come.
         owner.signal(signal.SIGSTOP)
-        temporary = line.removeprefix("PERSIST DELAYED in ")
-        self.assertStartsWith(os.path.basename(temporary), ".tmp-backup-")
-        self.assertNotEmpty(os.listdir(temporary))
+        in_flight = line.removeprefix("PERSIST DELAYED in ")
+        self.assertStartsWith(os.path.basename(in_flight), "backup-")
+        self.assertNotEmpty(os.listdir(in_flight))
         before = _snapshot(self.dir)
 
         self._assert_refused(procs.run(_trainer(), self.args), owner.pid)
