@@ -4,13 +4,15 @@ import subprocess
 import sys
 
 from absl.testing import absltest
+from absl.testing import parameterized
 
 from testing import device
 from testing import procs
 
 
-class BenchmarkSmokeTest(absltest.TestCase):
-    def test_tiny_run_prints_every_configuration(self):
+class BenchmarkSmokeTest(parameterized.TestCase):
+    @parameterized.parameters("tf_keras", "keras3")
+    def test_tiny_run_prints_every_configuration(self, keras):
         device.skip_if_device_absent()
         proc = subprocess.run(
             [
@@ -22,6 +24,7 @@ class BenchmarkSmokeTest(absltest.TestCase):
                 "--epochs=2",
                 "--steps_per_epoch=4",
                 "--backups_per_epoch=2",
+                f"--keras={keras}",
             ],
             capture_output=True,
             text=True,
@@ -29,12 +32,12 @@ class BenchmarkSmokeTest(absltest.TestCase):
             check=False,
         )
         self.assertEqual(proc.returncode, 0, proc.stderr[-5000:])
-        for config in ("tf_keras", "ours_sync", "ours_async", "ours_budget"):
+        for config in (keras, "ours_sync", "ours_async", "ours_budget"):
             self.assertIn(f"| {config} |", proc.stdout)
         self.assertIn("physical floor per backup", proc.stdout)
         self.assertIn("hook return to kill-safe p50", proc.stdout)
         self.assertIn("ours_budget (overhead_budget=0.03) chose", proc.stdout)
-        self.assertIn("ours_async vs tf_keras (same run)", proc.stdout)
+        self.assertIn(f"ours_async vs {keras} (same run)", proc.stdout)
         self.assertIn("Checkpoint.read", proc.stdout)
 
 
