@@ -1,7 +1,8 @@
 """backup_restore: crash-safe backup and exact resume for Keras training.
 
 Public API:
-  BackupAndRestore: a drop-in for tf_keras.callbacks.BackupAndRestore.
+  BackupAndRestore: a drop-in for tf.keras.callbacks.BackupAndRestore, for
+    Keras 3 (tf.keras in TensorFlow 2.21) and tf-keras models alike.
   callback_backup_and_restore: factory for BackupAndRestore.
   BackupManager: the same engine for custom training loops.
   RESTART_EXIT_CODE: the exit status after a preemption backup (42).
