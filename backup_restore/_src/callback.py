@@ -451,7 +451,6 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
 
     def on_train_end(self, logs=None):
         self._in_fit = False
-        self._adapter.clear_start(self.model, self._context)
         self._adapter.unwrap_train_function(self.model)
         if self._first_epoch and self._restored is not None:
             # Nothing left to train (the backup was taken at the end): fit()
@@ -462,9 +461,11 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
                 self.delete_checkpoint, self._write_final_backup
             )
         finally:
-            # The fit context holds fit()'s dataset (arrays included) and
-            # the position its iterator: the callback, which outlives fit(),
+            # After the final backup (it reads the data position). The fit
+            # context holds fit()'s dataset (arrays included) and the
+            # position its iterator: the callback, which outlives fit(),
             # must not keep them alive.
+            self._adapter.clear_start(self.model, self._context)
             self._context = None
             self._position.forget_iterator()
         if not self.preempted:
