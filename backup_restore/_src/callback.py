@@ -593,15 +593,13 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
             "callback_tensors": callback_states.tensor_spec(tensors),
             "written_at": time.time(),
         }
-        self._engine.write(self._checkpoint_for(tensors), metadata)
+        self._engine.write(
+            self._checkpoint_for(tensors),
+            metadata,
+            label=f"epoch {epoch}, batch {step}",
+            blocked_since=started,
+        )
         self._position.saved()
-        if self._engine.role.is_chief:
-            logging.info(
-                "Backing up epoch %d, batch %d (training waited %.3f s).",
-                epoch,
-                step,
-                time.monotonic() - started,
-            )
 
     # -- restoring ----------------------------------------------------------
 

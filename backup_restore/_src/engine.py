@@ -163,8 +163,13 @@ class Engine:
         """
         self._last_mark = time.monotonic()
 
-    def write(self, checkpoint, metadata) -> None:
-        """Backs up `checkpoint` with `metadata` (chief: commits it)."""
+    def write(self, checkpoint, metadata, label=None, blocked_since=None):
+        """Backs up `checkpoint` with `metadata` (chief: commits it).
+
+        `label` (what the backup holds, e.g. "epoch 2, batch 0") and
+        `blocked_since` (when training began to wait for it) go into the
+        one line the store logs per backup.
+        """
         if self._role.coordinator is not None:
             # ParameterServerStrategy: steps scheduled may still be running
             # on the workers; the backup must hold exactly those counted.
@@ -188,6 +193,8 @@ class Engine:
             async_snapshot=not self._role.collective_saves
             and self._role.coordinator is None,
             expected_interval=interval,
+            label=label,
+            blocked_since=blocked_since,
         )
 
     @property

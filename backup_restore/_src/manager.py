@@ -278,6 +278,7 @@ class BackupManager:
             `self.metadata` after restore().
           wait: block until the backup is committed.
         """
+        started = time.monotonic()
         self._last_backup_step = int(step)
         self._engine.write(
             self._checkpoint(),
@@ -288,6 +289,8 @@ class BackupManager:
                 "user": metadata,
                 "written_at": time.time(),
             },
+            label=f"step {int(step)}",
+            blocked_since=started,
         )
         if wait:
             self._engine.wait()

@@ -320,6 +320,8 @@ class BackupStore:
         asynchronous: bool = True,
         async_snapshot: bool = True,
         expected_interval: float | None = None,
+        label: str | None = None,
+        blocked_since: float | None = None,
     ) -> None:
         """Writes a backup of `checkpoint`; makes it durable in background.
 
@@ -362,6 +364,11 @@ class BackupStore:
             known. At this store's first asynchronous backup it decides the
             background thread's priority for good: lower than training's
             when backups are far enough apart (background.LOW_PRIORITY_SLACK).
+          label: what the backup holds ("epoch 2, batch 0"), for the one
+            line logged per backup when it is durable.
+          blocked_since: `time.monotonic()` when the caller's training
+            began to wait for this backup (default: this call); that line
+            reports how long training waited from there.
 
         Raises:
           errors.BackupWriteError: the previous background write failed, or
@@ -373,6 +380,8 @@ class BackupStore:
             usable.
         """
         called = time.monotonic()  # what the caller waits counts from here
+        if blocked_since is None:
+            blocked_since = called
         self.wait()
         start = time.monotonic()
         if self.scope is not None:
@@ -461,12 +470,17 @@ class BackupStore:
                 raise self._write_failed(seq, work, final, e) from e
             self.last_persist_seconds = time.monotonic() - start
             self._after_commit(info)
+            # The one line per backup, once it is durable. Training waited
+            # until write_async returned; when synchronous, for this too.
+            now = time.monotonic()
             logging.info(
-                "Backup %s committed: %d bytes, %.3f s after its snapshot "
-                "began.",
+                "Backup %s%s committed: %d bytes; training waited %.3f s; "
+                "durable %.3f s after its snapshot began.",
                 final,
+                f" ({label})" if label else "",
                 info.size_bytes,
-                time.monotonic() - start,
+                (returned if asynchronous else now) - blocked_since,
+                now - start,
             )
             return info
 

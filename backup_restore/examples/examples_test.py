@@ -69,15 +69,16 @@ class ExamplesTest(parameterized.TestCase):
 
     def assert_only_progress_and_backup_lines(self, out, epochs, backups):
         """After start-up (the first epoch), Keras's progress, our log lines
-        (one per backup and one per commit) and the example's own lines."""
+        (one per backup, one at the end) and the example's own lines."""
         after_start = out[out.index(f"Epoch 1/{epochs}") :]
         records = _RECORD.findall(after_start)
         self.assertEqual(
             [f for f, _ in records if f not in _OURS], [], after_start[-5000:]
         )
         messages = [m for _, m in records]
-        self.assertLen([m for m in messages if "Backing up" in m], backups)
         self.assertLen([m for m in messages if " committed:" in m], backups)
+        self.assertRegex(messages[-1], "^Training completed; deleted")
+        self.assertLen(messages, backups + 1, messages)
         rest = _RECORD.sub("", after_start)
         for piece in re.split(r"[\r\n]", rest):
             # Keras 3's progress bar: ANSI colours, backspaces.
