@@ -317,6 +317,7 @@ class BackupStore:
         self,
         checkpoint: tf.train.Checkpoint,
         metadata: dict,
+        *,
         asynchronous: bool = True,
         async_snapshot: bool = True,
         expected_interval: float | None = None,
