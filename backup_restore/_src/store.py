@@ -366,7 +366,8 @@ class BackupStore:
             background thread's priority for good: lower than training's
             when backups are far enough apart (background.LOW_PRIORITY_SLACK).
           label: what the backup holds ("epoch 2, batch 0"), for the one
-            line logged per backup when it is durable.
+            line logged per backup when it is durable; without a label
+            (a worker's scratch write) nothing is logged.
           blocked_since: `time.monotonic()` when the caller's training
             began to wait for this backup (default: this call); that line
             reports how long training waited from there.
@@ -474,15 +475,16 @@ class BackupStore:
             # The one line per backup, once it is durable. Training waited
             # until write_async returned; when synchronous, for this too.
             now = time.monotonic()
-            logging.info(
-                "Backup %s%s committed: %d bytes; training waited %.3f s; "
-                "durable %.3f s after its snapshot began.",
-                final,
-                f" ({label})" if label else "",
-                info.size_bytes,
-                (returned if asynchronous else now) - blocked_since,
-                now - start,
-            )
+            if label is not None:
+                logging.info(
+                    "Backup %s (%s) committed: %d bytes; training waited "
+                    "%.3f s; durable %.3f s after its snapshot began.",
+                    final,
+                    label,
+                    info.size_bytes,
+                    (returned if asynchronous else now) - blocked_since,
+                    now - start,
+                )
             return info
 
         if asynchronous:

@@ -16,16 +16,16 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from testing import readme
+from testing import test_case
 
 # An absl log record (the C++ ones at start-up look alike: I0000 00:00:...).
 _RECORD = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ (\S+):\d+\] ([^\n]*)\n?")
 _OURS = ("callback.py", "engine.py", "store.py")
 
 
-class ExamplesTest(parameterized.TestCase):
+class ExamplesTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        self.tmp = self.create_tempdir().full_path
         # A user's environment: no test-only TensorFlow log settings.
         self.env = {
             k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")
@@ -165,6 +165,14 @@ class ExamplesTest(parameterized.TestCase):
         self.assertIn("WORKER 1 died (signal 9)", out)
         self.assertIn("DONE after 1 restart(s)", out)
         self.assertRegex(out, r"Resumed at epoch [2-9], batch 0")
+        # One line per backup, the chief's: a worker's scratch write is
+        # not a backup of the job.
+        commits = [m for _, m in _RECORD.findall(out) if " committed:" in m]
+        self.assertNotEmpty(commits)
+        for message in commits:
+            self.assertIn(
+                "backup_restore_multi_worker_example/backup-", message
+            )
 
 
 if __name__ == "__main__":
