@@ -373,6 +373,7 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
             self._first_step_done = True
             self._engine.first_step_done()
         self._position.end_batch(batch)
+        self._engine.step_done()
         preempted = self._engine.preemption_agreed()
         if not preempted and not self._policy.save_after_batches(
             self._position.since_save

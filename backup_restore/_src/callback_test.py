@@ -476,6 +476,46 @@ class CallbackTest(fit_test_case.FitTestCase):
         # Synchronously every backup waits; asynchronously the second on.
         self.assertGreaterEqual(min(waited[1:]), 0.3, waited)
 
+    def test_a_backup_late_to_become_kill_safe_makes_training_wait(self):
+        # A state written in background whose publication is held 1.5 s
+        # (a writer starved by training): past the deadline the next batch
+        # waits until the backup is kill-safe.
+        from backup_restore._src import faults
+        from backup_restore._src import store
+
+        self.enter_context(mock.patch.object(store, "KILL_SAFE_MAX_BYTES", 0))
+        self.enter_context(
+            mock.patch.object(store, "KILL_SAFE_DEADLINE_SECONDS", 0.1)
+        )
+        held = []
+
+        def hold(stage, path):
+            del path
+            if stage == faults.DATA_WRITTEN and not held:
+                held.append(stage)
+                time.sleep(1.5)
+
+        faults.set_hook(hold)
+        self.addCleanup(faults.set_hook, None)
+        committed = {}
+        directory = self.dir
+
+        class Observer(keras_callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 2:  # the backup (after batch 1) is 0.2 s old
+                    time.sleep(0.2)
+                committed[batch] = [
+                    n
+                    for n in keras_callbacks.backup_entries(directory)
+                    if n.startswith("backup-")
+                ]
+
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        _fit(_model(self.FLAVOUR), [Observer(), callback], epochs=1)
+        self.assertEqual(held, [faults.DATA_WRITTEN])
+        self.assertEqual(committed[2], [])  # before our hook's wait
+        self.assertEqual(committed[3], ["backup-00000001"])
+
     def test_overhead_budget_backs_up_and_excludes_save_freq(self):
         callback = backup_restore.BackupAndRestore(
             self.dir, overhead_budget=0.9, delete_checkpoint=False

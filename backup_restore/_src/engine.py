@@ -163,6 +163,11 @@ class Engine:
         """
         self._last_mark = time.monotonic()
 
+    def step_done(self) -> None:
+        """Between training steps: a backup that is late to become
+        kill-safe is waited for (store.enforce_kill_safe_deadline)."""
+        self.store.enforce_kill_safe_deadline()
+
     def write(self, checkpoint, metadata, label=None, blocked_since=None):
         """Backs up `checkpoint` with `metadata` (chief: commits it).
 

@@ -304,6 +304,7 @@ class BackupManager:
         if not self._first_step_seen:
             self._first_step_seen = True
             self._engine.first_step_done()
+        self._engine.step_done()
         if self._engine.preemption_agreed():
             self.backup(step, metadata)
             self._engine.stop_for_preemption(f"step {step}")

@@ -312,6 +312,27 @@ class StoreTest(parameterized.TestCase):
         self.assertIsNotNone(s.last_kill_safe_seconds)
         self.assertGreater(s.last_kill_safe_seconds, 0.0)
 
+    def test_a_late_backup_makes_the_next_step_wait_until_kill_safe(self):
+        # Held 1 s before publishing (a low-priority writer starved by
+        # training); past the deadline the next step waits for it.
+        s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
+        s.kill_safe_deadline_seconds = 0.2
+
+        def hold(at, path):
+            del path
+            if at == faults.DATA_WRITTEN:
+                time.sleep(1.0)
+
+        faults.set_hook(hold)
+        s.write_async(_checkpoint([1.0]), {"value": [1.0]})
+        self.assertEqual(s.enforce_kill_safe_deadline(), 0.0)  # not late
+        self.assertEqual(s.committed(), [])
+        time.sleep(0.3)
+        self.assertGreater(s.enforce_kill_safe_deadline(), 0.3)
+        self.assertEqual([seq for seq, _ in s.committed()], [1])
+        self.assertEqual(s.enforce_kill_safe_deadline(), 0.0)  # published
+        self.assertEqual(s.wait().seq, 1)
+
     def test_fsync_failure_after_publishing_retires_it(self):
         s = store.BackupStore(self._dir("local"))
         self._write(s, [1.0])
