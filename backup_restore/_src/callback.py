@@ -75,18 +75,9 @@ def _directory_key(backup_dir: str) -> str:
     return os.path.normpath(os.path.abspath(backup_dir))
 
 
-def _check_eager():
-    if not tf.executing_eagerly():
-        raise ValueError(
-            "backup_restore.BackupAndRestore needs eager execution (TF2), but "
-            "eager execution is disabled (tf.compat.v1."
-            "disable_eager_execution() was called). Remove that call and "
-            "train with Model.fit() in TF2 mode; legacy graph-mode (TF1) "
-            "training has no backup support."
-        )
-
-
-class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
+class BackupAndRestore(
+    keras.callbacks.Callback, tf_keras_adapter.CallbackBase, engine.FrontEnd
+):
     """Backs up the training state of `Model.fit()` and resumes from it.
 
     While `fit()` runs, the callback writes the whole training state (model
@@ -208,7 +199,7 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
         **kwargs,
     ):
         super().__init__()
-        _check_eager()
+        engine.check_eager("BackupAndRestore", "train with Model.fit()")
         _check_unknown_kwargs(kwargs)
         self._policy = policy.from_arguments(
             save_freq, save_before_preemption, overhead_budget
@@ -229,24 +220,6 @@ class BackupAndRestore(keras.callbacks.Callback, tf_keras_adapter.CallbackBase):
         self._resume = None
         self._adapter = None
         self._in_fit = False
-
-    def wait_for_backup(self):
-        """Blocks until the last backup is committed (async_backup=True).
-
-        Raises:
-          BackupWriteError: writing it failed; the previous one is intact.
-        """
-        self._engine.wait()
-
-    @property
-    def preemption_requested(self) -> bool:
-        """Whether a preemption signal reached this process in this fit()."""
-        return self._engine.preemption_requested
-
-    @property
-    def preempted(self) -> bool:
-        """Whether this fit() stopped for a preemption (after its backup)."""
-        return self._engine.preempted
 
     @property
     def resumed_from(self) -> tuple[int, int] | None:

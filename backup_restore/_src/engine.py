@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import tensorflow as tf
 from absl import logging
 
 from backup_restore._src import distribution
@@ -302,3 +303,38 @@ class Engine:
         if self._ownership is not None:
             self._ownership.release(remove_empty_dir=remove_empty_dir)
             self._ownership = None
+
+
+def check_eager(front_end: str, what: str) -> None:
+    """Raises the ValueError of a front end built in TF1 graph mode."""
+    if not tf.executing_eagerly():
+        raise ValueError(
+            f"backup_restore.{front_end} needs eager execution (TF2), but "
+            "eager execution is disabled (tf.compat.v1."
+            "disable_eager_execution() was called). Remove that call and "
+            f"{what} in TF2 mode; legacy graph-mode (TF1) training has no "
+            "backup support."
+        )
+
+
+class FrontEnd:
+    """What both front ends (BackupAndRestore, BackupManager) expose of
+    their `self._engine`, under the same names."""
+
+    def wait_for_backup(self) -> None:
+        """Blocks until the last backup is committed (async_backup=True).
+
+        Raises:
+          BackupWriteError: writing it failed; the previous one is intact.
+        """
+        self._engine.wait()
+
+    @property
+    def preemption_requested(self) -> bool:
+        """Whether a preemption signal reached this process."""
+        return self._engine.preemption_requested
+
+    @property
+    def preempted(self) -> bool:
+        """Whether training stopped for a preemption (after its backup)."""
+        return self._engine.preempted

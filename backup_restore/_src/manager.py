@@ -63,7 +63,7 @@ def diff_variables(backup: dict, current: dict) -> list[str]:
     return problems
 
 
-class BackupManager:
+class BackupManager(engine.FrontEnd):
     """Backs up and restores the state of a custom training loop.
 
     Example:
@@ -138,11 +138,7 @@ class BackupManager:
         preemption_exit_code=preemption.RESTART_EXIT_CODE,
         **trackables,
     ):
-        if not tf.executing_eagerly():
-            raise ValueError(
-                "BackupManager needs eager execution (TF2); "
-                "tf.compat.v1.disable_eager_execution() was called."
-            )
+        engine.check_eager("BackupManager", "run the training loop")
         if _LAYER_RNGS in trackables:
             raise ValueError(f"{_LAYER_RNGS} is a name BackupManager uses.")
         if not trackables:
@@ -191,15 +187,6 @@ class BackupManager:
     @property
     def backup_dir(self) -> str:
         return self._engine.backup_dir
-
-    @property
-    def preemption_requested(self) -> bool:
-        return self._engine.preemption_requested
-
-    @property
-    def preempted(self) -> bool:
-        """Whether training stopped for a preemption (after its backup)."""
-        return self._engine.preempted
 
     def restore(self) -> int:
         """Restores the newest intact backup; returns the step to go on from.
@@ -312,10 +299,6 @@ class BackupManager:
         if self._policy.save_after_batches(step - self._last_backup_step):
             self.backup(step, metadata)
         return False
-
-    def wait_for_backup(self) -> None:
-        """Blocks until the last backup is committed (raises its error)."""
-        self._engine.wait()
 
     def wait(self) -> None:
         """The earlier name of `wait_for_backup()`."""
