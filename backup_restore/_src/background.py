@@ -32,7 +32,7 @@ LOW_PRIORITY_SLACK = 4
 # A persist's cost when it has the machine to itself: a fixed part (fsyncs,
 # manifest, rename) plus the bytes at a write+fsync speed. Both are what the
 # README's benchmark machine measured (a 2-core Firecracker VM, virtio disk,
-# Nov 26): the engine's persist alone took 60 ms for 12.6 MB and 450 ms for
+# Nov 26): the store's persist alone took 60 ms for 12.6 MB and 450 ms for
 # 604 MB (raw write+fsync 1.5-2.3 GB/s). Only the priority rule uses them,
 # once per run, and only by their order of magnitude.
 _PERSIST_FIXED_SECONDS_MEASURED = 0.05

@@ -1,8 +1,8 @@
-"""The backup engine: writes, finds, verifies, restores and deletes backups.
+"""The store: writes, finds, verifies, restores and deletes backups.
 
 Knows nothing of Keras: it saves any `tf.train.Checkpoint` plus a JSON
-metadata dict. The Keras callback and the custom-loop API are thin layers over
-it. The commit protocol lives in atomicity.py, the integrity format in
+metadata dict. Its one user is engine.py, which both front ends (the Keras
+callback, BackupManager) share. The commit protocol lives in atomicity.py, the integrity format in
 manifest.py, the background writer and its priority rule in background.py,
 what TensorFlow's checkpoint writer needs in tf_checkpoint.py.
 
