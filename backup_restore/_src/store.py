@@ -2,9 +2,10 @@
 
 Knows nothing of Keras: it saves any `tf.train.Checkpoint` plus a JSON
 metadata dict. Its one user is engine.py, which both front ends (the Keras
-callback, BackupManager) share. The commit protocol lives in atomicity.py, the integrity format in
-manifest.py, the background writer and its priority rule in background.py,
-what TensorFlow's checkpoint writer needs in tf_checkpoint.py.
+callback, BackupManager) share. The commit protocol lives in atomicity.py,
+the integrity format in manifest.py, the background writer and its priority
+rule in background.py, what TensorFlow's checkpoint writer needs in
+tf_checkpoint.py.
 
 Concurrency contract: one writer per backup directory (in multi-worker
 training, the chief). Methods are not thread-safe; callers serialise them.
