@@ -8,7 +8,6 @@ the data position (position.py) and the backup's metadata
 """
 
 import collections
-import difflib
 import os
 import time
 
@@ -45,13 +44,7 @@ def _check_unknown_kwargs(kwargs):
     """A near miss of an argument we take is a typo: a TypeError that names
     the argument. Anything else is accepted (forward compatibility with
     future tf-keras arguments) and named in one warning."""
-    for name in sorted(kwargs):
-        close = difflib.get_close_matches(name, _ARGS, n=1, cutoff=0.8)
-        if close:
-            raise TypeError(
-                f"BackupAndRestore got an unexpected keyword argument "
-                f"{name!r}; did you mean {close[0]!r}?"
-            )
+    engine.reject_near_misses("BackupAndRestore", kwargs, _ARGS)
     if kwargs:
         logging.warning(
             "BackupAndRestore ignores unknown argument(s) %s (accepted for "

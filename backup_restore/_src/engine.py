@@ -16,6 +16,7 @@ A front end decides what to back up (a tf.train.Checkpoint plus JSON
 metadata) and when; the engine does the rest.
 """
 
+import difflib
 import hashlib
 import os
 import signal
@@ -303,6 +304,18 @@ class Engine:
         if self._ownership is not None:
             self._ownership.release(remove_empty_dir=remove_empty_dir)
             self._ownership = None
+
+
+def reject_near_misses(front_end: str, names, known) -> None:
+    """A keyword close to an argument of the front end is a typo: raises
+    the TypeError that names the argument meant."""
+    for name in sorted(names):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            raise TypeError(
+                f"{front_end} got an unexpected keyword argument {name!r}; "
+                f"did you mean {close[0]!r}?"
+            )
 
 
 def check_eager(front_end: str, what: str) -> None:

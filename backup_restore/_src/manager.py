@@ -63,6 +63,20 @@ def diff_variables(backup: dict, current: dict) -> list[str]:
     return problems
 
 
+# The arguments of BackupManager(): any other keyword is a trackable.
+_ARGS = (
+    "backup_dir",
+    "save_freq",
+    "delete_checkpoint",
+    "async_backup",
+    "save_before_preemption",
+    "preemption_signals",
+    "exit_on_preemption",
+    "preemption_exit_code",
+    "save_every_n_steps",
+)
+
+
 class BackupManager(engine.FrontEnd):
     """Backs up and restores the state of a custom training loop.
 
@@ -139,6 +153,15 @@ class BackupManager(engine.FrontEnd):
         **trackables,
     ):
         engine.check_eager("BackupManager", "run the training loop")
+        engine.reject_near_misses("BackupManager", trackables, _ARGS)
+        for name, value in trackables.items():
+            if not isinstance(value, tf.__internal__.tracking.Trackable):
+                raise TypeError(
+                    f"BackupManager backs up objects tf.train.Checkpoint "
+                    f"accepts (a model, an optimizer, a tf.Variable, a "
+                    f"tf.data iterator...); {name}={value!r} is none (a "
+                    f"misspelled argument? It takes {', '.join(_ARGS)})."
+                )
         if _LAYER_RNGS in trackables:
             raise ValueError(f"{_LAYER_RNGS} is a name BackupManager uses.")
         if not trackables:

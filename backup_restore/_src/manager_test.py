@@ -276,6 +276,14 @@ class ManagerTest(test_case.TestCase):
             backup_restore.BackupManager(
                 self.dir, save_freq="epoch", v=tf.Variable(1)
             )
+        # Other keywords are the objects to back up: a misspelled argument
+        # must not become one.
+        with self.assertRaisesRegex(TypeError, "did you mean 'async_backup'"):
+            backup_restore.BackupManager(
+                self.dir, asnyc_backup=False, v=tf.Variable(1)
+            )
+        with self.assertRaisesRegex(TypeError, r"step=3 is none"):
+            backup_restore.BackupManager(self.dir, step=3, v=tf.Variable(1))
         self.assertFalse(os.path.exists(self.dir))
 
     def test_preemption_without_exit_returns_true_and_keeps_the_backup(self):
