@@ -338,6 +338,13 @@ class BackupAndRestore(
         if not self._first_step_done:
             self._first_step_done = True
             self._engine.first_step_done()
+            if isinstance(self._policy, policy.BudgetPolicy):
+                # The optimizer's slots exist now: the whole state does.
+                self._policy.set_prior_cost(
+                    self._engine.backup_estimate_seconds(
+                        self._checkpoint(callback_states.holder(tensors={}))
+                    )
+                )
         self._position.end_batch(batch)
         self._engine.step_done()
         preempted = self._engine.preemption_agreed()

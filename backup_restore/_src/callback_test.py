@@ -523,9 +523,11 @@ class CallbackTest(fit_test_case.FitTestCase):
         epochs = _record_backup_epochs(callback)
         x, y = synthetic.regression_data(SAMPLES, seed=3)
         # 64 batches per epoch: the time between epochs counts as a cost,
-        # which 4 batches of a tiny model per epoch would not amortise.
+        # which 4 batches of a tiny model per epoch would not amortise; 4
+        # epochs: the first backup waits for the training time its expected
+        # cost needs (about 0.06 s at 90%).
         _model(self.FLAVOUR).fit(
-            x, y, batch_size=1, epochs=2, verbose=0, callbacks=[callback]
+            x, y, batch_size=1, epochs=4, verbose=0, callbacks=[callback]
         )
         self.assertGreater(len(epochs), 1, "a 90% budget allows backups")
         self.assertIsNotNone(callback._policy.chosen)
@@ -535,6 +537,27 @@ class CallbackTest(fit_test_case.FitTestCase):
             )
         with self.assertRaisesRegex(ValueError, "share of training time"):
             backup_restore.BackupAndRestore(self.dir, overhead_budget=3)
+
+    def test_overhead_budget_expects_the_first_backup_to_cost_its_size(self):
+        # A state expected to take 10 s per variable to write: a 90% budget
+        # allows no backup in a fit of well under a second.
+        from backup_restore._src import background
+
+        self.enter_context(
+            mock.patch.object(
+                background, "_WRITE_SECONDS_PER_VARIABLE_MEASURED", 10.0
+            )
+        )
+        callback = backup_restore.BackupAndRestore(
+            self.dir, overhead_budget=0.9
+        )
+        epochs = _record_backup_epochs(callback)
+        x, y = synthetic.regression_data(SAMPLES, seed=3)
+        _model(self.FLAVOUR).fit(
+            x, y, batch_size=1, epochs=2, verbose=0, callbacks=[callback]
+        )
+        self.assertEqual(epochs, [])
+        self.assertGreater(callback._policy.prior_cost_seconds, 10.0)
 
     def test_a_backup_of_the_other_flavour_is_refused_and_kept(self):
         other = "tf_keras" if self.FLAVOUR == "keras3" else "keras3"

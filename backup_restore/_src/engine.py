@@ -27,11 +27,13 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from backup_restore._src import background
 from backup_restore._src import distribution
 from backup_restore._src import faults
 from backup_restore._src import ownership
 from backup_restore._src import preemption
 from backup_restore._src import store
+from backup_restore._src import tf_checkpoint
 from backup_restore._src import tf_logs
 
 
@@ -164,6 +166,15 @@ class Engine:
         The interval that leads up to the first backup counts from here.
         """
         self._last_mark = time.monotonic()
+
+    def backup_estimate_seconds(self, checkpoint) -> float:
+        """About what a backup of `checkpoint` costs, before one was taken
+        (its size and number of variables, at this machine's measured
+        rates: background.backup_estimate_seconds)."""
+        facts = tf_checkpoint.facts(checkpoint)
+        return background.backup_estimate_seconds(
+            facts.variable_bytes, facts.variables
+        )
 
     def step_done(self) -> None:
         """Between training steps: a backup that is late to become

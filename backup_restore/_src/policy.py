@@ -125,6 +125,9 @@ class BudgetPolicy:
         self._logged = None
         # The last interval chosen: (batches, seconds), for logs and tests.
         self.chosen = None
+        # What the first backup is expected to cost until one is measured.
+        self.prior_cost_seconds = 0.0
+        self._measured = False
 
     def step_seconds(self) -> float | None:
         """The median time per batch, once measured."""
@@ -153,6 +156,10 @@ class BudgetPolicy:
             return False
         work = self._interval_batches * step
         cost = max(0.0, self._interval_seconds - work)
+        if not self._measured:
+            # No backup's cost is in these batches yet: the first one's is
+            # only known from the state's size (set_prior_cost).
+            cost = max(cost, self.prior_cost_seconds)
         if cost > self.budget * work:
             return False
         self._choose(self._interval_batches, self._interval_seconds)
@@ -160,7 +167,14 @@ class BudgetPolicy:
         self._last_batches = 0  # the caller resets its count now
         return True
 
+    def set_prior_cost(self, seconds: float) -> None:
+        """Expects the first backup to cost `seconds`: it is not due before
+        the training time since the start is `seconds / budget`."""
+        self.prior_cost_seconds = max(0.0, float(seconds))
+
     def _new_interval(self):
+        # A backup was taken: the batches after it carry its cost.
+        self._measured = True
         steps = self._interval_steps
         # Before the first backup nothing slowed them: all count.
         self._steps.extend(steps[len(steps) // 2 :] if self._steps else steps)

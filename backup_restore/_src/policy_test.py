@@ -17,7 +17,9 @@ class _Clock:
         return self.now
 
 
-def _train(budget, batches, *, step=0.1, cost=None, jitter=0.0, seed=0):
+def _train(
+    budget, batches, *, step=0.1, cost=None, jitter=0.0, seed=0, prior=None
+):
     """Simulates a training loop asking a BudgetPolicy at every batch end.
 
     `cost(k)` is the extra time the k-th batch after a backup takes (k=0:
@@ -27,6 +29,8 @@ def _train(budget, batches, *, step=0.1, cost=None, jitter=0.0, seed=0):
     clock = _Clock()
     rng = random.Random(seed)
     p = policy.BudgetPolicy(budget, clock=clock)
+    if prior is not None:
+        p.set_prior_cost(prior)
     since, backed_up, after, extra = 0, [], None, 0.0
     for batch in range(batches):
         took = step * (1 + jitter * (2 * rng.random() - 1))
@@ -49,6 +53,16 @@ def _blocking(seconds):
 
 
 class BudgetPolicyTest(parameterized.TestCase):
+    def test_first_backup_waits_for_what_its_expected_cost_allows(self):
+        # Expected to cost 0.3 s at a 3% budget: not before 10 s of
+        # training (100 batches of 0.1 s); then measured as usual.
+        _, backed_up, _ = _train(0.03, 400, cost=_blocking(0.3), prior=0.3)
+        self.assertBetween(backed_up[0], 99, 101)
+        self.assertBetween(backed_up[1] - backed_up[0], 95, 105)
+        # Without an estimate the first comes after the 5 timed batches.
+        _, backed_up, _ = _train(0.03, 400, cost=_blocking(0.3))
+        self.assertLess(backed_up[0], 10)
+
     @parameterized.named_parameters(
         # interval = cost / (budget * step)
         ("three_percent", 0.03, 0.3, 100),

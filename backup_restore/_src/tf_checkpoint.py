@@ -25,10 +25,12 @@ class Facts:
       written synchronously (into the page cache, on the caller's thread);
       fsync, checksums and the commit still run in the background.
     variable_bytes: the size of the variables it holds.
+    variables: how many variables it holds.
     """
 
     holds_iterator: bool
     variable_bytes: int
+    variables: int = 0
 
 
 def facts(checkpoint) -> Facts:
@@ -37,15 +39,17 @@ def facts(checkpoint) -> Facts:
         return _FACTS[checkpoint]
     except (KeyError, TypeError):
         pass
-    holds, nbytes = False, 0
+    holds, nbytes, count = False, 0, 0
     for obj in tf.train.TrackableView(checkpoint).descendants():
         if isinstance(
             obj, (tf.data.Iterator, tf.distribute.DistributedIterator)
         ):
             holds = True
-        elif isinstance(obj, tf.Variable) and obj.shape.is_fully_defined():
-            nbytes += obj.shape.num_elements() * obj.dtype.size
-    result = Facts(holds, nbytes)
+        elif isinstance(obj, tf.Variable):
+            count += 1
+            if obj.shape.is_fully_defined():
+                nbytes += obj.shape.num_elements() * obj.dtype.size
+    result = Facts(holds, nbytes, count)
     try:
         _FACTS[checkpoint] = result
     except TypeError:  # not weak-referenceable: no cache
