@@ -57,8 +57,9 @@ def _check_unknown_kwargs(kwargs):
 # backup_dir -> how many fit() calls with a BackupAndRestore on it completed
 # in this process. A job that calls fit() several times (two phases, say)
 # gives each call its own backups: call #k only restores and deletes those
-# of call #k. An interrupted call does not count, so running it again (a
-# notebook cell after Ctrl-C, a retry loop) resumes it.
+# of call #k. A call interrupted before its training completed does not
+# count, so running it again (a notebook cell after Ctrl-C, a retry loop)
+# resumes it; one interrupted while deleting its backups counts.
 _COMPLETED_FITS = collections.Counter()
 
 
@@ -442,8 +443,10 @@ class BackupAndRestore(
             self._adapter.clear_start(self.model, self._context)
             self._context = None
             self._position.forget_iterator()
-        if not self.preempted:
-            _COMPLETED_FITS[_directory_key(self.backup_dir)] += 1
+            if self._engine.completed:
+                # Counted even when the deletion was then interrupted: the
+                # next fit() is a new call, not this one again.
+                _COMPLETED_FITS[_directory_key(self.backup_dir)] += 1
 
     def _write_final_backup(self) -> str:
         """A preemption reached the end of training before the deletion:

@@ -74,6 +74,7 @@ class Engine:
         self._strategy = None
         self._scratch = None
         self.preempted = False
+        self.completed = False  # finish() reached the end of training
         # When training started (or its first step ended) or last backed up:
         # the interval to the next backup is about the one that led up to
         # this backup.
@@ -274,6 +275,7 @@ class Engine:
         a signal then is logged, and fit() returns normally.
         """
         deleted = False
+        self.completed = False
         try:
             # A failed last backup raises here. The background thread ends;
             # the next run starts one anew (and decides its priority anew).
@@ -287,6 +289,10 @@ class Engine:
                 where = final_backup()
                 self.stop_for_preemption(where)
                 return
+            if not self.preempted:
+                # Training is complete; an interrupt from here on (Ctrl-C
+                # during the deletion) does not undo that.
+                self.completed = True
             if delete and not self.preempted and self._role.is_chief:
                 faults.point(faults.DELETING, self.backup_dir)
                 self.store.delete_all()

@@ -91,6 +91,30 @@ class FitCallsTest(fit_test_case.FitTestCase):
         self.assertEqual(history.epoch, [0, 1, 2])
         self.assertEqual(_iterations(model), 2 * 2 * 4 + 3 * 4)
 
+    def test_a_fit_interrupted_while_deleting_its_backups_has_completed(self):
+        # Ctrl-C once the deletion begins: training was complete, so the
+        # next fit() is a new call; it leaves the first call's backups
+        # alone (they are another call's) and trains its own epochs.
+        from backup_restore._src import faults
+
+        def interrupt(stage, path):
+            del path
+            if stage == faults.DELETING:
+                raise KeyboardInterrupt
+
+        faults.set_hook(interrupt)
+        self.addCleanup(faults.set_hook, None)
+        model = _model(self.FLAVOUR)
+        with self.assertRaises(KeyboardInterrupt):
+            _fit(model, [backup_restore.BackupAndRestore(self.dir)])
+        faults.set_hook(None)
+        self.assertNotEmpty(keras_callbacks.backup_entries(self.dir))
+        callback = backup_restore.BackupAndRestore(self.dir)
+        history = _fit(model, [callback])
+        self.assertIsNone(callback.resumed_from)
+        self.assertEqual(history.epoch, [0, 1])
+        self.assertEqual(_iterations(model), 2 * 2 * 4)
+
     def test_a_rerun_job_restores_each_fit_call_its_own_backup(self):
         def job():
             model = _model(self.FLAVOUR)

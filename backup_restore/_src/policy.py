@@ -213,8 +213,8 @@ def from_arguments(save_freq, save_before_preemption, overhead_budget=None):
 def _log_interval(budget):
     def log(batches, seconds):
         logging.info(
-            "overhead_budget=%g: backing up every %d batches (%.2f s of "
-            "training).",
+            "overhead_budget=%g: backing up after %d batches (%.2f s of "
+            "training) since the last backup, the interval it allows now.",
             budget,
             batches,
             seconds,
