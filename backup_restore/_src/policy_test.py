@@ -7,6 +7,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from backup_restore._src import policy
+from testing import test_case
 
 
 class _Clock:
@@ -48,7 +49,7 @@ def _blocking(seconds):
     return lambda k: seconds if k == 0 else 0.0
 
 
-class BudgetPolicyTest(parameterized.TestCase):
+class BudgetPolicyTest(test_case.TestCase):
     @parameterized.named_parameters(
         # interval = cost / (budget * step)
         ("three_percent", 0.03, 0.3, 100),
