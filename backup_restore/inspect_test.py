@@ -3,49 +3,39 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 from absl.testing import absltest
 
 from backup_restore._src import atomicity
 from backup_restore._src import manifest
-from testing import device
+from testing import dirs
 from testing import procs
+from testing import test_case
 from testing import trainers
 
 
 def _inspect(*args):
-    return subprocess.run(
-        [sys.executable, procs.runfile("backup_restore/inspect"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    return procs.run(
+        procs.runfile("backup_restore/inspect"), args, result_file=False
     )
 
 
-class InspectTest(absltest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        device.skip_if_device_absent()
-
-    def _fit_backup(self, *extra):
-        directory = os.path.join(self.create_tempdir().full_path, "b")
-        run = procs.run(
-            trainers.fit_trainer(),
-            [
-                f"--backup_dir={directory}",
-                "--epochs=2",
-                "--num_samples=64",
-                "--save_freq=3",
-                "--fail_at_step=7",
-                *extra,
-            ],
-        )
+class InspectTest(test_case.TestCase):
+    def _killed_run(self, binary, *args):
+        """Runs `binary` on self.dir until it SIGKILLs itself; returns
+        self.dir, with what the run left there."""
+        run = procs.run(binary, [f"--backup_dir={self.dir}", *args])
         self.assertEqual(run.killed_by, 9, run.describe())
-        return directory
+        return self.dir
+
+    def _fit_backup(self):
+        return self._killed_run(
+            trainers.fit_trainer(),
+            "--epochs=2",
+            "--num_samples=64",
+            "--save_freq=3",
+            "--fail_at_step=7",
+        )
 
     def test_text_report_of_a_fit_backup(self):
         directory = self._fit_backup()
@@ -67,13 +57,9 @@ class InspectTest(absltest.TestCase):
 
     def test_json_and_verify_on_a_corrupt_backup(self):
         directory = self._fit_backup()
-        backup = os.path.join(directory, "backup-00000002")
-        data = next(n for n in os.listdir(backup) if ".data-" in n)
-        with open(os.path.join(backup, data), "r+b") as f:
-            f.seek(100)
-            byte = f.read(1)
-            f.seek(100)
-            f.write(bytes([byte[0] ^ 1]))
+        data = dirs.corrupt_data(
+            os.path.join(directory, "backup-00000002"), offset=100
+        )
         quick = _inspect("--json", directory)
         self.assertEqual(quick.returncode, 0, quick.stderr)
         self.assertFalse(json.loads(quick.stdout)["committed"][0]["corrupt"])
@@ -83,7 +69,7 @@ class InspectTest(absltest.TestCase):
         self.assertTrue(report["committed"][0]["corrupt"])
         self.assertIn("checksum", report["committed"][0]["integrity"])
         self.assertIn("CORRUPT", report["verdict"])
-        self.assertTrue(os.path.exists(os.path.join(backup, data)))
+        self.assertTrue(os.path.exists(data))
 
     def _damaged_copy(self, directory, source, damage):
         """Copies backup `source` to the next number and damages the copy."""
@@ -159,29 +145,21 @@ class InspectTest(absltest.TestCase):
                 shutil.rmtree(os.path.join(directory, damaged))
 
     def test_leftovers_are_listed(self):
-        directory = os.path.join(self.create_tempdir().full_path, "b")
-        run = procs.run(
+        directory = self._killed_run(
             trainers.fit_trainer(),
-            [
-                f"--backup_dir={directory}",
-                "--epochs=3",
-                "--num_samples=64",
-                "--kill_at_backup_stage=data_written",
-                "--kill_at_backup_number=2",
-            ],
+            "--epochs=3",
+            "--num_samples=64",
+            "--kill_at_backup_stage=data_written",
+            "--kill_at_backup_number=2",
         )
-        self.assertEqual(run.killed_by, 9, run.describe())
         out = _inspect(directory)
         self.assertIn("leftover of an interrupted write", out.stdout)
         self.assertIn(".tmp-backup-00000002-", out.stdout)
 
     def test_custom_loop_backup(self):
-        directory = os.path.join(self.create_tempdir().full_path, "b")
-        run = procs.run(
-            trainers.custom_loop_trainer(),
-            [f"--backup_dir={directory}", "--steps=20", "--fail_at_step=12"],
+        directory = self._killed_run(
+            trainers.custom_loop_trainer(), "--steps=20", "--fail_at_step=12"
         )
-        self.assertEqual(run.killed_by, 9, run.describe())
         out = _inspect(directory)
         self.assertIn(
             "custom loop (BackupManager); resumes at step 10", out.stdout
@@ -203,7 +181,7 @@ class InspectTest(absltest.TestCase):
         ):
             self.assertEqual(usage.returncode, 2, usage.stderr)
             self.assertIn("usage: inspect", usage.stderr)
-        empty = _inspect(self.create_tempdir().full_path)
+        empty = _inspect(self.tmp)
         self.assertEqual(empty.returncode, 0)
         self.assertIn("no committed backup", empty.stdout)
 

@@ -10,7 +10,6 @@ uninterrupted run.
       --backup_dir=/tmp/custom_loop_backup --steps=200 --save_every=20
 """
 
-import json
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from absl import app
 from absl import flags
 
 from backup_restore._src import cli
+from testing import procs
 
 _BACKUP_DIR = flags.DEFINE_string("backup_dir", None, "Backup directory.")
 _KERAS = flags.DEFINE_enum(
@@ -89,13 +89,9 @@ def main(argv):
     @tf.function
     def train_step(x, y):
         x = x + 0.01 * rng.normal(tf.shape(x))  # randomness to back up
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(
-            zip(grads, model.trainable_variables, strict=True)
+        return synthetic.gradient_step(
+            model, optimizer, lambda: loss_fn(y, model(x, training=True))
         )
-        return loss
 
     manager = backup_restore.BackupManager(
         cli.user_path(_BACKUP_DIR.value),
@@ -142,15 +138,13 @@ def main(argv):
         "final_loss": losses[-1] if losses else None,
         "losses": losses,  # of this run's steps
     }
-    if _RESULT_FILE.value:
-        with open(cli.user_path(_RESULT_FILE.value), "w") as f:
-            json.dump(result, f)
     loss = f"{losses[-1]:.6g}" if losses else "none"
-    print(
-        f"RESULT steps={step} resumed_from="
+    procs.report(
+        _RESULT_FILE.value,
+        result,
+        f"steps={step} resumed_from="
         f"{'step:' + str(resumed_from) if resumed_from else 'none'} "
         f"final_loss={loss}",
-        flush=True,
     )
     return 0
 

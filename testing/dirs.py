@@ -1,4 +1,5 @@
-"""Backup directories for store tests: on the local disk or in ram://."""
+"""Backup directories for tests: fresh ones, on the local disk or in
+ram://, and damaging a backup in one."""
 
 import os
 import uuid
@@ -16,4 +17,18 @@ def backup_dir(test, fs="local"):
     test.addCleanup(
         lambda: tf.io.gfile.exists(path) and tf.io.gfile.rmtree(path)
     )
+    return path
+
+
+def corrupt_data(backup, offset):
+    """Inverts byte `offset` of the first data shard of `backup` (a
+    committed backup's local directory), as a bad disk would; returns the
+    shard's path. The sizes stay; TensorFlow's checksum no longer matches."""
+    data = next(n for n in sorted(os.listdir(backup)) if ".data-" in n)
+    path = os.path.join(backup, data)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
     return path

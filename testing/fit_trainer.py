@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 
 from backup_restore._src import cli
+from testing import procs
 
 _BACKUP_DIR = flags.DEFINE_string(
     "backup_dir", None, "Directory for the backups (created if missing)."
@@ -456,17 +457,15 @@ def main(argv):
         "optimizer_iterations": int(model.optimizer.iterations.numpy()),
         "final_loss": history.history["loss"][-1] if history.epoch else None,
     }
-    if _RESULT_FILE.value:
-        with open(cli.user_path(_RESULT_FILE.value), "w") as f:
-            json.dump(result, f)
     logging.info("Training finished: %s", result["epochs_run"])
     where = f"epoch:{resumed[0]},batch:{resumed[1]}" if resumed else "none"
     loss = result["final_loss"]
     loss_text = f"{loss:.6g}" if loss is not None else "none"
-    print(
-        f"RESULT epochs_run={result['epochs_run']} resumed_from={where} "
+    procs.report(
+        _RESULT_FILE.value,
+        result,
+        f"epochs_run={result['epochs_run']} resumed_from={where} "
         f"final_loss={loss_text}",
-        flush=True,
     )
     return 0
 

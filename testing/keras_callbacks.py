@@ -51,6 +51,60 @@ class Recorder(Callback):
         self.batches.append((self._epoch, batch))
 
 
+# The fit() hooks that BackupAndRestore implements.
+FIT_HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+)
+
+
+def forwarding(base, inner):
+    """A subclass of `base` (a flavour's Callback class) whose instances
+    wrap the callback `inner` as a user's wrapper would: they give it the
+    model and the params, and forward each of FIT_HOOKS to it through
+    `forward(name, *args, **kwargs)`, which a subclass may extend (to time
+    the hooks, say)."""
+
+    class Forwarding(base):
+        def set_model(self, model):
+            super().set_model(model)
+            inner.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            inner.set_params(params)
+
+        def forward(self, name, *args, **kwargs):
+            return getattr(inner, name)(*args, **kwargs)
+
+    for name in FIT_HOOKS:
+        setattr(
+            Forwarding,
+            name,
+            lambda self, *a, _name=name, **k: self.forward(_name, *a, **k),
+        )
+    return Forwarding
+
+
+def recording(calls):
+    """A wrapper for the adapters' wrap_train_function(model, wrapper): the
+    wrapped train function appends each iterator it is called with to
+    `calls`, then runs."""
+
+    def wrapper(original):
+        def wrapped(iterator):
+            calls.append(iterator)
+            return original(iterator)
+
+        return wrapped
+
+    return wrapper
+
+
 def simulate_restart():
     """Makes this process look like a restarted job to BackupAndRestore.
 

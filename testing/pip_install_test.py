@@ -13,14 +13,14 @@ import tomllib
 from absl.testing import absltest
 
 from testing import procs
+from testing import test_case
 
 _SOURCES = ("pyproject.toml", "setup.py", "README.md", "backup_restore")
 
 
-class PipInstallTest(absltest.TestCase):
+class PipInstallTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        self.tmp = self.create_tempdir().full_path
         # No index, no cache, not this machine's pip configuration.
         self.env = dict(
             os.environ,

@@ -1,7 +1,8 @@
 """Runs training binaries in child processes and kills them with real signals.
 
 Tests put the binary in their `data` and run it as a subprocess, asserting on
-its exit status and its JSON result file.
+its exit status and its JSON result file (which the trainers write with
+`report`).
 """
 
 import dataclasses
@@ -12,7 +13,18 @@ import subprocess
 import sys
 import tempfile
 
+from backup_restore._src import cli
+
 _WORKSPACE = "backup_restore_ws"
+
+
+def report(result_file: str | None, result: dict, summary: str) -> None:
+    """A trainer's last words: writes `result` as JSON to its --result_file
+    (when given; the file run() reads) and prints `RESULT <summary>`."""
+    if result_file:
+        with open(cli.user_path(result_file), "w") as f:
+            json.dump(result, f)
+    print(f"RESULT {summary}", flush=True)
 
 
 def runfile(path: str) -> str:
@@ -72,15 +84,24 @@ def _command(binary: str, args: list[str]) -> list[str]:
     return [sys.executable, binary, *args]
 
 
-def run(binary: str, args: list[str], timeout: float = 300) -> Run:
-    """Runs `binary args --result_file=...` to the end."""
-    fd, result_file = tempfile.mkstemp(
-        suffix=".json", dir=os.environ.get("TEST_TMPDIR")
-    )
-    os.close(fd)
-    os.remove(result_file)
+def run(
+    binary: str,
+    args: list[str] = (),
+    timeout: float = 300,
+    result_file: bool = True,
+) -> Run:
+    """Runs `binary args --result_file=...` to the end (without
+    `result_file`: a binary that takes no such flag, `binary args`)."""
+    path = None
+    if result_file:
+        fd, path = tempfile.mkstemp(
+            suffix=".json", dir=os.environ.get("TEST_TMPDIR")
+        )
+        os.close(fd)
+        os.remove(path)
+        args = [*args, f"--result_file={path}"]
     proc = subprocess.run(
-        _command(binary, [*args, f"--result_file={result_file}"]),
+        _command(binary, args),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -88,8 +109,8 @@ def run(binary: str, args: list[str], timeout: float = 300) -> Run:
         check=False,
     )
     result = None
-    if os.path.exists(result_file):
-        with open(result_file) as f:
+    if path and os.path.exists(path):
+        with open(path) as f:
             result = json.load(f)
     return Run(proc.returncode, proc.stdout, proc.stderr, result)
 

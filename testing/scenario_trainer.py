@@ -27,6 +27,8 @@ import time
 from absl import app
 from absl import flags
 
+from testing import procs
+
 _BACKUP_DIR = flags.DEFINE_string("backup_dir", None, "Backup directory.")
 _RESULT_FILE = flags.DEFINE_string("result_file", None, "Outcome as JSON.")
 _KERAS = flags.DEFINE_enum(
@@ -259,10 +261,7 @@ def main(argv):
         "preempted": backup.preempted,
         "backup_dir_exists": os.path.isdir(_BACKUP_DIR.value),
     }
-    if _RESULT_FILE.value:
-        with open(_RESULT_FILE.value, "w") as f:
-            json.dump(result, f)
-    print("RESULT", json.dumps(result), flush=True)
+    procs.report(_RESULT_FILE.value, result, json.dumps(result))
     return 0
 
 

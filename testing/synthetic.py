@@ -131,3 +131,16 @@ def weights_sha256(variables) -> str:
     for v in variables:
         digest.update(v.numpy().tobytes())
     return digest.hexdigest()
+
+
+def gradient_step(model, optimizer, loss_fn):
+    """One step of a custom training loop: `optimizer` applies the gradients
+    of `loss_fn()` (called under the tape) with respect to the model's
+    trainable variables. Returns the loss."""
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(
+        zip(grads, model.trainable_variables, strict=True)
+    )
+    return loss

@@ -68,11 +68,10 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
         ref_model, ref_history, ref_cbs = _run(
             self.FLAVOUR, make_callbacks, epochs
         )
-        backup_dir = os.path.join(self.create_tempdir().full_path, "b")
         with self.assertRaises(keras_callbacks.Interrupted):
-            _run(self.FLAVOUR, make_callbacks, epochs, backup_dir, interrupt_at)
+            _run(self.FLAVOUR, make_callbacks, epochs, self.dir, interrupt_at)
         model, history, cbs = _run(
-            self.FLAVOUR, make_callbacks, epochs, backup_dir
+            self.FLAVOUR, make_callbacks, epochs, self.dir
         )
         self.assertEqual(history.epoch, ref_history.epoch)
         self.assertEqual(history.history, ref_history.history)
@@ -134,12 +133,10 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
         self.assertEqual(log.rates, ref_log.rates[-len(log.rates) :])
 
     def test_model_checkpoint_keeps_its_best(self):
-        tmp = self.create_tempdir().full_path
-
         def make():
             return [
                 self.keras.callbacks.ModelCheckpoint(
-                    os.path.join(tmp, "best.weights.h5"),
+                    os.path.join(self.tmp, "best.weights.h5"),
                     monitor="loss",
                     save_best_only=True,
                     save_weights_only=True,
@@ -156,9 +153,10 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
 
     @parameterized.named_parameters(("truncate", False), ("append", True))
     def test_csv_logger_file_is_identical(self, append):
-        tmp = self.create_tempdir().full_path
-        ref_path = os.path.join(tmp, "reference.csv")
-        job_path = os.path.join(tmp, "job.csv")  # interrupted, then resumed
+        ref_path = os.path.join(self.tmp, "reference.csv")
+        job_path = os.path.join(
+            self.tmp, "job.csv"
+        )  # interrupted, then resumed
         calls = []
         for path in (ref_path, job_path):
             with open(path, "w") as f:
@@ -196,9 +194,8 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
             def set_backup_state(self, state):
                 pass
 
-        backup_dir = os.path.join(self.create_tempdir().full_path, "b")
         with self.assertRaisesRegex(TypeError, "JSON-serializable"):
-            _run(self.FLAVOUR, lambda: [Bad()], 2, backup_dir)
+            _run(self.FLAVOUR, lambda: [Bad()], 2, self.dir)
 
 
 CallbackStatesTfKerasTest = fit_test_case.tf_keras_variant(CallbackStatesTest)

@@ -13,6 +13,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from testing import dirs
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
@@ -155,29 +156,10 @@ class CallbackTest(fit_test_case.FitTestCase):
 
         inner._engine.store.write_async = spy
 
-        class Wrapper(self.keras.callbacks.Callback):
-            def set_model(self, model):
-                super().set_model(model)
-                inner.set_model(model)
-
-            def set_params(self, params):
-                super().set_params(params)
-                inner.set_params(params)
-
-        for hook in (
-            "on_train_begin",
-            "on_train_end",
-            "on_epoch_begin",
-            "on_epoch_end",
-            "on_train_batch_begin",
-            "on_train_batch_end",
-        ):
-            setattr(
-                Wrapper,
-                hook,
-                lambda self, *a, _h=hook, **k: getattr(inner, _h)(*a, **k),
-            )
-        _fit(_model(self.FLAVOUR), [Wrapper()])
+        wrapper = keras_callbacks.forwarding(
+            self.keras.callbacks.Callback, inner
+        )
+        _fit(_model(self.FLAVOUR), [wrapper()])
         # Every batch but the last (its backup would be deleted at once).
         self.assertLen(writes, EPOCHS * 4 - 1)
 
@@ -362,13 +344,9 @@ class CallbackTest(fit_test_case.FitTestCase):
 
     def test_corrupt_backup_is_refused_and_kept(self):
         self._leave_a_backup()
-        backup = os.path.join(self.dir, "backup-00000001")
-        data = next(n for n in os.listdir(backup) if ".data-" in n)
-        with open(os.path.join(backup, data), "r+b") as f:
-            f.seek(10)
-            byte = f.read(1)
-            f.seek(10)
-            f.write(bytes([byte[0] ^ 0xFF]))
+        data = dirs.corrupt_data(
+            os.path.join(self.dir, "backup-00000001"), offset=10
+        )
         with self.assertRaisesRegex(
             backup_restore.BackupCorruptError,
             "(?s)fails TensorFlow's checks.*Checksum does not match.*"
@@ -378,7 +356,7 @@ class CallbackTest(fit_test_case.FitTestCase):
                 _model(self.FLAVOUR),
                 [backup_restore.BackupAndRestore(self.dir)],
             )
-        self.assertTrue(os.path.exists(os.path.join(backup, data)))
+        self.assertTrue(os.path.exists(data))
 
     # -- arguments ----------------------------------------------------------
 

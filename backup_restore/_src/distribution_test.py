@@ -6,8 +6,6 @@ strategies in multi_worker_test.py and parameter_server_test.py.
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -17,14 +15,12 @@ from absl.testing import absltest
 import backup_restore
 from backup_restore._src import distribution
 from testing import device
+from testing import procs
+from testing import test_case
 from testing import trainers
 
 
-class RoleTest(absltest.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-
+class RoleTest(test_case.TestCase):
     def test_single_process_strategies_are_their_own_chief(self):
         for strategy in (
             tf.distribute.get_strategy(),
@@ -53,7 +49,6 @@ class RoleTest(absltest.TestCase):
             distribution.role(strategy)
 
     def test_fit_with_an_unsupported_strategy_fails_before_writing(self):
-        backup_dir = os.path.join(self.create_tempdir().full_path, "b")
         strategy = tf.compat.v1.distribute.OneDeviceStrategy("/cpu:0")
         with strategy.scope():
             model = tf_keras.Sequential(
@@ -67,25 +62,16 @@ class RoleTest(absltest.TestCase):
                 x[:, :1],
                 epochs=1,
                 verbose=0,
-                callbacks=[backup_restore.BackupAndRestore(backup_dir)],
+                callbacks=[backup_restore.BackupAndRestore(self.dir)],
             )
         # The constructor created it (and checked it is writable).
-        self.assertEqual(os.listdir(backup_dir), [], "nothing written")
+        self.assertEqual(os.listdir(self.dir), [], "nothing written")
 
 
-class TrainerFlagsTest(absltest.TestCase):
+class TrainerFlagsTest(test_case.TestCase):
     def _trainer(self, *args):
-        return subprocess.run(
-            [
-                sys.executable,
-                trainers.fit_trainer(),
-                f"--backup_dir={self.create_tempdir().full_path}/b",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
+        return procs.run(
+            trainers.fit_trainer(), [f"--backup_dir={self.dir}", *args]
         )
 
     def test_tpu_strategy_without_a_tpu_says_so_without_probing(self):

@@ -8,9 +8,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from testing import device
 from testing import procs
 from testing import synthetic
+from testing import test_case
 
 
 def _python_blocks(text):
@@ -29,12 +29,7 @@ def _readme():
         return f.read()
 
 
-class DocsTest(parameterized.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-        self.tmp = self.create_tempdir().full_path
-
+class DocsTest(test_case.TestCase):
     def _run(self, code, namespace=None):
         paths = set(re.findall(r'"(/tmp/[^"]+)"', code))
         for path in paths:  # keep examples out of the real /tmp

@@ -308,7 +308,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
     )
     def test_two_backup_callbacks_are_refused_before_anything(self, keras_own):
         before = self._interrupted()
-        other_dir = os.path.join(self.create_tempdir().full_path, "other")
+        other_dir = os.path.join(self.tmp, "other")
         other = (
             self.keras.callbacks.BackupAndRestore(other_dir)
             if keras_own

@@ -54,8 +54,8 @@ class InUseTest(test_case.TestCase):
         self.assertIn("Nothing in the directory was changed", run.stderr)
 
     def test_refused_while_the_owner_has_a_backup_in_flight(self):
-        # The situation of the issue: B's start-up must not remove A's
-        # in-flight backup (A then died with BackupWriteError).
+        # A second job B on A's backup_dir: B's start-up must not remove
+        # A's in-flight backup (A would fail with BackupWriteError).
         owner = self._start("--persist_delay_seconds=3")
         line = owner.wait_for_line("PERSIST DELAYED in ")
         # Frozen while the persist of its first backup waits: published

@@ -14,9 +14,9 @@ from keras.src.trainers import epoch_iterator
 
 from backup_restore._src import keras3_adapter
 from backup_restore._src import position
-from testing import device
 from testing import keras_callbacks
 from testing import synthetic
+from testing import test_case
 
 
 class _Probe(keras_callbacks.Recorder):
@@ -37,10 +37,9 @@ def _dataset(repeat=False):
     )
 
 
-class Keras3AdapterContractTest(absltest.TestCase):
+class Keras3AdapterContractTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        device.skip_if_device_absent()
         keras.utils.set_random_seed(3)
         self.model = synthetic.regression_model("tiny", flavour="keras3")
 
@@ -112,15 +111,9 @@ class Keras3AdapterContractTest(absltest.TestCase):
             seen["context"] = keras3_adapter.fit_context()
             seen["callbacks"] = keras3_adapter.fit_callback_list()
             seen["initial_epoch"] = keras3_adapter.user_initial_epoch(None)
-
-            def wrapper(original):
-                def wrapped(iterator):
-                    calls.append(iterator)
-                    return original(iterator)
-
-                return wrapped
-
-            keras3_adapter.wrap_train_function(model, wrapper)
+            keras3_adapter.wrap_train_function(
+                model, keras_callbacks.recording(calls)
+            )
 
         probe = self._fit(check, initial_epoch=1)
         self.assertIsInstance(
@@ -219,7 +212,7 @@ class Keras3AdapterContractTest(absltest.TestCase):
         )
         objects = keras3_adapter.checkpoint_objects(model, None)
         checkpoint = tf.train.Checkpoint(**objects)
-        prefix = self.create_tempdir().full_path + "/ckpt"
+        prefix = self.tmp + "/ckpt"
         for _ in range(2):
             path = checkpoint.write(prefix, options=options)
             checkpoint.sync()

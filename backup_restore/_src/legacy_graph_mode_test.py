@@ -4,17 +4,16 @@ import tensorflow as tf
 from absl.testing import absltest
 
 import backup_restore
-from testing import device
+from testing import test_case
 
 
-class LegacyGraphModeTest(absltest.TestCase):
+class LegacyGraphModeTest(test_case.TestCase):
     def test_constructing_raises_a_clear_value_error(self):
-        device.skip_if_device_absent()
         self.assertFalse(tf.executing_eagerly())
         with self.assertRaisesRegex(
             ValueError, r"eager execution is disabled.*TF2 mode"
         ):
-            backup_restore.BackupAndRestore(self.create_tempdir().full_path)
+            backup_restore.BackupAndRestore(self.dir)
 
 
 if __name__ == "__main__":

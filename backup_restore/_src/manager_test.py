@@ -11,7 +11,6 @@ import tf_keras
 from absl.testing import absltest
 
 import backup_restore
-from testing import device
 from testing import synthetic
 from testing import test_case
 
@@ -193,25 +192,17 @@ class ManagerTest(test_case.TestCase):
 
         def objects():
             tf_keras.utils.set_random_seed(3)
-            model = tf_keras.Sequential(
-                [
-                    tf_keras.Input((4,)),
-                    tf_keras.layers.Dropout(0.5),
-                    tf_keras.layers.Dense(2),
-                ]
-            )
-            optimizer = tf_keras.optimizers.SGD(0.1)
-            optimizer.build(model.trainable_variables)
-            return model, optimizer
+            model = synthetic.regression_model("tiny", dropout=0.5)
+            model.optimizer.build(model.trainable_variables)
+            return model, model.optimizer
 
         def train(model, optimizer, steps):
+            x = tf.ones([8, synthetic.INPUT_DIM])
             for _ in range(steps):
-                with tf.GradientTape() as tape:
-                    out = model(tf.ones([8, 4]), training=True)
-                    loss = tf.reduce_sum(out)
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(
-                    zip(grads, model.trainable_variables, strict=True)
+                synthetic.gradient_step(
+                    model,
+                    optimizer,
+                    lambda: tf.reduce_sum(model(x, training=True)),
                 )
 
         model, optimizer = objects()
@@ -306,11 +297,8 @@ class ManagerTest(test_case.TestCase):
         self.assertEqual(self._manager(_objects()).restore(), 2)
 
 
-class CallbackPreemptionTest(absltest.TestCase):
+class CallbackPreemptionTest(test_case.TestCase):
     def test_fit_returns_after_the_preemption_backup(self):
-        device.skip_if_device_absent()
-        directory = os.path.join(self.create_tempdir().full_path, "b")
-
         class SignalAt(tf_keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 if batch == 5 - 4:  # epoch 1, batch 1 (4 batches/epoch)
@@ -320,7 +308,7 @@ class CallbackPreemptionTest(absltest.TestCase):
         model = synthetic.regression_model("tiny")
         x, y = synthetic.regression_data(64)
         callback = backup_restore.BackupAndRestore(
-            directory,
+            self.dir,
             save_freq=False,
             save_before_preemption=True,
             exit_on_preemption=False,
@@ -335,8 +323,8 @@ class CallbackPreemptionTest(absltest.TestCase):
         )
         self.assertTrue(callback.preempted)
         self.assertEqual(history.epoch, [0, 1])  # stopped during epoch 1
-        self.assertEqual(os.listdir(directory), ["backup-00000001"])
-        resumed = backup_restore.BackupAndRestore(directory)
+        self.assertEqual(os.listdir(self.dir), ["backup-00000001"])
+        resumed = backup_restore.BackupAndRestore(self.dir)
         synthetic.regression_model("tiny").fit(
             x, y, batch_size=16, epochs=3, verbose=0, callbacks=[resumed]
         )

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from absl.testing import absltest
@@ -61,9 +60,7 @@ class MultiWorkerTest(test_case.TestCase):
                 w.poll() is None for w in workers
             ):
                 time.sleep(0.5)
-            for w in workers:
-                if w.poll() is None:
-                    w.send_signal(signal.SIGKILL)
+            cluster.stop(tasks)
         outputs = [w.communicate(timeout=600)[0] for w in workers]
         codes = [w.returncode for w in workers]
         result = None
@@ -89,57 +86,63 @@ class MultiWorkerTest(test_case.TestCase):
             os.path.exists(args[-1].split("=", 1)[1]), "deleted at the end"
         )
 
-    def test_two_workers_one_sigkilled_mid_epoch(self):
-        reference = self._reference(2)
+    def _kill(self, n, task, save_freq, fault, expected, *, check=None):
+        """Worker `task` SIGKILLs itself at `fault` (trainer flags); the
+        restarted cluster resumes at `expected` and ends like the reference.
+        `check(codes, backup_dir)` runs between the two."""
+        reference = self._reference(n)
         backup_dir = f"{self.tmp}/b"
-        args = [*_ARGS, "--save_freq=epoch", f"--backup_dir={backup_dir}"]
+        args = [
+            *_ARGS,
+            f"--save_freq={save_freq}",
+            f"--backup_dir={backup_dir}",
+        ]
         codes, _, outputs = self._cluster(
-            2,
+            n,
             args,
-            per_worker={1: ["--fail_at_step=7", "--fail_on_task=1"]},
-            wait_for_death=1,
+            per_worker={task: [*fault, f"--fail_on_task={task}"]},
+            wait_for_death=task,
         )
-        self.assertEqual(codes[1], -signal.SIGKILL, outputs[1][-2000:])
-        self.assertNotEqual(codes[0], 0, "the survivor cannot finish alone")
-        # Only the chief writes into backup_dir (and its lock file, which
-        # its death left behind).
-        self.assertEqual(
-            sorted(os.listdir(backup_dir)),
-            [".backup_restore.lock", "backup-00000001"],
+        self.assertEqual(codes[task], -signal.SIGKILL, outputs[task][-2000:])
+        if check:
+            check(codes, backup_dir)
+        self._finish(n, args, reference, expected)
+
+    def test_two_workers_one_sigkilled_mid_epoch(self):
+        def check(codes, backup_dir):
+            self.assertNotEqual(codes[0], 0, "the survivor cannot finish alone")
+            # Only the chief writes into backup_dir (and its lock file, which
+            # its death left behind).
+            self.assertEqual(
+                sorted(os.listdir(backup_dir)),
+                [".backup_restore.lock", "backup-00000001"],
+            )
+
+        self._kill(
+            2,
+            task=1,
+            save_freq="epoch",
+            fault=["--fail_at_step=7"],
+            expected=[1, 0],
+            check=check,
         )
-        self._finish(2, args, reference, [1, 0])
 
     def test_chief_killed_during_a_backup_write(self):
-        reference = self._reference(2)
-        backup_dir = f"{self.tmp}/b"
-        args = [*_ARGS, "--save_freq=epoch", f"--backup_dir={backup_dir}"]
-        codes, _, outputs = self._cluster(
+        self._kill(
             2,
-            args,
-            per_worker={
-                0: [
-                    "--kill_at_backup_stage=before_commit",
-                    "--kill_at_backup_number=2",
-                    "--fail_on_task=0",
-                ]
-            },
-            wait_for_death=0,
+            task=0,
+            save_freq="epoch",
+            fault=[
+                "--kill_at_backup_stage=before_commit",
+                "--kill_at_backup_number=2",
+            ],
+            expected=[1, 0],
         )
-        self.assertEqual(codes[0], -signal.SIGKILL, outputs[0][-2000:])
-        self._finish(2, args, reference, [1, 0])
 
     def test_three_workers(self):
-        reference = self._reference(3)
-        backup_dir = f"{self.tmp}/b"
-        args = [*_ARGS, "--save_freq=3", f"--backup_dir={backup_dir}"]
-        codes, _, _ = self._cluster(
-            3,
-            args,
-            per_worker={2: ["--fail_at_step=8", "--fail_on_task=2"]},
-            wait_for_death=2,
+        self._kill(
+            3, task=2, save_freq=3, fault=["--fail_at_step=8"], expected=[1, 2]
         )
-        self.assertEqual(codes[2], -signal.SIGKILL)
-        self._finish(3, args, reference, [1, 2])
 
     def _preempt(self, n, task, at_step, save_freq, expected):
         """SIGTERM to one worker: every worker backs up at that batch,
@@ -186,10 +189,9 @@ class MultiWorkerTest(test_case.TestCase):
         reference = self._reference(2)
         backup_dir = f"{self.tmp}/launched"
         result_file = os.path.join(self.tmp, "launched.json")
-        proc = subprocess.run(
+        proc = procs.run(
+            procs.runfile("testing/launcher"),
             [
-                sys.executable,
-                procs.runfile("testing/launcher"),
                 "--num_workers=2",
                 "--max_restarts=3",
                 f"--worker_log_dir={self.tmp}/logs",
@@ -202,10 +204,8 @@ class MultiWorkerTest(test_case.TestCase):
                 "--save_freq=epoch",
                 f"--backup_dir={backup_dir}",
             ],
-            capture_output=True,
-            text=True,
             timeout=900,
-            check=False,
+            result_file=False,
         )
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr[-3000:])
         self.assertIn("WORKER 1 died (signal 9)", proc.stdout)

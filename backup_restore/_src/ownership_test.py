@@ -13,6 +13,7 @@ from absl.testing import absltest
 
 from backup_restore._src import errors
 from backup_restore._src import ownership
+from testing import test_case
 
 # A child that takes the ownership and holds it until told "release" on
 # stdin (or killed). With a TTL argument it takes a lease.
@@ -80,10 +81,11 @@ class Child:
         return stderr
 
 
-class FlockTest(absltest.TestCase):
+class _ChildrenTest(test_case.TestCase):
+    """Each case's Child processes on self.dir end with it."""
+
     def setUp(self):
         super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backups")
         self.children = []
 
     def tearDown(self):
@@ -96,6 +98,8 @@ class FlockTest(absltest.TestCase):
         self.children.append(child)
         return child
 
+
+class FlockTest(_ChildrenTest):
     def test_acquire_creates_only_the_lock_file_and_release_removes_it(self):
         handle = ownership.acquire(self.dir)
         self.assertEqual(os.listdir(self.dir), [ownership.LOCK_FILE])
@@ -223,24 +227,15 @@ class FlockTest(absltest.TestCase):
             self.assertTrue(atomicity.is_ours(name))
 
 
-class LeaseTest(absltest.TestCase):
+class LeaseTest(_ChildrenTest):
     TTL = 1.5
 
     def setUp(self):
         super().setUp()
-        self.dir = os.path.join(self.create_tempdir().full_path, "backups")
         self.lease = os.path.join(self.dir, ownership.LEASE_FILE)
-        self.children = []
-
-    def tearDown(self):
-        for child in self.children:
-            child.end()
-        super().tearDown()
 
     def child(self, ttl=TTL):
-        child = Child(self.dir, ttl=ttl)
-        self.children.append(child)
-        return child
+        return super().child(ttl=ttl)
 
     def read_lease(self):
         with open(self.lease) as f:

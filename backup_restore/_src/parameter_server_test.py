@@ -1,6 +1,6 @@
 """ParameterServerStrategy: chief, 2 workers and 1 PS as processes on loopback.
 
-The example launcher starts the cluster (TF_CONFIG on 127.0.0.1 ports); the
+testing/launcher starts the cluster (TF_CONFIG on 127.0.0.1 ports); the
 chief runs Model.fit(steps_per_epoch=...) with the callback through
 tf.distribute's ClusterCoordinator. Tasks are SIGKILLed: the chief right
 after a step-level backup, a parameter server and a worker from outside.

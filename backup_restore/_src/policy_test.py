@@ -7,6 +7,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from backup_restore._src import policy
+from testing import test_case
 
 
 class _Clock:
@@ -52,7 +53,7 @@ def _blocking(seconds):
     return lambda k: seconds if k == 0 else 0.0
 
 
-class BudgetPolicyTest(parameterized.TestCase):
+class BudgetPolicyTest(test_case.TestCase):
     def test_first_backup_waits_for_what_its_expected_cost_allows(self):
         # Expected to cost 0.3 s at a 3% budget: not before 10 s of
         # training (100 batches of 0.1 s); then measured as usual.

@@ -28,6 +28,16 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
         self.assertEqual(ref.returncode, 0, ref.describe())
         return ref.result
 
+    def _job(self, base, *extra):
+        """The flags of the job under test: `base`, on self.dir, backing up
+        on SIGTERM (save_before_preemption), then `extra`."""
+        return [
+            *base,
+            f"--backup_dir={self.dir}",
+            "--save_before_preemption",
+            *extra,
+        ]
+
     def _preempt(self, binary, args, signals=(signal.SIGTERM,)):
         run = self.run_child_and_signal(
             binary, [*args, "--fail_with=pause"], sig=signals
@@ -37,6 +47,17 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
         )
         self.assertIn("Preemption (SIGTERM)", run.stderr)
         return run
+
+    def _rerun(self, binary, args, reference, resumed_from):
+        """Runs the job again: it resumes at `resumed_from` and ends
+        bit-identical to `reference`. Returns the run."""
+        rerun = self.run_child(binary, args)
+        self.assertEqual(rerun.returncode, 0, rerun.describe())
+        self.assertEqual(rerun.result["resumed_from"], resumed_from)
+        self.assertEqual(
+            rerun.result["weights_sha256"], reference["weights_sha256"]
+        )
+        return rerun
 
     @parameterized.named_parameters(
         # 4 batches per epoch; epoch backups only, so every batch after the
@@ -48,15 +69,12 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
     )
     def test_sigterm_backs_up_at_that_batch(self, batch, expected):
         reference = self._reference(trainers.fit_trainer(), _FIT)
-        args = [*_FIT, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        args = self._job(_FIT)
         self._preempt(
             trainers.fit_trainer(), [*args, f"--fail_at_step={batch}"]
         )
-        rerun = self.run_child(trainers.fit_trainer(), args)
-        self.assertEqual(rerun.returncode, 0, rerun.describe())
-        self.assertEqual(rerun.result["resumed_from"], list(expected))
-        self.assertEqual(
-            rerun.result["weights_sha256"], reference["weights_sha256"]
+        rerun = self._rerun(
+            trainers.fit_trainer(), args, reference, list(expected)
         )
         self.assertEqual(rerun.result["history"], reference["history"])
 
@@ -64,68 +82,43 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
         # Two replicas on 2 logical CPUs (all GPUs in the _gpu variant).
         fit = [*_FIT, "--strategy=mirrored", "--input=dataset"]
         reference = self._reference(trainers.fit_trainer(), fit)
-        args = [*fit, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        args = self._job(fit)
         self._preempt(trainers.fit_trainer(), [*args, "--fail_at_step=6"])
-        rerun = self.run_child(trainers.fit_trainer(), args)
-        self.assertEqual(rerun.returncode, 0, rerun.describe())
-        self.assertEqual(rerun.result["resumed_from"], [1, 2])
-        self.assertEqual(
-            rerun.result["weights_sha256"], reference["weights_sha256"]
-        )
+        self._rerun(trainers.fit_trainer(), args, reference, [1, 2])
 
     def test_save_freq_false_saves_only_on_preemption(self):
         reference = self._reference(trainers.fit_trainer(), _FIT)
-        args = [
-            *_FIT,
-            f"--backup_dir={self.dir}",
-            "--save_before_preemption",
-            "--save_freq=False",
-        ]
+        args = self._job(_FIT, "--save_freq=False")
         self._preempt(trainers.fit_trainer(), [*args, "--fail_at_step=6"])
         self.assertLen(os.listdir(self.dir), 1)
-        rerun = self.run_child(trainers.fit_trainer(), args)
-        self.assertEqual(rerun.result["resumed_from"], [1, 2])
-        self.assertEqual(
-            rerun.result["weights_sha256"], reference["weights_sha256"]
-        )
+        self._rerun(trainers.fit_trainer(), args, reference, [1, 2])
 
     def test_sigterm_while_a_backup_is_in_flight(self):
         # Batch-level backups every 3 batches, each held 3 s in the
         # background; paused at batch 5 while the batch-3 backup persists.
         reference = self._reference(trainers.fit_trainer(), _FIT)
-        args = [
-            *_FIT,
-            f"--backup_dir={self.dir}",
-            "--save_before_preemption",
-            "--save_freq=3",
-            "--persist_delay_seconds=3",
-        ]
+        args = self._job(_FIT, "--save_freq=3", "--persist_delay_seconds=3")
         run = self._preempt(
             trainers.fit_trainer(),
             [*args, "--fail_at_step=5", "--nofail_after_backup_committed"],
         )
         self.assertIn("PERSIST DELAYED", run.stdout)
-        rerun = self.run_child(
-            trainers.fit_trainer(), [*args, "--persist_delay_seconds=0"]
-        )
-        self.assertEqual(rerun.result["resumed_from"], [1, 1])
-        self.assertEqual(
-            rerun.result["weights_sha256"], reference["weights_sha256"]
+        self._rerun(
+            trainers.fit_trainer(),
+            [*args, "--persist_delay_seconds=0"],
+            reference,
+            [1, 1],
         )
 
     def test_sigterm_twice(self):
         reference = self._reference(trainers.fit_trainer(), _FIT)
-        args = [*_FIT, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        args = self._job(_FIT)
         self._preempt(
             trainers.fit_trainer(),
             [*args, "--fail_at_step=6"],
             signals=(signal.SIGTERM, signal.SIGTERM),
         )
-        rerun = self.run_child(trainers.fit_trainer(), args)
-        self.assertEqual(rerun.result["resumed_from"], [1, 2])
-        self.assertEqual(
-            rerun.result["weights_sha256"], reference["weights_sha256"]
-        )
+        self._rerun(trainers.fit_trainer(), args, reference, [1, 2])
 
     def test_without_save_before_preemption_sigterm_just_kills(self):
         args = [*_FIT, f"--backup_dir={self.dir}", "--save_freq=epoch"]
@@ -142,16 +135,11 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
 
     def test_custom_loop_sigterm_backs_up_at_that_step(self):
         reference = self._reference(trainers.custom_loop_trainer(), _LOOP)
-        args = [*_LOOP, f"--backup_dir={self.dir}", "--save_before_preemption"]
+        args = self._job(_LOOP)
         self._preempt(
             trainers.custom_loop_trainer(), [*args, "--fail_at_step=13"]
         )
-        rerun = self.run_child(trainers.custom_loop_trainer(), args)
-        self.assertEqual(rerun.returncode, 0, rerun.describe())
-        self.assertEqual(rerun.result["resumed_from"], 13)
-        self.assertEqual(
-            rerun.result["weights_sha256"], reference["weights_sha256"]
-        )
+        self._rerun(trainers.custom_loop_trainer(), args, reference, 13)
 
 
 class PreemptionTfKerasTest(PreemptionTest):

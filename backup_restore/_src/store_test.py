@@ -1,5 +1,6 @@
 """Unit tests of the store: commit, find, verify, cleanup, fallback."""
 
+import errno
 import json
 import os
 import subprocess
@@ -16,20 +17,26 @@ from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import store
-from testing import device
 from testing import dirs
+from testing import test_case
 
 
 class _Boom(Exception):
     pass
 
 
-def _raise_at(stage):
+def _raise_at(stage, error=_Boom):
+    """A faults hook that raises `error(path)` when a write reaches `stage`."""
+
     def hook(reached, path):
         if reached == stage:
-            raise _Boom(path)
+            raise error(path)
 
     return hook
+
+
+def _enospc(path):
+    return OSError(errno.ENOSPC, "No space left on device", path)
 
 
 def _checkpoint(value):
@@ -40,10 +47,9 @@ def _files(directory):
     return sorted(n.rstrip("/") for n in tf.io.gfile.listdir(directory))
 
 
-class StoreTest(parameterized.TestCase):
+class StoreTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        device.skip_if_device_absent()
         self.addCleanup(faults.set_hook, None)
 
     def _dir(self, fs):
@@ -51,6 +57,17 @@ class StoreTest(parameterized.TestCase):
 
     def _write(self, s, value, **metadata):
         return s.write(_checkpoint(value), {"value": value, **metadata})
+
+    def _interrupted(self, stage, fs="local", size=1):
+        """A store with a backup of [1.0] * size, after a write of
+        [2.0] * size that raised at `stage` (as a kill would stop it)."""
+        s = store.BackupStore(self._dir(fs))
+        self._write(s, [1.0] * size)
+        faults.set_hook(_raise_at(stage))
+        with self.assertRaises(_Boom):
+            self._write(s, [2.0] * size)
+        faults.set_hook(None)
+        return s
 
     @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
     def test_write_then_latest_roundtrip(self, fs):
@@ -112,13 +129,7 @@ class StoreTest(parameterized.TestCase):
         )
     )
     def test_interrupted_write_keeps_previous_and_is_cleaned(self, fs, stage):
-        s = store.BackupStore(self._dir(fs))
-        self._write(s, [1.0])
-
-        faults.set_hook(_raise_at(stage))
-        with self.assertRaises(_Boom):
-            self._write(s, [2.0])
-        faults.set_hook(None)
+        s = self._interrupted(stage, fs)
         # The interrupted write is never mistaken for a backup ...
         self.assertEqual(s.latest().metadata["value"], [1.0])
         self.assertLen(s.leftovers(), 1)
@@ -131,22 +142,11 @@ class StoreTest(parameterized.TestCase):
         self.assertEqual(s.latest().metadata["value"], [3.0])
 
     def test_new_write_never_reuses_a_leftover_sequence_number(self):
-        s = store.BackupStore(self._dir("local"))
-        self._write(s, [1.0])
-        faults.set_hook(_raise_at(faults.DATA_WRITTEN))
-        with self.assertRaises(_Boom):
-            self._write(s, [2.0])
-        faults.set_hook(None)
+        s = self._interrupted(faults.DATA_WRITTEN)
         self.assertEqual(self._write(s, [3.0]).seq, 3)
 
     def test_kill_after_commit_before_delete_keeps_newest(self):
-        s = store.BackupStore(self._dir("local"))
-        self._write(s, [1.0])
-
-        faults.set_hook(_raise_at(faults.COMMITTED))
-        with self.assertRaises(_Boom):
-            self._write(s, [2.0])
-        faults.set_hook(None)
+        s = self._interrupted(faults.COMMITTED)
         self.assertLen(s.committed(), 2)
         self.assertEqual(s.latest().metadata["value"], [2.0])
 
@@ -183,13 +183,7 @@ class StoreTest(parameterized.TestCase):
         self.assertTrue(tf.io.gfile.exists(path), "a corrupt backup is kept")
 
     def test_corrupt_newest_falls_back_to_previous(self):
-        s = store.BackupStore(self._dir("local"))
-        self._write(s, [1.0] * 100)
-
-        faults.set_hook(_raise_at(faults.COMMITTED))
-        with self.assertRaises(_Boom):
-            self._write(s, [2.0] * 100)
-        faults.set_hook(None)
+        s = self._interrupted(faults.COMMITTED, size=100)
         newest = s.load(s.committed()[-1][1])
         self._corrupt(newest, "bitflip")
         with self.assertLogs(level="WARNING") as logs:
@@ -377,12 +371,7 @@ class StoreTest(parameterized.TestCase):
     def test_async_failure_surfaces_at_wait_and_keeps_previous(self):
         s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
         self._write(s, [1.0])
-
-        def hook(at, path):
-            if at == faults.BEFORE_COMMIT:
-                raise OSError(28, "No space left on device")
-
-        faults.set_hook(hook)
+        faults.set_hook(_raise_at(faults.BEFORE_COMMIT, _enospc))
         s.write_async(_checkpoint([2.0]), {"value": [2.0]})
         with self.assertRaisesRegex(
             errors.BackupWriteError, "No space left.*previous backup"
@@ -443,12 +432,7 @@ class StoreTest(parameterized.TestCase):
     def test_low_priority_snapshot_failure_is_raised_to_the_caller(self):
         s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
         self._write(s, [1.0])
-
-        def hook(at, path):
-            if at == faults.BEFORE_DATA:
-                raise OSError(28, "No space left on device")
-
-        faults.set_hook(hook)
+        faults.set_hook(_raise_at(faults.BEFORE_DATA, _enospc))
         with self.assertRaisesRegex(
             errors.BackupWriteError, "No space left.*previous backup"
         ):
@@ -461,8 +445,8 @@ class StoreTest(parameterized.TestCase):
         self.assertEqual(s.wait().metadata["value"], [3.0])
 
     def test_invalid_directories(self):
-        tmp = self.create_tempdir()
-        regular = tmp.create_file("a_file").full_path
+        regular = os.path.join(self.tmp, "a_file")
+        open(regular, "w").close()
         for bad, exc, msg in [
             (None, ValueError, "backup_dir is None"),
             ("", ValueError, "empty"),
@@ -484,7 +468,7 @@ class StoreTest(parameterized.TestCase):
                 store.BackupStore("/proc/nope")
             self.assertFalse(os.path.exists("/proc/nope"))
         else:
-            d = self.create_tempdir().full_path
+            d = self.tmp
             os.chmod(d, 0o500)
             with self.assertRaisesRegex(ValueError, "not writable"):
                 store.BackupStore(os.path.join(d, "sub"))
@@ -492,7 +476,7 @@ class StoreTest(parameterized.TestCase):
                 store.BackupStore(d)
 
     def test_read_only_filesystem(self):
-        mount_point = self.create_tempdir().full_path
+        mount_point = self.tmp
         mounted = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", mount_point],
             capture_output=True,
@@ -512,7 +496,7 @@ class StoreTest(parameterized.TestCase):
                 store.BackupStore(d)
 
     def test_missing_directory_is_created_and_probed_cleanly(self):
-        d = os.path.join(self.create_tempdir().full_path, "a", "b")
+        d = os.path.join(self.tmp, "a", "b")
         s = store.BackupStore(d)
         self.assertTrue(os.path.isdir(d))
         self.assertEqual(os.listdir(d), [], "the probe file is removed")
@@ -541,14 +525,14 @@ class StoreTest(parameterized.TestCase):
     def test_pathlike_is_accepted(self):
         import pathlib
 
-        d = pathlib.Path(self.create_tempdir().full_path) / "b"
+        d = pathlib.Path(self.dir)
         s = store.BackupStore(d)
-        self.assertEqual(s.directory, str(d))
+        self.assertEqual(s.directory, self.dir)
 
 
-class WritebackStarterTest(absltest.TestCase):
+class WritebackStarterTest(test_case.TestCase):
     def test_starts_writeback_while_files_grow_then_stops(self):
-        d = self.create_tempdir().full_path
+        d = self.tmp
         path = os.path.join(d, "sub", "data")
         os.makedirs(os.path.dirname(path))
         with mock.patch.object(

@@ -9,8 +9,9 @@ import tf_keras
 from absl.testing import absltest
 
 from backup_restore._src import tf_keras_adapter as keras_adapter
-from testing import device
+from testing import keras_callbacks
 from testing import synthetic
+from testing import test_case
 
 
 class _Probe(tf_keras.callbacks.Callback):
@@ -31,10 +32,9 @@ class _Probe(tf_keras.callbacks.Callback):
         self.batches.append(batch)
 
 
-class AdapterContractTest(absltest.TestCase):
+class AdapterContractTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
-        device.skip_if_device_absent()
         self.x, self.y = synthetic.regression_data(32)
         self.model = synthetic.regression_model("tiny")
 
@@ -69,14 +69,9 @@ class AdapterContractTest(absltest.TestCase):
         calls = []
 
         def check(model, seen):
-            def wrapper(original):
-                def wrapped(iterator):
-                    calls.append(iterator)
-                    return original(iterator)
-
-                return wrapped
-
-            keras_adapter.wrap_train_function(model, wrapper)
+            keras_adapter.wrap_train_function(
+                model, keras_callbacks.recording(calls)
+            )
 
         self._fit(check)
         self.assertLen(calls, 12)  # 32 / 8 = 4 batches x 3 epochs

@@ -12,9 +12,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
-from testing import device
 from testing import keras_callbacks
 from testing import synthetic
+from testing import test_case
 
 EPOCHS = 4
 X, Y = synthetic.regression_data(64)  # batch 16: 4 batches per epoch
@@ -54,11 +54,7 @@ def _run(make_callback, interrupt_at, **callback_kwargs):
     return recorder, history
 
 
-class ParityTest(parameterized.TestCase):
-    def setUp(self):
-        super().setUp()
-        device.skip_if_device_absent()
-
+class ParityTest(test_case.TestCase):
     def _both(self, interrupt_at, **kwargs):
         results = {}
         for name, cls in (
@@ -69,7 +65,7 @@ class ParityTest(parameterized.TestCase):
             def make(directory, cls=cls, **kw):
                 return cls(directory, **kw)
 
-            make.directory = os.path.join(self.create_tempdir().full_path, name)
+            make.directory = os.path.join(self.tmp, name)
             results[name] = (
                 *_run(make, interrupt_at, **kwargs),
                 make.directory,
@@ -111,12 +107,12 @@ class ParityTest(parameterized.TestCase):
     def test_model_stays_usable_for_another_fit(self):
         # tf-keras's callback deletes model._training_state at the end of
         # fit(), so the next fit() of that model fails; ours does not.
-        for cls, breaks in (
-            (tf_keras.callbacks.BackupAndRestore, True),
-            (backup_restore.BackupAndRestore, False),
+        for name, cls, breaks in (
+            ("tf_keras", tf_keras.callbacks.BackupAndRestore, True),
+            ("ours", backup_restore.BackupAndRestore, False),
         ):
             model = synthetic.regression_model("tiny")
-            directory = os.path.join(self.create_tempdir().full_path, "b")
+            directory = os.path.join(self.tmp, name)
             model.fit(X, Y, epochs=1, verbose=0, callbacks=[cls(directory)])
             if breaks:
                 with self.assertRaisesRegex(AttributeError, "_training_state"):
@@ -130,7 +126,7 @@ class ParityTest(parameterized.TestCase):
         import keras  # Keras 3, installed with TensorFlow
 
         for name in ("keras3", "ours"):
-            directory = os.path.join(self.create_tempdir().full_path, name)
+            directory = os.path.join(self.tmp, name)
             os.makedirs(directory)
             notes = os.path.join(directory, "notes.txt")
             with open(notes, "w") as f:

@@ -108,8 +108,9 @@ class _PeakSampler:
 
 def _timed(tf_keras, inner):
     """Wraps a callback; records how long each of its hook calls takes."""
+    from testing import keras_callbacks
 
-    class Timed(tf_keras.callbacks.Callback):
+    class Timed(keras_callbacks.forwarding(tf_keras.callbacks.Callback, inner)):
         def __init__(self):
             super().__init__()
             self.calls = []  # seconds, one entry per hook call
@@ -122,31 +123,11 @@ def _timed(tf_keras, inner):
             """The `backups` longest calls: the ones that backed up."""
             return sorted(self.calls, reverse=True)[:backups]
 
-        def set_model(self, model):
-            super().set_model(model)
-            inner.set_model(model)
-
-        def set_params(self, params):
-            super().set_params(params)
-            inner.set_params(params)
-
-    def make(name):
-        def hook(self, *args, **kwargs):
+        def forward(self, name, *args, **kwargs):
             start = time.perf_counter()
-            getattr(inner, name)(*args, **kwargs)
+            super().forward(name, *args, **kwargs)
             self.calls.append(time.perf_counter() - start)
 
-        return hook
-
-    for name in (
-        "on_train_batch_end",
-        "on_epoch_end",
-        "on_train_begin",
-        "on_train_end",
-        "on_epoch_begin",
-        "on_train_batch_begin",
-    ):
-        setattr(Timed, name, make(name))
     return Timed()
 
 

@@ -1,24 +1,19 @@
 """The benchmark binary runs end to end on a tiny model and prints its table."""
 
-import subprocess
-import sys
-
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from testing import device
 from testing import procs
+from testing import test_case
 
 
-class BenchmarkSmokeTest(parameterized.TestCase):
+class BenchmarkSmokeTest(test_case.TestCase):
     @parameterized.parameters("tf_keras", "keras3")
     def test_tiny_run_prints_every_configuration(self, keras):
-        device.skip_if_device_absent()
-        proc = subprocess.run(
+        proc = procs.run(
+            procs.runfile("backup_restore/benchmarks/backup_benchmark"),
             [
-                sys.executable,
-                procs.runfile("backup_restore/benchmarks/backup_benchmark"),
-                f"--dir={self.create_tempdir().full_path}",
+                f"--dir={self.tmp}",
                 "--sizes=tiny",
                 "--repeats=1",
                 "--epochs=2",
@@ -26,10 +21,8 @@ class BenchmarkSmokeTest(parameterized.TestCase):
                 "--backups_per_epoch=2",
                 f"--keras={keras}",
             ],
-            capture_output=True,
-            text=True,
             timeout=600,
-            check=False,
+            result_file=False,
         )
         self.assertEqual(proc.returncode, 0, proc.stderr[-5000:])
         for config in (keras, "ours_sync", "ours_async", "ours_budget"):

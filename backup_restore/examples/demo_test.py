@@ -1,23 +1,17 @@
 """The demo binary really kills a training, resumes it, and matches."""
 
-import subprocess
-import sys
-
 from absl.testing import absltest
 
-from testing import device
 from testing import procs
+from testing import test_case
 
 
-class DemoTest(absltest.TestCase):
+class DemoTest(test_case.TestCase):
     def test_demo_resumes_and_matches(self):
-        device.skip_if_device_absent()
-        out = subprocess.run(
-            [sys.executable, procs.runfile("backup_restore/examples/demo")],
-            capture_output=True,
-            text=True,
+        out = procs.run(
+            procs.runfile("backup_restore/examples/demo"),
             timeout=600,
-            check=False,
+            result_file=False,
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr[-4000:])
         self.assertIn("died with signal 9 (SIGKILL)", out.stdout)
