@@ -1,4 +1,4 @@
-"""With eager execution disabled (TF1 graph mode) the callback refuses."""
+"""With eager execution disabled (TF1 graph mode) both front ends refuse."""
 
 import tensorflow as tf
 from absl.testing import absltest
@@ -11,9 +11,16 @@ class LegacyGraphModeTest(test_case.TestCase):
     def test_constructing_raises_a_clear_value_error(self):
         self.assertFalse(tf.executing_eagerly())
         with self.assertRaisesRegex(
-            ValueError, r"eager execution is disabled.*TF2 mode"
+            ValueError,
+            r"BackupAndRestore needs eager execution.*disabled.*TF2 mode",
         ):
             backup_restore.BackupAndRestore(self.dir)
+        with self.assertRaisesRegex(
+            ValueError,
+            r"BackupManager needs eager execution.*disabled.*TF2 mode",
+        ):
+            backup_restore.BackupManager(self.dir, step=tf.Variable(0))
+        self.assertFalse(tf.io.gfile.exists(self.dir))
 
 
 if __name__ == "__main__":
