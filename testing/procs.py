@@ -13,14 +13,16 @@ import subprocess
 import sys
 import tempfile
 
-from backup_restore._src import cli
-
 _WORKSPACE = "backup_restore_ws"
 
 
 def report(result_file: str | None, result: dict, summary: str) -> None:
     """A trainer's last words: writes `result` as JSON to its --result_file
     (when given; the file run() reads) and prints `RESULT <summary>`."""
+    # Imported here: the launcher imports this module, and must not import
+    # TensorFlow (whose start-up lines would precede its LAUNCHED line).
+    from backup_restore._src import cli
+
     if result_file:
         with open(cli.user_path(result_file), "w") as f:
             json.dump(result, f)
