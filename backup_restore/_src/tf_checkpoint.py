@@ -30,7 +30,7 @@ class Facts:
 
     holds_iterator: bool
     variable_bytes: int
-    variables: int = 0
+    variables: int
 
 
 def facts(checkpoint) -> Facts:
