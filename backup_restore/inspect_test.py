@@ -165,6 +165,10 @@ class InspectTest(test_case.TestCase):
             "custom loop (BackupManager); resumes at step 10", out.stdout
         )
         self.assertIn("tf.data iterator position", out.stdout)
+        # Every tensor read back, the iterator's (a variant) included.
+        full = _inspect("--verify", directory)
+        self.assertEqual(full.returncode, 0, full.stdout + full.stderr)
+        self.assertIn("verdict: OK", full.stdout)
 
     def test_bad_paths(self):
         missing = _inspect("/nonexistent/backup_dir")

@@ -127,8 +127,20 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
             # Not tf.train.load_checkpoint: on ram:// it takes the prefix
             # for a directory.
             reader = tf.compat.v1.train.NewCheckpointReader(prefix)
-            for key in sorted(reader.get_variable_to_shape_map()):
-                reader.get_tensor(key)
+            for key, dtype in sorted(
+                reader.get_variable_to_dtype_map().items()
+            ):
+                if dtype == tf.variant:
+                    # A tf.data iterator's state has no numpy value: read
+                    # (and checksummed) by TensorFlow's restore op instead.
+                    tf.raw_ops.RestoreV2(
+                        prefix=prefix,
+                        tensor_names=[key],
+                        shape_and_slices=[""],
+                        dtypes=[tf.variant],
+                    )
+                else:
+                    reader.get_tensor(key)
         except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e) else ""
             raise errors.BackupCorruptError(

@@ -182,6 +182,20 @@ class StoreTest(test_case.TestCase):
         s.cleanup()
         self.assertTrue(tf.io.gfile.exists(path), "a corrupt backup is kept")
 
+    @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
+    def test_a_data_iterator_passes_the_full_verification(self, fs):
+        # Its state is a variant tensor, which has no numpy value.
+        iterator = iter(tf.data.Dataset.range(64).shuffle(64, seed=1))
+        next(iterator)
+        s = store.BackupStore(self._dir(fs))
+        s.write(tf.train.Checkpoint(it=iterator), {})
+        info = s.latest(full_verify=True)
+        self._corrupt(info, "bitflip")  # on ram:// GFile appends instead
+        with self.assertRaisesRegex(
+            errors.BackupCorruptError, "checksum|truncated"
+        ):
+            s.load(info.path, full_verify=True)
+
     def test_corrupt_newest_falls_back_to_previous(self):
         s = self._interrupted(faults.COMMITTED, size=100)
         newest = s.load(s.committed()[-1][1])
