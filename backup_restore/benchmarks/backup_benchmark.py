@@ -10,8 +10,9 @@ training overhead vs no callback, milliseconds the training loop is blocked
 per backup, process CPU time per backup against the physical floor measured
 in the same run (a copy, write and fsync of the same bytes), the time from
 the backup hook's return until the backup is kill-safe (p50/p95), bytes per
-backup, peak bytes in backup_dir, restore time, and persist speed relative
-to the floor.
+backup, peak bytes in backup_dir, restore time (the hook alone, and to the
+end of the first batch, which holds what a restore defers), and persist
+speed relative to the floor.
 
   ./tools/bazel run -c opt //backup_restore/benchmarks:backup_benchmark -- \
       --dir=/tmp/backup_benchmark
@@ -114,19 +115,39 @@ def _timed(tf_keras, inner):
         def __init__(self):
             super().__init__()
             self.calls = []  # seconds, one entry per hook call
+            self.backup_hook_calls = []  # those of the hooks that back up
 
         @property
         def seconds(self):
             return sum(self.calls)
 
         def per_backup_seconds(self, backups):
-            """The `backups` longest calls: the ones that backed up."""
-            return sorted(self.calls, reverse=True)[:backups]
+            """The `backups` longest calls of the hooks that back up (both
+            callbacks back up in on_train_batch_end and on_epoch_end): the
+            ones that backed up. Not on_train_begin (the restore check and
+            set-up) nor on_train_end (the final wait and the deletion): all
+            hook time counts those."""
+            return sorted(self.backup_hook_calls, reverse=True)[:backups]
 
         def forward(self, name, *args, **kwargs):
             start = time.perf_counter()
+            if name == "on_train_begin":
+                self.began = start
             super().forward(name, *args, **kwargs)
-            self.calls.append(time.perf_counter() - start)
+            end = time.perf_counter()
+            self.calls.append(end - start)
+            if name in ("on_train_batch_end", "on_epoch_end"):
+                self.backup_hook_calls.append(end - start)
+            if name == "on_train_batch_end" and self.first_batch is None:
+                # From on_train_begin to the end of the first batch: the
+                # restore plus what it deferred to the first step (tf-keras
+                # creates and restores the optimizer's slots there).
+                self.first_batch = end - self.began
+                if self.stop_after_first_batch:
+                    self.model.stop_training = True
+
+        began = first_batch = None
+        stop_after_first_batch = False
 
     return Timed()
 
@@ -369,31 +390,45 @@ def main(argv):
         # tf.train.Checkpoint.read of our backup; each with the files cold
         # (evicted from the page cache first, as after a reboot or on a new
         # machine) and warm (just read, as after a restart in place).
-        def restore_seconds(cls, directory, prefix, *, model=model, x=x, y=y):
+        def restore_seconds(
+            cls, directory, prefix, cold, *, model=model, x=x, y=y
+        ):
             """One restore: Checkpoint.read of `prefix`, or (no prefix) the
-            callback `cls` in a fit()."""
+            callback `cls` in a fit() of a fresh copy of `directory` (the
+            backup of epoch 0) that stops after its first batch. Returns
+            (seconds of the restore, seconds to the end of the first
+            batch, None for a read)."""
             if prefix is not None:
+                if cold:
+                    _drop_from_page_cache(directory)
                 ckpt = tf.train.Checkpoint(
                     model=model, optimizer=model.optimizer
                 )
                 start = time.perf_counter()
                 ckpt.read(prefix).expect_partial()
-                return time.perf_counter() - start
+                return time.perf_counter() - start, None
+            # Each fit() writes into its directory (tf-keras a backup at the
+            # epoch end, ours a last one): each restores a fresh copy.
+            work = directory + "-run"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(directory, work)
+            if cold:
+                _drop_from_page_cache(work)
             # A restarted process: ours gives each fit() call of a job its
             # own backups, counted per process; without this the second
             # fit() in a directory finds none of its own and restores
             # nothing (what the table of Dec 2 measured for ours).
             callback_lib._COMPLETED_FITS.clear()
-            timed = _timed(
-                keras_module, cls(directory, delete_checkpoint=False)
-            )
+            timed = _timed(keras_module, cls(work, delete_checkpoint=False))
+            timed.stop_after_first_batch = True
             model.fit(
-                x, y, batch_size=_BATCH, epochs=1, verbose=0, callbacks=[timed]
+                x, y, batch_size=_BATCH, epochs=2, verbose=0, callbacks=[timed]
             )
             _reset_after_reference(model, ref)
-            return timed.calls[0]  # on_train_begin: the restore
+            shutil.rmtree(work, ignore_errors=True)
+            return timed.calls[0], timed.first_batch  # [0]: on_train_begin
 
-        restore = {}
+        restore, to_first_batch = {}, {}
         for config in (ref, "ours_async"):
             directory = os.path.join(root, f"{size}-restore-{config}")
             shutil.rmtree(directory, ignore_errors=True)
@@ -422,20 +457,23 @@ def main(argv):
                     "ckpt",
                 )
                 readers["checkpoint_read"] = prefix
-            times = {}
+            times, firsts = {}, {}
             for prefix in readers.values():  # first runs, not counted
-                restore_seconds(cls, directory, prefix)
+                restore_seconds(cls, directory, prefix, cold=False)
             # Interleaved, so that a slow spell of the disk hits both.
             for cache in ("cold", "warm"):
                 for _ in range(5):
                     for name, prefix in readers.items():
-                        if cache == "cold":
-                            _drop_from_page_cache(directory)
-                        times.setdefault((name, cache), []).append(
-                            restore_seconds(cls, directory, prefix)
+                        hook, first = restore_seconds(
+                            cls, directory, prefix, cold=cache == "cold"
                         )
+                        times.setdefault((name, cache), []).append(hook)
+                        if first is not None:
+                            firsts.setdefault((name, cache), []).append(first)
             for key, values in times.items():
                 restore[key] = statistics.median(values)
+            for key, values in firsts.items():
+                to_first_batch[key] = statistics.median(values)
             if config == "ours_async":
                 backup_bytes = _dir_bytes(directory)
             shutil.rmtree(directory, ignore_errors=True)
@@ -528,6 +566,13 @@ def main(argv):
                 f"{restore[('checkpoint_read', cache)] * 1e3:.0f} ms -> "
                 f"ours/read = {ratio:.2f}"
                 for cache, ratio in restore_ratios.items()
+            )
+            + "; "
+            + "; ".join(
+                f"restore + first batch {cache}: {ref} "
+                f"{to_first_batch[(ref, cache)] * 1e3:.0f} ms, ours "
+                f"{to_first_batch[('ours_async', cache)] * 1e3:.0f} ms"
+                for cache in ("cold", "warm")
             )
             + "; "
             f"engine persist alone (write+fsync+commit, no training) "

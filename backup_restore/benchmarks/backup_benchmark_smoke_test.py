@@ -28,6 +28,7 @@ class BenchmarkSmokeTest(test_case.TestCase):
         for config in (keras, "ours_sync", "ours_async", "ours_budget"):
             self.assertIn(f"| {config} |", proc.stdout)
         self.assertIn("physical floor per backup", proc.stdout)
+        self.assertIn("restore + first batch cold", proc.stdout)
         self.assertIn("hook return to kill-safe p50", proc.stdout)
         self.assertIn("ours_budget (overhead_budget=0.03) chose", proc.stdout)
         self.assertIn(f"ours_async vs {keras} (same run)", proc.stdout)
