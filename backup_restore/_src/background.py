@@ -39,11 +39,14 @@ _PERSIST_FIXED_SECONDS_MEASURED = 0.05
 _PERSIST_BYTES_PER_SECOND_MEASURED = 1e9
 
 
-# What TensorFlow's Checkpoint.write costs per variable beyond its bytes
-# (object-graph work in Python, a CRC and a copy per tensor): the README's
-# benchmark machine took 1370 ms for the 1207 tensors (3.8 MB) of its
-# `small` model, about 1.1 ms each. Used only for a first estimate.
-_WRITE_SECONDS_PER_VARIABLE_MEASURED = 0.0011
+# What a backup costs per variable beyond its bytes (TensorFlow's
+# object-graph work in Python, a read and a CRC per tensor): in the README's
+# third benchmark run a backup of the 1207 tensors (0.3 MB) of its `small`
+# model blocked training 253-311 ms (medians per configuration) with the
+# single-shard writer (tf_checkpoint.write_single_shard), about 0.25 ms
+# each; TensorFlow's own Checkpoint.write took 471 ms there, 1370 ms in the
+# first run. Used only for a first estimate.
+_WRITE_SECONDS_PER_VARIABLE_MEASURED = 0.00025
 
 
 def backup_estimate_seconds(nbytes: int, variables: int) -> float:
