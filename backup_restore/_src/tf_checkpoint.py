@@ -159,7 +159,7 @@ def _value(value):
             raise _NotPlain(value.device)
         with tf.device(value.device):
             return value.tensor
-    if isinstance(value, tf.Tensor) and not isinstance(value, tf.Variable):
+    if isinstance(value, tf.Tensor):  # a variable is not a tf.Tensor
         if not _on_this_task(value.device):
             raise _NotPlain(value.device)
         return value
