@@ -54,6 +54,15 @@ _KERAS = flags.DEFINE_enum(
     "Which Keras trains, and whose BackupAndRestore ours is compared with: "
     "tf_keras (tf_keras.callbacks) or keras3 (keras.callbacks).",
 )
+_THREADS = flags.DEFINE_integer(
+    "training_threads",
+    None,
+    "TensorFlow's intra-op and inter-op thread pools (default: TensorFlow's, "
+    "every core). 1 on a 2-core machine leaves a core to the background "
+    "write: a stand-in for a machine whose training does not keep every "
+    "host core busy (an accelerator, or more cores than training uses).",
+    lower_bound=1,
+)
 _BUDGET = flags.DEFINE_float(
     "overhead_budget",
     0.03,
@@ -252,6 +261,9 @@ def main(argv):
     from backup_restore._src import callback as callback_lib
     from backup_restore._src import store as store_lib
 
+    if _THREADS.value:
+        tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
+        tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
     root = _DIR.value
     os.makedirs(root, exist_ok=True)
     epochs = _EPOCHS.value
@@ -260,7 +272,13 @@ def main(argv):
     print(
         f"machine: {cores} cores; TensorFlow {tf.__version__}, "
         f"{_KERAS.value} {keras_module.__version__}; {epochs} epochs of "
-        f"batches of {_BATCH}; {_REPEATS.value} repeats, interleaved, medians"
+        f"batches of {_BATCH}; {_REPEATS.value} repeats, interleaved, medians; "
+        "TensorFlow threads: "
+        + (
+            f"{_THREADS.value} intra-op, {_THREADS.value} inter-op"
+            if _THREADS.value
+            else "default (every core)"
+        )
     )
     rows = []
     for size in _SIZES.value:
@@ -486,23 +504,31 @@ def main(argv):
         engine_ckpt = tf.train.Checkpoint(
             model=model, optimizer=model.optimizer
         )
-        engine_writes = []
+        # Process CPU too: with no training running, what a backup itself
+        # costs, against the floor; the fits' CPU per backup adds what the
+        # write and training cost each other on shared cores.
+        engine_writes, engine_cpus = [], []
         for _ in range(3):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             engine_store.write_async(engine_ckpt, {})
             engine_store.wait()
             engine_writes.append(time.perf_counter() - start)
+            engine_cpus.append(time.process_time() - cpu)
         engine_store.delete_all()
         engine_s = statistics.median(engine_writes)
+        engine_cpu_s = statistics.median(engine_cpus)
         # TensorFlow's own writer, no fsync, no commit: the floor under the
-        # engine's persist (it serializes with this).
-        tf_writes = []
+        # engine's persist (it serializes with this), and what tf-keras's
+        # callback writes with.
+        tf_writes, tf_cpus = [], []
         for i in range(3):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             engine_ckpt.write(os.path.join(directory, f"tf{i}", "ckpt"))
             tf_writes.append(time.perf_counter() - start)
+            tf_cpus.append(time.process_time() - cpu)
         shutil.rmtree(directory, ignore_errors=True)
         tf_write_s = statistics.median(tf_writes)
+        tf_write_cpu_s = statistics.median(tf_cpus)
 
         base = {
             f: statistics.median(results[("none", f)]["fit_s"])
@@ -578,6 +604,14 @@ def main(argv):
             f"engine persist alone (write+fsync+commit, no training) "
             f"{engine_s * 1e3:.0f} ms -> raw/engine = {raw_s / engine_s:.2f}; "
             f"Checkpoint.write alone (no fsync) {tf_write_s * 1e3:.0f} ms"
+        )
+        print(
+            "  one backup alone (no training), process CPU: ours (write + "
+            f"fsync + commit) {engine_cpu_s * 1e3:.1f} ms = "
+            f"{engine_cpu_s / floor_cpu_s:.2f}x floor (per repetition "
+            + ", ".join(f"{c / floor_cpu_s:.2f}x" for c in engine_cpus)
+            + f"); Checkpoint.write (no fsync) {tf_write_cpu_s * 1e3:.1f} ms"
+            f" = {tf_write_cpu_s / floor_cpu_s:.2f}x floor"
         )
         print(
             f"  physical floor per backup (copy + write + fsync of the "

@@ -20,6 +20,7 @@ class BenchmarkSmokeTest(test_case.TestCase):
                 "--steps_per_epoch=4",
                 "--backups_per_epoch=2",
                 f"--keras={keras}",
+                *(["--training_threads=1"] if keras == "keras3" else []),
             ],
             timeout=600,
             result_file=False,
@@ -29,6 +30,14 @@ class BenchmarkSmokeTest(test_case.TestCase):
             self.assertIn(f"| {config} |", proc.stdout)
         self.assertIn("physical floor per backup", proc.stdout)
         self.assertIn("restore + first batch cold", proc.stdout)
+        self.assertIn(
+            "one backup alone (no training), process CPU", proc.stdout
+        )
+        self.assertIn(
+            "TensorFlow threads: "
+            + ("1 intra-op" if keras == "keras3" else "default"),
+            proc.stdout,
+        )
         self.assertIn("hook return to kill-safe p50", proc.stdout)
         self.assertIn("ours_budget (overhead_budget=0.03) chose", proc.stdout)
         self.assertIn(f"ours_async vs {keras} (same run)", proc.stdout)
