@@ -185,6 +185,9 @@ class BackupStore:
         # run finds, replaces and deletes only the backups of its own
         # scope. None: every backup.
         self.scope = None
+        # Whether in-caller writes try tf_checkpoint.write_single_shard:
+        # until it first falls back to TensorFlow's writer.
+        self._single_shard_writes = True
         # The last sequence number used: a failed write's is never reused.
         self._last_seq = 0
         # How long the last backup blocked its caller, and took to commit.
@@ -447,11 +450,16 @@ class BackupStore:
             prefix = os.path.join(work, CHECKPOINT_PREFIX)
             # On this thread: one SaveV2 where the checkpoint allows it
             # (a fraction of TensorFlow's time for many small variables).
-            if in_caller and tf_checkpoint.write_single_shard(
-                checkpoint, prefix
+            if (
+                in_caller
+                and self._single_shard_writes
+                and tf_checkpoint.write_single_shard(checkpoint, prefix)
             ):
                 data_write(prefix)
             else:
+                # What made it fall back (another task's devices, registered
+                # savers) does not change within a job: not gathered again.
+                self._single_shard_writes &= not in_caller
                 checkpoint.write(prefix, options)
 
         published = None

@@ -82,6 +82,29 @@ class StoreTest(test_case.TestCase):
         target.read(latest.checkpoint_prefix).assert_consumed()
         self.assertEqual(target.v.numpy().tolist(), [1.0, 2.0])
 
+    def test_a_fallback_to_tensorflows_writer_is_not_tried_again(self):
+        # The single-shard writer gathers the whole state before it can
+        # tell it needs TensorFlow's writer (another task's devices): once
+        # it fell back, later writes of the store go to TensorFlow's at once.
+        s = store.BackupStore(self._dir("local"))
+        real = store.tf_checkpoint.write_single_shard
+        answers = iter([True, False])
+        tried = []
+
+        def write_single_shard(checkpoint, prefix):
+            tried.append(prefix)
+            return next(answers) and real(checkpoint, prefix)
+
+        with mock.patch.object(
+            store.tf_checkpoint, "write_single_shard", write_single_shard
+        ):
+            for i in range(4):
+                self._write(s, [float(i)])
+        self.assertLen(tried, 2)
+        target = _checkpoint([0.0])
+        target.read(s.latest().checkpoint_prefix).assert_consumed()
+        self.assertEqual(target.v.numpy().tolist(), [3.0])
+
     @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
     def test_one_backup_at_rest(self, fs):
         s = store.BackupStore(self._dir(fs))

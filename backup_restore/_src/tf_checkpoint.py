@@ -184,8 +184,9 @@ def write_single_shard(checkpoint, file_prefix: str) -> bool:
     TensorFlow's saver (return False) when anything is not plain: registered
     savers, a variable or tensor of another task (multi-worker, parameter
     servers), an entry that is not a tensor or a tensor spec, tensor-valued
-    names or slices, an uninitialised variable, or a TensorFlow whose
-    variables no longer serialize as the contract test expects.
+    names or slices, or a TensorFlow whose variables no longer serialize as
+    the contract test expects. An uninitialised variable is left out, as
+    TensorFlow's saver leaves it out.
     """
     if not context.executing_eagerly() or _VARIABLE_READ is None:
         return False
