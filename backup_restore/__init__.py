@@ -6,8 +6,8 @@ Public API:
   callback_backup_and_restore: factory for BackupAndRestore.
   BackupManager: the same engine for custom training loops.
   RESTART_EXIT_CODE: the exit status after a preemption backup (42).
-  BackupError, BackupCorruptError, BackupDirInUseError, BackupMismatchError,
-  BackupWriteError.
+  BackupError, BackupCorruptError, BackupDirInUseError, BackupDirUnsafeError,
+  BackupMismatchError, BackupWriteError.
 
 Everything under backup_restore._src is private.
 """
@@ -16,6 +16,7 @@ from backup_restore._src.callback import BackupAndRestore
 from backup_restore._src.callback import callback_backup_and_restore
 from backup_restore._src.errors import BackupCorruptError
 from backup_restore._src.errors import BackupDirInUseError
+from backup_restore._src.errors import BackupDirUnsafeError
 from backup_restore._src.errors import BackupError
 from backup_restore._src.errors import BackupMismatchError
 from backup_restore._src.errors import BackupWriteError
@@ -27,6 +28,7 @@ __all__ = [
     "BackupAndRestore",
     "BackupCorruptError",
     "BackupDirInUseError",
+    "BackupDirUnsafeError",
     "BackupError",
     "BackupManager",
     "BackupMismatchError",

@@ -26,3 +26,9 @@ class BackupDirInUseError(BackupError, RuntimeError):
     """
 
     owner = None
+
+
+class BackupDirUnsafeError(BackupError, ValueError):
+    """backup_dir holds an entry named like one of this library's files that
+    is something else (a symbolic link, a FIFO, a file with other hard
+    links): it is not followed, read, written or deleted."""

@@ -59,6 +59,7 @@ import uuid
 from absl import logging
 
 from backup_restore._src import errors
+from backup_restore._src import paths
 
 LOCK_FILE = ".backup_restore.lock"
 LEASE_FILE = ".backup_restore.lease"
@@ -74,12 +75,8 @@ _REGISTRY_LOCK = threading.Lock()
 _HELD = {}  # key -> _Held
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _local(path: str) -> str:
-    return path.removeprefix("file://")
+_is_local = paths.is_local
+_local = paths.local
 
 
 def _now_record(mechanism: str) -> dict:
@@ -188,6 +185,39 @@ class _LocksUnsupported(Exception):
     pass
 
 
+def _unsafe_entry_error(path: str, found: str) -> errors.BackupDirUnsafeError:
+    return errors.BackupDirUnsafeError(
+        f"{path} is a {found}, not the file backup_restore keeps there: it "
+        "was not followed, read, written or deleted. Remove it (or give "
+        "this job another backup_dir); nothing else in the directory was "
+        "changed."
+    )
+
+
+def _open_lock_file(path: str) -> int:
+    """Opens (creating, mode 0644) the lock file, never through a link; a
+    FIFO, a directory or a file with other hard links is refused.
+
+    Raises:
+      errors.BackupDirUnsafeError: `path` is not a regular file of one link.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # ELOOP (a link), EISDIR, ENXIO, ...
+        found = paths.kind(path)
+        if found not in (None, paths.FILE):
+            raise _unsafe_entry_error(path, found) from e
+        raise
+    found = paths.kind_of_fd(fd)
+    if found != paths.FILE:
+        os.close(fd)
+        raise _unsafe_entry_error(path, found)
+    return fd
+
+
 class _Flock(_Held):
     """A flock on LOCK_FILE, held through an open file descriptor."""
 
@@ -201,7 +231,7 @@ class _Flock(_Held):
         for _ in range(100):
             os.makedirs(self._local, exist_ok=True)
             try:
-                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+                fd = _open_lock_file(self._path)
             except FileNotFoundError:  # the owner removed the directory
                 continue
             try:
@@ -218,7 +248,7 @@ class _Flock(_Held):
                 os.close(fd)
                 raise _in_use_error(directory, owner) from None
             try:
-                current = os.stat(self._path)
+                current = os.lstat(self._path)
             except FileNotFoundError:
                 current = None
             mine = os.fstat(fd)
@@ -240,13 +270,22 @@ class _Flock(_Held):
         os.pwrite(self._fd, data, 0)
         os.fsync(self._fd)
 
+    def intact(self) -> bool:
+        """Whether the lock file's name still names the file locked."""
+        try:
+            current = os.lstat(self._path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._fd)
+        return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+
     def close(self, remove_empty_dir):
         # Unlink while still locked: a process that locks the file after
-        # this finds it deleted and opens a new one.
-        try:
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
+        # this finds it deleted and opens a new one. Only the file this
+        # process locked: the name may have been replaced meanwhile.
+        if self.intact():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
         os.close(self._fd)
         if remove_empty_dir:
             try:
@@ -281,8 +320,10 @@ def _gfile():
 def _read_lease(path):
     try:
         if _is_local(path):
-            with open(_local(path), "rb") as f:
-                raw = f.read()
+            try:
+                raw = paths.read_bytes(path)
+            except paths.NotOursError as e:
+                raise _unsafe_entry_error(path, paths.kind(path)) from e
         else:
             gfile = _gfile()
             if not gfile.exists(path):
@@ -305,11 +346,11 @@ def _write_lease(path, lease):
     data = json.dumps(lease).encode()
     if _is_local(path):
         local = _local(path)
+        found = paths.kind(local)
+        if found not in (None, paths.FILE):  # replacing it would delete it
+            raise _unsafe_entry_error(local, found)
         tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        paths.create_file(tmp, data, durable=True)
         os.replace(tmp, local)  # readers see the old lease or the new
     else:
         with _gfile().GFile(path, "wb") as f:  # one object: all or nothing
@@ -319,7 +360,7 @@ def _write_lease(path, lease):
 def _remove(path):
     try:
         if _is_local(path):
-            os.remove(_local(path))
+            paths.remove_file(path)
         else:
             _gfile().remove(path)
     except Exception as e:
@@ -457,12 +498,6 @@ class _Lease(_Held):
                 pass
 
 
-def _key(directory: str) -> str:
-    if _is_local(directory):
-        return os.path.realpath(_local(directory))
-    return directory.rstrip("/")
-
-
 def acquire(directory: str, *, _lease_ttl=None) -> Ownership:
     """Makes this process the owner of `directory`; returns the handle.
 
@@ -480,7 +515,7 @@ def acquire(directory: str, *, _lease_ttl=None) -> Ownership:
     directory = os.fspath(directory)
     if _lease_ttl is None and os.environ.get(FORCE_LEASE_ENV):
         _lease_ttl = float(os.environ[FORCE_LEASE_ENV])
-    key = _key(directory)
+    key = paths.key(directory)
     handle = Ownership(directory, key)
     with _REGISTRY_LOCK:
         held = _HELD.get(key)

@@ -1,0 +1,205 @@
+"""Paths of backup_dir, and its entries examined without trusting their names.
+
+Anyone who can write to backup_dir can plant an entry named like one of
+ours: a symbolic link to a directory elsewhere, a regular file where a
+backup directory belongs, a FIFO, a hard link to another file. Locally,
+every entry is therefore examined with `lstat` before it is read, written or
+deleted, and files are opened with `O_NOFOLLOW`:
+
+- `kind(path)` says what an entry really is; only a real directory (for a
+  backup) or a regular file with one link (for a file of ours) is ours.
+- `read_bytes` opens without following a link and reads only a regular
+  file with one link (never blocks on a FIFO).
+- `remove_tree` deletes a real directory without following any link in it
+  (CPython's `shutil.rmtree` works through directory file descriptors and
+  `O_NOFOLLOW` on Linux); a link or anything else is refused.
+
+Object stores (gs://, s3://, ...) and ram:// have no links: there the same
+calls go through tf.io.gfile unchanged.
+"""
+
+import os
+import shutil
+import stat
+
+# What `kind` reports.
+DIRECTORY = "directory"
+FILE = "file"  # a regular file with exactly one link
+LINK = "symbolic link"
+HARD_LINK = "file with several hard links"
+OTHER = "special file"  # FIFO, socket, device
+
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class NotOursError(OSError):
+    """An entry named like one of ours is something else (a link, ...)."""
+
+
+def is_local(path: str) -> bool:
+    """True for paths on the local filesystem (no scheme, or file://)."""
+    path = os.fspath(path)
+    return "://" not in path or path.startswith("file://")
+
+
+def local(path: str) -> str:
+    """The local filesystem path of a local `path` (file:// removed)."""
+    return os.fspath(path).removeprefix("file://")
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (a later chdir does not move it); others
+    as given."""
+    if not is_local(path):
+        return path
+    prefix = "file://" if path.startswith("file://") else ""
+    return prefix + os.path.abspath(local(path))
+
+
+def key(path: str) -> str:
+    """One name per directory, for "is this the same backup_dir?"."""
+    if is_local(path):
+        return os.path.realpath(local(path))
+    return path.rstrip("/")
+
+
+def _gfile():
+    import tensorflow as tf  # only for remote filesystems
+
+    return tf.io.gfile
+
+
+def _kind_of(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return LINK
+    if stat.S_ISDIR(st.st_mode):
+        return DIRECTORY
+    if stat.S_ISREG(st.st_mode):
+        return FILE if st.st_nlink == 1 else HARD_LINK
+    return OTHER
+
+
+def kind_of_fd(fd: int) -> str:
+    """What the open file descriptor `fd` is."""
+    return _kind_of(os.fstat(fd))
+
+
+def kind(path: str) -> str | None:
+    """What the entry `path` is (its last component not followed); None if
+    it does not exist."""
+    if not is_local(path):
+        gfile = _gfile()
+        if not gfile.exists(path):
+            return None
+        return DIRECTORY if gfile.isdir(path) else FILE
+    try:
+        return _kind_of(os.lstat(local(path)))
+    except FileNotFoundError:
+        return None
+
+
+def check_kind(path: str, want: str) -> None:
+    """Raises NotOursError unless `path` is a `want` (DIRECTORY or FILE)."""
+    found = kind(path)
+    if found is None:
+        raise FileNotFoundError(f"{path} does not exist")
+    if found != want:
+        raise NotOursError(f"{path} is a {found}, not a {want}")
+
+
+def read_bytes(path: str) -> bytes:
+    """The content of the regular file `path`, its name not followed.
+
+    Raises:
+      FileNotFoundError: it does not exist.
+      NotOursError: it is a link, a FIFO, a directory, or has other links.
+    """
+    if not is_local(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    try:
+        fd = os.open(local(path), os.O_RDONLY | _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # ELOOP for a link; EISDIR, ENXIO, ...
+        found = kind(path)
+        if found is not None and found != FILE:
+            raise NotOursError(f"{path} is a {found}, not a file") from e
+        raise
+    try:
+        found = kind_of_fd(fd)
+        if found != FILE:
+            raise NotOursError(f"{path} is a {found}, not a file")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def create_file(path: str, data: bytes, durable: bool) -> None:
+    """Creates the new file `path` (never an existing one, never through a
+    link) holding `data`; fsync'd if `durable`. Local paths only."""
+    fd = os.open(
+        local(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o644
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dir(path: str) -> None:
+    """Creates the new directory `path`: never one that exists (a planted
+    link, say); its parent must exist. Elsewhere: gfile.makedirs."""
+    if is_local(path):
+        os.mkdir(local(path), 0o755)
+    else:
+        _gfile().makedirs(path)
+
+
+def remove_tree(path: str) -> None:
+    """Deletes the directory `path` and what it holds, following no link.
+
+    Raises:
+      NotOursError: `path` is not a real directory (nothing is deleted).
+    """
+    if not is_local(path):
+        _gfile().rmtree(path)
+        return
+    check_kind(path, DIRECTORY)
+    # Linux: fd-based, refuses a link at the top and never follows one below.
+    assert shutil.rmtree.avoids_symlink_attacks
+    shutil.rmtree(local(path))
+
+
+def remove_file(path: str) -> None:
+    """Deletes the file `path` if it is a regular file of one link.
+
+    Raises:
+      NotOursError: it is something else (nothing is deleted).
+    """
+    if not is_local(path):
+        _gfile().remove(path)
+        return
+    check_kind(path, FILE)
+    os.unlink(local(path))
+
+
+def fsync(path: str) -> None:
+    """fsyncs a local file or directory (its name not followed); a no-op on
+    other filesystems, whose objects are durable when their writer closes."""
+    if not is_local(path):
+        return
+    fd = os.open(local(path), os.O_RDONLY | _OPEN_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
