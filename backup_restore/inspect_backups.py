@@ -159,6 +159,11 @@ def _text(report):
             f"leftover of an interrupted write (removed at the next start): "
             f"{leftover}"
         )
+    for name, kind in report["foreign"]:
+        lines.append(
+            f"not backup_restore's (a {kind} named like its entries; never "
+            f"followed, read or deleted): {name}"
+        )
     lines.append(f"verdict: {report['verdict']}")
     return "\n".join(lines)
 
@@ -194,7 +199,7 @@ def main(argv):
     if not tf.io.gfile.isdir(path):
         print(f"inspect: {path} is not a directory", file=sys.stderr)
         return _USAGE_EXIT
-    s = store_mod.BackupStore(path)
+    s = store_mod.BackupStore(path, writable=False)  # changes nothing
     committed = [
         _describe(tf, errors, s, p, _VERIFY.value) for _, p in s.committed()
     ]
@@ -214,6 +219,7 @@ def main(argv):
         "backup_dir": path,
         "committed": committed,
         "leftovers": [os.path.basename(p) for p in s.leftovers()],
+        "foreign": [[os.path.basename(p), k] for p, k in s.foreign()],
         "verdict": verdict,
     }
     print(json.dumps(report, indent=1) if _JSON.value else _text(report))

@@ -20,6 +20,16 @@ def _inspect(*args):
     )
 
 
+def _checkpoint_files(backup):
+    """The checkpoint's files in `backup` (not the manifest, nor the
+    record that the backup was made durable)."""
+    return [
+        n
+        for n in os.listdir(backup)
+        if n not in (atomicity.MANIFEST, atomicity.DURABLE)
+    ]
+
+
 class InspectTest(test_case.TestCase):
     def _killed_run(self, binary, *args):
         """Runs `binary` on self.dir until it SIGKILLs itself; returns
@@ -81,7 +91,7 @@ class InspectTest(test_case.TestCase):
         names = damage(copy)
         atomicity.write_file_durably(
             os.path.join(copy, atomicity.MANIFEST),
-            manifest.build(copy, names, metadata),
+            manifest.build(copy, names, metadata, marks_durable=False),
         )
         return os.path.basename(copy)
 
@@ -96,7 +106,7 @@ class InspectTest(test_case.TestCase):
 
     @staticmethod
     def _empty_files(path):
-        names = [n for n in os.listdir(path) if n != atomicity.MANIFEST]
+        names = _checkpoint_files(path)
         for name in names:
             os.truncate(os.path.join(path, name), 0)
         return names
@@ -104,7 +114,7 @@ class InspectTest(test_case.TestCase):
     @staticmethod
     def _half_data(path):
         # Sizes match the (rebuilt) manifest; the tensors cannot be read.
-        names = [n for n in os.listdir(path) if n != atomicity.MANIFEST]
+        names = _checkpoint_files(path)
         for name in names:
             if ".data-" in name:
                 full = os.path.join(path, name)

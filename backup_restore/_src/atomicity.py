@@ -45,8 +45,14 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from backup_restore._src import faults
 from backup_restore._src import ownership
+from backup_restore._src import paths
 
 MANIFEST = "manifest.json"
+# An empty file created in a local backup once every fsync of it is done:
+# the record that it was durable (an empty file cannot be torn: after a
+# power loss it exists or it does not). Its manifest says one is due
+# (`marks_durable`); on object stores a completed upload is durable.
+DURABLE = "durable"
 # The checkpoint of a backup: `ckpt.index` and `ckpt.data-K-of-N`, K < N.
 CHECKPOINT_PREFIX = "ckpt"
 INDEX = f"{CHECKPOINT_PREFIX}.index"
@@ -97,14 +103,8 @@ def is_ours(name: str) -> bool:
     )
 
 
-def is_local(path: str) -> bool:
-    """True for paths on the local filesystem (no scheme, or file://)."""
-    path = os.fspath(path)
-    return "://" not in path or path.startswith("file://")
-
-
-def _local(path: str) -> str:
-    return path[len("file://") :] if path.startswith("file://") else path
+is_local = paths.is_local
+_local = paths.local
 
 
 def supports_atomic_rename(path: str) -> bool:
@@ -122,13 +122,7 @@ def fsync_path(path: str) -> None:
 
     Remote object stores make an object durable when its writer closes.
     """
-    if not is_local(path):
-        return
-    fd = os.open(_local(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    paths.fsync(path)
 
 
 # How often WritebackStarter asks the kernel to write back what is dirty.
@@ -173,7 +167,10 @@ class WritebackStarter:
         for root, _, files in os.walk(self._dir):
             for name in files:
                 try:
-                    fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                    fd = os.open(
+                        os.path.join(root, name),
+                        os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                    )
                 except OSError:
                     continue  # renamed or removed meanwhile
                 try:
@@ -210,12 +207,12 @@ def write_file(path: str, data: bytes, durable: bool = True) -> None:
     local = _local(path)
     tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            faults.point(faults.MANIFEST_WRITE, path)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        paths.create_file(
+            tmp,
+            data,
+            durable,
+            written=lambda: faults.point(faults.MANIFEST_WRITE, path),
+        )
         os.replace(tmp, local)
     except BaseException:
         # A full disk fails the write, and must not keep what it wrote.
@@ -247,7 +244,8 @@ def publish(work_dir: str, final_dir: str, manifest: bytes) -> None:
 
 
 def make_durable(final_dir: str, names, parent: str) -> None:
-    """fsyncs a published backup: its files, manifest, itself and `parent`.
+    """fsyncs a published backup: its files, manifest, itself and `parent`;
+    then records that it is durable (DURABLE, locally).
 
     The caller retires the backup if this raises (see module docstring).
     """
@@ -257,6 +255,26 @@ def make_durable(final_dir: str, names, parent: str) -> None:
         fsync_path(path)
     fsync_path(final_dir)
     fsync_path(parent)
+    if is_local(final_dir):
+        paths.create_file(os.path.join(final_dir, DURABLE), b"", False)
+        fsync_path(final_dir)
+
+
+def marks_durable(directory: str) -> bool:
+    """Whether backups written into `directory` record their durability."""
+    return is_local(directory)
+
+
+def was_durable(backup_dir: str, body: dict | None) -> bool:
+    """Whether a committed backup is known to have been made durable.
+
+    `body` is its manifest's body, None when that is unreadable. A backup
+    whose manifest does not ask for the record (an object store's, or one
+    written before the record existed) counts as durable.
+    """
+    if paths.kind(os.path.join(backup_dir, DURABLE)) == paths.FILE:
+        return True
+    return body is not None and not body.get("marks_durable", False)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -378,6 +396,13 @@ def retire(backup_dir: str) -> None:
     that the next start cleans up, never a half-deleted committed backup.
     """
     manifest = os.path.join(backup_dir, MANIFEST)
-    if tf.io.gfile.exists(manifest):
-        tf.io.gfile.remove(manifest)
-    tf.io.gfile.rmtree(backup_dir)
+    if not is_local(backup_dir):
+        if tf.io.gfile.exists(manifest):
+            tf.io.gfile.remove(manifest)
+        tf.io.gfile.rmtree(backup_dir)
+        return
+    # Never through a link: `backup_dir` itself must be a real directory.
+    paths.check_kind(backup_dir, paths.DIRECTORY)
+    if paths.kind(manifest) is not None:
+        os.unlink(paths.local(manifest))  # a link inside goes, not its target
+    paths.remove_tree(backup_dir)

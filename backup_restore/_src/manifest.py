@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from backup_restore._src import atomicity
 from backup_restore._src import errors
+from backup_restore._src import paths
 
 FORMAT = "backup_restore.manifest/1"
 
@@ -31,13 +32,22 @@ def _canonical(body: dict) -> bytes:
     ).encode()
 
 
-def build(directory: str, files: list[str], metadata: dict) -> bytes:
-    """Records the sizes of `files` (names in `directory`); returns bytes."""
+def build(
+    directory: str, files: list[str], metadata: dict, marks_durable: bool
+) -> bytes:
+    """Records the sizes of `files` (names in `directory`); returns bytes.
+
+    `marks_durable`: the backup records its durability once made durable
+    (atomicity.DURABLE); until then a failed check means an unfinished
+    write.
+    """
     entries = {}
     for name in sorted(files):
         size = tf.io.gfile.stat(os.path.join(directory, name)).length
         entries[name] = {"size": size}
     body = {"format": FORMAT, "files": entries, "metadata": metadata}
+    if marks_durable:
+        body["marks_durable"] = True
     return json.dumps(
         {"body": body, "crc32": zlib.crc32(_canonical(body))},
         indent=1,
@@ -54,12 +64,16 @@ def read(directory: str) -> dict:
     """
     path = os.path.join(directory, atomicity.MANIFEST)
     try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            raw = f.read()
+        raw = paths.read_bytes(path)
         doc = json.loads(raw)
         body = doc["body"]
         stored = doc["crc32"]
-    except (tf.errors.OpError, ValueError, KeyError, TypeError) as e:
+    except paths.NotOursError as e:
+        raise errors.BackupCorruptError(
+            f"manifest {path} is not readable as a file: {e} (not followed "
+            "or read)"
+        ) from e
+    except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as e:
         raise errors.BackupCorruptError(
             f"manifest {path} is unreadable ({type(e).__name__}: {e})"
         ) from e
@@ -97,14 +111,24 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
     if problem is not None:
         raise errors.BackupCorruptError(
             f"{directory} holds an incomplete checkpoint: {problem} (a "
-            "failed write was committed; backup_restore did so before the "
-            "fix of issue #13 when TensorFlow's asynchronous write failed)"
+            "failed write was committed: older releases of backup_restore "
+            "did so when TensorFlow's asynchronous write failed)"
         )
     for name, entry in sorted(body["files"].items()):
         path = os.path.join(directory, name)
-        if not tf.io.gfile.exists(path):
+        found = paths.kind(path)
+        if found is None:
             raise errors.BackupCorruptError(f"{path} is missing")
-        size = tf.io.gfile.stat(path).length
+        if found != paths.FILE:
+            # Never read through: a link may point anywhere.
+            raise errors.BackupCorruptError(
+                f"{path} is a {found}, not a file of its own (not read)"
+            )
+        size = (
+            os.lstat(paths.local(path)).st_size
+            if paths.is_local(path)
+            else tf.io.gfile.stat(path).length
+        )
         if size != entry["size"]:
             raise errors.BackupCorruptError(
                 f"{path} has {size} bytes, the manifest recorded "

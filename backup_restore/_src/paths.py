@@ -140,9 +140,13 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
-def create_file(path: str, data: bytes, durable: bool) -> None:
+def create_file(path: str, data: bytes, durable: bool, written=None) -> None:
     """Creates the new file `path` (never an existing one, never through a
-    link) holding `data`; fsync'd if `durable`. Local paths only."""
+    link) holding `data`; fsync'd if `durable`. Local paths only.
+
+    `written()`, if given, is called once the data is written, before the
+    fsync (a fault point for tests).
+    """
     fd = os.open(
         local(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o644
     )
@@ -150,6 +154,8 @@ def create_file(path: str, data: bytes, durable: bool) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if written is not None:
+            written()
         if durable:
             os.fsync(fd)
     finally:

@@ -15,6 +15,7 @@ partial backup (see atomicity.py).
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import json
@@ -30,6 +31,7 @@ from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import manifest
+from backup_restore._src import paths
 from backup_restore._src import tf_checkpoint
 
 CHECKPOINT_PREFIX = atomicity.CHECKPOINT_PREFIX
@@ -90,7 +92,7 @@ class BackupInfo:
         return os.path.join(self.path, CHECKPOINT_PREFIX)
 
 
-def validate_directory(directory) -> str:
+def validate_directory(directory, writable: bool = True) -> str:
     """Checks a user-supplied backup directory; returns it as a str.
 
     A local directory is created if missing and checked for real: a file is
@@ -121,14 +123,32 @@ def validate_directory(directory) -> str:
         raise ValueError(
             "backup_dir is empty. Pass the directory where backups are kept."
         )
+    directory = paths.absolute(directory)
     if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
         raise ValueError(
             f"backup_dir {directory!r} is an existing file, not a directory. "
             "Pass a directory path (it is created if missing)."
         )
-    if atomicity.is_local(directory):
+    if writable and atomicity.is_local(directory):
         _check_writable(directory)
     return directory
+
+
+def _make_dirs_durably(local: str) -> None:
+    """`os.makedirs(local)`, each directory it creates fsync'd into its
+    parent: a power loss must not take the directory (and the backups
+    committed in it) away."""
+    missing = []
+    path = local
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    os.makedirs(local, exist_ok=True)
+    for created in missing:
+        paths.fsync(os.path.dirname(created))
 
 
 def _check_writable(directory: str) -> None:
@@ -137,12 +157,11 @@ def _check_writable(directory: str) -> None:
     The directory stays: removing it again would race with another process
     (a worker of the same job) probing it at the same moment.
     """
-    local = directory.removeprefix("file://")
+    local = paths.local(directory)
     probe = os.path.join(local, atomicity.probe_name())
     try:
-        os.makedirs(local, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
+        _make_dirs_durably(local)
+        paths.create_file(probe, b"", durable=False)
         try:
             os.remove(probe)
         except FileNotFoundError:
@@ -155,6 +174,36 @@ def _check_writable(directory: str) -> None:
         ) from e
 
 
+@dataclasses.dataclass
+class _Listing:
+    """backup_dir's entries of this store's format (see _all_entries)."""
+
+    named: list = dataclasses.field(default_factory=list)  # (seq, path)
+    temporaries: list = dataclasses.field(default_factory=list)
+    probes: list = dataclasses.field(default_factory=list)
+    foreign: list = dataclasses.field(default_factory=list)  # (path, kind)
+
+    def max_seq(self) -> int:
+        """The highest sequence number any entry's name holds (foreign ones
+        too: a new backup never takes the name of one), else 0."""
+        names = [os.path.basename(p) for p in self.temporaries] + [
+            os.path.basename(p) for p, _ in self.foreign
+        ]
+        seqs = [s for s, _ in self.named] + [
+            atomicity.parse_committed(n) or atomicity.parse_temporary(n) or 0
+            for n in names
+        ]
+        return max(seqs, default=0)
+
+
+def _remove(path: str) -> None:
+    """Deletes one of our leftovers (a directory, or a probe file)."""
+    if atomicity.is_probe(os.path.basename(path)):
+        paths.remove_file(path)
+    else:
+        paths.remove_tree(path)
+
+
 class BackupStore:
     """The committed backups kept in one directory.
 
@@ -163,8 +212,18 @@ class BackupStore:
     directory is left alone.
     """
 
-    def __init__(self, directory, *, kill_safe_max_bytes=None):
-        self._dir = validate_directory(directory)
+    def __init__(
+        self,
+        directory,
+        *,
+        kill_safe_max_bytes=None,
+        writable=True,
+        keep_directory=False,
+    ):
+        """A store of `directory`; `writable=False` (for reading only)
+        neither creates it nor probes it; `keep_directory`: `delete_all`
+        never removes the directory itself."""
+        self._dir = validate_directory(directory, writable)
         if self._dir.startswith("ram://"):
             logging.warning(
                 "backup_dir %s is in memory (ram://): its backups are lost "
@@ -175,8 +234,16 @@ class BackupStore:
             )
         # Decided once: removing the directory at the end is only right when
         # it held nothing but ours to begin with.
-        self._dir_was_ours = not tf.io.gfile.exists(self._dir) or all(
-            atomicity.is_ours(name) for name in tf.io.gfile.listdir(self._dir)
+        self._foreign_warned = set()  # paths named in a warning already
+        self._dir_was_ours = not keep_directory and (
+            not tf.io.gfile.exists(self._dir)
+            or (
+                all(
+                    atomicity.is_ours(name)
+                    for name in tf.io.gfile.listdir(self._dir)
+                )
+                and not self._all_entries().foreign
+            )
         )
         # Its priority is decided at the first asynchronous backup.
         self._writer = background.Writer()
@@ -215,28 +282,62 @@ class BackupStore:
 
     def _entries(self) -> tuple[list[tuple[int, str]], list[str]]:
         """Returns ((seq, path) of backup-* dirs ascending, temporaries)."""
-        named, temporaries, _ = self._all_entries()
-        return named, temporaries
+        listing = self._all_entries()
+        return listing.named, listing.temporaries
 
-    def _all_entries(self):
-        """Like `_entries`, plus the probe files a crash left behind."""
+    def _all_entries(self) -> "_Listing":
+        """backup_dir's entries that are ours, by name and by what they are.
+
+        Locally, an entry named like ours that is something else (a link, a
+        regular file where a directory belongs, a FIFO, ...) is never
+        followed, read or deleted: it is listed as foreign and named in one
+        warning.
+        """
+        listing = _Listing()
         if not tf.io.gfile.isdir(self._dir):
-            return [], [], []
-        named, temporaries, probes = [], [], []
+            return listing
+        local = paths.is_local(self._dir)
         for entry in tf.io.gfile.listdir(self._dir):
             name = entry.rstrip("/")
             path = os.path.join(self._dir, name)
             seq = atomicity.parse_committed(name)
-            if seq is not None:
-                named.append((seq, path))
-            elif atomicity.parse_temporary(name) is not None:
-                temporaries.append(path)
+            temporary = atomicity.parse_temporary(name)
+            if seq is not None or temporary is not None:
+                want = paths.DIRECTORY
             elif atomicity.is_probe(name):
-                probes.append(path)
-        return sorted(named), temporaries, probes
+                want = paths.FILE
+            else:
+                continue  # not ours by name: never looked at
+            found = paths.kind(path) if local else want
+            if found is None:
+                continue  # gone meanwhile (our own cleanup, say)
+            if found != want:
+                listing.foreign.append((path, found))
+            elif seq is not None:
+                listing.named.append((seq, path))
+            elif temporary is not None:
+                listing.temporaries.append(path)
+            else:
+                listing.probes.append(path)
+        listing.named.sort()
+        self._warn_about_foreign(listing.foreign)
+        return listing
+
+    def _warn_about_foreign(self, foreign) -> None:
+        new = [(p, k) for p, k in foreign if p not in self._foreign_warned]
+        if not new:
+            return
+        self._foreign_warned.update(p for p, _ in new)
+        logging.warning(
+            "%s holds entries named like backup_restore's own that are not "
+            "(never followed, read or deleted; remove them yourself): %s.",
+            self._dir,
+            "; ".join(f"{p} is a {k}" for p, k in new),
+        )
 
     def _has_manifest(self, path: str) -> bool:
-        return tf.io.gfile.exists(os.path.join(path, atomicity.MANIFEST))
+        # Whatever it is: manifest.read refuses one that is not a file.
+        return paths.kind(os.path.join(path, atomicity.MANIFEST)) is not None
 
     def committed(self) -> list[tuple[int, str]]:
         """(seq, path) of every committed backup, oldest first (unverified)."""
@@ -261,11 +362,15 @@ class BackupStore:
         """Like `committed`, only the backups of this store's scope."""
         return [(s, p) for s, p in self.committed() if self._in_scope(p)]
 
+    def foreign(self) -> list[tuple[str, str]]:
+        """(path, what it is) of the entries named like ours that are not."""
+        return self._all_entries().foreign
+
     def leftovers(self) -> list[str]:
         """What interrupted writes, deletions or writability checks left."""
-        named, temporaries, probes = self._all_entries()
-        unfinished = [p for _, p in named if not self._has_manifest(p)]
-        return temporaries + unfinished + probes
+        listing = self._all_entries()
+        unfinished = [p for _, p in listing.named if not self._has_manifest(p)]
+        return listing.temporaries + unfinished + listing.probes
 
     def cleanup(self) -> list[str]:
         """Removes what interrupted writes left behind; returns the paths."""
@@ -273,10 +378,7 @@ class BackupStore:
         removed = self.leftovers()
         for path in removed:
             logging.info("Removing an interrupted backup write: %s", path)
-            if atomicity.is_probe(os.path.basename(path)):
-                tf.io.gfile.remove(path)
-            else:
-                tf.io.gfile.rmtree(path)
+            _remove(path)
         return removed
 
     def load(self, path: str, full_verify: bool = True) -> BackupInfo:
@@ -304,6 +406,15 @@ class BackupStore:
             try:
                 result = attempt(path)
             except errors.BackupCorruptError as e:
+                if not self._was_durable(path):
+                    logging.info(
+                        "Skipping backup %s: an unfinished write (published, "
+                        "never made durable before the process or machine "
+                        "stopped): %s",
+                        path,
+                        e,
+                    )
+                    continue
                 logging.warning("Skipping corrupt backup %s: %s", path, e)
                 failures.append(str(e))
                 continue
@@ -315,6 +426,13 @@ class BackupStore:
         if failures:
             raise self._all_corrupt(failures)
         return None
+
+    def _was_durable(self, path: str) -> bool:
+        try:
+            body = manifest.read(path)
+        except errors.BackupCorruptError:
+            body = None
+        return atomicity.was_durable(path, body)
 
     def latest(self, full_verify: bool = True) -> BackupInfo | None:
         """The newest committed backup that passes verification, or None.
@@ -408,11 +526,7 @@ class BackupStore:
         start = time.monotonic()
         if self.scope is not None:
             metadata = {**metadata, "scope": self.scope}
-        named, temporaries = self._entries()
-        seqs = [s for s, _ in named] + [
-            atomicity.parse_temporary(os.path.basename(p)) for p in temporaries
-        ]
-        seq = max([*seqs, self._last_seq]) + 1
+        seq = max(self._all_entries().max_seq(), self._last_seq) + 1
         self._last_seq = seq
         facts = tf_checkpoint.facts(checkpoint)
         if asynchronous:
@@ -445,7 +559,11 @@ class BackupStore:
         )
 
         def snapshot():
-            tf.io.gfile.makedirs(work)
+            # A new directory of our own (never one that exists: a planted
+            # link), so TensorFlow writes nowhere else.
+            if paths.is_local(work):
+                os.makedirs(paths.local(self._dir), exist_ok=True)
+            paths.make_dir(work)
             faults.point(faults.BEFORE_DATA, work)
             prefix = os.path.join(work, CHECKPOINT_PREFIX)
             # On this thread: one SaveV2 where the checkpoint allows it
@@ -557,7 +675,9 @@ class BackupStore:
         problem = atomicity.checkpoint_problem(work, names, read_index=True)
         if problem is not None:
             raise _IncompleteCheckpoint(f"incomplete checkpoint: {problem}")
-        body = manifest.build(work, names, metadata)
+        body = manifest.build(
+            work, names, metadata, atomicity.marks_durable(self._dir)
+        )
         faults.point(faults.BEFORE_COMMIT, work)
         atomicity.publish(work, final, body)
         files = json.loads(body)["body"]["files"]
@@ -586,12 +706,12 @@ class BackupStore:
         """Removes what a failed write of backup `seq` left; the error."""
         detail = str(error).strip().splitlines()[0] if str(error) else ""
         try:
-            if tf.io.gfile.exists(work):
+            if paths.kind(work) == paths.DIRECTORY:
                 if work == final:  # no atomic rename: never leave it named
                     atomicity.retire(work)
                 else:
-                    tf.io.gfile.rmtree(work)
-            elif tf.io.gfile.exists(final):  # published, not made durable
+                    paths.remove_tree(work)
+            elif paths.kind(final) == paths.DIRECTORY:  # published only
                 atomicity.retire(final)
             removed = "its partial files were removed"
         except (tf.errors.OpError, OSError) as e:
@@ -766,17 +886,19 @@ class BackupStore:
         nothing but this store's entries when the store was created.
         """
         self.wait()
-        named, temporaries, probes = self._all_entries()
-        for _, path in named:
+        listing = self._all_entries()
+        for path in listing.temporaries + listing.probes:
+            _remove(path)
+        # Newest last: a kill midway leaves it, and a restart resumes there.
+        for _, path in listing.named:
             if self._in_scope(path):
                 atomicity.retire(path)
-        for path in temporaries:
-            tf.io.gfile.rmtree(path)
-        for path in probes:
-            tf.io.gfile.remove(path)
-        if (
-            self._dir_was_ours
-            and tf.io.gfile.isdir(self._dir)
-            and not tf.io.gfile.listdir(self._dir)
+        if not self._dir_was_ours:
+            return
+        if paths.is_local(self._dir):
+            with contextlib.suppress(OSError):  # not empty: left as it is
+                os.rmdir(paths.local(self._dir))
+        elif tf.io.gfile.isdir(self._dir) and not tf.io.gfile.listdir(
+            self._dir
         ):
             tf.io.gfile.rmtree(self._dir)

@@ -84,7 +84,9 @@ def _like_a_full_disk(directory):
 def _damage_like_issue_13(backup_path):
     """A committed backup of only a manifest and an empty ckpt_temp/."""
     _like_a_full_disk(backup_path)
-    body = manifest.build(backup_path, ["ckpt_temp"], {"value": [2.0]})
+    body = manifest.build(
+        backup_path, ["ckpt_temp"], {"value": [2.0]}, marks_durable=False
+    )
     atomicity.write_file_durably(
         os.path.join(backup_path, atomicity.MANIFEST), body
     )
@@ -347,10 +349,14 @@ class DamagedBackupTest(_Base):
         shutil.copytree(s.committed()[0][1], newest)
         path = os.path.join(newest, name)
         os.truncate(path, os.path.getsize(path) // 2 if part else 0)
-        names = [n for n in os.listdir(newest) if n != atomicity.MANIFEST]
+        names = [
+            n
+            for n in os.listdir(newest)
+            if n not in (atomicity.MANIFEST, atomicity.DURABLE)
+        ]
         atomicity.write_file_durably(
             os.path.join(newest, atomicity.MANIFEST),
-            manifest.build(newest, names, {"value": 2.0}),
+            manifest.build(newest, names, {"value": 2.0}, marks_durable=False),
         )
         with self.assertRaises(errors.BackupCorruptError):
             s.load(newest, full_verify=True)
