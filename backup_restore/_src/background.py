@@ -92,42 +92,60 @@ def lower_priority_pays(expected_interval, nbytes: int) -> bool:
 
 
 class Writer:
-    """One background thread; its priority is fixed when it starts."""
+    """Runs a store's background work, one task at a time, each on a
+    thread of its own that ends with it: a store that is never closed (a
+    fit() that raised) leaves no idle thread behind. The priority of those
+    threads is fixed at the first `start`."""
 
     def __init__(self):
-        self._executor = None
+        self._started = False
+        self._thread = None
         self.low_priority = False
 
     @property
     def started(self) -> bool:
-        return self._executor is not None
+        return self._started
 
     def start(self, low_priority: bool) -> None:
-        """Starts the thread (if not running) at that priority."""
-        if self._executor is None:
+        """Fixes the threads' priority (if not fixed yet)."""
+        if not self._started:
+            self._started = True
             self.low_priority = low_priority
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                1,
-                thread_name_prefix="backup_restore-persist",
-                initializer=_lower_this_threads_priority
-                if low_priority
-                else None,
-            )
 
     def submit(self, fn) -> concurrent.futures.Future:
-        """Runs `fn` on the thread (started at normal priority if needed)."""
+        """Runs `fn` on a new thread once the previous task has ended."""
         self.start(self.low_priority)
-        return self._executor.submit(fn)
+        future = concurrent.futures.Future()
+        previous = self._thread
+        low_priority = self.low_priority
+
+        def run():
+            if previous is not None:
+                previous.join()
+            if low_priority:
+                _lower_this_threads_priority()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # the caller's to see, at wait()
+                future.set_exception(e)
+
+        # A daemon: the atexit hook below finishes a backup in flight.
+        self._thread = threading.Thread(
+            target=run, name="backup_restore-persist", daemon=True
+        )
+        self._thread.start()
+        return future
 
     def shutdown(self) -> None:
-        """Ends the thread after its tasks; a later submit starts anew."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Waits for the last task; a later `start` decides the priority
+        anew."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._started = False
 
 
-# Every store of this process: waited for at exit and by another store on
-# the same directory.
 _LIVE_STORES = weakref.WeakSet()
 
 

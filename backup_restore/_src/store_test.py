@@ -279,6 +279,89 @@ class StoreTest(test_case.TestCase):
         s.delete_all()
         self.assertFalse(os.path.exists(d))
 
+    def test_a_relative_directory_is_resolved_once(self):
+        # A later chdir (a callback's, say) moves nothing.
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.tmp)
+        s = store.BackupStore("relative_backups")
+        self.assertEqual(
+            s.directory, os.path.join(self.tmp, "relative_backups")
+        )
+        elsewhere = self.create_tempdir().full_path
+        os.chdir(elsewhere)
+        info = self._write(s, [1.0])
+        self.assertEqual(os.path.dirname(info.path), s.directory)
+        self.assertEqual(os.listdir(elsewhere), [])
+
+    def test_a_created_directory_is_fsynced_into_its_parent(self):
+        nested = os.path.join(self.tmp, "a", "b")
+        synced = []
+        real_fsync = store.paths.fsync
+
+        def spy(path):
+            synced.append(path)
+            real_fsync(path)
+
+        with mock.patch.object(store.paths, "fsync", spy):
+            store.BackupStore(nested)
+        self.assertIn(self.tmp, synced)  # holds the new "a"
+        self.assertIn(os.path.join(self.tmp, "a"), synced)  # holds "b"
+
+    # -- durability: an unfinished write is not corruption -------------------
+
+    def _power_loss(self, backup):
+        """What a power loss leaves of a backup renamed into place whose
+        fsyncs had not run (ordered journal: the rename stays, the data
+        does not): every file empty, no durability record."""
+        marker = os.path.join(backup, atomicity.DURABLE)
+        if os.path.exists(marker):
+            os.remove(marker)
+        for name in os.listdir(backup):
+            os.truncate(os.path.join(backup, name), 0)
+
+    def test_backup_records_that_it_is_durable(self):
+        s = store.BackupStore(self._dir("local"))
+        info = self._write(s, [1.0])
+        self.assertTrue(
+            os.path.isfile(os.path.join(info.path, atomicity.DURABLE))
+        )
+        self.assertEqual(s.latest().metadata["value"], [1.0])
+
+    def test_a_first_backup_never_made_durable_is_skipped_not_corrupt(self):
+        d = self._dir("local")
+        info = self._write(store.BackupStore(d), [1.0])
+        self._power_loss(info.path)
+        s = store.BackupStore(d)
+        with self.assertLogs(level="INFO") as logs:
+            self.assertIsNone(s.restore_latest(lambda info: _checkpoint(0.0)))
+        self.assertTrue(any("unfinished write" in r for r in logs.output))
+        self.assertFalse(any("Skipping corrupt" in r for r in logs.output))
+
+    def test_an_unfinished_newest_falls_back_to_the_durable_older(self):
+        d = self._dir("local")
+        s = store.BackupStore(d)
+        self._write(s, [1.0])
+        # The older backup stays (its deletion fails), as after a power loss
+        # that came before it.
+        faults.set_hook(_raise_at(faults.DELETE_OLDER, _enospc))
+        newest = self._write(s, [2.0])
+        faults.set_hook(None)
+        self._power_loss(newest.path)
+        target = _checkpoint([0.0])
+        with self.assertNoLogs(level="WARNING"):
+            info, _ = store.BackupStore(d).restore_latest(lambda i: target)
+        self.assertEqual(info.metadata["value"], [1.0])
+        self.assertEqual(target.v.numpy().tolist(), [1.0])
+
+    def test_a_durable_backup_that_fails_its_checks_is_corrupt(self):
+        d = self._dir("local")
+        info = self._write(store.BackupStore(d), [1.0])
+        self._power_loss(info.path)
+        with open(os.path.join(info.path, atomicity.DURABLE), "wb"):
+            pass  # it had been made durable: the damage came later
+        with self.assertRaisesRegex(errors.BackupCorruptError, "Nothing was"):
+            store.BackupStore(d).restore_latest(lambda i: _checkpoint(0.0))
+
     # -- asynchronous writes ------------------------------------------------
 
     def _blocking_hook(self, stage):
@@ -420,7 +503,8 @@ class StoreTest(test_case.TestCase):
 
     def test_a_second_store_waits_for_a_write_in_flight(self):
         d = self._dir("local")
-        first = store.BackupStore(d)
+        # Larger than kill_safe_max_bytes: committed on the background thread.
+        first = store.BackupStore(d, kill_safe_max_bytes=0)
         reached, release = self._blocking_hook(faults.BEFORE_COMMIT)
         first.write_async(_checkpoint([5.0]), {"value": [5.0]})
         self.assertTrue(reached.wait(timeout=60))
@@ -440,29 +524,46 @@ class StoreTest(test_case.TestCase):
         s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
         base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         before = {t.native_id for t in threading.enumerate()}
+        seen = {}
+
+        def record(stage, path):
+            # DATA_WRITE runs on TensorFlow's async-checkpoint writer,
+            # PUBLISHED on the store's persist thread.
+            if stage in (faults.DATA_WRITE, faults.PUBLISHED):
+                seen[(stage, threading.get_native_id())] = os.getpriority(
+                    os.PRIO_PROCESS, threading.get_native_id()
+                )
+
+        faults.set_hook(record)
         s.write_async(
             tf.train.Checkpoint(v=tf.Variable([2.0])),
             {"value": [2.0]},
             expected_interval=interval,
         )
         s.wait()
-        # The persist thread, and TensorFlow's async-checkpoint writer.
-        started = {
-            t.name: os.getpriority(os.PRIO_PROCESS, t.native_id)
-            for t in threading.enumerate()
-            if t.native_id not in before
-        }
-        self.assertLen(started, 2, started)
+        self.assertLen(seen, 2, seen)
+        self.assertNotIn(threading.get_native_id(), {t for _, t in seen})
         want = base
         if lowered:
             want = min(19, base + background.BACKGROUND_NICE_INCREMENT)
-        self.assertEqual(set(started.values()), {want}, started)
+        self.assertEqual(set(seen.values()), {want}, seen)
         self.assertEqual(s.latest().metadata["value"], [2.0])
         s.close()  # the background thread ends
         persist_threads = [
             t
             for t in threading.enumerate()
             if t.native_id not in before and "backup_restore" in t.name
+        ]
+        self.assertEqual(persist_threads, [])
+
+    def test_stores_never_closed_leave_no_thread_behind(self):
+        # As after fit() calls that raised: their stores are never closed.
+        for value in range(3):
+            s = store.BackupStore(self._dir("local"), kill_safe_max_bytes=0)
+            s.write_async(_checkpoint([float(value)]), {"value": value})
+            s.wait()
+        persist_threads = [
+            t for t in threading.enumerate() if "backup_restore" in t.name
         ]
         self.assertEqual(persist_threads, [])
 
