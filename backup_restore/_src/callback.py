@@ -228,6 +228,9 @@ class BackupAndRestore(
         # Called by fit() (and evaluate/predict) before any other hook.
         self._adapter = flavours.for_model(model)
         super().set_model(model)
+        # A preemption during fit()'s set-up, before on_train_begin, also
+        # ends in the restart status.
+        self._engine.watch_for_preemption_early()
 
     # -- fit() hooks --------------------------------------------------------
 

@@ -16,12 +16,15 @@ A front end decides what to back up (a tf.train.Checkpoint plus JSON
 metadata) and when; the engine does the rest.
 """
 
+import contextlib
 import difflib
 import hashlib
 import os
 import signal
+import stat
 import sys
 import tempfile
+import threading
 import time
 
 import tensorflow as tf
@@ -64,7 +67,10 @@ class Engine:
         tf_logs.quiet_checkpoint_chatter()
         self.async_backup = bool(async_backup)
         self._watcher = (
-            preemption.PreemptionWatcher(preemption_signals)
+            preemption.PreemptionWatcher(
+                preemption_signals,
+                preemption_exit_code if exit_on_preemption else None,
+            )
             if save_before_preemption
             else None
         )
@@ -120,22 +126,27 @@ class Engine:
         self.preempted = False
         self._scratch = None
         if not self._role.is_chief:
-            # Outside backup_dir, which only the chief touches (else its
-            # cleanup at the end races with these writes); a fixed path per
-            # job and task, so that a crash's leftover goes at next start.
-            job = hashlib.sha256(self.backup_dir.encode()).hexdigest()[:12]
             self._scratch = store.BackupStore(
-                os.path.join(
-                    tempfile.gettempdir(),
-                    f"backup_restore-{job}-worker{self._role.task_id}",
-                )
+                _scratch_dir(self.backup_dir, self._role.task_id),
+                keep_directory=True,
             )
             self._scratch.delete_all()
         if self._watcher is not None:
             self._watcher.install()
+            self._watcher.armed = True
         if self._role.is_chief:
             self.store.cleanup()
         self._last_mark = time.monotonic()
+
+    def watch_for_preemption_early(self) -> None:
+        """Installs the preemption handler before `start` (from the first
+        hook fit() calls): a signal until `start` exits at once (nothing
+        trained yet to back up). Off the main thread, left to `start`."""
+        if (
+            self._watcher is not None
+            and threading.current_thread() is threading.main_thread()
+        ):
+            self._watcher.install()
 
     def restore(self, prepare):
         """Restores the newest intact backup; (info, status) or None.
@@ -315,12 +326,42 @@ class Engine:
                 remove_empty_dir=deleted
                 and self.store._dir_was_ours  # the store's own rule
             )
+            if self._scratch is not None:
+                with contextlib.suppress(OSError):  # not empty: kept
+                    os.rmdir(self._scratch.directory)
 
     def _release_ownership(self, remove_empty_dir: bool) -> None:
         """Lets another job use backup_dir (after the deletion, if any)."""
         if self._ownership is not None:
             self._ownership.release(remove_empty_dir=remove_empty_dir)
             self._ownership = None
+
+
+def _scratch_dir(backup_dir: str, task_id: int) -> str:
+    """A non-chief worker's private directory for its scratch writes.
+
+    Outside backup_dir, which only the chief touches (else its cleanup at
+    the end races with these writes); a fixed path per job, task and user,
+    so that a crash's leftover goes at the next start. The shared temporary
+    directory is anyone's to write in: a path that exists but is not a
+    directory of this user's, closed to others (a planted link, say), is
+    not used; a fresh private one is made instead.
+    """
+    job = hashlib.sha256(backup_dir.encode()).hexdigest()[:12]
+    name = f"backup_restore-{job}-worker{task_id}-uid{os.geteuid()}"
+    path = os.path.join(tempfile.gettempdir(), name)
+    try:
+        os.mkdir(path, 0o700)
+        return path
+    except FileExistsError:
+        st = os.lstat(path)
+        if (
+            stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.geteuid()
+            and not st.st_mode & 0o077
+        ):
+            return path
+    return tempfile.mkdtemp(prefix=f"{name}-")
 
 
 def reject_near_misses(front_end: str, names, known) -> None:

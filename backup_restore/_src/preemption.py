@@ -11,6 +11,7 @@ Thread-safety: signal handlers can only be installed from the main thread;
 """
 
 import signal
+import sys
 import threading
 
 from absl import logging
@@ -25,8 +26,13 @@ DEFAULT_SIGNALS = (signal.SIGTERM,)
 class PreemptionWatcher:
     """Records that a preemption signal arrived; chains earlier handlers."""
 
-    def __init__(self, signals=DEFAULT_SIGNALS):
+    def __init__(self, signals=DEFAULT_SIGNALS, exit_code=RESTART_EXIT_CODE):
         self._signals = tuple(signals)
+        # Until training starts (armed), a signal has nothing to back up:
+        # the process exits with this status at once (None: the flag is set,
+        # and training stops after its first step's backup).
+        self._exit_code = exit_code
+        self.armed = False
         for sig in self._signals:
             if not isinstance(sig, (int, signal.Signals)):
                 raise TypeError(f"not a signal number: {sig!r}")
@@ -44,7 +50,22 @@ class PreemptionWatcher:
             self.received = sig
         self._event.set()
 
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
     def _handle(self, signum, frame):
+        if not self.armed and self._exit_code is not None:
+            # fit() is still setting up: nothing was trained since the last
+            # backup, so the restart resumes exactly from it.
+            logging.warning(
+                "Preemption (%s) before training started: nothing new to "
+                "back up; exiting with status %d.",
+                signal.Signals(signum).name,
+                self._exit_code,
+            )
+            self.uninstall()
+            sys.exit(self._exit_code)
         first = not self._event.is_set()
         self.request(signum)
         if not first:
@@ -56,11 +77,15 @@ class PreemptionWatcher:
             previous(signum, frame)
 
     def install(self) -> None:
+        """Installs the handlers (unarmed: see `armed`); a no-op if they
+        are installed already."""
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "save_before_preemption installs signal handlers, which is "
                 "only possible in the main thread; run training there."
             )
+        if self.installed:
+            return
         # A new run: a signal acted on in an earlier one is done with.
         self._event.clear()
         self.received = None
@@ -75,3 +100,4 @@ class PreemptionWatcher:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
+        self.armed = False

@@ -12,7 +12,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from testing import fit_test_case
+from testing import keras_callbacks
 from testing import procs
+from testing import synthetic
 from testing import test_case
 from testing import trainers
 
@@ -144,6 +147,55 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
 
 class PreemptionTfKerasTest(PreemptionTest):
     FLAVOUR = "tf_keras"
+
+
+class _Sentinel(Exception):
+    """Raised by the SIGTERM handler a test installs before fit()."""
+
+
+def _sentinel_handler(signum, frame):
+    raise _Sentinel(signum)
+
+
+class _SigtermAtTrainBegin(keras_callbacks.Callback):
+    """Sends this process SIGTERM from its on_train_begin, which fit() calls
+    before BackupAndRestore's (it runs last): during fit()'s set-up."""
+
+    def on_train_begin(self, logs=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class EarlyPreemptionTest(fit_test_case.FitTestCase):
+    """In process: the handler is installed when fit() attaches the model."""
+
+    def test_sigterm_during_fit_set_up_exits_with_the_restart_status(self):
+        previous = signal.signal(signal.SIGTERM, _sentinel_handler)
+        self.addCleanup(signal.signal, signal.SIGTERM, previous)
+        self.keras.utils.set_random_seed(1)
+        model = synthetic.regression_model("tiny", flavour=self.FLAVOUR)
+        x, y = synthetic.regression_data(32, seed=1)
+        with self.assertRaises(SystemExit) as raised:
+            model.fit(
+                x,
+                y,
+                batch_size=8,
+                epochs=1,
+                verbose=0,
+                callbacks=[
+                    _SigtermAtTrainBegin(),
+                    backup_restore.BackupAndRestore(
+                        self.dir, save_before_preemption=True
+                    ),
+                ],
+            )
+        self.assertEqual(
+            raised.exception.code, backup_restore.RESTART_EXIT_CODE
+        )
+        # The handler is gone again: the earlier one is back.
+        self.assertIs(signal.getsignal(signal.SIGTERM), _sentinel_handler)
+
+
+EarlyPreemptionTfKerasTest = fit_test_case.tf_keras_variant(EarlyPreemptionTest)
 
 
 if __name__ == "__main__":
