@@ -254,7 +254,7 @@ def make_durable(final_dir: str, names, parent: str) -> None:
         faults.point(faults.FSYNC, path)
         fsync_path(path)
     fsync_path(final_dir)
-    fsync_path(parent)
+    paths.fsync(parent, follow=True)  # backup_dir: may be a link
     if is_local(final_dir):
         paths.create_file(os.path.join(final_dir, DURABLE), b"", False)
         fsync_path(final_dir)

@@ -169,6 +169,23 @@ class HostileDirFitTest(fit_test_case.FitTestCase):
         self.assertTrue(os.path.islink(manifest))  # nothing was deleted
         self.assertTrue(os.path.exists(copy))
 
+    def test_a_backup_dir_that_is_a_link_is_used(self):
+        # backup_dir itself is the directory the user named, link or not.
+        real = os.path.join(self.tmp, "real_dir")
+        os.mkdir(real)
+        link = os.path.join(self.tmp, "link_dir")
+        os.symlink(real, link)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(self.keras, link, keras_callbacks.InterruptAt(5))
+        self.assertTrue(
+            any(atomicity.parse_committed(n) for n in os.listdir(real))
+        )
+        keras_callbacks.simulate_restart()
+        resumed = keras_callbacks.Recorder()
+        _fit(self.keras, link, resumed)
+        self.assertEqual(resumed.batches[0], (0, 3))
+        self.assertTrue(os.path.islink(link))
+
     def test_a_linked_lock_file_is_refused_and_its_target_kept(self):
         os.symlink(
             self.hostile.outside_file,

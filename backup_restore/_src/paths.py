@@ -199,12 +199,19 @@ def remove_file(path: str) -> None:
     os.unlink(local(path))
 
 
-def fsync(path: str) -> None:
-    """fsyncs a local file or directory (its name not followed); a no-op on
-    other filesystems, whose objects are durable when their writer closes."""
+def fsync(path: str, follow: bool = False) -> None:
+    """fsyncs a local file or directory; a no-op on other filesystems, whose
+    objects are durable when their writer closes.
+
+    Its name is not followed unless `follow` (backup_dir itself, and the
+    directories above it, may be links the user chose).
+    """
     if not is_local(path):
         return
-    fd = os.open(local(path), os.O_RDONLY | _OPEN_FLAGS)
+    flags = os.O_RDONLY | _OPEN_FLAGS
+    if follow:
+        flags &= ~os.O_NOFOLLOW
+    fd = os.open(local(path), flags)
     try:
         os.fsync(fd)
     finally:

@@ -148,7 +148,7 @@ def _make_dirs_durably(local: str) -> None:
         path = parent
     os.makedirs(local, exist_ok=True)
     for created in missing:
-        paths.fsync(os.path.dirname(created))
+        paths.fsync(os.path.dirname(created), follow=True)
 
 
 def _check_writable(directory: str) -> None:
