@@ -117,12 +117,13 @@ def supports_atomic_rename(path: str) -> bool:
     return is_local(path)
 
 
-def fsync_path(path: str) -> None:
+def fsync_path(path: str, follow: bool = False) -> None:
     """fsyncs a local file or directory; a no-op on other filesystems.
 
     Remote object stores make an object durable when its writer closes.
+    The name is not followed unless `follow` (see paths.fsync).
     """
-    paths.fsync(path)
+    paths.fsync(path, follow)
 
 
 # How often WritebackStarter asks the kernel to write back what is dirty.
@@ -254,7 +255,7 @@ def make_durable(final_dir: str, names, parent: str) -> None:
         faults.point(faults.FSYNC, path)
         fsync_path(path)
     fsync_path(final_dir)
-    paths.fsync(parent, follow=True)  # backup_dir: may be a link
+    fsync_path(parent, follow=True)  # backup_dir: may be a link
     if is_local(final_dir):
         paths.create_file(os.path.join(final_dir, DURABLE), b"", False)
         fsync_path(final_dir)

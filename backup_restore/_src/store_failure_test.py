@@ -264,11 +264,11 @@ class InjectedFailureTest(_Base):
         real = atomicity.fsync_path
         calls = []
 
-        def fsync(path):
+        def fsync(path, follow=False):
             if path == s.directory:
                 calls.append(path)
                 raise OSError(errno.EIO, "Input/output error", path)
-            return real(path)
+            return real(path, follow)
 
         with mock.patch.object(atomicity, "fsync_path", fsync):
             _, error = self._write(s, 2.0, False)
