@@ -33,6 +33,13 @@ How ownership is held depends on the filesystem:
   a lease that is no longer its own and logs an error.)
   Local filesystems whose flock fails (NFS mounted `nolock`, some FUSE
   mounts) use the lease too.
+- Every record read from the directory is checked field by field
+  (`invalid_fields`) before use. A lease that is invalid (not JSON, a
+  field missing or of the wrong type) tells nothing of its owner but
+  whether it changes: it is watched like any other, refused if rewritten
+  meanwhile, taken over once unchanged for a whole TTL. An owner that finds
+  an invalid lease in place of its own rewrites its own at once. Of a lock
+  file's record, only valid fields name the owner in a refusal.
 - ram:// is private to the process: only the in-process registry below.
 
 Within one process, ownership is re-entrant: a second acquire on the same
@@ -49,6 +56,7 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
@@ -103,18 +111,103 @@ def _boot_id():
         return None
 
 
+def _is_number(value) -> bool:
+    # bool is an int in Python, but true is no time and no pid.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (
+        isinstance(value, float) and math.isfinite(value)
+    )
+
+
+# The fields of an owner record (flock and lease), each with what it must
+# be; a lease adds _LEASE_FIELDS.
+_FIELDS = {
+    "host": ("a string", lambda v: isinstance(v, str)),
+    # Up to the largest pid_t: os.kill overflows beyond.
+    "pid": (
+        "a positive integer",
+        lambda v: _is_number(v) and isinstance(v, int) and 0 < v < 2**31,
+    ),
+    "since": ("a string", lambda v: isinstance(v, str)),
+    "since_epoch": ("a finite number", _is_number),
+    "command": ("a string", lambda v: isinstance(v, str)),
+    "boot_id": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "token": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "mechanism": ("a string", lambda v: isinstance(v, str)),
+}
+_LEASE_FIELDS = {
+    "ttl": ("a positive finite number", lambda v: _is_number(v) and v > 0),
+    "renewed_epoch": ("a finite number", _is_number),
+    "expires_epoch": ("a finite number", _is_number),
+}
+
+
+def invalid_fields(record, lease: bool) -> dict:
+    """What is wrong with an owner record read from backup_dir, by field.
+
+    Args:
+      record: the record as parsed from JSON (anything JSON holds).
+      lease: check the fields of a lease too.
+
+    Returns:
+      {field: what it should be} for each field that is missing or of the
+      wrong type or range; {} for a valid record. A record that is not a
+      JSON object gives {"record": ...}. Fields this release does not know
+      are allowed (a later release may add some).
+    """
+    if not isinstance(record, dict):
+        return {"record": f"a JSON object, not {type(record).__name__}"}
+    fields = dict(_FIELDS, **_LEASE_FIELDS) if lease else _FIELDS
+    invalid = {}
+    for name, (want, check) in fields.items():
+        if name not in record:
+            invalid[name] = f"missing (should be {want})"
+        elif not check(record[name]):
+            invalid[name] = f"{repr(record[name])[:40]} (should be {want})"
+    return invalid
+
+
+def _describe(invalid: dict) -> str:
+    return "; ".join(f"{name}: {what}" for name, what in invalid.items())
+
+
+def _valid_part(record) -> dict | None:
+    """The valid fields of `record` (a flock record, read only to name its
+    owner); None when none is."""
+    invalid = invalid_fields(record, lease=False)
+    if "record" in invalid:
+        return None
+    return {
+        k: v for k, v in record.items() if k in _FIELDS and k not in invalid
+    } or None
+
+
 def _in_use_error(directory: str, owner: dict | None, extra: str = ""):
-    if owner:
-        who = (
-            f"pid {owner.get('pid')} on host {owner.get('host')!r}, which "
-            f"has owned it since {owner.get('since')}"
-        )
-        if owner.get("command"):
-            who += f" (command: {owner['command']})"
-        kill = f"stop it (kill {owner.get('pid')} on {owner.get('host')})"
-    else:
-        who = "a process that has not written its record yet"
+    """The refusal naming `owner`, a record whose fields are all valid (or
+    only the valid ones of it)."""
+    owner = owner or {}
+    pid, host, since, command = (
+        owner.get(k) for k in ("pid", "host", "since", "command")
+    )
+    if any(v is not None for v in (pid, host, since, command)):
+        who = "a process" if pid is None else f"pid {pid}"
+        if host is not None:
+            who += f" on host {host!r}"
+        if since is not None:
+            who += f", which has owned it since {since}"
+        if command:
+            who += f" (command: {command})"
         kill = "stop it"
+        if pid is not None and host is not None:
+            kill += f" (kill {pid} on {host})"
+    else:
+        who = (
+            "a process that has not written its record yet (or whose record "
+            "is invalid)"
+        )
+        kill = "stop it"
+        owner = None
     error = errors.BackupDirInUseError(
         f"backup_dir {directory!r} is in use by another training job: "
         f"{who}.{extra} Nothing in the directory was changed. Wait for that "
@@ -244,7 +337,7 @@ class _Flock(_Held):
                             os.unlink(self._path)  # useless here
                         raise _LocksUnsupported(e) from e
                     raise
-                owner = _read_record_fd(fd)
+                owner = _valid_part(_read_record_fd(fd))
                 os.close(fd)
                 raise _in_use_error(directory, owner) from None
             try:
@@ -318,6 +411,23 @@ def _gfile():
 
 
 def _read_lease(path):
+    """The lease at `path`: (raw, record, invalid).
+
+    raw is its bytes, None when there is none; record what they parse to
+    (None if nothing); invalid the `invalid_fields` of the record, {} when
+    there is none or it is valid. A record is used only when valid.
+    """
+    raw = _read_lease_bytes(path)
+    if raw is None:
+        return None, None, {}
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8)
+        return raw, None, {"record": "not JSON"}
+    return raw, record, invalid_fields(record, lease=True)
+
+
+def _read_lease_bytes(path):
     try:
         if _is_local(path):
             try:
@@ -336,10 +446,7 @@ def _read_lease(path):
         if type(e).__name__ == "NotFoundError":
             return None
         raise
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None  # unreadable: treated as no lease
+    return raw
 
 
 def _write_lease(path, lease):
@@ -374,12 +481,28 @@ def _process_gone(lease) -> bool:
     if lease.get("boot_id") is None or lease.get("boot_id") != _boot_id():
         return False
     try:
-        os.kill(int(lease["pid"]), 0)
+        os.kill(lease["pid"], 0)
     except ProcessLookupError:
         return True
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, OverflowError):
         return False
     return False
+
+
+def _renewed_error(directory, lease, invalid):
+    """The refusal by a lease seen rewritten while watched."""
+    if invalid:
+        return _in_use_error(
+            directory,
+            _valid_part(lease),
+            f" Its lease is invalid ({_describe(invalid)}) but is being "
+            "rewritten: its writer is alive.",
+        )
+    return _in_use_error(
+        directory,
+        lease,
+        f" Its lease (renewed every {lease['ttl']} s / 3) is being renewed.",
+    )
 
 
 class _Lease(_Held):
@@ -407,35 +530,43 @@ class _Lease(_Held):
         poll = min(1.0, self._ttl / 10)
         seen, seen_at = None, None
         while True:
-            lease = _read_lease(self._path)
-            if lease is None or (
-                lease.get("pid") == os.getpid()
-                and (lease.get("host") == socket.gethostname())
-            ):
-                break  # free (or this process's own, left by a crash)
-            if time.time() > lease.get("expires_epoch", 0):
-                logging.warning("Taking over the expired lease %s", lease)
-                break
-            if _process_gone(lease):
-                logging.warning(
-                    "Taking over the lease of pid %s, gone: %s",
-                    lease.get("pid"),
-                    lease,
-                )
-                break
-            stamp = (lease.get("token"), lease.get("renewed_epoch"))
+            raw, lease, invalid = _read_lease(self._path)
+            if raw is None:
+                break  # free
+            if not invalid:
+                if lease["pid"] == os.getpid() and (
+                    lease["host"] == socket.gethostname()
+                ):
+                    break  # this process's own, left by a crash
+                if time.time() > lease["expires_epoch"]:
+                    logging.warning("Taking over the expired lease %s", lease)
+                    break
+                if _process_gone(lease):
+                    logging.warning(
+                        "Taking over the lease of pid %s, gone: %s",
+                        lease["pid"],
+                        lease,
+                    )
+                    break
+            # An invalid lease tells nothing of its owner's liveness but
+            # this: a live owner rewrites it every TTL/3. So every lease is
+            # watched by its bytes.
             if seen is None:
-                seen, seen_at = stamp, time.monotonic()
-            elif stamp != seen:
+                seen, seen_at = raw, time.monotonic()
+            elif raw != seen:
                 # Renewed (or newly taken) while we watched: a live owner.
-                raise _in_use_error(
-                    directory,
-                    lease,
-                    f" Its lease (renewed every {lease.get('ttl', '?')} s / 3)"
-                    " is being renewed.",
-                )
+                raise _renewed_error(directory, lease, invalid)
             elif time.monotonic() - seen_at >= self._ttl:
-                logging.warning("Taking over the unrenewed lease %s", lease)
+                if invalid:
+                    logging.warning(
+                        "Taking over the lease %s: it is invalid (%s) and "
+                        "was not rewritten for %.1f s.",
+                        self._path,
+                        _describe(invalid),
+                        self._ttl,
+                    )
+                else:
+                    logging.warning("Taking over the unrenewed lease %s", lease)
                 break
             time.sleep(poll)
         if _is_local(directory):
@@ -447,20 +578,29 @@ class _Lease(_Held):
         # Another process may have written its lease at the same moment:
         # the last writer wins, the other is refused.
         time.sleep(poll)
-        lease = _read_lease(self._path)
-        if lease is None or lease.get("token") != self.record["token"]:
+        raw, lease, invalid = _read_lease(self._path)
+        if raw is None or invalid or lease["token"] != self.record["token"]:
             raise _in_use_error(
-                directory, lease, " It took the lease over at the same time."
+                directory,
+                _valid_part(lease),
+                " It took the lease over at the same time.",
             )
 
     def _renew_loop(self):
         while not self._stop.wait(self._ttl / 3):
             try:
-                lease = _read_lease(self._path)
-                if (
-                    lease is not None
-                    and lease.get("token") != self.record["token"]
-                ):
+                raw, lease, invalid = _read_lease(self._path)
+                if invalid:
+                    # Rewritten at once: a job that watches this lease then
+                    # sees it change and is refused, as it must be while
+                    # this owner lives.
+                    logging.warning(
+                        "The lease %s was replaced by an invalid one (%s): "
+                        "rewriting this job's lease.",
+                        self._path,
+                        _describe(invalid),
+                    )
+                elif raw is not None and lease["token"] != self.record["token"]:
                     self.lost = True
                     logging.error(
                         "Lost the ownership of %s: another process took over "
@@ -481,9 +621,10 @@ class _Lease(_Held):
         self._thread.join()
         if self.lost:
             return
-        lease = _read_lease(self._path)
-        if lease is not None and lease.get("token") == self.record["token"]:
-            _remove(self._path)
+        raw, lease, invalid = _read_lease(self._path)
+        if raw is not None and not invalid:
+            if lease["token"] == self.record["token"]:
+                _remove(self._path)
         if remove_empty_dir:
             try:
                 if _is_local(self.directory):

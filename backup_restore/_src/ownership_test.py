@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from absl.testing import absltest
@@ -220,11 +221,114 @@ class FlockTest(_ChildrenTest):
         handle.release()
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_invalid_fields_of_the_owner_record_are_left_out_of_the_refusal(
+        self,
+    ):
+        owner = self.child()
+        path = os.path.join(self.dir, ownership.LOCK_FILE)
+        for record, shown, hidden in (
+            ([1, 2], [], []),
+            ("a string", [], []),
+            ({"pid": True, "host": 7, "since": "noon"}, ["noon"], ["pid True"]),
+            ({"pid": -4, "host": "elsewhere"}, ["'elsewhere'"], ["pid -4"]),
+            ({"pid": 12, "host": ["h"], "command": 3}, ["pid 12"], ["['h']"]),
+        ):
+            with self.subTest(record=record):
+                # Rewritten in place: the owner's lock stays on the file.
+                with open(path, "r+") as f:
+                    f.truncate()
+                    json.dump(record, f)
+                with self.assertRaises(errors.BackupDirInUseError) as cm:
+                    ownership.acquire(self.dir)
+                message = str(cm.exception)
+                self.assertIn("Nothing in the directory was changed", message)
+                for text in shown:
+                    self.assertIn(text, message)
+                for text in hidden:
+                    self.assertNotIn(text, message)
+        self.assertEqual(owner.proc.poll(), None)
+
     def test_lock_files_are_ours(self):
         from backup_restore._src import atomicity
 
         for name in ownership.FILES:
             self.assertTrue(atomicity.is_ours(name))
+
+
+def _valid_lease(**changes):
+    now = time.time()
+    lease = {
+        "host": "another-host",
+        "pid": 4242,
+        "since": "then",
+        "since_epoch": now,
+        "command": "train.py",
+        "boot_id": None,
+        "token": "theirs",
+        "mechanism": "lease",
+        "ttl": 60.0,
+        "renewed_epoch": now,
+        "expires_epoch": now + 3600,
+    }
+    lease.update(changes)
+    return lease
+
+
+def _without(*names):
+    return {k: v for k, v in _valid_lease().items() if k not in names}
+
+
+# Lease records, each invalid, as JSON text; their invalid field (or "record").
+_INVALID_LEASES = {
+    "string_expiry": (
+        json.dumps(_valid_lease(expires_epoch="soon")),
+        "expires_epoch",
+    ),
+    "list": (json.dumps([_valid_lease()]), "record"),
+    "missing_keys": (json.dumps(_without("token", "expires_epoch")), "token"),
+    "bool_pid": (json.dumps(_valid_lease(pid=True)), "pid"),
+    "nan_expiry": (
+        json.dumps(_valid_lease(expires_epoch=float("nan"))),
+        "expires_epoch",
+    ),
+    "infinite_ttl": (json.dumps(_valid_lease(ttl=float("inf"))), "ttl"),
+    "huge_pid": (json.dumps(_valid_lease(pid=10**30)), "pid"),
+    "null": ("null", "record"),
+    "not_json": ("{'pid': 1", "record"),
+}
+
+
+class RecordValidationTest(test_case.TestCase):
+    def test_records_written_by_this_release_are_valid(self):
+        self.assertEqual(
+            ownership.invalid_fields(ownership._now_record("flock"), False), {}
+        )
+        lease = dict(
+            ownership._now_record("lease"),
+            ttl=60.0,
+            renewed_epoch=1.0,
+            expires_epoch=61,
+        )
+        self.assertEqual(ownership.invalid_fields(lease, lease=True), {})
+        self.assertEqual(ownership.invalid_fields(_valid_lease(), True), {})
+        # Fields of a later release are allowed.
+        self.assertEqual(
+            ownership.invalid_fields(_valid_lease(new_field=[1]), True), {}
+        )
+
+    def test_each_invalid_field_is_named(self):
+        for name, (text, field) in _INVALID_LEASES.items():
+            if name == "not_json":
+                continue
+            with self.subTest(name):
+                invalid = ownership.invalid_fields(json.loads(text), True)
+                self.assertIn(field, invalid)
+        self.assertEqual(
+            set(ownership.invalid_fields({}, lease=True)),
+            set(_valid_lease()),
+        )
+        self.assertIn("since", ownership.invalid_fields({"since": 3}, False))
+        self.assertNotIn("ttl", ownership.invalid_fields({}, lease=False))
 
 
 class LeaseTest(_ChildrenTest):
@@ -233,6 +337,35 @@ class LeaseTest(_ChildrenTest):
     def setUp(self):
         super().setUp()
         self.lease = os.path.join(self.dir, ownership.LEASE_FILE)
+
+    def write_lease(self, text, path=None):
+        path = path or self.lease
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".test"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def rewrite_invalid_lease(self, text):
+        """Rewrites `text` (and a counter) into the lease every TTL/4, as a
+        live owner whose records this release finds invalid would; until
+        the case ends."""
+        stop = threading.Event()
+        path = self.lease
+        self.write_lease(text, path)
+
+        def rewrite():
+            n = 0
+            while True:
+                self.write_lease(f"{text} {' ' * (n % 2)}", path)
+                n += 1
+                if stop.wait(self.TTL / 4):
+                    return
+
+        thread = threading.Thread(target=rewrite, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join)
+        self.addCleanup(stop.set)
 
     def child(self, ttl=TTL):
         return super().child(ttl=ttl)
@@ -295,24 +428,59 @@ class LeaseTest(_ChildrenTest):
     ):
         # Another host's lease, expiring in an hour by its (skewed) clock,
         # that nobody renews: taken over after one TTL of watching it.
-        os.makedirs(self.dir)
-        with open(self.lease, "w") as f:
-            json.dump(
-                {
-                    "host": "another-host",
-                    "pid": 1,
-                    "since": "then",
-                    "token": "theirs",
-                    "renewed_epoch": time.time(),
-                    "expires_epoch": time.time() + 3600,
-                },
-                f,
-            )
+        self.write_lease(json.dumps(_valid_lease()))
         start = time.monotonic()
         handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
         self.assertGreaterEqual(time.monotonic() - start, self.TTL)
         self.assertEqual(self.read_lease()["token"], handle.record["token"])
         handle.release()
+
+    def test_invalid_lease_rewritten_by_a_live_writer_is_refused(self):
+        for name, (text, field) in _INVALID_LEASES.items():
+            with self.subTest(name):
+                self.dir = os.path.join(self.tmp, name)
+                self.lease = os.path.join(self.dir, ownership.LEASE_FILE)
+                self.rewrite_invalid_lease(text)
+                with self.assertRaises(errors.BackupDirInUseError) as cm:
+                    ownership.acquire(self.dir, _lease_ttl=self.TTL)
+                message = str(cm.exception)
+                self.assertIn("is invalid", message)
+                self.assertIn(field, message)
+                self.assertIn("Nothing in the directory was changed", message)
+        # And in a process of its own: refused, no traceback.
+        other = self.child()
+        self.assertEqual(other.status, "REFUSED")
+        self.assertNotIn("Traceback", other.end())
+
+    def test_tampered_lease_of_a_renewing_owner_is_refused(self):
+        owner = self.child()
+        self.assertEqual(owner.status, "OWNED")
+        for name, (text, _) in _INVALID_LEASES.items():
+            with self.subTest(name):
+                # Found invalid at once, then rewritten by the owner.
+                self.write_lease(text)
+                with self.assertRaises(errors.BackupDirInUseError):
+                    ownership.acquire(self.dir, _lease_ttl=self.TTL)
+                # The owner has put its own lease back.
+                self.assertEqual(
+                    self.read_lease()["token"], owner.payload["token"]
+                )
+        self.assertIsNone(owner.proc.poll())
+        owner.release()
+
+    def test_unrenewed_invalid_lease_is_taken_over_after_a_ttl(self):
+        for name, (text, field) in _INVALID_LEASES.items():
+            with self.subTest(name):
+                self.write_lease(text)
+                with self.assertLogs(level="WARNING") as logs:
+                    handle = ownership.acquire(self.dir, _lease_ttl=1.0)
+                self.assertEqual(
+                    self.read_lease()["token"], handle.record["token"]
+                )
+                warning = "\n".join(logs.output)
+                self.assertIn("is invalid", warning)
+                self.assertIn(field, warning)
+                handle.release()
 
     def test_forced_by_the_environment(self):
         os.environ[ownership.FORCE_LEASE_ENV] = str(self.TTL)
