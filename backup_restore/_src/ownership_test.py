@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,17 @@ class Child:
         return stderr
 
 
+def _rmtree(directory):
+    """Deletes `directory`, which a lease renewal may write into meanwhile."""
+    for attempt in range(10):
+        try:
+            shutil.rmtree(directory)
+            return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY or attempt == 9:
+                raise
+
+
 class _ChildrenTest(test_case.TestCase):
     """Each case's Child processes on self.dir end with it."""
 
@@ -98,6 +110,59 @@ class _ChildrenTest(test_case.TestCase):
         child = Child(self.dir, **kwargs)
         self.children.append(child)
         return child
+
+    def snapshot(self):
+        """relative path -> (mtime, bytes) of each file under self.dir."""
+        found = {}
+        for root, _, files in os.walk(self.dir):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    found[os.path.relpath(path, self.dir)] = (
+                        os.stat(path).st_mtime_ns,
+                        f.read(),
+                    )
+        return found
+
+    def assert_reclaimed_then_refuses(
+        self, handle, damage, mechanism_file, what
+    ):
+        """After `damage()`, handle.ensure() re-establishes the claim with
+        one warning that says `what`; then another process is refused."""
+        with self.assertLogs(level="WARNING") as logs:
+            damage()
+            handle.ensure()
+        self.assertLen(logs.output, 1)
+        self.assertIn(what, logs.output[0])
+        self.assertIn("re-established its claim", logs.output[0])
+        with open(os.path.join(self.dir, mechanism_file)) as f:
+            self.assertEqual(json.load(f)["token"], handle.record["token"])
+        other = self.child()
+        self.assertEqual(other.status, "REFUSED")
+        self.assertIn(f"pid {os.getpid()}", other.payload["message"])
+        with self.assertNoLogs(level="WARNING"):
+            handle.ensure()  # intact again: nothing to say
+        self.assertTrue(handle.held)
+
+    def assert_taken_over_stops_the_owner(self, handle, other):
+        """After another process took the directory, handle.ensure()
+        refuses, naming it, and changes nothing; so does every later call."""
+        before = self.snapshot()
+        for _ in range(2):
+            with self.assertRaises(errors.BackupDirInUseError) as cm:
+                handle.ensure()
+            message = str(cm.exception)
+            self.assertIn(f"pid {other.pid}", message)
+            self.assertIn("deleted", message)
+            self.assertIn("no longer owns it", message)
+            self.assertIn("Nothing in the directory was changed", message)
+            self.assertEqual(cm.exception.owner["pid"], other.pid)
+        self.assertEqual(self.snapshot(), before)
+        self.assertFalse(handle.held)
+        self.assertTrue(handle.lost)
+        handle.release(remove_empty_dir=True)  # not its own any more: no-op
+        self.assertEqual(self.snapshot(), before)
+        self.assertIsNone(other.proc.poll())
 
 
 class FlockTest(_ChildrenTest):
@@ -220,6 +285,82 @@ class FlockTest(_ChildrenTest):
         self.assertEqual(handle.record["mechanism"], "lease")
         handle.release()
         self.assertEqual(os.listdir(self.dir), [])
+
+    def test_deleted_directory_is_reclaimed_then_a_second_process_refused(
+        self,
+    ):
+        for recreated in (False, True):
+            with self.subTest(recreated=recreated):
+                handle = ownership.acquire(self.dir)
+
+                def damage(recreated=recreated):
+                    shutil.rmtree(self.dir)
+                    if recreated:  # as the store's next write would
+                        os.makedirs(self.dir)
+
+                self.assert_reclaimed_then_refuses(
+                    handle,
+                    damage,
+                    ownership.LOCK_FILE,
+                    "the directory was deleted or replaced",
+                )
+                handle.release(remove_empty_dir=True)
+                self.assertFalse(os.path.exists(self.dir))
+
+    def test_replaced_directory_is_reclaimed(self):
+        handle = ownership.acquire(self.dir)
+
+        def damage():
+            os.rename(self.dir, self.dir + "-old")
+            os.makedirs(self.dir)
+
+        self.assert_reclaimed_then_refuses(
+            handle,
+            damage,
+            ownership.LOCK_FILE,
+            "the directory was deleted or replaced",
+        )
+        handle.release()
+
+    def test_deleted_or_replaced_lock_file_is_reclaimed(self):
+        path = os.path.join(self.dir, ownership.LOCK_FILE)
+        for replaced in (False, True):
+            with self.subTest(replaced=replaced):
+                handle = ownership.acquire(self.dir)
+
+                def damage(replaced=replaced):
+                    os.remove(path)
+                    if replaced:
+                        with open(path, "w") as f:
+                            f.write("{}")
+
+                self.assert_reclaimed_then_refuses(
+                    handle, damage, ownership.LOCK_FILE, "its lock file"
+                )
+                handle.release()
+
+    def test_deleted_directory_taken_by_another_process_stops_the_owner(
+        self,
+    ):
+        handle = ownership.acquire(self.dir)
+        shutil.rmtree(self.dir)
+        other = self.child()
+        self.assertEqual(other.status, "OWNED")
+        self.assert_taken_over_stops_the_owner(handle, other)
+        # This process is no owner any more: a new acquire is refused too.
+        with self.assertRaises(errors.BackupDirInUseError):
+            ownership.acquire(self.dir)
+
+    def test_ensure_after_a_newer_handle_released_takes_it_again(self):
+        first = ownership.acquire(self.dir)
+        second = ownership.acquire(self.dir)
+        second.release()
+        first.ensure()
+        self.assertTrue(first.held)
+        self.assertEqual(self.child().status, "REFUSED")
+        first.release()
+        with self.assertRaises(RuntimeError):
+            first.ensure()
 
     def test_invalid_fields_of_the_owner_record_are_left_out_of_the_refusal(
         self,
@@ -482,6 +623,45 @@ class LeaseTest(_ChildrenTest):
                 self.assertIn(field, warning)
                 handle.release()
 
+    def test_deleted_directory_is_reclaimed_then_a_second_process_refused(
+        self,
+    ):
+        handle = ownership.acquire(self.dir, _lease_ttl=2)
+        # Re-established once, by ensure() or by the renewal thread if that
+        # comes first.
+        self.assert_reclaimed_then_refuses(
+            handle,
+            lambda: _rmtree(self.dir),
+            ownership.LEASE_FILE,
+            "was deleted or replaced",
+        )
+        handle.release(remove_empty_dir=True)
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_lease_renewal_reclaims_a_deleted_directory(self):
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        _rmtree(self.dir)
+        # The renewal thread (every TTL/3) puts the lease back by itself.
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.lease):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        self.assertEqual(self.child().status, "REFUSED")
+        with self.assertNoLogs(level="WARNING"):
+            handle.ensure()
+        handle.release()
+
+    def test_deleted_directory_taken_by_another_process_stops_the_owner(
+        self,
+    ):
+        # Renewed every 20 s: the other process takes the missing lease
+        # before this one's renewal would put it back.
+        handle = ownership.acquire(self.dir, _lease_ttl=60)
+        shutil.rmtree(self.dir)
+        other = self.child()
+        self.assertEqual(other.status, "OWNED")
+        self.assert_taken_over_stops_the_owner(handle, other)
+
     def test_forced_by_the_environment(self):
         os.environ[ownership.FORCE_LEASE_ENV] = str(self.TTL)
         try:
@@ -491,6 +671,36 @@ class LeaseTest(_ChildrenTest):
         self.assertEqual(os.listdir(self.dir), [ownership.LEASE_FILE])
         self.assertEqual(self.child().status, "REFUSED")
         handle.release()
+
+
+class EngineTest(_ChildrenTest):
+    def test_write_after_another_job_took_the_deleted_directory(self):
+        import tensorflow as tf
+
+        from backup_restore._src import engine as engine_lib
+
+        engine = engine_lib.Engine(self.dir, async_backup=False)
+        engine.start()
+        checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+        engine.write(checkpoint, {"step": 1})
+        (name,) = [n for n in os.listdir(self.dir) if n.startswith("backup-")]
+        first_backup = os.path.join(self.tmp, "copy")
+        shutil.copytree(os.path.join(self.dir, name), first_backup)
+        shutil.rmtree(self.dir)
+        other = self.child()
+        self.assertEqual(other.status, "OWNED")
+        before = self.snapshot()
+        with self.assertRaises(errors.BackupDirInUseError) as cm:
+            engine.write(checkpoint, {"step": 2})
+        self.assertIn(f"pid {other.pid}", str(cm.exception))
+        self.assertEqual(self.snapshot(), before)  # nothing written
+        # Nor deleted: the directory is the other job's now.
+        other_backup = os.path.join(self.dir, name)
+        shutil.copytree(first_backup, other_backup)
+        before = self.snapshot()
+        engine.finish(delete=True)
+        self.assertEqual(self.snapshot(), before)
+        self.assertTrue(os.path.isdir(other_backup))
 
 
 if __name__ == "__main__":
