@@ -199,6 +199,10 @@ class Engine:
         `label` (what the backup holds, e.g. "epoch 2, batch 0") and
         `blocked_since` (when training began to wait for it) go into the
         one line the store logs per backup.
+
+        Raises:
+          BackupDirInUseError: another job has taken backup_dir over (it
+            was deleted or replaced meanwhile); nothing was written.
         """
         if self._role.coordinator is not None:
             # ParameterServerStrategy: steps scheduled may still be running
@@ -212,6 +216,10 @@ class Engine:
             self._scratch.write(checkpoint, metadata)
             self._scratch.delete_all()
             return
+        # backup_dir may have been deleted or replaced since start(), and
+        # another job started on it: raises then, before writing anything.
+        if self._ownership is not None:
+            self._ownership.ensure()
         self.store.write_async(
             checkpoint,
             metadata,
@@ -304,7 +312,20 @@ class Engine:
                 # Training is complete; an interrupt from here on (Ctrl-C
                 # during the deletion) does not undo that.
                 self.completed = True
-            if delete and not self.preempted and self._role.is_chief:
+            if (
+                delete
+                and not self.preempted
+                and self._role.is_chief
+                and self._ownership is not None
+                and self._ownership.lost
+            ):
+                # Whatever is in backup_dir now is the other job's.
+                logging.warning(
+                    "Training completed, but another job has owned %s since "
+                    "it was deleted or replaced: its backups are not deleted.",
+                    self.backup_dir,
+                )
+            elif delete and not self.preempted and self._role.is_chief:
                 faults.point(faults.DELETING, self.backup_dir)
                 self.store.delete_all()
                 deleted = True

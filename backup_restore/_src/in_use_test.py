@@ -7,6 +7,7 @@ killed, B must resume A's backup at once).
 """
 
 import os
+import shutil
 import signal
 
 from absl.testing import absltest
@@ -115,6 +116,32 @@ class InUseTest(test_case.TestCase):
         self.assertEqual(run.result["resumed_from"], [1, 0], run.describe())
         self.assertEqual(run.result["history_epochs"], [0, 1, 2])
         self.assertFalse(os.path.exists(self.dir), "deleted on completion")
+
+    def test_owner_stops_when_another_job_took_its_deleted_directory(self):
+        # A pauses at batch 6 (epoch 1), its epoch-0 backup committed; a
+        # SIGTERM then makes it back up at that batch.
+        owner = self._start(
+            "--fail_at_step=6",
+            "--fail_with=pause",
+            "--fail_after_backup_committed",
+            "--save_before_preemption",
+        )
+        owner.wait_for_line("PAUSED")
+        shutil.rmtree(self.dir)  # the user deletes A's backup_dir
+        # B, started on it, finds it free and owns it; it pauses at batch 2.
+        other = self._start("--fail_at_step=2", "--fail_with=pause")
+        other.wait_for_line("PAUSED")
+        before = _snapshot(self.dir)
+
+        owner.signal(signal.SIGTERM)
+        run = owner.finish()
+        # A's next backup is refused before anything is written.
+        self.assertNotEqual(run.returncode, 0, run.describe())
+        self.assertIn("BackupDirInUseError", run.stderr, run.describe())
+        self.assertIn(f"pid {other.pid} on host", run.stderr)
+        self.assertIn("deleted or replaced", run.stderr)
+        self.assertEqual(_snapshot(self.dir), before)
+        self.assertIsNone(other.proc.poll())
 
 
 if __name__ == "__main__":

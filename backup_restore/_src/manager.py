@@ -287,6 +287,11 @@ class BackupManager(engine.FrontEnd):
           metadata: optional JSON-serializable data, given back as
             `self.metadata` after restore().
           wait: block until the backup is committed.
+
+        Raises:
+          BackupDirInUseError: backup_dir was deleted or replaced during
+            training and another job has owned it since; nothing was
+            written.
         """
         started = time.monotonic()
         self._last_backup_step = int(step)

@@ -35,6 +35,26 @@ How ownership is held depends on the filesystem:
   mounts) use the lease too.
 - ram:// is private to the process: only the in-process registry below.
 
+Every record read from the directory is checked field by field
+(`invalid_fields`) before use. A lease that is invalid (not JSON, a field
+missing or of the wrong type or range) tells nothing of its owner but
+whether it changes: it is watched like any other, refused if rewritten
+meanwhile, taken over once unchanged for a whole TTL. An owner that finds
+an invalid lease in place of its own rewrites its own at once. Of a lock
+file's record, only the valid fields name the owner in a refusal.
+
+The directory may be deleted or replaced under a running owner (`rm -rf
+backup_dir`; the owner's next backup would recreate it), and so may its lock
+file or lease alone: a job started then would find it free. So before each
+backup the owner calls `Ownership.ensure()`: one lstat of the lock file
+(does its name still name the file locked?) or one read of the lease (still
+this process's token, and not flagged lost by the renewal thread?). If the
+claim is gone and nobody else holds the directory, the owner re-establishes
+it (the directory, lock file or lease created anew; one warning); if
+another process holds it by now, the owner stops with BackupDirInUseError
+naming it, writes nothing more there, and no longer owns it. The lease's
+renewal thread re-establishes a missing lease by the same rule.
+
 Within one process, ownership is re-entrant: a second acquire on the same
 directory (fit() run again after Ctrl-C, with a new callback; a second
 store object) succeeds and makes its handle the holder; releasing an older
@@ -49,6 +69,7 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
@@ -103,18 +124,109 @@ def _boot_id():
         return None
 
 
+def _is_number(value) -> bool:
+    # bool is an int in Python, but true is no time and no pid.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (
+        isinstance(value, float) and math.isfinite(value)
+    )
+
+
+# The fields of an owner record (flock and lease), each with what it must
+# be; a lease adds _LEASE_FIELDS.
+_FIELDS = {
+    "host": ("a string", lambda v: isinstance(v, str)),
+    # Up to the largest pid_t: os.kill overflows beyond.
+    "pid": (
+        "a positive integer",
+        lambda v: _is_number(v) and isinstance(v, int) and 0 < v < 2**31,
+    ),
+    "since": ("a string", lambda v: isinstance(v, str)),
+    "since_epoch": ("a finite number", _is_number),
+    "command": ("a string", lambda v: isinstance(v, str)),
+    "boot_id": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "token": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "mechanism": ("a string", lambda v: isinstance(v, str)),
+}
+_LEASE_FIELDS = {
+    "ttl": ("a positive finite number", lambda v: _is_number(v) and v > 0),
+    "renewed_epoch": ("a finite number", _is_number),
+    "expires_epoch": ("a finite number", _is_number),
+}
+
+
+def invalid_fields(record, lease: bool) -> dict:
+    """What is wrong with an owner record read from backup_dir, by field.
+
+    Args:
+      record: the record as parsed from JSON (anything JSON holds).
+      lease: check the fields of a lease too.
+
+    Returns:
+      {field: what it should be} for each field that is missing or of the
+      wrong type or range; {} for a valid record. A record that is not a
+      JSON object gives {"record": ...}. Fields this release does not know
+      are allowed (a later release may add some).
+    """
+    if not isinstance(record, dict):
+        return {"record": f"a JSON object, not {type(record).__name__}"}
+    fields = dict(_FIELDS, **_LEASE_FIELDS) if lease else _FIELDS
+    invalid = {}
+    for name, (want, check) in fields.items():
+        if name not in record:
+            invalid[name] = f"missing (should be {want})"
+        elif not check(record[name]):
+            invalid[name] = f"{repr(record[name])[:40]} (should be {want})"
+    return invalid
+
+
+def _describe(invalid: dict) -> str:
+    return "; ".join(f"{name}: {what}" for name, what in invalid.items())
+
+
+def _valid_part(record) -> dict | None:
+    """The valid fields of `record` (a flock record, read only to name its
+    owner); None when none is."""
+    invalid = invalid_fields(record, lease=False)
+    if "record" in invalid:
+        return None
+    return {
+        k: v for k, v in record.items() if k in _FIELDS and k not in invalid
+    } or None
+
+
 def _in_use_error(directory: str, owner: dict | None, extra: str = ""):
-    if owner:
-        who = (
-            f"pid {owner.get('pid')} on host {owner.get('host')!r}, which "
-            f"has owned it since {owner.get('since')}"
-        )
-        if owner.get("command"):
-            who += f" (command: {owner['command']})"
-        kill = f"stop it (kill {owner.get('pid')} on {owner.get('host')})"
-    else:
-        who = "a process that has not written its record yet"
+    """The refusal naming `owner`, a record whose fields are all valid (or
+    only the valid ones of it).
+
+    Args:
+      directory: the backup_dir.
+      owner: the other owner's record.
+      extra: sentences to add after the owner's name.
+    """
+    owner = owner or {}
+    pid, host, since, command = (
+        owner.get(k) for k in ("pid", "host", "since", "command")
+    )
+    if any(v is not None for v in (pid, host, since, command)):
+        who = "a process" if pid is None else f"pid {pid}"
+        if host is not None:
+            who += f" on host {host!r}"
+        if since is not None:
+            who += f", which has owned it since {since}"
+        if command:
+            who += f" (command: {command})"
         kill = "stop it"
+        if pid is not None and host is not None:
+            kill += f" (kill {pid} on {host})"
+    else:
+        who = (
+            "a process that has not written its record yet (or whose record "
+            "is invalid)"
+        )
+        kill = "stop it"
+        owner = None
     error = errors.BackupDirInUseError(
         f"backup_dir {directory!r} is in use by another training job: "
         f"{who}.{extra} Nothing in the directory was changed. Wait for that "
@@ -127,10 +239,12 @@ def _in_use_error(directory: str, owner: dict | None, extra: str = ""):
 class Ownership:
     """A handle on the ownership of one backup_dir; see `acquire`."""
 
-    def __init__(self, directory: str, key: str):
+    def __init__(self, directory: str, key: str, lease_ttl=None):
         self.directory = directory
         self._key = key
+        self._lease_ttl = lease_ttl
         self._released = False
+        self._held = None  # the _Held this handle joined
 
     @property
     def record(self) -> dict | None:
@@ -138,6 +252,13 @@ class Ownership:
         with _REGISTRY_LOCK:
             held = _HELD.get(self._key)
             return held.record if held is not None else None
+
+    @property
+    def lost(self) -> bool:
+        """Whether another process took backup_dir from this one (see
+        `ensure`)."""
+        with _REGISTRY_LOCK:
+            return self._held is not None and self._held.lost is not None
 
     @property
     def held(self) -> bool:
@@ -163,18 +284,84 @@ class Ownership:
             del _HELD[self._key]
         held.close(remove_empty_dir)
 
+    def ensure(self) -> None:
+        """Checks that this process still owns backup_dir; call it before
+        each backup is written.
+
+        The directory (or only its lock file or lease) may have been
+        deleted or replaced since `acquire`: `rm -rf backup_dir` while the
+        job trains, after which the job's next backup would recreate it.
+        Then the claim is re-established (the directory and the lock file or
+        lease created anew, and one warning logged), unless another process
+        holds the directory by now: then BackupDirInUseError. Costs one
+        lstat with a file lock, one read of the lease with a lease.
+
+        Within this process, a handle whose ownership a newer handle has
+        released takes it again.
+
+        Raises:
+          BackupDirInUseError: another process owns backup_dir now; this
+            process no longer does and nothing in it was changed. Raised
+            again by every later call.
+          BackupDirUnsafeError: the lock file's name now holds something
+            else (a link, ...): not followed or changed.
+          RuntimeError: this handle was released.
+        """
+        with _REGISTRY_LOCK:
+            if self._released:
+                raise RuntimeError(
+                    f"The ownership of {self.directory!r} was released by "
+                    "this handle: acquire it again to write backups there."
+                )
+            held = _HELD.get(self._key)
+        if held is None and self._held.lost is None:
+            # Released by a newer handle of this process: take it again.
+            other = acquire(self.directory, _lease_ttl=self._lease_ttl)
+            with _REGISTRY_LOCK:
+                held = other._held
+                held.holder = self
+                self._held = held
+                other._released = True
+        if held is not None and held is not self._held:
+            self._held = held  # re-acquired by another handle meanwhile
+        self._held.ensure()
+
 
 class _Held:
-    """What one process holds for one directory."""
+    """What one process holds for one directory (ram://: only this)."""
 
     record = None
 
-    def __init__(self, directory):
+    def __init__(self, directory, key):
         self.directory = directory
+        self.key = key
         self.holder = None
+        # (owner record, what happened) once another process took the
+        # directory over: this process then no longer holds it.
+        self.lost = None
+        # Serializes checking, re-establishing and renewing.
+        self._guard = threading.Lock()
+
+    def ensure(self):
+        if self.lost is not None:
+            raise _in_use_error(self.directory, *self.lost)
+
+    def _lose(self, owner, what):
+        """Records that `owner` took the directory; forgets it here."""
+        self.lost = (owner, _lost_text(what))
+        with _REGISTRY_LOCK:
+            if _HELD.get(self.key) is self:
+                del _HELD[self.key]
 
     def close(self, remove_empty_dir):
         pass
+
+
+def _lost_text(what: str) -> str:
+    return (
+        f" This job owned it until {what}; that process has taken it since, "
+        "so this job no longer owns it and writes no more backups there."
+    )
 
 
 # flock's errors on filesystems without locks (NFS mounted nolock, FUSE).
@@ -221,11 +408,22 @@ def _open_lock_file(path: str) -> int:
 class _Flock(_Held):
     """A flock on LOCK_FILE, held through an open file descriptor."""
 
-    def __init__(self, directory):
-        super().__init__(directory)
+    def __init__(self, directory, key):
+        super().__init__(directory, key)
         self._local = _local(directory)
         self._path = os.path.join(self._local, LOCK_FILE)
-        self._fd = None
+        self._fd, self._id, self._dir_id = self._lock()
+        self.record = _now_record("flock")
+        self._write_record()
+
+    def _lock(self):
+        """Locks the file that LOCK_FILE names: (fd, its (st_dev, st_ino),
+        the directory's).
+
+        Raises:
+          BackupDirInUseError: another process holds the lock.
+          _LocksUnsupported: the filesystem has no locks.
+        """
         # The owner deletes its lock file at the end; a process that opened
         # it just before then locks a deleted file: open again.
         for _ in range(100):
@@ -244,9 +442,9 @@ class _Flock(_Held):
                             os.unlink(self._path)  # useless here
                         raise _LocksUnsupported(e) from e
                     raise
-                owner = _read_record_fd(fd)
+                owner = _valid_part(_read_record_fd(fd))
                 os.close(fd)
-                raise _in_use_error(directory, owner) from None
+                raise _in_use_error(self.directory, owner) from None
             try:
                 current = os.lstat(self._path)
             except FileNotFoundError:
@@ -258,13 +456,15 @@ class _Flock(_Held):
             ):
                 os.close(fd)
                 continue
-            self._fd = fd
-            break
-        else:
-            raise RuntimeError(
-                f"Could not lock {self._path}: it keeps changing."
+            folder = os.stat(self._local)
+            return (
+                fd,
+                (mine.st_dev, mine.st_ino),
+                (folder.st_dev, folder.st_ino),
             )
-        self.record = _now_record("flock")
+        raise RuntimeError(f"Could not lock {self._path}: it keeps changing.")
+
+    def _write_record(self):
         data = json.dumps(self.record).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
@@ -276,8 +476,45 @@ class _Flock(_Held):
             current = os.lstat(self._path)
         except FileNotFoundError:
             return False
-        mine = os.fstat(self._fd)
-        return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+        return (current.st_dev, current.st_ino) == self._id
+
+    def ensure(self):
+        with self._guard:
+            super().ensure()
+            if self.intact():  # the one lstat per backup
+                return
+            try:
+                folder = os.stat(self._local)
+                moved = (folder.st_dev, folder.st_ino) != self._dir_id
+            except FileNotFoundError:
+                moved = True
+            what = (
+                "the directory was deleted or replaced"
+                if moved
+                else f"its lock file {LOCK_FILE} was deleted or replaced"
+            )
+            try:
+                fd, self._id, self._dir_id = self._lock()
+            except errors.BackupDirInUseError as e:
+                os.close(self._fd)
+                self._lose(e.owner, what)
+                raise _in_use_error(self.directory, *self.lost) from None
+            except _LocksUnsupported as e:
+                raise e.__cause__ from None
+            old, self._fd = self._fd, fd
+            self._write_record()
+            os.close(old)  # its lock is on a file no longer named
+        logging.warning(
+            "While this job owned backup_dir %s, %s. Nobody else had taken "
+            "it: this job has re-established its claim with a new %s and "
+            "goes on backing up there.%s",
+            self.directory,
+            what,
+            LOCK_FILE,
+            " Backups that were in the old directory are not there any more."
+            if moved
+            else "",
+        )
 
     def close(self, remove_empty_dir):
         # Unlink while still locked: a process that locks the file after
@@ -318,6 +555,23 @@ def _gfile():
 
 
 def _read_lease(path):
+    """The lease at `path`: (raw, record, invalid).
+
+    raw is its bytes, None when there is none; record what they parse to
+    (None if nothing); invalid the `invalid_fields` of the record, {} when
+    there is none or it is valid. A record is used only when valid.
+    """
+    raw = _read_lease_bytes(path)
+    if raw is None:
+        return None, None, {}
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8)
+        return raw, None, {"record": "not JSON"}
+    return raw, record, invalid_fields(record, lease=True)
+
+
+def _read_lease_bytes(path):
     try:
         if _is_local(path):
             try:
@@ -336,10 +590,7 @@ def _read_lease(path):
         if type(e).__name__ == "NotFoundError":
             return None
         raise
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None  # unreadable: treated as no lease
+    return raw
 
 
 def _write_lease(path, lease):
@@ -374,23 +625,38 @@ def _process_gone(lease) -> bool:
     if lease.get("boot_id") is None or lease.get("boot_id") != _boot_id():
         return False
     try:
-        os.kill(int(lease["pid"]), 0)
+        os.kill(lease["pid"], 0)
     except ProcessLookupError:
         return True
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, OverflowError):
         return False
     return False
+
+
+def _renewed_error(directory, lease, invalid):
+    """The refusal by a lease seen rewritten while watched."""
+    if invalid:
+        return _in_use_error(
+            directory,
+            _valid_part(lease),
+            f" Its lease is invalid ({_describe(invalid)}) but is being "
+            "rewritten: its writer is alive.",
+        )
+    return _in_use_error(
+        directory,
+        lease,
+        f" Its lease (renewed every {lease['ttl']} s / 3) is being renewed.",
+    )
 
 
 class _Lease(_Held):
     """A lease in LEASE_FILE, renewed every ttl/3 by a daemon thread."""
 
-    def __init__(self, directory, ttl):
-        super().__init__(directory)
+    def __init__(self, directory, key, ttl):
+        super().__init__(directory, key)
         self._ttl = float(ttl)
         self._path = os.path.join(directory, LEASE_FILE)
         self._stop = threading.Event()
-        self.lost = False
         self._take(directory)
         self._thread = threading.Thread(
             target=self._renew_loop, name="backup_restore-lease", daemon=True
@@ -407,70 +673,136 @@ class _Lease(_Held):
         poll = min(1.0, self._ttl / 10)
         seen, seen_at = None, None
         while True:
-            lease = _read_lease(self._path)
-            if lease is None or (
-                lease.get("pid") == os.getpid()
-                and (lease.get("host") == socket.gethostname())
-            ):
-                break  # free (or this process's own, left by a crash)
-            if time.time() > lease.get("expires_epoch", 0):
-                logging.warning("Taking over the expired lease %s", lease)
-                break
-            if _process_gone(lease):
-                logging.warning(
-                    "Taking over the lease of pid %s, gone: %s",
-                    lease.get("pid"),
-                    lease,
-                )
-                break
-            stamp = (lease.get("token"), lease.get("renewed_epoch"))
+            raw, lease, invalid = _read_lease(self._path)
+            if raw is None:
+                break  # free
+            if not invalid:
+                if lease["pid"] == os.getpid() and (
+                    lease["host"] == socket.gethostname()
+                ):
+                    break  # this process's own, left by a crash
+                if time.time() > lease["expires_epoch"]:
+                    logging.warning("Taking over the expired lease %s", lease)
+                    break
+                if _process_gone(lease):
+                    logging.warning(
+                        "Taking over the lease of pid %s, gone: %s",
+                        lease["pid"],
+                        lease,
+                    )
+                    break
+            # An invalid lease tells nothing of its owner's liveness but
+            # this: a live owner rewrites it every TTL/3. So every lease is
+            # watched by its bytes.
             if seen is None:
-                seen, seen_at = stamp, time.monotonic()
-            elif stamp != seen:
+                seen, seen_at = raw, time.monotonic()
+            elif raw != seen:
                 # Renewed (or newly taken) while we watched: a live owner.
-                raise _in_use_error(
-                    directory,
-                    lease,
-                    f" Its lease (renewed every {lease.get('ttl', '?')} s / 3)"
-                    " is being renewed.",
-                )
+                raise _renewed_error(directory, lease, invalid)
             elif time.monotonic() - seen_at >= self._ttl:
-                logging.warning("Taking over the unrenewed lease %s", lease)
+                if invalid:
+                    logging.warning(
+                        "Taking over the lease %s: it is invalid (%s) and "
+                        "was not rewritten for %.1f s.",
+                        self._path,
+                        _describe(invalid),
+                        self._ttl,
+                    )
+                else:
+                    logging.warning("Taking over the unrenewed lease %s", lease)
                 break
             time.sleep(poll)
-        if _is_local(directory):
-            os.makedirs(_local(directory), exist_ok=True)
-        else:
-            _gfile().makedirs(directory)
         self.record = dict(_now_record("lease"), ttl=self._ttl)
-        _write_lease(self._path, self._lease())
-        # Another process may have written its lease at the same moment:
-        # the last writer wins, the other is refused.
-        time.sleep(poll)
-        lease = _read_lease(self._path)
-        if lease is None or lease.get("token") != self.record["token"]:
-            raise _in_use_error(
-                directory, lease, " It took the lease over at the same time."
+        self._write_and_confirm(
+            lambda lease: _in_use_error(
+                directory,
+                _valid_part(lease),
+                " It took the lease over at the same time.",
             )
+        )
+
+    def _write_and_confirm(self, refusal):
+        """Creates the directory if missing, writes this process's lease and
+        reads it back a moment later: another process may have written its
+        lease at the same moment; the last writer wins.
+
+        Raises:
+          BackupDirInUseError: `refusal(the other's lease)`.
+        """
+        if _is_local(self.directory):
+            os.makedirs(_local(self.directory), exist_ok=True)
+        else:
+            _gfile().makedirs(self.directory)
+        _write_lease(self._path, self._lease())
+        time.sleep(min(1.0, self._ttl / 10))
+        raw, lease, invalid = _read_lease(self._path)
+        if raw is None or invalid or lease["token"] != self.record["token"]:
+            raise refusal(lease)
+
+    def ensure(self):
+        with self._guard:
+            self._check()
+
+    def _check(self):
+        """Checks that the lease is this process's own; re-establishes a
+        missing one (with a warning). Holds self._guard.
+
+        Raises:
+          BackupDirInUseError: another process holds a valid lease; this
+            one no longer owns the directory (self.lost).
+        """
+        super().ensure()
+        raw, lease, invalid = _read_lease(self._path)
+        if raw is not None and not invalid:
+            if lease["token"] == self.record["token"]:
+                return
+            self._lose(
+                lease,
+                f"its lease was deleted, or went unrenewed for {self._ttl:g} s",
+            )
+            self._stop.set()
+            raise _in_use_error(self.directory, *self.lost)
+        if invalid:
+            # Rewritten at once: a job that watches this lease then sees it
+            # change and is refused, as it must be while this owner lives.
+            logging.warning(
+                "The lease %s was replaced by an invalid one (%s): "
+                "rewriting this job's lease.",
+                self._path,
+                _describe(invalid),
+            )
+            _write_lease(self._path, self._lease())
+            return
+
+        def refusal(lease):
+            self._lose(
+                _valid_part(lease),
+                "the directory (or its lease) was deleted or replaced",
+            )
+            self._stop.set()
+            return _in_use_error(self.directory, *self.lost)
+
+        self._write_and_confirm(refusal)
+        logging.warning(
+            "While this job owned backup_dir %s, the directory (or its "
+            "lease %s) was deleted or replaced. Nobody else had taken it: "
+            "this job has re-established its claim (a new lease, the "
+            "directory recreated if missing) and goes on backing up there. "
+            "If the directory itself was deleted or replaced, the backups "
+            "that were in it are not there any more.",
+            self.directory,
+            LEASE_FILE,
+        )
 
     def _renew_loop(self):
         while not self._stop.wait(self._ttl / 3):
             try:
-                lease = _read_lease(self._path)
-                if (
-                    lease is not None
-                    and lease.get("token") != self.record["token"]
-                ):
-                    self.lost = True
-                    logging.error(
-                        "Lost the ownership of %s: another process took over "
-                        "its lease (this one was not renewed for %.0f s): %s",
-                        self.directory,
-                        self._ttl,
-                        lease,
-                    )
-                    return
-                _write_lease(self._path, self._lease())
+                with self._guard:
+                    self._check()
+                    _write_lease(self._path, self._lease())
+            except errors.BackupDirInUseError as e:
+                logging.error("Lost the ownership of %s: %s", self.directory, e)
+                return
             except Exception as e:  # retried at the next tick
                 logging.warning(
                     "Renewing the lease %s failed: %s", self._path, e
@@ -481,9 +813,10 @@ class _Lease(_Held):
         self._thread.join()
         if self.lost:
             return
-        lease = _read_lease(self._path)
-        if lease is not None and lease.get("token") == self.record["token"]:
-            _remove(self._path)
+        raw, lease, invalid = _read_lease(self._path)
+        if raw is not None and not invalid:
+            if lease["token"] == self.record["token"]:
+                _remove(self._path)
         if remove_empty_dir:
             try:
                 if _is_local(self.directory):
@@ -516,29 +849,32 @@ def acquire(directory: str, *, _lease_ttl=None) -> Ownership:
     if _lease_ttl is None and os.environ.get(FORCE_LEASE_ENV):
         _lease_ttl = float(os.environ[FORCE_LEASE_ENV])
     key = paths.key(directory)
-    handle = Ownership(directory, key)
+    handle = Ownership(directory, key, _lease_ttl)
     with _REGISTRY_LOCK:
         held = _HELD.get(key)
         if held is not None:
             held.holder = handle  # re-entrant within the process
+            handle._held = held
             return handle
         if directory.startswith("ram://"):
-            held = _Held(directory)
+            held = _Held(directory, key)
         elif _is_local(directory) and _lease_ttl is None:
             try:
-                held = _Flock(directory)
+                held = _Flock(directory, key)
             except _LocksUnsupported as e:
                 logging.warning(
                     "%s has no file locks (%s): its owner holds a lease.",
                     directory,
                     e,
                 )
-                held = _Lease(directory, LEASE_TTL_SECONDS)
+                held = _Lease(directory, key, LEASE_TTL_SECONDS)
         else:
             held = _Lease(
                 directory,
+                key,
                 LEASE_TTL_SECONDS if _lease_ttl is None else _lease_ttl,
             )
         held.holder = handle
+        handle._held = held
         _HELD[key] = held
     return handle

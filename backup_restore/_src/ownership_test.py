@@ -3,10 +3,12 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from absl.testing import absltest
@@ -81,6 +83,17 @@ class Child:
         return stderr
 
 
+def _rmtree(directory):
+    """Deletes `directory`, which a lease renewal may write into meanwhile."""
+    for attempt in range(10):
+        try:
+            shutil.rmtree(directory)
+            return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY or attempt == 9:
+                raise
+
+
 class _ChildrenTest(test_case.TestCase):
     """Each case's Child processes on self.dir end with it."""
 
@@ -97,6 +110,60 @@ class _ChildrenTest(test_case.TestCase):
         child = Child(self.dir, **kwargs)
         self.children.append(child)
         return child
+
+    def snapshot(self):
+        """relative path -> (mtime, bytes) of each file under self.dir."""
+        found = {}
+        for root, _, files in os.walk(self.dir):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    found[os.path.relpath(path, self.dir)] = (
+                        os.stat(path).st_mtime_ns,
+                        f.read(),
+                    )
+        return found
+
+    def assert_reclaimed_then_refuses(
+        self, handle, damage, mechanism_file, what
+    ):
+        """After `damage()`, handle.ensure() re-establishes the claim with
+        one warning that says `what`; then another process is refused."""
+        with self.assertLogs(level="WARNING") as logs:
+            damage()
+            handle.ensure()
+        # (A lease renewal that the deletion interrupted may warn too.)
+        said = [line for line in logs.output if "re-established" in line]
+        self.assertLen(said, 1, logs.output)
+        self.assertIn(what, said[0])
+        with open(os.path.join(self.dir, mechanism_file)) as f:
+            self.assertEqual(json.load(f)["token"], handle.record["token"])
+        other = self.child()
+        self.assertEqual(other.status, "REFUSED")
+        self.assertIn(f"pid {os.getpid()}", other.payload["message"])
+        with self.assertNoLogs(level="WARNING"):
+            handle.ensure()  # intact again: nothing to say
+        self.assertTrue(handle.held)
+
+    def assert_taken_over_stops_the_owner(self, handle, other):
+        """After another process took the directory, handle.ensure()
+        refuses, naming it, and changes nothing; so does every later call."""
+        before = self.snapshot()
+        for _ in range(2):
+            with self.assertRaises(errors.BackupDirInUseError) as cm:
+                handle.ensure()
+            message = str(cm.exception)
+            self.assertIn(f"pid {other.pid}", message)
+            self.assertIn("deleted", message)
+            self.assertIn("no longer owns it", message)
+            self.assertIn("Nothing in the directory was changed", message)
+            self.assertEqual(cm.exception.owner["pid"], other.pid)
+        self.assertEqual(self.snapshot(), before)
+        self.assertFalse(handle.held)
+        self.assertTrue(handle.lost)
+        handle.release(remove_empty_dir=True)  # not its own any more: no-op
+        self.assertEqual(self.snapshot(), before)
+        self.assertIsNone(other.proc.poll())
 
 
 class FlockTest(_ChildrenTest):
@@ -220,11 +287,190 @@ class FlockTest(_ChildrenTest):
         handle.release()
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_deleted_directory_is_reclaimed_then_a_second_process_refused(
+        self,
+    ):
+        for recreated in (False, True):
+            with self.subTest(recreated=recreated):
+                handle = ownership.acquire(self.dir)
+
+                def damage(recreated=recreated):
+                    shutil.rmtree(self.dir)
+                    if recreated:  # as the store's next write would
+                        os.makedirs(self.dir)
+
+                self.assert_reclaimed_then_refuses(
+                    handle,
+                    damage,
+                    ownership.LOCK_FILE,
+                    "the directory was deleted or replaced",
+                )
+                handle.release(remove_empty_dir=True)
+                self.assertFalse(os.path.exists(self.dir))
+
+    def test_replaced_directory_is_reclaimed(self):
+        handle = ownership.acquire(self.dir)
+
+        def damage():
+            os.rename(self.dir, self.dir + "-old")
+            os.makedirs(self.dir)
+
+        self.assert_reclaimed_then_refuses(
+            handle,
+            damage,
+            ownership.LOCK_FILE,
+            "the directory was deleted or replaced",
+        )
+        handle.release()
+
+    def test_deleted_or_replaced_lock_file_is_reclaimed(self):
+        path = os.path.join(self.dir, ownership.LOCK_FILE)
+        for replaced in (False, True):
+            with self.subTest(replaced=replaced):
+                handle = ownership.acquire(self.dir)
+
+                def damage(replaced=replaced):
+                    os.remove(path)
+                    if replaced:
+                        with open(path, "w") as f:
+                            f.write("{}")
+
+                self.assert_reclaimed_then_refuses(
+                    handle, damage, ownership.LOCK_FILE, "its lock file"
+                )
+                handle.release()
+
+    def test_deleted_directory_taken_by_another_process_stops_the_owner(
+        self,
+    ):
+        handle = ownership.acquire(self.dir)
+        shutil.rmtree(self.dir)
+        other = self.child()
+        self.assertEqual(other.status, "OWNED")
+        self.assert_taken_over_stops_the_owner(handle, other)
+        # This process is no owner any more: a new acquire is refused too.
+        with self.assertRaises(errors.BackupDirInUseError):
+            ownership.acquire(self.dir)
+
+    def test_ensure_after_a_newer_handle_released_takes_it_again(self):
+        first = ownership.acquire(self.dir)
+        second = ownership.acquire(self.dir)
+        second.release()
+        first.ensure()
+        self.assertTrue(first.held)
+        self.assertEqual(self.child().status, "REFUSED")
+        first.release()
+        with self.assertRaises(RuntimeError):
+            first.ensure()
+
+    def test_invalid_fields_of_the_owner_record_are_left_out_of_the_refusal(
+        self,
+    ):
+        owner = self.child()
+        path = os.path.join(self.dir, ownership.LOCK_FILE)
+        for record, shown, hidden in (
+            ([1, 2], [], []),
+            ("a string", [], []),
+            ({"pid": True, "host": 7, "since": "noon"}, ["noon"], ["pid True"]),
+            ({"pid": -4, "host": "elsewhere"}, ["'elsewhere'"], ["pid -4"]),
+            ({"pid": 12, "host": ["h"], "command": 3}, ["pid 12"], ["['h']"]),
+        ):
+            with self.subTest(record=record):
+                # Rewritten in place: the owner's lock stays on the file.
+                with open(path, "r+") as f:
+                    f.truncate()
+                    json.dump(record, f)
+                with self.assertRaises(errors.BackupDirInUseError) as cm:
+                    ownership.acquire(self.dir)
+                message = str(cm.exception)
+                self.assertIn("Nothing in the directory was changed", message)
+                for text in shown:
+                    self.assertIn(text, message)
+                for text in hidden:
+                    self.assertNotIn(text, message)
+        self.assertEqual(owner.proc.poll(), None)
+
     def test_lock_files_are_ours(self):
         from backup_restore._src import atomicity
 
         for name in ownership.FILES:
             self.assertTrue(atomicity.is_ours(name))
+
+
+def _valid_lease(**changes):
+    now = time.time()
+    lease = {
+        "host": "another-host",
+        "pid": 4242,
+        "since": "then",
+        "since_epoch": now,
+        "command": "train.py",
+        "boot_id": None,
+        "token": "theirs",
+        "mechanism": "lease",
+        "ttl": 60.0,
+        "renewed_epoch": now,
+        "expires_epoch": now + 3600,
+    }
+    lease.update(changes)
+    return lease
+
+
+def _without(*names):
+    return {k: v for k, v in _valid_lease().items() if k not in names}
+
+
+# Lease records, each invalid, as JSON text; their invalid field (or "record").
+_INVALID_LEASES = {
+    "string_expiry": (
+        json.dumps(_valid_lease(expires_epoch="soon")),
+        "expires_epoch",
+    ),
+    "list": (json.dumps([_valid_lease()]), "record"),
+    "missing_keys": (json.dumps(_without("token", "expires_epoch")), "token"),
+    "bool_pid": (json.dumps(_valid_lease(pid=True)), "pid"),
+    "nan_expiry": (
+        json.dumps(_valid_lease(expires_epoch=float("nan"))),
+        "expires_epoch",
+    ),
+    "infinite_ttl": (json.dumps(_valid_lease(ttl=float("inf"))), "ttl"),
+    "huge_pid": (json.dumps(_valid_lease(pid=10**30)), "pid"),
+    "null": ("null", "record"),
+    "not_json": ("{'pid': 1", "record"),
+}
+
+
+class RecordValidationTest(test_case.TestCase):
+    def test_records_written_by_this_release_are_valid(self):
+        self.assertEqual(
+            ownership.invalid_fields(ownership._now_record("flock"), False), {}
+        )
+        lease = dict(
+            ownership._now_record("lease"),
+            ttl=60.0,
+            renewed_epoch=1.0,
+            expires_epoch=61,
+        )
+        self.assertEqual(ownership.invalid_fields(lease, lease=True), {})
+        self.assertEqual(ownership.invalid_fields(_valid_lease(), True), {})
+        # Fields of a later release are allowed.
+        self.assertEqual(
+            ownership.invalid_fields(_valid_lease(new_field=[1]), True), {}
+        )
+
+    def test_each_invalid_field_is_named(self):
+        for name, (text, field) in _INVALID_LEASES.items():
+            if name == "not_json":
+                continue
+            with self.subTest(name):
+                invalid = ownership.invalid_fields(json.loads(text), True)
+                self.assertIn(field, invalid)
+        self.assertEqual(
+            set(ownership.invalid_fields({}, lease=True)),
+            set(_valid_lease()),
+        )
+        self.assertIn("since", ownership.invalid_fields({"since": 3}, False))
+        self.assertNotIn("ttl", ownership.invalid_fields({}, lease=False))
 
 
 class LeaseTest(_ChildrenTest):
@@ -233,6 +479,35 @@ class LeaseTest(_ChildrenTest):
     def setUp(self):
         super().setUp()
         self.lease = os.path.join(self.dir, ownership.LEASE_FILE)
+
+    def write_lease(self, text, path=None):
+        path = path or self.lease
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".test"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def rewrite_invalid_lease(self, text):
+        """Rewrites `text` (and a counter) into the lease every TTL/4, as a
+        live owner whose records this release finds invalid would; until
+        the case ends."""
+        stop = threading.Event()
+        path = self.lease
+        self.write_lease(text, path)
+
+        def rewrite():
+            n = 0
+            while True:
+                self.write_lease(f"{text} {' ' * (n % 2)}", path)
+                n += 1
+                if stop.wait(self.TTL / 4):
+                    return
+
+        thread = threading.Thread(target=rewrite, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join)
+        self.addCleanup(stop.set)
 
     def child(self, ttl=TTL):
         return super().child(ttl=ttl)
@@ -295,24 +570,98 @@ class LeaseTest(_ChildrenTest):
     ):
         # Another host's lease, expiring in an hour by its (skewed) clock,
         # that nobody renews: taken over after one TTL of watching it.
-        os.makedirs(self.dir)
-        with open(self.lease, "w") as f:
-            json.dump(
-                {
-                    "host": "another-host",
-                    "pid": 1,
-                    "since": "then",
-                    "token": "theirs",
-                    "renewed_epoch": time.time(),
-                    "expires_epoch": time.time() + 3600,
-                },
-                f,
-            )
+        self.write_lease(json.dumps(_valid_lease()))
         start = time.monotonic()
         handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
         self.assertGreaterEqual(time.monotonic() - start, self.TTL)
         self.assertEqual(self.read_lease()["token"], handle.record["token"])
         handle.release()
+
+    def test_invalid_lease_rewritten_by_a_live_writer_is_refused(self):
+        for name, (text, field) in _INVALID_LEASES.items():
+            with self.subTest(name):
+                self.dir = os.path.join(self.tmp, name)
+                self.lease = os.path.join(self.dir, ownership.LEASE_FILE)
+                self.rewrite_invalid_lease(text)
+                with self.assertRaises(errors.BackupDirInUseError) as cm:
+                    ownership.acquire(self.dir, _lease_ttl=self.TTL)
+                message = str(cm.exception)
+                self.assertIn("is invalid", message)
+                self.assertIn(field, message)
+                self.assertIn("Nothing in the directory was changed", message)
+        # And in a process of its own: refused, no traceback.
+        other = self.child()
+        self.assertEqual(other.status, "REFUSED")
+        self.assertNotIn("Traceback", other.end())
+
+    def test_tampered_lease_of_a_renewing_owner_is_refused(self):
+        owner = self.child()
+        self.assertEqual(owner.status, "OWNED")
+        for name, (text, _) in _INVALID_LEASES.items():
+            with self.subTest(name):
+                # Found invalid at once, then rewritten by the owner.
+                self.write_lease(text)
+                with self.assertRaises(errors.BackupDirInUseError):
+                    ownership.acquire(self.dir, _lease_ttl=self.TTL)
+                # The owner has put its own lease back.
+                self.assertEqual(
+                    self.read_lease()["token"], owner.payload["token"]
+                )
+        self.assertIsNone(owner.proc.poll())
+        owner.release()
+
+    def test_unrenewed_invalid_lease_is_taken_over_after_a_ttl(self):
+        for name, (text, field) in _INVALID_LEASES.items():
+            with self.subTest(name):
+                self.write_lease(text)
+                with self.assertLogs(level="WARNING") as logs:
+                    handle = ownership.acquire(self.dir, _lease_ttl=1.0)
+                self.assertEqual(
+                    self.read_lease()["token"], handle.record["token"]
+                )
+                warning = "\n".join(logs.output)
+                self.assertIn("is invalid", warning)
+                self.assertIn(field, warning)
+                handle.release()
+
+    def test_deleted_directory_is_reclaimed_then_a_second_process_refused(
+        self,
+    ):
+        handle = ownership.acquire(self.dir, _lease_ttl=2)
+        # Re-established once, by ensure() or by the renewal thread if that
+        # comes first.
+        self.assert_reclaimed_then_refuses(
+            handle,
+            lambda: _rmtree(self.dir),
+            ownership.LEASE_FILE,
+            "was deleted or replaced",
+        )
+        handle.release(remove_empty_dir=True)
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_lease_renewal_reclaims_a_deleted_directory(self):
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        _rmtree(self.dir)
+        # The renewal thread (every TTL/3) puts the lease back by itself.
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.lease):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        self.assertEqual(self.child().status, "REFUSED")
+        with self.assertNoLogs(level="WARNING"):
+            handle.ensure()
+        handle.release()
+
+    def test_deleted_directory_taken_by_another_process_stops_the_owner(
+        self,
+    ):
+        # Renewed every 20 s: the other process takes the missing lease
+        # before this one's renewal would put it back.
+        handle = ownership.acquire(self.dir, _lease_ttl=60)
+        shutil.rmtree(self.dir)
+        other = self.child()
+        self.assertEqual(other.status, "OWNED")
+        self.assert_taken_over_stops_the_owner(handle, other)
 
     def test_forced_by_the_environment(self):
         os.environ[ownership.FORCE_LEASE_ENV] = str(self.TTL)
@@ -323,6 +672,36 @@ class LeaseTest(_ChildrenTest):
         self.assertEqual(os.listdir(self.dir), [ownership.LEASE_FILE])
         self.assertEqual(self.child().status, "REFUSED")
         handle.release()
+
+
+class EngineTest(_ChildrenTest):
+    def test_write_after_another_job_took_the_deleted_directory(self):
+        import tensorflow as tf
+
+        from backup_restore._src import engine as engine_lib
+
+        engine = engine_lib.Engine(self.dir, async_backup=False)
+        engine.start()
+        checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+        engine.write(checkpoint, {"step": 1})
+        (name,) = [n for n in os.listdir(self.dir) if n.startswith("backup-")]
+        first_backup = os.path.join(self.tmp, "copy")
+        shutil.copytree(os.path.join(self.dir, name), first_backup)
+        shutil.rmtree(self.dir)
+        other = self.child()
+        self.assertEqual(other.status, "OWNED")
+        before = self.snapshot()
+        with self.assertRaises(errors.BackupDirInUseError) as cm:
+            engine.write(checkpoint, {"step": 2})
+        self.assertIn(f"pid {other.pid}", str(cm.exception))
+        self.assertEqual(self.snapshot(), before)  # nothing written
+        # Nor deleted: the directory is the other job's now.
+        other_backup = os.path.join(self.dir, name)
+        shutil.copytree(first_backup, other_backup)
+        before = self.snapshot()
+        engine.finish(delete=True)
+        self.assertEqual(self.snapshot(), before)
+        self.assertTrue(os.path.isdir(other_backup))
 
 
 if __name__ == "__main__":
