@@ -298,9 +298,9 @@ class StoreTest(test_case.TestCase):
         synced = []
         real_fsync = store.paths.fsync
 
-        def spy(path):
+        def spy(path, follow=False):
             synced.append(path)
-            real_fsync(path)
+            real_fsync(path, follow)
 
         with mock.patch.object(store.paths, "fsync", spy):
             store.BackupStore(nested)
