@@ -1,7 +1,7 @@
-"""Fails when README's Layout table misses a file of the tree, or names one
-that is gone.
+"""Fails when the Layout table of docs/architecture.md misses a file of the
+tree, or names one that is gone.
 
-Run by //:layout_test with README.md and every Python file of
+Run by //:layout_test with docs/architecture.md and every Python file of
 `backup_restore/` and `testing/` as arguments. A row's first cell names
 paths in backticks: a path with a `/` sets the directory for the bare names
 after it (`backup_restore/_src/store.py`, `atomicity.py`); a path ending in
@@ -13,9 +13,9 @@ import re
 import sys
 
 
-def named_in_layout(readme: str) -> tuple[set, set]:
+def named_in_layout(doc: str) -> tuple[set, set]:
     """(files, directories) the Layout table's first column names."""
-    table = readme[readme.index("## Layout") :]
+    table = doc[doc.index("## Layout") :]
     files, directories = set(), set()
     for cell in re.findall(r"^\| (.*?) \|", table, re.M):
         base = None
@@ -31,8 +31,8 @@ def named_in_layout(readme: str) -> tuple[set, set]:
 
 
 def main(argv):
-    readme_path, *paths = argv[1:]
-    with open(readme_path) as f:
+    doc_path, *paths = argv[1:]
+    with open(doc_path) as f:
         files, directories = named_in_layout(f.read())
     tree = {p for p in paths if p.startswith(("backup_restore/", "testing/"))}
     if not tree:
@@ -53,9 +53,11 @@ def main(argv):
         and p not in tree
     )
     for p in missing:
-        print(f"layout_test: README's Layout table does not name {p}")
+        print(f"layout_test: {doc_path}'s Layout table does not name {p}")
     for p in gone:
-        print(f"layout_test: README's Layout table names {p}, not in the tree")
+        print(
+            f"layout_test: {doc_path}'s Layout table names {p}, not in the tree"
+        )
     print(
         f"layout_test: {len(tree)} files, {len(missing) + len(gone)} problems"
     )

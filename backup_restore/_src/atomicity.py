@@ -128,9 +128,10 @@ def fsync_path(path: str, follow: bool = False) -> None:
 
 # How often WritebackStarter asks the kernel to write back what is dirty.
 # Not a measurement: at the 1-2 GB/s TensorFlow writes a checkpoint on the
-# README's benchmark machine, 20 ms leaves at most 20-40 MB dirty for the
-# final fsync, and 50 scans of the directory per second cost nothing
-# measurable there (store_test's WritebackStarterTest checks the mechanism).
+# benchmark's machine (docs/benchmark.md), 20 ms leaves at most 20-40 MB
+# dirty for the final fsync, and 50 scans of the directory per second cost
+# nothing measurable there (store_test's WritebackStarterTest checks the
+# mechanism).
 WRITEBACK_POLL_SECONDS = 0.02
 
 

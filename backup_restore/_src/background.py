@@ -22,16 +22,17 @@ from absl import logging
 # far apart (Linux nice increment, per thread). On a machine whose cores
 # training keeps busy, a write at equal priority takes cores from the
 # training step; at lower priority it uses what training leaves idle.
-# Measured on 2 cores (README, Benchmark): at one backup per epoch this
-# removes the training slowdown; with backups every few steps it is the
-# wrong choice (the write then mostly runs while training waits for it, on
-# one core), so it is only taken when the next backup is expected at least
-# LOW_PRIORITY_SLACK times later than a persist of this size takes alone.
+# Measured on 2 cores (the benchmark, backup_restore/benchmarks): at one
+# backup per epoch this removes the training slowdown; with backups every
+# few steps it is the wrong choice (the write then mostly runs while
+# training waits for it, on one core), so it is only taken when the next
+# backup is expected at least LOW_PRIORITY_SLACK times later than a persist
+# of this size takes alone.
 BACKGROUND_NICE_INCREMENT = 10
 LOW_PRIORITY_SLACK = 4
 # A persist's cost when it has the machine to itself: a fixed part (fsyncs,
 # manifest, rename) plus the bytes at a write+fsync speed. Both are what the
-# README's benchmark machine measured (a 2-core Firecracker VM, virtio disk,
+# benchmark's machine measured (a 2-core Firecracker VM, virtio disk,
 # Nov 26): the store's persist alone took 60 ms for 12.6 MB and 450 ms for
 # 604 MB (raw write+fsync 1.5-2.3 GB/s). Only the priority rule uses them,
 # once per run, and only by their order of magnitude.
@@ -40,12 +41,12 @@ _PERSIST_BYTES_PER_SECOND_MEASURED = 1e9
 
 
 # What a backup costs per variable beyond its bytes (TensorFlow's
-# object-graph work in Python, a read and a CRC per tensor): in the README's
-# third benchmark run a backup of the 1207 tensors (0.3 MB) of its `small`
-# model blocked training 253-311 ms (medians per configuration) with the
-# single-shard writer (tf_checkpoint.write_single_shard), about 0.25 ms
-# each; TensorFlow's own Checkpoint.write took 471 ms there, 1370 ms in the
-# first run. Used only for a first estimate.
+# object-graph work in Python, a read and a CRC per tensor): in a benchmark
+# run on 2 cores (docs/benchmark.md, Targets) a backup of the 1207 tensors
+# (0.3 MB) of its `small` model blocked training 253-311 ms (medians per
+# configuration) with the single-shard writer
+# (tf_checkpoint.write_single_shard), about 0.25 ms each; TensorFlow's own
+# Checkpoint.write took 471 ms there. Used only for a first estimate.
 _WRITE_SECONDS_PER_VARIABLE_MEASURED = 0.00025
 
 

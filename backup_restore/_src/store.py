@@ -37,7 +37,7 @@ from backup_restore._src import tf_checkpoint
 CHECKPOINT_PREFIX = atomicity.CHECKPOINT_PREFIX
 
 # Asynchronous backups of states up to this size are written and published
-# before write_async returns (see there). Issue #15's target: the 1M-param
+# before write_async returns (see there). The target: the 1M-param
 # MLP with Adam of the benchmark (12.7 MB of variables) is kill-safe when the
 # backup hook returns, at no more blocking than tf-keras's synchronous write.
 KILL_SAFE_MAX_BYTES = 16 << 20
@@ -46,7 +46,7 @@ KILL_SAFE_MAX_BYTES = 16 << 20
 # write_async returned makes training wait, at its next step, until it is
 # (see enforce_kill_safe_deadline): the bound on how long a process kill can
 # lose it. Below training's priority the write can otherwise take about ten
-# times its solo time on busy cores: the README's benchmark measured the
+# times its solo time on busy cores: the benchmark measured the
 # 604 MB state published 7.7 s (p50) and 11.6 s (p95) after the hook
 # returned at one backup per epoch on 2 shared cores.
 KILL_SAFE_DEADLINE_SECONDS = 10.0

@@ -1,4 +1,4 @@
-"""Failed backup writes: a full disk, and an error at every stage (issue #13).
+"""Failed backup writes: a full disk, and an error at every stage.
 
 Whatever fails while a backup is written, and wherever (TensorFlow's own
 writer thread included), the previous backup stays committed and restorable,
@@ -71,7 +71,7 @@ def _raise_enospc_at(stage, also=None):
 
 
 def _like_a_full_disk(directory):
-    """Leaves what TensorFlow left on the full disk of issue #13."""
+    """Leaves what TensorFlow leaves when a full disk fails its write."""
     for name in tf.io.gfile.listdir(directory):
         full = os.path.join(directory, name.rstrip("/"))
         if tf.io.gfile.isdir(full):
@@ -133,7 +133,7 @@ class _Base(test_case.TestCase):
         return info.seq, info.metadata["value"]
 
     def _assert_failed_write(self, s, error, seq, previous, cause=_ENOSPC):
-        """The checks of issue #13 after a write of backup `seq` failed for
+        """The checks after a write of backup `seq` failed for
         `cause` (a full disk: the error also says what to do)."""
         self.assertIsInstance(error, errors.BackupWriteError)
         text = str(error)
@@ -184,7 +184,7 @@ class InjectedFailureTest(_Base):
         (f"{fs}_{mode}", fs, mode) for fs in ("local", "ram") for mode in _MODES
     )
     def test_tensorflow_write_error_like_a_full_disk(self, fs, mode):
-        # What TF leaves behind when its writer fails (issue #13): no index,
+        # What TF leaves behind when its writer fails: no index,
         # no data, an empty ckpt_temp/; the error belongs to this backup.
         s, asynchronous = self._store(fs, mode)
         self._write(s, 1.0, asynchronous)
@@ -310,7 +310,7 @@ class InjectedFailureTest(_Base):
 
 
 class DamagedBackupTest(_Base):
-    """The layout that issue #13 committed, built by hand."""
+    """A committed backup whose checkpoint is incomplete, built by hand."""
 
     def test_load_and_latest_reject_it_and_fall_back(self):
         s = store.BackupStore(self._dir())
