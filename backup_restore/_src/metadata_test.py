@@ -146,9 +146,9 @@ class FitMetadataTest(fit_test_case.FitTestCase):
         field, value = tampered
         tamper.set_field(self._backups(older), field, value)
         if older:
-            self._assert_falls_back(field.split(".")[0])
+            self._assert_falls_back(field)
         else:
-            self._assert_refused(field.split(".")[0])
+            self._assert_refused(field)
 
     # -- wrong types and missing keys ----------------------------------------
 
