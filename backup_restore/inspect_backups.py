@@ -5,8 +5,9 @@ r"""Inspects a backup directory: what is there, where it resumes, is it intact.
 
 Lists every committed backup (position in training, time written, size, what
 state it holds, the model fingerprint) and the leftovers of interrupted
-writes, with an integrity verdict: manifest checksum and file sizes, and with
---verify every tensor's checksum. Reads only; changes nothing.
+writes, with an integrity verdict: manifest checksum, metadata schema (an
+edited manifest passes its checksum) and file sizes, and with --verify every
+tensor's checksum. Reads only; changes nothing.
 
 Exit status: 0; 1 with --verify when a committed backup is corrupt
 (including one whose checkpoint is incomplete or whose tensors cannot be
@@ -73,6 +74,16 @@ def _describe(tf, errors, s, path, verify):
         entry["corrupt"] = True
         return entry
     meta = info.metadata
+    # An edited manifest passes its checksum: its fields are checked against
+    # the schema before this reads them.
+    if backup_metadata.is_fit_backup(meta):
+        problem = backup_metadata.problem(meta)
+    else:
+        problem = backup_metadata.manager_problem(meta)
+    if problem:
+        entry["integrity"] = f"CORRUPT: invalid metadata: {problem}"
+        entry["corrupt"] = True
+        return entry
     entry["size_bytes"] = info.size_bytes
     entry["written_at"] = datetime.datetime.fromtimestamp(
         meta.get("written_at", 0)

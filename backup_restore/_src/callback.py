@@ -172,7 +172,8 @@ class BackupAndRestore(
         `fit()` arguments
         (`initial_epoch`, fewer `epochs` than the backup's position).
       BackupCorruptError: every backup in `backup_dir` fails its integrity
-        checks (nothing is deleted).
+        checks, its metadata's schema included (an edited manifest: the
+        message names the field); nothing is deleted.
       BackupWriteError: a backup could not be written (the previous one is
         intact).
       BackupDirInUseError: another training job owns `backup_dir`.
@@ -640,11 +641,16 @@ class BackupAndRestore(
         """Checks a candidate backup; returns the checkpoint to read it into.
 
         Raises:
+          BackupCorruptError: its metadata breaks the schema (the store then
+            falls back to an older backup).
           BackupMismatchError: the backup belongs to another model.
         """
         self._restore_start = time.monotonic()
         model = self.model
         metadata = info.metadata
+        problem = backup_metadata.problem(metadata, self._data_geometry)
+        if problem:
+            raise _invalid_metadata(info, problem)
         problem = backup_metadata.flavour_problem(
             metadata, self._adapter.FLAVOUR, flavours.name
         )
@@ -684,10 +690,50 @@ class BackupAndRestore(
         self._adapter.build_optimizer(
             model.optimizer, model.trainable_variables
         )
+        self._check_callback_tensors(info)
         self._restored_holder = callback_states.holder(
             spec=metadata["callback_tensors"]
         )
         return self._checkpoint(self._restored_holder)
+
+    def _check_callback_tensors(self, info):
+        """The callback tensors the metadata lists are those the checkpoint
+        holds (shapes, dtypes), before variables of those shapes are made
+        to restore them.
+
+        Raises:
+          BackupCorruptError: they differ, or the checkpoint's index cannot
+            be read.
+        """
+        listed = sorted(
+            (list(shape), dtype)
+            for arrays in info.metadata["callback_tensors"].values()
+            for shape, dtype in arrays
+        )
+        try:
+            # Not tf.train.load_checkpoint: on ram:// it takes the prefix
+            # for a directory. Reads the index only.
+            reader = tf.compat.v1.train.NewCheckpointReader(
+                info.checkpoint_prefix
+            )
+            shapes = reader.get_variable_to_shape_map()
+            dtypes = reader.get_variable_to_dtype_map()
+        except (tf.errors.OpError, ValueError) as e:
+            raise errors.BackupCorruptError(
+                f"{info.path}: its checkpoint index cannot be read "
+                f"({type(e).__name__}: {str(e).strip().splitlines()[0]})"
+            ) from e
+        stored = sorted(
+            (list(shapes[name]), dtypes[name].name)
+            for name in shapes
+            if name.startswith("callback_tensors/")
+        )
+        if listed != stored:
+            raise _invalid_metadata(
+                info,
+                f"callback_tensors lists {listed}, the checkpoint holds "
+                f"{stored}",
+            )
 
     def _after_restore(self, info, status):
         model = self.model
@@ -826,6 +872,16 @@ class BackupAndRestore(
                 "logged values for them cover only the batches after resuming.",
                 ", ".join(missing),
             )
+
+
+def _invalid_metadata(info, problem: str) -> errors.BackupCorruptError:
+    """A backup whose metadata breaks its schema: edited or damaged."""
+    return errors.BackupCorruptError(
+        f"{info.path} has invalid metadata: {problem}. Its manifest was "
+        "edited or damaged, so it is not restored; an older intact backup "
+        "is used if there is one (to start afresh instead, delete or move "
+        "this backup)."
+    )
 
 
 def callback_backup_and_restore(backup_dir, **kwargs) -> BackupAndRestore:

@@ -14,13 +14,14 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from backup_restore._src import backup_metadata
 from backup_restore._src import engine
 from backup_restore._src import errors
 from backup_restore._src import flavours
 from backup_restore._src import policy
 from backup_restore._src import preemption
 
-FORMAT = "backup_restore.manager/1"
+FORMAT = backup_metadata.MANAGER_FORMAT
 # BackupManager's backups in a backup_dir (the callback's are per fit() call).
 SCOPE = "custom_loop"
 # The name under which the Keras layers' random generators are saved.
@@ -220,7 +221,8 @@ class BackupManager(engine.FrontEnd):
         Raises:
           BackupMismatchError: the backup holds other variables (paths,
             shapes, dtypes) than the objects given.
-          BackupCorruptError: every backup fails its integrity checks.
+          BackupCorruptError: every backup fails its integrity checks, its
+            metadata's schema included (the message names the field).
           BackupDirInUseError: another training job owns backup_dir (this
             one owns it from restore() to finish()); nothing was changed.
         """
@@ -243,7 +245,23 @@ class BackupManager(engine.FrontEnd):
         return step
 
     def _prepare(self, info):
-        if info.metadata.get("format") != FORMAT:
+        """Checks a candidate backup; returns the checkpoint to read it into.
+
+        Raises:
+          BackupCorruptError: its metadata breaks the schema
+            (backup_metadata.manager_problem; the store then falls back to
+            an older backup).
+          BackupMismatchError: another format, or other variables.
+        """
+        problem = backup_metadata.manager_problem(info.metadata)
+        if problem:
+            raise errors.BackupCorruptError(
+                f"{info.path} has invalid metadata: {problem}. Its manifest "
+                "was edited or damaged, so it is not restored; an older "
+                "intact backup is used if there is one (to start afresh "
+                "instead, delete or move this backup)."
+            )
+        if info.metadata["format"] != FORMAT:
             raise errors.BackupMismatchError(
                 f"{info.path} was not written by a BackupManager (format "
                 f"{info.metadata.get('format')!r})."

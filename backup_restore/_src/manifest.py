@@ -59,8 +59,9 @@ def read(directory: str) -> dict:
     """Reads and checks a manifest; returns its body.
 
     Raises:
-      errors.BackupCorruptError: unreadable, not JSON, wrong format, or its own
-        checksum does not match.
+      errors.BackupCorruptError: unreadable, not JSON, wrong format, its own
+        checksum does not match, or its body breaks the manifest's schema
+        (see `_body_problem`).
     """
     path = os.path.join(directory, atomicity.MANIFEST)
     try:
@@ -81,12 +82,53 @@ def read(directory: str) -> dict:
         raise errors.BackupCorruptError(
             f"manifest {path} fails its checksum (bit rot or a partial write)"
         )
-    if body.get("format") != FORMAT:
+    if not isinstance(body, dict) or not isinstance(body.get("format"), str):
         raise errors.BackupCorruptError(
-            f"manifest {path} has format {body.get('format')!r}; this version "
+            f"manifest {path} is invalid: its body is no JSON object with a "
+            "format string (edited or damaged)"
+        )
+    if body["format"] != FORMAT:
+        raise errors.BackupCorruptError(
+            f"manifest {path} has format {body['format']!r}; this version "
             f"of backup_restore reads {FORMAT!r}"
         )
+    problem = _body_problem(body)
+    if problem:
+        raise errors.BackupCorruptError(
+            f"manifest {path} is invalid: {problem} (edited or damaged)"
+        )
     return body
+
+
+def _body_problem(body: dict) -> str | None:
+    """What breaks the schema of a manifest's body, or None.
+
+    Its checksum only detects accidents (anyone can compute a CRC-32
+    again), so its structure is checked before the store indexes it:
+    `files` maps names to {"size": bytes}, `metadata` is a JSON object.
+    What the files are is checked by `verify` (atomicity.checkpoint_problem).
+    """
+    files = body.get("files")
+    if not isinstance(files, dict):
+        return f"files is {_show(files)}, not a JSON object"
+    for name, entry in files.items():
+        if not isinstance(entry, dict) or set(entry) != {"size"}:
+            return f'files[{name!r}] is {_show(entry)}, not {{"size": bytes}}'
+        size = entry["size"]
+        # bool is an int in Python, never a size.
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return (
+                f"files[{name!r}].size is {_show(size)}, not a non-negative "
+                "integer"
+            )
+    if not isinstance(body.get("metadata"), dict):
+        return f"metadata is {_show(body.get('metadata'))}, not a JSON object"
+    return None
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def verify(directory: str, body: dict, full: bool = True) -> None:

@@ -347,8 +347,9 @@ class BackupStore:
     def _in_scope(self, path: str) -> bool:
         """Whether a committed backup belongs to this store's scope.
 
-        One whose manifest cannot be read is counted in: its corruption is
-        reported (and it falls back) like any other's.
+        One whose manifest cannot be read, or whose scope is missing or no
+        string, is counted in: its corruption is reported (and it falls
+        back) like any other's, rather than it being silently ignored.
         """
         if self.scope is None:
             return True
@@ -356,7 +357,8 @@ class BackupStore:
             body = manifest.read(path)
         except errors.BackupCorruptError:
             return True
-        return body["metadata"].get("scope") == self.scope
+        scope = body["metadata"].get("scope")
+        return not isinstance(scope, str) or scope == self.scope
 
     def committed_in_scope(self) -> list[tuple[int, str]]:
         """Like `committed`, only the backups of this store's scope."""
