@@ -12,13 +12,15 @@ Writing, on a filesystem with atomic directory rename (the local disk):
      it is published ("kill-safe": a killed process leaves the page cache
      to the kernel, so a restart finds it complete);
   3. fsync every file, the manifest, the directory and backup_dir: durable
-     ("machine-safe"). Only then are older backups deleted.
+     ("machine-safe"); an empty file DURABLE then records it. Only then are
+     older backups deleted.
 A kill before 2's rename leaves only a temporary directory, which is never
 read and is removed at the next start. A machine loss before 3 may leave a
 published backup with missing or torn bytes: its manifest, sizes or
 TensorFlow's per-tensor checksums then fail, and a restore falls back to the
-previous backup, which is still there (it is deleted after 3). A failure in 3
-retires the published backup again.
+previous backup, which is still there (it is deleted after 3). Such a
+backup has no DURABLE record: it is an unfinished write, skipped, not a
+corrupt one. A failure in 3 retires the published backup again.
 
 On a filesystem without atomic rename (object stores such as gs://, and TF's
 in-memory ram://), the data is written directly into `backup-<seq>` and the
