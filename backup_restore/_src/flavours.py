@@ -6,6 +6,8 @@ TensorFlow backend, `tf.keras` in TensorFlow 2.21) behind the same functions.
 The rest of the package never imports a flavour's internals.
 """
 
+from absl import logging
+
 from backup_restore._src import keras3_adapter
 from backup_restore._src import tf_keras_adapter
 
@@ -23,6 +25,7 @@ def for_model(model):
     for adapter in ADAPTERS:
         if adapter.owns(model):
             adapter.check_backend()
+            warn_if_unverified(adapter)
             return adapter
     raise TypeError(
         f"BackupAndRestore serves Keras models (Keras 3 with the TensorFlow "
@@ -30,6 +33,37 @@ def for_model(model):
         f"a {type(model).__module__}.{type(model).__name__}. Nothing was "
         "read, written or deleted."
     )
+
+
+_WARNED = set()  # the adapters whose version was warned about
+
+
+def _minor(version: str) -> tuple:
+    return tuple(version.split(".")[:2])
+
+
+def warn_if_unverified(adapter) -> bool:
+    """Warns once per process when the installed Keras of `adapter` is of
+    another minor release than the one its private APIs were verified with
+    (the adapter's contract test); returns whether it warned."""
+    if _minor(adapter.VERSION) == _minor(adapter.VERIFIED_VERSION):
+        return False
+    if adapter.FLAVOUR in _WARNED:
+        return False
+    _WARNED.add(adapter.FLAVOUR)
+    logging.warning(
+        "backup_restore was verified with %s %s; %s is installed. It reaches "
+        "into that Keras's fit() loop (where to resume, which batches to "
+        "skip): exact resume, and possibly resuming at all, may break. Use "
+        "%s %s.x, or check a kill and restart of your job before relying "
+        "on it.",
+        adapter.NAME.split(" ")[0],
+        adapter.VERIFIED_VERSION,
+        adapter.NAME,
+        adapter.NAME.split(" ")[0],
+        ".".join(_minor(adapter.VERIFIED_VERSION)),
+    )
+    return True
 
 
 def name(flavour: str) -> str:

@@ -5,6 +5,7 @@ instead of making backups silently wrong.
 """
 
 import inspect
+from unittest import mock
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow as tf
 from absl.testing import absltest
 from keras.src.trainers import epoch_iterator
 
+from backup_restore._src import flavours
 from backup_restore._src import keras3_adapter
 from backup_restore._src import position
 from testing import keras_callbacks
@@ -229,6 +231,35 @@ class Keras3AdapterContractTest(test_case.TestCase):
         with self.assertRaisesRegex(ValueError, "not supported with Keras 3"):
             keras3_adapter.check_strategy(strategy)
         keras3_adapter.check_strategy(tf.distribute.get_strategy())
+
+
+class VersionGuardTest(test_case.TestCase):
+    """The installed Keras is checked against the verified one at run time."""
+
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(flavours._WARNED.clear)
+        flavours._WARNED.clear()
+
+    def test_the_installed_keras_is_the_verified_minor_release(self):
+        # Fails when the pinned Keras moves on: re-verify the adapter first.
+        self.assertFalse(flavours.warn_if_unverified(keras3_adapter))
+
+    def test_another_minor_release_is_warned_about_once(self):
+        with (
+            mock.patch.object(keras3_adapter, "VERSION", "3.16.0"),
+            mock.patch.object(keras3_adapter, "NAME", "Keras 3.16.0"),
+            self.assertLogs(level="WARNING") as logs,
+        ):
+            self.assertTrue(flavours.warn_if_unverified(keras3_adapter))
+            self.assertFalse(flavours.warn_if_unverified(keras3_adapter))
+        (line,) = logs.output
+        self.assertIn("verified with Keras 3.15.1; Keras 3.16.0", line)
+        self.assertIn("exact resume", line)
+
+    def test_a_patch_release_is_not_warned_about(self):
+        with mock.patch.object(keras3_adapter, "VERSION", "3.15.9"):
+            self.assertFalse(flavours.warn_if_unverified(keras3_adapter))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 import tf_keras
 from absl.testing import absltest
 
+from backup_restore._src import flavours
 from backup_restore._src import tf_keras_adapter as keras_adapter
 from testing import keras_callbacks
 from testing import synthetic
@@ -218,6 +219,14 @@ class AdapterContractTest(test_case.TestCase):
             )
         self.assertFalse(any(issubclass(t, tf.Tensor) for t in plain.types))
         self.assertTrue(all(issubclass(t, tf.Tensor) for t in tensors.types))
+
+
+class VersionGuardTest(test_case.TestCase):
+    def test_the_installed_tf_keras_is_the_verified_minor_release(self):
+        # Fails when the pinned tf-keras moves on: re-verify the adapter.
+        self.addCleanup(flavours._WARNED.clear)
+        flavours._WARNED.clear()
+        self.assertFalse(flavours.warn_if_unverified(keras_adapter))
 
 
 if __name__ == "__main__":
