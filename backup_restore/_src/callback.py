@@ -215,6 +215,10 @@ class BackupAndRestore(
         self._resume = None
         self._adapter = None
         self._in_fit = False
+        # From now on a preemption signal ends the process in the restart
+        # status: fit() does much before its first hook (its data adapter
+        # draws from a generator, say), and nothing is trained until then.
+        self._engine.watch_for_preemption_early()
 
     @property
     def resumed_from(self) -> tuple[int, int] | None:
@@ -229,8 +233,8 @@ class BackupAndRestore(
         # Called by fit() (and evaluate/predict) before any other hook.
         self._adapter = flavours.for_model(model)
         super().set_model(model)
-        # A preemption during fit()'s set-up, before on_train_begin, also
-        # ends in the restart status.
+        # Again for a later fit() with this callback (each fit() ends by
+        # uninstalling the handler).
         self._engine.watch_for_preemption_early()
 
     # -- fit() hooks --------------------------------------------------------

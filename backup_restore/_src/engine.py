@@ -139,9 +139,10 @@ class Engine:
         self._last_mark = time.monotonic()
 
     def watch_for_preemption_early(self) -> None:
-        """Installs the preemption handler before `start` (from the first
-        hook fit() calls): a signal until `start` exits at once (nothing
-        trained yet to back up). Off the main thread, left to `start`."""
+        """Installs the preemption handler before `start` (when the front
+        end is made, and at the first hook fit() calls): a signal until
+        `start` exits at once (nothing trained yet to back up). Off the main
+        thread, left to `start`."""
         if (
             self._watcher is not None
             and threading.current_thread() is threading.main_thread()

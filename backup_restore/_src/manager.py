@@ -207,6 +207,9 @@ class BackupManager(engine.FrontEnd):
         self._first_step_seen = False
         self.resumed_from = None  # the step restore() returned, if resumed
         self.metadata = None  # the user metadata of the restored backup
+        # Until restore(), a preemption signal ends the process in the
+        # restart status (nothing trained yet to back up).
+        self._engine.watch_for_preemption_early()
 
     @property
     def backup_dir(self) -> str:

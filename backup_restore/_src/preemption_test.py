@@ -165,8 +165,17 @@ class _SigtermAtTrainBegin(keras_callbacks.Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _sigterm_on_first_batch(x, y, batch):
+    """A generator that sends this process SIGTERM when fit() first draws
+    from it: while fit() builds its data adapter, before any hook."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    while True:
+        for start in range(0, len(x), batch):
+            yield x[start : start + batch], y[start : start + batch]
+
+
 class EarlyPreemptionTest(fit_test_case.FitTestCase):
-    """In process: the handler is installed when fit() attaches the model."""
+    """In process: a preemption signal before training starts exits 42."""
 
     def test_sigterm_during_fit_set_up_exits_with_the_restart_status(self):
         previous = signal.signal(signal.SIGTERM, _sentinel_handler)
@@ -192,6 +201,28 @@ class EarlyPreemptionTest(fit_test_case.FitTestCase):
             raised.exception.code, backup_restore.RESTART_EXIT_CODE
         )
         # The handler is gone again: the earlier one is back.
+        self.assertIs(signal.getsignal(signal.SIGTERM), _sentinel_handler)
+
+    def test_sigterm_before_fit_attaches_the_model_exits_too(self):
+        previous = signal.signal(signal.SIGTERM, _sentinel_handler)
+        self.addCleanup(signal.signal, signal.SIGTERM, previous)
+        self.keras.utils.set_random_seed(1)
+        model = synthetic.regression_model("tiny", flavour=self.FLAVOUR)
+        x, y = synthetic.regression_data(32, seed=1)
+        callback = backup_restore.BackupAndRestore(
+            self.dir, save_before_preemption=True
+        )
+        with self.assertRaises(SystemExit) as raised:
+            model.fit(
+                _sigterm_on_first_batch(x, y, 8),
+                steps_per_epoch=4,
+                epochs=1,
+                verbose=0,
+                callbacks=[callback],
+            )
+        self.assertEqual(
+            raised.exception.code, backup_restore.RESTART_EXIT_CODE
+        )
         self.assertIs(signal.getsignal(signal.SIGTERM), _sentinel_handler)
 
 
