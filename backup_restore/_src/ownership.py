@@ -405,6 +405,15 @@ def _open_lock_file(path: str) -> int:
     return fd
 
 
+def _record_write_error(directory, path, error) -> errors.BackupWriteError:
+    return errors.BackupWriteError(
+        f"Could not write the owner's record {path} into backup_dir "
+        f"{directory!r} ({error.strerror or error}): training cannot start "
+        "backing up there. Nothing else in the directory was changed. Free "
+        "space there (or fix its permissions), or pass another backup_dir."
+    )
+
+
 class _Flock(_Held):
     """A flock on LOCK_FILE, held through an open file descriptor."""
 
@@ -414,7 +423,13 @@ class _Flock(_Held):
         self._path = os.path.join(self._local, LOCK_FILE)
         self._fd, self._id, self._dir_id = self._lock()
         self.record = _now_record("flock")
-        self._write_record()
+        try:
+            self._write_record()
+        except OSError as e:  # a full disk: the lock is not kept
+            if self.intact():
+                os.unlink(self._path)
+            os.close(self._fd)
+            raise _record_write_error(directory, self._path, e) from e
 
     def _lock(self):
         """Locks the file that LOCK_FILE names: (fd, its (st_dev, st_ino),
@@ -657,7 +672,10 @@ class _Lease(_Held):
         self._ttl = float(ttl)
         self._path = os.path.join(directory, LEASE_FILE)
         self._stop = threading.Event()
-        self._take(directory)
+        try:
+            self._take(directory)
+        except OSError as e:  # a full local disk (NFS without locks)
+            raise _record_write_error(directory, self._path, e) from e
         self._thread = threading.Thread(
             target=self._renew_loop, name="backup_restore-lease", daemon=True
         )
@@ -844,6 +862,10 @@ def acquire(directory: str, *, _lease_ttl=None) -> Ownership:
 
     Raises:
       BackupDirInUseError: another process owns it; nothing was changed.
+      BackupDirUnsafeError: the lock or lease file's name holds something
+        else (a link, a FIFO, ...); nothing was changed.
+      BackupWriteError: the owner's record could not be written (a full
+        disk); no lock is kept.
     """
     directory = os.fspath(directory)
     if _lease_ttl is None and os.environ.get(FORCE_LEASE_ENV):

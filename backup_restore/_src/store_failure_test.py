@@ -23,6 +23,7 @@ from backup_restore._src import atomicity
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import manifest
+from backup_restore._src import ownership
 from backup_restore._src import store
 from testing import dirs
 from testing import test_case
@@ -425,6 +426,23 @@ class FullDiskTest(_Base):
         self.assertEqual([q for q, _ in s.committed()], [info.seq])
         self.assertEqual(self._restored_value(s, self._SIZE), (info.seq, 3.0))
         s.close()
+
+    def test_not_even_the_owners_record_fits(self):
+        mount_point = self._tmpfs("200k")
+        filler = os.path.join(mount_point, "someone_elses_file")
+        with open(filler, "wb", buffering=0) as f:
+            with self.assertRaises(OSError):
+                while True:  # until the disk is full
+                    f.write(b"x" * 4096)
+        directory = os.path.join(mount_point, "backups")
+        with self.assertRaisesRegex(
+            errors.BackupWriteError, "No space left on device.*Free space"
+        ):
+            ownership.acquire(directory)
+        self.assertEqual(os.listdir(directory), [])  # no lock file kept
+        os.remove(filler)
+        # Not held by this process either: it owns the directory now.
+        ownership.acquire(directory).release()
 
     @parameterized.named_parameters(("sync", False), ("async", True))
     def test_not_even_the_first_fits(self, asynchronous):
