@@ -409,10 +409,13 @@ class BackupStore:
                 result = attempt(path)
             except errors.BackupCorruptError as e:
                 if not self._was_durable(path):
-                    logging.info(
+                    # Not corruption, but the user loses that backup's
+                    # progress: said at the default log level.
+                    logging.warning(
                         "Skipping backup %s: an unfinished write (published, "
-                        "never made durable before the process or machine "
-                        "stopped): %s",
+                        "but the process or machine stopped before it was "
+                        "made durable), not a corrupt one; nothing was "
+                        "deleted: %s",
                         path,
                         e,
                     )
