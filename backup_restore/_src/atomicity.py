@@ -105,10 +105,6 @@ def is_ours(name: str) -> bool:
     )
 
 
-is_local = paths.is_local
-_local = paths.local
-
-
 def supports_atomic_rename(path: str) -> bool:
     """Whether directories under `path` can be renamed atomically.
 
@@ -116,7 +112,7 @@ def supports_atomic_rename(path: str) -> bool:
     rename as copy + delete, and ram:// renames single files only, so the
     commit-marker protocol is used there.
     """
-    return is_local(path)
+    return paths.is_local(path)
 
 
 def fsync_path(path: str, follow: bool = False) -> None:
@@ -153,11 +149,11 @@ class WritebackStarter:
     def __init__(
         self, directory: str, interval: float = WRITEBACK_POLL_SECONDS
     ):
-        self._dir = _local(directory)
+        self._dir = paths.local(directory)
         self._interval = interval
         self._stop = threading.Event()
         self._thread = None
-        if is_local(directory) and hasattr(os, "posix_fadvise"):
+        if paths.is_local(directory) and hasattr(os, "posix_fadvise"):
             self._thread = threading.Thread(
                 target=self._run, name="backup_restore-writeback", daemon=True
             )
@@ -203,12 +199,12 @@ def write_file(path: str, data: bytes, durable: bool = True) -> None:
     prefix. Elsewhere a single object write is already all-or-nothing and
     durable when closed.
     """
-    if not is_local(path):
+    if not paths.is_local(path):
         with tf.io.gfile.GFile(path, "wb") as f:
             faults.point(faults.MANIFEST_WRITE, path)
             f.write(data)
         return
-    local = _local(path)
+    local = paths.local(path)
     tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         paths.create_file(
@@ -259,14 +255,14 @@ def make_durable(final_dir: str, names, parent: str) -> None:
         fsync_path(path)
     fsync_path(final_dir)
     fsync_path(parent, follow=True)  # backup_dir: may be a link
-    if is_local(final_dir):
+    if paths.is_local(final_dir):
         paths.create_file(os.path.join(final_dir, DURABLE), b"", False)
         fsync_path(final_dir)
 
 
 def marks_durable(directory: str) -> bool:
     """Whether backups written into `directory` record their durability."""
-    return is_local(directory)
+    return paths.is_local(directory)
 
 
 def was_durable(backup_dir: str, body: dict | None) -> bool:
@@ -400,7 +396,7 @@ def retire(backup_dir: str) -> None:
     that the next start cleans up, never a half-deleted committed backup.
     """
     manifest = os.path.join(backup_dir, MANIFEST)
-    if not is_local(backup_dir):
+    if not paths.is_local(backup_dir):
         if tf.io.gfile.exists(manifest):
             tf.io.gfile.remove(manifest)
         tf.io.gfile.rmtree(backup_dir)

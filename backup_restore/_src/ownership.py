@@ -96,10 +96,6 @@ _REGISTRY_LOCK = threading.Lock()
 _HELD = {}  # key -> _Held
 
 
-_is_local = paths.is_local
-_local = paths.local
-
-
 def _now_record(mechanism: str) -> dict:
     now = time.time()
     return {
@@ -419,7 +415,7 @@ class _Flock(_Held):
 
     def __init__(self, directory, key):
         super().__init__(directory, key)
-        self._local = _local(directory)
+        self._local = paths.local(directory)
         self._path = os.path.join(self._local, LOCK_FILE)
         self._fd, self._id, self._dir_id = self._lock()
         self.record = _now_record("flock")
@@ -588,7 +584,7 @@ def _read_lease(path):
 
 def _read_lease_bytes(path):
     try:
-        if _is_local(path):
+        if paths.is_local(path):
             try:
                 raw = paths.read_bytes(path)
             except paths.NotOursError as e:
@@ -610,8 +606,8 @@ def _read_lease_bytes(path):
 
 def _write_lease(path, lease):
     data = json.dumps(lease).encode()
-    if _is_local(path):
-        local = _local(path)
+    if paths.is_local(path):
+        local = paths.local(path)
         found = paths.kind(local)
         if found not in (None, paths.FILE):  # replacing it would delete it
             raise _unsafe_entry_error(local, found)
@@ -625,7 +621,7 @@ def _write_lease(path, lease):
 
 def _remove(path):
     try:
-        if _is_local(path):
+        if paths.is_local(path):
             paths.remove_file(path)
         else:
             _gfile().remove(path)
@@ -747,8 +743,8 @@ class _Lease(_Held):
         Raises:
           BackupDirInUseError: `refusal(the other's lease)`.
         """
-        if _is_local(self.directory):
-            os.makedirs(_local(self.directory), exist_ok=True)
+        if paths.is_local(self.directory):
+            os.makedirs(paths.local(self.directory), exist_ok=True)
         else:
             _gfile().makedirs(self.directory)
         _write_lease(self._path, self._lease())
@@ -837,8 +833,8 @@ class _Lease(_Held):
                 _remove(self._path)
         if remove_empty_dir:
             try:
-                if _is_local(self.directory):
-                    os.rmdir(_local(self.directory))
+                if paths.is_local(self.directory):
+                    os.rmdir(paths.local(self.directory))
                 else:
                     gfile = _gfile()
                     if gfile.isdir(self.directory) and not gfile.listdir(
@@ -880,7 +876,7 @@ def acquire(directory: str, *, _lease_ttl=None) -> Ownership:
             return handle
         if directory.startswith("ram://"):
             held = _Held(directory, key)
-        elif _is_local(directory) and _lease_ttl is None:
+        elif paths.is_local(directory) and _lease_ttl is None:
             try:
                 held = _Flock(directory, key)
             except _LocksUnsupported as e:

@@ -129,7 +129,7 @@ def validate_directory(directory, writable: bool = True) -> str:
             f"backup_dir {directory!r} is an existing file, not a directory. "
             "Pass a directory path (it is created if missing)."
         )
-    if writable and atomicity.is_local(directory):
+    if writable and paths.is_local(directory):
         _check_writable(directory)
     return directory
 
@@ -182,6 +182,7 @@ class _Listing:
     temporaries: list = dataclasses.field(default_factory=list)
     probes: list = dataclasses.field(default_factory=list)
     foreign: list = dataclasses.field(default_factory=list)  # (path, kind)
+    others: int = 0  # entries not named like ours (the owner's file apart)
 
     def max_seq(self) -> int:
         """The highest sequence number any entry's name holds (foreign ones
@@ -235,15 +236,9 @@ class BackupStore:
         # Decided once: removing the directory at the end is only right when
         # it held nothing but ours to begin with.
         self._foreign_warned = set()  # paths named in a warning already
-        self._dir_was_ours = not keep_directory and (
-            not tf.io.gfile.exists(self._dir)
-            or (
-                all(
-                    atomicity.is_ours(name)
-                    for name in tf.io.gfile.listdir(self._dir)
-                )
-                and not self._all_entries().foreign
-            )
+        listing = self._all_entries()  # empty if it does not exist
+        self._dir_was_ours = (
+            not keep_directory and not listing.others and not listing.foreign
         )
         # Its priority is decided at the first asynchronous backup.
         self._writer = background.Writer()
@@ -306,8 +301,9 @@ class BackupStore:
                 want = paths.DIRECTORY
             elif atomicity.is_probe(name):
                 want = paths.FILE
-            else:
-                continue  # not ours by name: never looked at
+            else:  # not ours by name: never looked at
+                listing.others += not atomicity.is_ours(name)
+                continue
             found = paths.kind(path) if local else want
             if found is None:
                 continue  # gone meanwhile (our own cleanup, say)
