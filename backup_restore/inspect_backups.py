@@ -25,6 +25,7 @@ from absl import flags
 
 from backup_restore._src import backup_metadata
 from backup_restore._src import cli
+from backup_restore._src import manager_metadata
 
 _VERIFY = flags.DEFINE_bool(
     "verify",
@@ -79,7 +80,7 @@ def _describe(tf, errors, s, path, verify):
     if backup_metadata.is_fit_backup(meta):
         problem = backup_metadata.problem(meta)
     else:
-        problem = backup_metadata.manager_problem(meta)
+        problem = manager_metadata.problem(meta)
     if problem:
         entry["integrity"] = f"CORRUPT: invalid metadata: {problem}"
         entry["corrupt"] = True

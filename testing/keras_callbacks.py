@@ -113,9 +113,9 @@ def simulate_restart():
     process starts counting from zero. Tests that "restart" a job within
     one process call this in between.
     """
-    from backup_restore._src import callback
+    from backup_restore._src import fit_run
 
-    callback._COMPLETED_FITS.clear()
+    fit_run.COMPLETED_FITS.clear()
 
 
 def backup_entries(directory):

@@ -21,31 +21,55 @@ The manifest's checksum only detects accidents: anyone can edit a manifest
 and compute its CRC-32 again. So every field is checked against the schema
 (`problem`) before any of it is used: its type, its range, and that the
 position lies within the data it describes. BackupManager's metadata has a
-schema of its own here too (`manager_problem`), so that the inspect CLI
-checks both without importing Keras.
+schema of its own (manager_metadata.py).
 """
 
-import math
+import time
+
+from backup_restore._src import schema_fields as fields
 
 FORMAT = "backup_restore.fit"
 FORMAT_VERSION = 2
 
-# The format tag of BackupManager's backups (manager.py).
-MANAGER_FORMAT = "backup_restore.manager/1"
 
-# Counts, sizes and dimensions beyond an int64 are no real backup's.
-_MAX_INT = 2**63 - 1
-# The last second of year 9999: later times are not real, and not every
-# platform's time functions accept them.
-_MAX_TIME = 253402300799
-
-
-def header(flavour: str, versions: dict) -> dict:
+def static_part(
+    flavour: str, versions: dict, fingerprint: dict, build_config
+) -> dict:
+    """The fields that stay the same for every backup of one fit() call:
+    what wrote it, and the model's fingerprint and build config."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "keras": flavour,
         "versions": versions,
+        "fingerprint": fingerprint,
+        "build_config": build_config,
+    }
+
+
+def fit_backup(
+    *,
+    position: dict,
+    fit_call: dict,
+    data: dict,
+    static: dict,
+    history: dict,
+    metrics: list,
+    callbacks: dict,
+    callback_tensors: dict,
+) -> dict:
+    """The metadata of one fit() backup (see the module docstring); the
+    store adds `scope`."""
+    return {
+        "position": position,
+        "fit_call": fit_call,
+        "data": data,
+        **static,
+        "history": history,
+        "metrics": metrics,
+        "callbacks": callbacks,
+        "callback_tensors": callback_tensors,
+        "written_at": time.time(),
     }
 
 
@@ -117,113 +141,17 @@ def fit_call_problems(metadata: dict, fit_call: dict, geometry: dict) -> list:
     return problems
 
 
-class _Invalid(Exception):
-    """A field breaks the schema; its message names the field."""
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _fail(field: str, value, what: str):
-    raise _Invalid(f"{field} is {_show(value)}, {what}")
-
-
-def _get(mapping: dict, key: str, field: str):
-    if key not in mapping:
-        raise _Invalid(f"{field} is missing")
-    return mapping[key]
-
-
-def _dict(value, field: str) -> dict:
-    if not isinstance(value, dict):
-        _fail(field, value, "not a JSON object")
-    return value
-
-
-def _list(value, field: str) -> list:
-    if not isinstance(value, list):
-        _fail(field, value, "not a list")
-    return value
-
-
-def _str(value, field: str) -> str:
-    if not isinstance(value, str):
-        _fail(field, value, "not a string")
-    return value
-
-
-def _bool(value, field: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(field, value, "not true or false")
-    return value
-
-
-def _int(value, field: str, minimum: int = 0) -> int:
-    # bool is an int in Python, never a count in a backup.
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(field, value, "not an integer")
-    if value < minimum:
-        _fail(field, value, f"below {minimum}")
-    if value > _MAX_INT:
-        _fail(field, value, "beyond any real count (2**63 - 1)")
-    return value
-
-
-def _optional_int(value, field: str, minimum: int = 0):
-    return None if value is None else _int(value, field, minimum)
-
-
-def _number(value, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(field, value, "not a number")
-    return value
-
-
-def _time(value, field: str) -> float:
-    _number(value, field)
-    if not (math.isfinite(value) and 0 <= value <= _MAX_TIME):
-        _fail(field, value, "not a time between 1970 and 9999")
-    return value
-
-
-def _shape(value, field: str, unknown_dims: bool = False) -> list:
-    for i, dim in enumerate(_list(value, field)):
-        if not (unknown_dims and dim is None):
-            _int(dim, f"{field}[{i}]")
-    return value
-
-
-def _shape_and_dtype(value, field: str, unknown_dims: bool = False):
-    """[shape, dtype name], as variables and tensors are recorded."""
-    if not isinstance(value, list) or len(value) != 2:
-        _fail(field, value, "not a [shape, dtype] pair")
-    _shape(value[0], f"{field}[0]", unknown_dims)
-    _str(value[1], f"{field}[1]")
-    return value
-
-
-def _numbers(value, field: str) -> None:
-    """A number or nested lists of numbers (a metric variable's value)."""
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _numbers(item, f"{field}[{i}]")
-    else:
-        _number(value, field)
-
-
 def _header(metadata) -> bool:
     """Checks the fields that say what wrote the backup; whether the rest
     has this version's fit() schema (another format or flavour is refused
     as a mismatch by `flavour_problem`, not judged here)."""
-    _dict(metadata, "metadata")
-    _str(_get(metadata, "format", "format"), "format")
-    _int(_get(metadata, "format_version", "format_version"), "format_version")
-    _str(_get(metadata, "keras", "keras"), "keras")
-    versions = _dict(_get(metadata, "versions", "versions"), "versions")
+    fields.as_dict(metadata, "metadata")
+    fields.member(metadata, "format", fields.as_str)
+    fields.member(metadata, "format_version", fields.as_int)
+    fields.member(metadata, "keras", fields.as_str)
+    versions = fields.member(metadata, "versions", fields.as_dict)
     for name, version in versions.items():
-        _str(version, f"versions.{name}")
+        fields.as_str(version, f"versions.{name}")
     return (
         metadata["format"] == FORMAT
         and metadata["format_version"] == FORMAT_VERSION
@@ -231,93 +159,85 @@ def _header(metadata) -> bool:
 
 
 def _position(metadata) -> dict:
-    position = _dict(_get(metadata, "position", "position"), "position")
+    position = fields.member(metadata, "position", fields.as_dict)
     for key in ("epoch", "step", "iterators_done", "drawn"):
-        _int(_get(position, key, f"position.{key}"), f"position.{key}")
+        fields.member(position, key, fields.as_int, "position")
     for key in ("stop_training", "epoch_trained"):
-        _bool(_get(position, key, f"position.{key}"), f"position.{key}")
-    _optional_int(
-        _get(
-            position,
-            "counted_steps_per_epoch",
-            "position.counted_steps_per_epoch",
-        ),
-        "position.counted_steps_per_epoch",
+        fields.member(position, key, fields.as_bool, "position")
+    fields.member(
+        position,
+        "counted_steps_per_epoch",
+        fields.optional_int,
+        parent="position",
         minimum=1,
     )
     return position
 
 
 def _fit_call(metadata) -> dict:
-    fit_call = _dict(_get(metadata, "fit_call", "fit_call"), "fit_call")
+    fit_call = fields.member(metadata, "fit_call", fields.as_dict)
     for key in ("index", "epochs", "initial_epoch"):
-        _int(_get(fit_call, key, f"fit_call.{key}"), f"fit_call.{key}")
+        fields.member(fit_call, key, fields.as_int, "fit_call")
     return fit_call
 
 
 def _data(metadata) -> dict:
-    data = _dict(_get(metadata, "data", "data"), "data")
+    data = fields.member(metadata, "data", fields.as_dict)
     for key in ("steps_per_epoch", "batch_size", "num_samples"):
-        _optional_int(_get(data, key, f"data.{key}"), f"data.{key}")
-    spec = _get(data, "element_spec", "data.element_spec")
+        fields.member(data, key, fields.optional_int, "data")
+    spec = fields.get(data, "element_spec", "data.element_spec")
     if spec is not None:
-        for i, component in enumerate(_list(spec, "data.element_spec")):
-            _shape_and_dtype(
+        for i, component in enumerate(
+            fields.as_list(spec, "data.element_spec")
+        ):
+            fields.shape_and_dtype(
                 component, f"data.element_spec[{i}]", unknown_dims=True
             )
     return data
 
 
 def _fingerprint(metadata) -> None:
-    fp = _dict(_get(metadata, "fingerprint", "fingerprint"), "fingerprint")
-    _str(
-        _get(fp, "model_class", "fingerprint.model_class"),
-        "fingerprint.model_class",
-    )
-    variables = _list(
-        _get(fp, "variables", "fingerprint.variables"), "fingerprint.variables"
-    )
+    fp = fields.member(metadata, "fingerprint", fields.as_dict)
+    fields.member(fp, "model_class", fields.as_str, "fingerprint")
+    variables = fields.member(fp, "variables", fields.as_list, "fingerprint")
     for i, variable in enumerate(variables):
         field = f"fingerprint.variables[{i}]"
-        _dict(variable, field)
-        _str(_get(variable, "name", f"{field}.name"), f"{field}.name")
-        _shape(
-            _get(variable, "shape", f"{field}.shape"),
-            f"{field}.shape",
+        fields.as_dict(variable, field)
+        fields.member(variable, "name", fields.as_str, field)
+        fields.member(
+            variable,
+            "shape",
+            fields.shape,
+            parent=field,
             unknown_dims=True,
         )
-        _str(_get(variable, "dtype", f"{field}.dtype"), f"{field}.dtype")
-    optimizer = _dict(
-        _get(fp, "optimizer", "fingerprint.optimizer"), "fingerprint.optimizer"
-    )
-    cls = _get(optimizer, "class", "fingerprint.optimizer.class")
+        fields.member(variable, "dtype", fields.as_str, field)
+    optimizer = fields.member(fp, "optimizer", fields.as_dict, "fingerprint")
+    cls = fields.get(optimizer, "class", "fingerprint.optimizer.class")
     if cls is not None:
-        _str(cls, "fingerprint.optimizer.class")
-    config = _get(optimizer, "config", "fingerprint.optimizer.config")
+        fields.as_str(cls, "fingerprint.optimizer.class")
+    config = fields.get(optimizer, "config", "fingerprint.optimizer.config")
     if config is not None:
         # Opaque beyond its keys: compared, never used.
-        _dict(config, "fingerprint.optimizer.config")
-    _int(
-        _get(fp, "random_generators", "fingerprint.random_generators"),
-        "fingerprint.random_generators",
-    )
+        fields.as_dict(config, "fingerprint.optimizer.config")
+    fields.member(fp, "random_generators", fields.as_int, "fingerprint")
 
 
 def _history(metadata) -> None:
-    history = _dict(_get(metadata, "history", "history"), "history")
+    history = fields.member(metadata, "history", fields.as_dict)
     for i, epoch in enumerate(
-        _list(_get(history, "epoch", "history.epoch"), "history.epoch")
+        fields.member(history, "epoch", fields.as_list, "history")
     ):
-        _int(epoch, f"history.epoch[{i}]")
-    logs = _dict(_get(history, "history", "history.history"), "history.history")
+        fields.as_int(epoch, f"history.epoch[{i}]")
+    logs = fields.member(history, "history", fields.as_dict, "history")
     for key, values in logs.items():
         # The logged values are passed through to History as they are.
-        _list(values, f"history.history.{key}")
-    keys = _list(_get(history, "keys", "history.keys"), "history.keys")
+        fields.as_list(values, f"history.history.{key}")
+    keys = fields.member(history, "keys", fields.as_list, "history")
     for i, key in enumerate(keys):
-        _str(key, f"history.keys[{i}]")
+        fields.as_str(key, f"history.keys[{i}]")
     if sorted(keys) != sorted(logs):
-        _fail(
+        fields.fail(
             "history.keys",
             keys,
             f"not the keys of history.history ({sorted(logs)})",
@@ -325,51 +245,44 @@ def _history(metadata) -> None:
 
 
 def _metrics(metadata) -> None:
-    metrics = _list(_get(metadata, "metrics", "metrics"), "metrics")
+    metrics = fields.member(metadata, "metrics", fields.as_list)
     for i, metric in enumerate(metrics):
         field = f"metrics[{i}]"
-        _dict(metric, field)
-        _str(_get(metric, "name", f"{field}.name"), f"{field}.name")
-        variables = _list(
-            _get(metric, "variables", f"{field}.variables"),
-            f"{field}.variables",
-        )
+        fields.as_dict(metric, field)
+        fields.member(metric, "name", fields.as_str, field)
+        variables = fields.member(metric, "variables", fields.as_list, field)
         for j, replicas in enumerate(variables):
             # One value per replica.
             for k, value in enumerate(
-                _list(replicas, f"{field}.variables[{j}]")
+                fields.as_list(replicas, f"{field}.variables[{j}]")
             ):
-                _numbers(value, f"{field}.variables[{j}][{k}]")
+                fields.numbers(value, f"{field}.variables[{j}][{k}]")
 
 
 def _callbacks(metadata) -> None:
-    callbacks = _dict(_get(metadata, "callbacks", "callbacks"), "callbacks")
+    callbacks = fields.member(metadata, "callbacks", fields.as_dict)
     for key, state in callbacks.items():
         field = f"callbacks[{key!r}]"
-        _dict(state, field)
+        fields.as_dict(state, field)
         if "user" in state:
             continue  # a user callback's own JSON, given back to it
         if "attrs" in state:
-            _dict(state["attrs"], f"{field}.attrs")
+            fields.as_dict(state["attrs"], f"{field}.attrs")
         elif "csv_append" in state:
-            _bool(state["csv_append"], f"{field}.csv_append")
-            _int(
-                _get(state, "csv_size", f"{field}.csv_size"),
-                f"{field}.csv_size",
-            )
+            fields.as_bool(state["csv_append"], f"{field}.csv_append")
+            fields.member(state, "csv_size", fields.as_int, field)
         else:
-            _fail(field, state, "no state of a known kind (user, attrs, csv)")
+            fields.fail(
+                field, state, "no state of a known kind (user, attrs, csv)"
+            )
 
 
 def _callback_tensors(metadata) -> None:
-    tensors = _dict(
-        _get(metadata, "callback_tensors", "callback_tensors"),
-        "callback_tensors",
-    )
+    tensors = fields.member(metadata, "callback_tensors", fields.as_dict)
     for key, arrays in tensors.items():
         field = f"callback_tensors[{key!r}]"
-        for i, array in enumerate(_list(arrays, field)):
-            _shape_and_dtype(array, f"{field}[{i}]")
+        for i, array in enumerate(fields.as_list(arrays, field)):
+            fields.shape_and_dtype(array, f"{field}[{i}]")
 
 
 def _position_in_data(metadata, geometry) -> None:
@@ -383,19 +296,19 @@ def _position_in_data(metadata, geometry) -> None:
     epoch, step = position["epoch"], position["step"]
     first, epochs = fit_call["initial_epoch"], fit_call["epochs"]
     if epoch < first:
-        _fail(
+        fields.fail(
             "position.epoch",
             epoch,
             f"before the first epoch of its fit() call (initial_epoch={first})",
         )
     if epoch > epochs or (epoch == epochs and step > 0):
-        _fail(
+        fields.fail(
             "position",
             {"epoch": epoch, "step": step},
             f"past the end of its fit() call (epochs={epochs})",
         )
     if position["epoch_trained"] and step == 0:
-        _fail(
+        fields.fail(
             "position.step",
             step,
             "but position.epoch_trained says the epoch's batches are trained",
@@ -406,14 +319,16 @@ def _position_in_data(metadata, geometry) -> None:
     if steps is None and geometry is not None:
         steps = geometry.get("steps_per_epoch")
     if steps is not None and step > steps:
-        _fail("position.step", step, f"past the {steps} batches of an epoch")
+        fields.fail(
+            "position.step", step, f"past the {steps} batches of an epoch"
+        )
     if steps is None and epoch > first:
         return  # how many batches were trained is not known
     # Batches trained in this fit() call up to the position; `drawn` counts
     # those drawn from the current iterator, so it cannot be more.
     trained = (epoch - first) * (steps or 0) + step
     if position["drawn"] > trained:
-        _fail(
+        fields.fail(
             "position.drawn",
             position["drawn"],
             f"more batches than the {trained} trained up to epoch {epoch}, "
@@ -422,7 +337,7 @@ def _position_in_data(metadata, geometry) -> None:
     # Each iterator used up gave a batch or ended an epoch.
     most = trained + (epoch - first) + 1
     if position["iterators_done"] > most:
-        _fail(
+        fields.fail(
             "position.iterators_done",
             position["iterators_done"],
             f"more iterators than the {trained} batches trained up to epoch "
@@ -454,43 +369,17 @@ def problem(metadata, geometry: dict | None = None) -> str | None:
         _fit_call(metadata)
         _data(metadata)
         _fingerprint(metadata)
-        build_config = _get(metadata, "build_config", "build_config")
+        build_config = fields.get(metadata, "build_config", "build_config")
         if build_config is not None:
             # Keras's own build configuration, handed to build_from_config.
-            _dict(build_config, "build_config")
+            fields.as_dict(build_config, "build_config")
         _history(metadata)
         _metrics(metadata)
         _callbacks(metadata)
         _callback_tensors(metadata)
-        _time(_get(metadata, "written_at", "written_at"), "written_at")
-        _str(_get(metadata, "scope", "scope"), "scope")
+        fields.member(metadata, "written_at", fields.time)
+        fields.member(metadata, "scope", fields.as_str)
         _position_in_data(metadata, geometry)
-    except _Invalid as e:
-        return str(e)
-    return None
-
-
-def manager_problem(metadata) -> str | None:
-    """What makes a BackupManager backup's metadata invalid; None if valid.
-
-    Its fields: `format`, `step` (the steps done), `variables` (checkpoint
-    path -> [shape, dtype] of every variable), `user` (the caller's JSON,
-    given back as it is), `written_at`, `scope`. A backup of another format
-    is left to the caller to refuse once `format` is a string.
-    """
-    try:
-        _dict(metadata, "metadata")
-        if _str(_get(metadata, "format", "format"), "format") != (
-            MANAGER_FORMAT
-        ):
-            return None
-        _int(_get(metadata, "step", "step"), "step")
-        variables = _dict(_get(metadata, "variables", "variables"), "variables")
-        for path, spec in variables.items():
-            _shape_and_dtype(spec, f"variables[{path!r}]")
-        _get(metadata, "user", "user")
-        _time(_get(metadata, "written_at", "written_at"), "written_at")
-        _str(_get(metadata, "scope", "scope"), "scope")
-    except _Invalid as e:
+    except fields.Invalid as e:
         return str(e)
     return None

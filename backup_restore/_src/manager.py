@@ -14,14 +14,14 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from backup_restore._src import backup_metadata
 from backup_restore._src import engine
 from backup_restore._src import errors
 from backup_restore._src import flavours
+from backup_restore._src import manager_metadata
 from backup_restore._src import policy
 from backup_restore._src import preemption
 
-FORMAT = backup_metadata.MANAGER_FORMAT
+FORMAT = manager_metadata.FORMAT
 # BackupManager's backups in a backup_dir (the callback's are per fit() call).
 SCOPE = "custom_loop"
 # The name under which the Keras layers' random generators are saved.
@@ -252,11 +252,11 @@ class BackupManager(engine.FrontEnd):
 
         Raises:
           BackupCorruptError: its metadata breaks the schema
-            (backup_metadata.manager_problem; the store then falls back to
+            (manager_metadata.problem; the store then falls back to
             an older backup).
           BackupMismatchError: another format, or other variables.
         """
-        problem = backup_metadata.manager_problem(info.metadata)
+        problem = manager_metadata.problem(info.metadata)
         if problem:
             raise errors.BackupCorruptError(
                 f"{info.path} has invalid metadata: {problem}. Its manifest "

@@ -258,7 +258,7 @@ def main(argv):
         import tf_keras as keras_module
 
     import backup_restore
-    from backup_restore._src import callback as callback_lib
+    from backup_restore._src import fit_run as fit_run_lib
     from backup_restore._src import store as store_lib
 
     if _THREADS.value:
@@ -435,8 +435,8 @@ def main(argv):
             # A restarted process: ours gives each fit() call of a job its
             # own backups, counted per process; without this the second
             # fit() in a directory finds none of its own and restores
-            # nothing (what the table of Dec 2 measured for ours).
-            callback_lib._COMPLETED_FITS.clear()
+            # nothing.
+            fit_run_lib.COMPLETED_FITS.clear()
             timed = _timed(keras_module, cls(work, delete_checkpoint=False))
             timed.stop_after_first_batch = True
             model.fit(
