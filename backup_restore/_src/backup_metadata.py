@@ -110,6 +110,36 @@ _GEOMETRY = (
 )
 
 
+# fit() arguments under which the same position trains other examples or
+# computes another loss, and how a message names them.
+_ARGUMENTS_THAT_CHANGE_TRAINING = (
+    ("shuffle", "fit(shuffle=...)"),
+    ("steps_per_epoch", "fit(steps_per_epoch=...)"),
+    ("class_weight", "fit(class_weight=...) given"),
+    ("sample_weight", "fit(sample_weight=...) given"),
+)
+# fit() arguments that change validation only.
+_VALIDATION_ARGUMENTS = (
+    ("validation", "validation data given"),
+    ("validation_freq", "fit(validation_freq=...)"),
+    ("validation_steps", "fit(validation_steps=...)"),
+)
+_UNKNOWN = object()  # an argument a backup of an earlier release lacks
+
+
+def fit_call_changes(metadata: dict, fit_call: dict) -> list:
+    """How this fit()'s validation differs from the backup's: one line per
+    argument, naming both values (training is the same)."""
+    backup_arguments = metadata.get("fit_call", {}).get("arguments", {})
+    changes = []
+    for key, what in _VALIDATION_ARGUMENTS:
+        backup_value = backup_arguments.get(key, _UNKNOWN)
+        value = fit_call.get("arguments", {}).get(key, _UNKNOWN)
+        if _UNKNOWN not in (backup_value, value) and backup_value != value:
+            changes.append(f"{what}: backup {backup_value!r}, now {value!r}")
+    return changes
+
+
 def fit_call_problems(metadata: dict, fit_call: dict, geometry: dict) -> list:
     """Why the backup's data position means something else in this fit()
     (`fit_call`: index, epochs, initial_epoch; `geometry`: the adapter's
@@ -122,6 +152,11 @@ def fit_call_problems(metadata: dict, fit_call: dict, geometry: dict) -> list:
             f"{backup_call.get('initial_epoch')}, now "
             f"{fit_call['initial_epoch']}"
         )
+    for key, what in _ARGUMENTS_THAT_CHANGE_TRAINING:
+        backup_value = backup_call.get("arguments", {}).get(key, _UNKNOWN)
+        value = fit_call.get("arguments", {}).get(key, _UNKNOWN)
+        if _UNKNOWN not in (backup_value, value) and backup_value != value:
+            problems.append(f"{what}: backup {backup_value!r}, now {value!r}")
     for key, what in _GEOMETRY:
         backup_value = metadata.get("data", {}).get(key)
         value = geometry.get(key)
@@ -178,7 +213,26 @@ def _fit_call(metadata) -> dict:
     fit_call = fields.member(metadata, "fit_call", fields.as_dict)
     for key in ("index", "epochs", "initial_epoch"):
         fields.member(fit_call, key, fields.as_int, "fit_call")
+    if "arguments" in fit_call:  # not in backups of earlier releases
+        _arguments(fit_call["arguments"], "fit_call.arguments")
     return fit_call
+
+
+def _arguments(arguments, field: str) -> None:
+    fields.as_dict(arguments, field)
+    shuffle = fields.member(arguments, "shuffle", parent=field)
+    if not isinstance(shuffle, str):
+        fields.as_bool(shuffle, f"{field}.shuffle")
+    for key in ("class_weight", "sample_weight", "validation"):
+        fields.member(arguments, key, fields.as_bool, field)
+    for key in ("steps_per_epoch", "validation_steps"):
+        fields.member(arguments, key, fields.optional_int, field)
+    freq = fields.member(arguments, "validation_freq", parent=field)
+    if isinstance(freq, list):
+        for i, epoch in enumerate(freq):
+            fields.as_int(epoch, f"{field}.validation_freq[{i}]")
+    else:
+        fields.optional_int(freq, f"{field}.validation_freq")
 
 
 def _data(metadata) -> dict:

@@ -235,6 +235,70 @@ class FitCallsTest(fit_test_case.FitTestCase):
         for got, want in zip(_weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)
 
+    @parameterized.named_parameters(
+        (
+            "shuffle",
+            dict(shuffle=False),
+            r"fit\(shuffle=...\): backup True, now False",
+        ),
+        (
+            "class_weight",
+            dict(class_weight={0: 2.0}),
+            r"fit\(class_weight=...\) given: backup False, now True",
+        ),
+        (
+            "sample_weight",
+            dict(sample_weight=np.full(SAMPLES, 0.5, "float32")),
+            r"fit\(sample_weight=...\) given: backup False, now True",
+        ),
+    )
+    def test_a_resume_with_other_training_arguments_is_refused(
+        self, change, pattern
+    ):
+        before = self._interrupted()
+        model = _model(self.FLAVOUR)
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError, pattern
+        ):
+            _fit(
+                model,
+                [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
+                epochs=3,
+                **change,
+            )
+        self.assertEqual(
+            keras_callbacks.backup_entries(self.dir), before, "nothing lost"
+        )
+        self.assertEqual(_iterations(model), 0, "no step ran")
+
+    def test_a_resume_with_validation_added_warns_and_resumes(self):
+        self._interrupted()
+        model = _model(self.FLAVOUR)
+        x, y = synthetic.regression_data(16, seed=5)
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        with self.assertLogs(level="WARNING") as logs:
+            history = _fit(model, [callback], epochs=3, validation_data=(x, y))
+        self.assertEqual(callback.resumed_from, (1, 0))
+        warning = "\n".join(logs.output)
+        self.assertIn("validation data given: backup False, now True", warning)
+        self.assertIn("from epoch 1 on", warning)
+        self.assertLen(history.history["loss"], 3)
+        self.assertLen(history.history["val_loss"], 2)
+
+    def test_a_legacy_optimizer_runs_fit_again_after_an_interruption(self):
+        if self.FLAVOUR != "tf_keras":
+            self.skipTest("legacy optimizers are tf-keras's")
+        keras = synthetic.KERAS[self.FLAVOUR]
+        model = _model(self.FLAVOUR)
+        model.compile(keras.optimizers.legacy.SGD(0.001), "mse")
+        # The interrupted fit() did not complete: running it again in this
+        # process resumes it, with the learning rate now a float32.
+        self._interrupted(model=model)
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        _fit(model, [callback], epochs=3)
+        self.assertEqual(callback.resumed_from, (1, 0))
+        self.assertEqual(_iterations(model), 3 * 4)
+
     def test_fewer_epochs_than_the_backup_is_refused(self):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         with self.assertRaises(keras_callbacks.Interrupted):

@@ -25,6 +25,44 @@ def fit_local(name: str, cls, depth: int = 2):
     return None
 
 
+def fit_arguments() -> dict:
+    """The arguments of the `fit()` call on this thread's stack that change
+    what its training computes or logs, as JSON values; {} outside fit().
+
+    Both flavours' fit() keep them under their parameter names, and have
+    replaced `validation_split` by the `validation_data` it split off
+    before the first callback hook.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_code.co_name == "fit" and "shuffle" in frame.f_locals
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return {}
+    given = frame.f_locals
+    shuffle = given.get("shuffle")
+    freq = given.get("validation_freq", 1)
+    return {
+        # True, False, or "batch" (tf-keras).
+        "shuffle": shuffle if isinstance(shuffle, str) else bool(shuffle),
+        "steps_per_epoch": _int_or_none(given.get("steps_per_epoch")),
+        "class_weight": given.get("class_weight") is not None,
+        "sample_weight": given.get("sample_weight") is not None,
+        "validation": given.get("validation_data") is not None,
+        "validation_freq": (
+            [int(f) for f in freq]
+            if isinstance(freq, (list, tuple, set))
+            else _int_or_none(freq)
+        ),
+        "validation_steps": _int_or_none(given.get("validation_steps")),
+    }
+
+
+def _int_or_none(value):
+    return None if value is None else int(value)
+
+
 def run_last(callback, callback_list) -> list:
     """Makes `callback` the last of fit()'s callbacks; returns the others."""
     if callback_list is None:

@@ -136,6 +136,17 @@ class Resume:
                 f"backup_dir (or delete {run.callback.backup_dir}) to start "
                 "afresh."
             )
+        changes = backup_metadata.fit_call_changes(info.metadata, run.fit_call)
+        if changes:
+            logging.warning(
+                "The backup in %s was written by a fit() call that validated "
+                "differently; training resumes as it was, validation follows "
+                "this fit()'s arguments from epoch %d on (History's val_* "
+                "entries before it follow the backup's):\n  %s",
+                info.path,
+                info.metadata["position"]["epoch"],
+                "\n  ".join(changes),
+            )
         backup_epochs = info.metadata.get("fit_call", {}).get("epochs")
         if backup_epochs != run.fit_call["epochs"]:
             logging.warning(

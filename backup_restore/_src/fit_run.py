@@ -66,6 +66,7 @@ class FitRun:
             "index": COMPLETED_FITS[directory_key(callback.backup_dir)],
             "epochs": int(self.params.get("epochs", 1)),
             "initial_epoch": adapter.user_initial_epoch(context),
+            "arguments": adapter.fit_arguments(),
         }
         self.data_geometry = adapter.data_geometry(context)
         adapter.track_iterators(context)

@@ -201,6 +201,7 @@ def wrap_train_function(model, make_wrapper) -> None:
 
 
 unwrap_train_function = fit_frames.unwrap_train_function
+fit_arguments = fit_frames.fit_arguments
 
 
 def recreates_iterator_per_epoch(context) -> bool:

@@ -89,6 +89,26 @@ def _describe(entry: dict) -> str:
     return f"{entry['name']} {entry['dtype']}{entry['shape']}"
 
 
+def _same(a, b) -> bool:
+    """Whether two JSON values of a config mean the same: numbers are equal
+    as float32 too (an optimizer's config gives its learning rate as the
+    Python float it was given before its first step, as the float32 its
+    variable holds after), mappings regardless of key order."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    numbers = (int, float)
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        return a == b or np.float32(a) == np.float32(b)
+    return a == b
+
+
 def diff(backup: dict, current: dict) -> list[str]:
     """Human-readable differences between two fingerprints (empty: equal)."""
     problems = []
@@ -117,12 +137,12 @@ def diff(backup: dict, current: dict) -> list[str]:
         problems.append(
             f"optimizer class: backup {bo['class']}, model {co['class']}"
         )
-    elif bo["config"] != co["config"]:
+    elif not _same(bo["config"], co["config"]):
         keys = sorted(set(bo["config"] or {}) | set(co["config"] or {}))
         for key in keys:
             b = (bo["config"] or {}).get(key)
             c = (co["config"] or {}).get(key)
-            if b != c:
+            if not _same(b, c):
                 problems.append(
                     f"optimizer config {key!r}: backup {b!r}, model {c!r}"
                 )

@@ -169,6 +169,10 @@ class FitMetadataTest(fit_test_case.FitTestCase):
             ("position.counted_steps_per_epoch", [0, "4"]),
             ("fit_call", ["x"]),
             ("fit_call.initial_epoch", ["0"]),
+            ("fit_call.arguments.shuffle", [1, None]),
+            ("fit_call.arguments.sample_weight", ["no"]),
+            ("fit_call.arguments.steps_per_epoch", ["4", -1]),
+            ("fit_call.arguments.validation_freq", ["2", ["1"]]),
             ("data", ["x"]),
             ("data.steps_per_epoch", ["4"]),
             ("fingerprint", [5]),
@@ -193,6 +197,17 @@ class FitMetadataTest(fit_test_case.FitTestCase):
     def test_wrong_type_or_missing_field_is_corrupt(self, field, value):
         tamper.set_field(self._backups(older=False), field, value)
         self._assert_refused(field)
+
+    def test_fit_arguments_of_wrong_type_are_corrupt(self):
+        tamper.set_field(self._backups(older=False), "fit_call.arguments", [])
+        self._assert_refused("fit_call.arguments")
+
+    def test_a_backup_without_fit_arguments_resumes(self):
+        # Backups of earlier releases of this format do not record them.
+        tamper.set_field(
+            self._backups(older=False), "fit_call.arguments", _DELETE
+        )
+        self.assertEqual(self._resume().resumed_from, POSITION)
 
     def test_whole_metadata_of_wrong_type_is_corrupt(self):
         tamper.set_field(self._backups(older=False), "", ["not", "a", "dict"])

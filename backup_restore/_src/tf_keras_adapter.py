@@ -158,6 +158,7 @@ def wrap_train_function(model, make_wrapper) -> None:
 
 
 unwrap_train_function = fit_frames.unwrap_train_function
+fit_arguments = fit_frames.fit_arguments
 
 
 # Attributes that make up the state of tf-keras's built-in callbacks.
