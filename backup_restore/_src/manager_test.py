@@ -93,7 +93,8 @@ class ManagerTest(test_case.TestCase):
 
     def test_owns_backup_dir_until_finish_and_again_in_the_same_process(self):
         # Another process tries to own the directory (without importing
-        # the package's TensorFlow: only ownership.py, in a bare package).
+        # the package's TensorFlow: only the ownership modules, in a bare
+        # package).
         probe = [
             sys.executable,
             "-c",

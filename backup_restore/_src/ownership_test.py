@@ -1,4 +1,5 @@
-"""Tests of ownership.py with real processes: flock and lease."""
+"""Tests of ownership.py (and its modules owner_record.py, lock_file.py,
+lease.py, registry.py) with real processes: flock and lease."""
 
 import errno
 import json
@@ -14,6 +15,8 @@ import time
 from absl.testing import absltest
 
 from backup_restore._src import errors
+from backup_restore._src import lock_file
+from backup_restore._src import owner_record
 from backup_restore._src import ownership
 from testing import test_case
 
@@ -249,7 +252,7 @@ class FlockTest(_ChildrenTest):
 
     def test_unlink_race_locks_the_file_that_the_path_names(self):
         owner = self.child()
-        real_flock = ownership.fcntl.flock
+        real_flock = lock_file.fcntl.flock
         calls = []
 
         def flock_after_the_owner_released(fd, op):
@@ -260,11 +263,11 @@ class FlockTest(_ChildrenTest):
             calls.append(fd)
             return real_flock(fd, op)
 
-        ownership.fcntl.flock = flock_after_the_owner_released
+        lock_file.fcntl.flock = flock_after_the_owner_released
         try:
             handle = ownership.acquire(self.dir)
         finally:
-            ownership.fcntl.flock = real_flock
+            lock_file.fcntl.flock = real_flock
         self.assertLen(calls, 2)  # the deleted file, then the new one
         with open(os.path.join(self.dir, ownership.LOCK_FILE)) as f:
             self.assertEqual(json.load(f)["pid"], os.getpid())
@@ -276,12 +279,12 @@ class FlockTest(_ChildrenTest):
         def no_locks(fd, op):
             raise OSError(errno.ENOLCK, "No locks available")
 
-        real_flock = ownership.fcntl.flock
-        ownership.fcntl.flock = no_locks
+        real_flock = lock_file.fcntl.flock
+        lock_file.fcntl.flock = no_locks
         try:
             handle = ownership.acquire(self.dir)
         finally:
-            ownership.fcntl.flock = real_flock
+            lock_file.fcntl.flock = real_flock
         self.assertIn(ownership.LEASE_FILE, os.listdir(self.dir))
         self.assertEqual(handle.record["mechanism"], "lease")
         handle.release()
@@ -443,19 +446,22 @@ _INVALID_LEASES = {
 class RecordValidationTest(test_case.TestCase):
     def test_records_written_by_this_release_are_valid(self):
         self.assertEqual(
-            ownership.invalid_fields(ownership._now_record("flock"), False), {}
+            owner_record.invalid_fields(
+                owner_record.now_record("flock"), False
+            ),
+            {},
         )
         lease = dict(
-            ownership._now_record("lease"),
+            owner_record.now_record("lease"),
             ttl=60.0,
             renewed_epoch=1.0,
             expires_epoch=61,
         )
-        self.assertEqual(ownership.invalid_fields(lease, lease=True), {})
-        self.assertEqual(ownership.invalid_fields(_valid_lease(), True), {})
+        self.assertEqual(owner_record.invalid_fields(lease, lease=True), {})
+        self.assertEqual(owner_record.invalid_fields(_valid_lease(), True), {})
         # Fields of a later release are allowed.
         self.assertEqual(
-            ownership.invalid_fields(_valid_lease(new_field=[1]), True), {}
+            owner_record.invalid_fields(_valid_lease(new_field=[1]), True), {}
         )
 
     def test_each_invalid_field_is_named(self):
@@ -463,14 +469,14 @@ class RecordValidationTest(test_case.TestCase):
             if name == "not_json":
                 continue
             with self.subTest(name):
-                invalid = ownership.invalid_fields(json.loads(text), True)
+                invalid = owner_record.invalid_fields(json.loads(text), True)
                 self.assertIn(field, invalid)
         self.assertEqual(
-            set(ownership.invalid_fields({}, lease=True)),
+            set(owner_record.invalid_fields({}, lease=True)),
             set(_valid_lease()),
         )
-        self.assertIn("since", ownership.invalid_fields({"since": 3}, False))
-        self.assertNotIn("ttl", ownership.invalid_fields({}, lease=False))
+        self.assertIn("since", owner_record.invalid_fields({"since": 3}, False))
+        self.assertNotIn("ttl", owner_record.invalid_fields({}, lease=False))
 
 
 class LeaseTest(_ChildrenTest):
