@@ -214,8 +214,25 @@ class FitCallsTest(fit_test_case.FitTestCase):
             dict(initial_epoch=1),
             r"initial_epoch=...\): backup 0, now 1",
         ),
+        (
+            "shuffle",
+            dict(shuffle=False),
+            r"fit\(shuffle=...\): backup True, now False",
+        ),
+        (
+            "class_weight",
+            dict(class_weight={0: 2.0}),
+            r"fit\(class_weight=...\) given: backup False, now True",
+        ),
+        (
+            "sample_weight",
+            dict(sample_weight=np.full(SAMPLES, 0.5, "float32")),
+            r"fit\(sample_weight=...\) given: backup False, now True",
+        ),
     )
-    def test_a_resume_with_other_data_is_refused(self, change, pattern):
+    def test_a_resume_with_other_data_or_arguments_is_refused(
+        self, change, pattern
+    ):
         before = self._interrupted()
         model = _model(self.FLAVOUR)
         weights = _weights(model)
@@ -234,42 +251,6 @@ class FitCallsTest(fit_test_case.FitTestCase):
         self.assertEqual(_iterations(model), 0, "no step ran")
         for got, want in zip(_weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)
-
-    @parameterized.named_parameters(
-        (
-            "shuffle",
-            dict(shuffle=False),
-            r"fit\(shuffle=...\): backup True, now False",
-        ),
-        (
-            "class_weight",
-            dict(class_weight={0: 2.0}),
-            r"fit\(class_weight=...\) given: backup False, now True",
-        ),
-        (
-            "sample_weight",
-            dict(sample_weight=np.full(SAMPLES, 0.5, "float32")),
-            r"fit\(sample_weight=...\) given: backup False, now True",
-        ),
-    )
-    def test_a_resume_with_other_training_arguments_is_refused(
-        self, change, pattern
-    ):
-        before = self._interrupted()
-        model = _model(self.FLAVOUR)
-        with self.assertRaisesRegex(
-            backup_restore.BackupMismatchError, pattern
-        ):
-            _fit(
-                model,
-                [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
-                epochs=3,
-                **change,
-            )
-        self.assertEqual(
-            keras_callbacks.backup_entries(self.dir), before, "nothing lost"
-        )
-        self.assertEqual(_iterations(model), 0, "no step ran")
 
     def test_a_resume_with_validation_added_warns_and_resumes(self):
         self._interrupted()
