@@ -236,10 +236,6 @@ class Engine:
             blocked_since=blocked_since,
         )
 
-    @property
-    def last_snapshot_seconds(self):
-        return self.store.last_snapshot_seconds
-
     def preemption_agreed(self) -> bool:
         """Whether to back up and stop now, the same answer on every worker.
 

@@ -171,8 +171,7 @@ class BackupStore:
         self._single_shard_writes = True
         # The last sequence number used: a failed write's is never reused.
         self._last_seq = 0
-        # How long the last backup blocked its caller, and took to commit.
-        self.last_snapshot_seconds = None
+        # How long the last backup took to commit (the benchmark reads it).
         self.last_persist_seconds = None
         # How long after write_async returned the last backup was published
         # (0.0: before it returned); None until known.
@@ -439,9 +438,8 @@ class BackupStore:
             removed, and no earlier backup was deleted; the store stays
             usable.
         """
-        called = time.monotonic()  # what the caller waits counts from here
         if blocked_since is None:
-            blocked_since = called
+            blocked_since = time.monotonic()
         self.wait()
         start = time.monotonic()
         if self.scope is not None:
@@ -525,9 +523,6 @@ class BackupStore:
         published_event = self._published = threading.Event()
         if published is not None:
             published_event.set()
-        # Blocked: the wait for the previous backup, the snapshot and (in
-        # the caller) the write; the caller adds its own work around it.
-        self.last_snapshot_seconds = returned - called
         self.last_kill_safe_seconds = 0.0 if published is not None else None
 
         def persist():
@@ -571,7 +566,6 @@ class BackupStore:
                 self._pending.set_result(persist())
             except BaseException as e:  # surfaced by wait()
                 self._pending.set_exception(e)
-            self.last_snapshot_seconds = time.monotonic() - called
 
     def close(self) -> None:
         """Waits for the backup in flight (raising its error), then ends the
