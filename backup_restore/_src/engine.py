@@ -115,6 +115,9 @@ class Engine:
           RuntimeError: save_before_preemption outside the main thread.
         """
         self.store.scope = scope
+        # Another run or job may have changed backup_dir since the store
+        # last looked: this run lists it anew (once).
+        self.store.refresh()
         self._strategy = strategy
         if strategy is not None:
             self._role = distribution.role(strategy)

@@ -3,7 +3,9 @@
 Knows nothing of Keras: it saves any `tf.train.Checkpoint` plus a JSON
 metadata dict. Its one user is engine.py, which both front ends (the Keras
 callback, BackupManager) share. The commit protocol lives in atomicity.py,
-the integrity format in manifest.py, the background writer and its priority
+the integrity format in manifest.py, what the store knows of backup_dir's
+entries (listed once, each manifest parsed once) in catalog.py, the checks
+of backup_dir itself in store_dir.py, the background writer and its priority
 rule in background.py, what TensorFlow's checkpoint writer needs in
 tf_checkpoint.py.
 
@@ -16,7 +18,6 @@ partial backup (see atomicity.py).
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -28,6 +29,7 @@ from absl import logging
 
 from backup_restore._src import atomicity
 from backup_restore._src import background
+from backup_restore._src import catalog
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import manifest
@@ -68,62 +70,6 @@ def _is_out_of_space(error) -> bool:
     ) or "No space left" in str(error)
 
 
-@dataclasses.dataclass(frozen=True)
-class BackupInfo:
-    """A committed backup.
-
-    Attributes:
-      seq: its sequence number (higher is newer).
-      path: its directory.
-      metadata: the JSON metadata it was written with.
-      files: name -> {"size": bytes} for every file in it.
-    """
-
-    seq: int
-    path: str
-    metadata: dict
-    files: dict
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(entry["size"] for entry in self.files.values())
-
-    @property
-    def checkpoint_prefix(self) -> str:
-        return os.path.join(self.path, CHECKPOINT_PREFIX)
-
-
-@dataclasses.dataclass
-class _Listing:
-    """backup_dir's entries of this store's format (see _all_entries)."""
-
-    named: list = dataclasses.field(default_factory=list)  # (seq, path)
-    temporaries: list = dataclasses.field(default_factory=list)
-    probes: list = dataclasses.field(default_factory=list)
-    foreign: list = dataclasses.field(default_factory=list)  # (path, kind)
-    others: int = 0  # entries not named like ours (the owner's file apart)
-
-    def max_seq(self) -> int:
-        """The highest sequence number any entry's name holds (foreign ones
-        too: a new backup never takes the name of one), else 0."""
-        names = [os.path.basename(p) for p in self.temporaries] + [
-            os.path.basename(p) for p, _ in self.foreign
-        ]
-        seqs = [s for s, _ in self.named] + [
-            atomicity.parse_committed(n) or atomicity.parse_temporary(n) or 0
-            for n in names
-        ]
-        return max(seqs, default=0)
-
-
-def _remove(path: str) -> None:
-    """Deletes one of our leftovers (a directory, or a probe file)."""
-    if atomicity.is_probe(os.path.basename(path)):
-        paths.remove_file(path)
-    else:
-        paths.remove_tree(path)
-
-
 class BackupStore:
     """The committed backups kept in one directory.
 
@@ -152,10 +98,12 @@ class BackupStore:
                 "a restart.",
                 self._dir,
             )
+        # What the store knows of backup_dir's entries (catalog.py); its
+        # first listing also gives the highest sequence number so far.
+        self._catalog = catalog.Catalog(self._dir)
         # Decided once: removing the directory at the end is only right when
         # it held nothing but ours to begin with.
-        self._foreign_warned = set()  # paths named in a warning already
-        listing = self._all_entries()  # empty if it does not exist
+        listing = self._catalog.list_now()  # empty if it does not exist
         self._dir_was_ours = (
             not keep_directory and not listing.others and not listing.foreign
         )
@@ -169,8 +117,6 @@ class BackupStore:
         # Whether in-caller writes try tf_checkpoint.write_single_shard:
         # until it first falls back to TensorFlow's writer.
         self._single_shard_writes = True
-        # The last sequence number used: a failed write's is never reused.
-        self._last_seq = 0
         # How long the last backup took to commit (the benchmark reads it).
         self.last_persist_seconds = None
         # How long after write_async returned the last backup was published
@@ -193,86 +139,20 @@ class BackupStore:
     def directory(self) -> str:
         return self._dir
 
-    def _entries(self) -> tuple[list[tuple[int, str]], list[str]]:
-        """Returns ((seq, path) of backup-* dirs ascending, temporaries)."""
-        listing = self._all_entries()
-        return listing.named, listing.temporaries
-
-    def _all_entries(self) -> "_Listing":
-        """backup_dir's entries that are ours, by name and by what they are.
-
-        Locally, an entry named like ours that is something else (a link, a
-        regular file where a directory belongs, a FIFO, ...) is never
-        followed, read or deleted: it is listed as foreign and named in one
-        warning.
-        """
-        listing = _Listing()
-        if not tf.io.gfile.isdir(self._dir):
-            return listing
-        local = paths.is_local(self._dir)
-        for entry in tf.io.gfile.listdir(self._dir):
-            name = entry.rstrip("/")
-            path = os.path.join(self._dir, name)
-            seq = atomicity.parse_committed(name)
-            temporary = atomicity.parse_temporary(name)
-            if seq is not None or temporary is not None:
-                want = paths.DIRECTORY
-            elif atomicity.is_probe(name):
-                want = paths.FILE
-            else:  # not ours by name: never looked at
-                listing.others += not atomicity.is_ours(name)
-                continue
-            found = paths.kind(path) if local else want
-            if found is None:
-                continue  # gone meanwhile (our own cleanup, say)
-            if found != want:
-                listing.foreign.append((path, found))
-            elif seq is not None:
-                listing.named.append((seq, path))
-            elif temporary is not None:
-                listing.temporaries.append(path)
-            else:
-                listing.probes.append(path)
-        listing.named.sort()
-        self._warn_about_foreign(listing.foreign)
-        return listing
-
-    def _warn_about_foreign(self, foreign) -> None:
-        new = [(p, k) for p, k in foreign if p not in self._foreign_warned]
-        if not new:
-            return
-        self._foreign_warned.update(p for p, _ in new)
-        logging.warning(
-            "%s holds entries named like backup_restore's own that are not "
-            "(never followed, read or deleted; remove them yourself): %s.",
-            self._dir,
-            "; ".join(f"{p} is a {k}" for p, k in new),
-        )
-
-    def _has_manifest(self, path: str) -> bool:
-        # Whatever it is: manifest.read refuses one that is not a file.
-        return paths.kind(os.path.join(path, atomicity.MANIFEST)) is not None
+    def refresh(self) -> None:
+        """Forgets what the store listed and parsed of backup_dir: the next
+        call lists it again. For the start of a run: another run or job may
+        have changed the directory since the store last looked."""
+        self._catalog.refresh()
 
     def committed(self) -> list[tuple[int, str]]:
         """(seq, path) of every committed backup, oldest first (unverified)."""
-        named, _ = self._entries()
-        return [(s, p) for s, p in named if self._has_manifest(p)]
+        return self._catalog.committed()
 
     def _in_scope(self, path: str) -> bool:
-        """Whether a committed backup belongs to this store's scope.
-
-        One whose manifest cannot be read, or whose scope is missing or no
-        string, is counted in: its corruption is reported (and it falls
-        back) like any other's, rather than it being silently ignored.
-        """
-        if self.scope is None:
-            return True
-        try:
-            body = manifest.read(path)
-        except errors.BackupCorruptError:
-            return True
-        scope = body["metadata"].get("scope")
-        return not isinstance(scope, str) or scope == self.scope
+        """Whether a committed backup belongs to this store's scope (see
+        catalog.Catalog.in_scope)."""
+        return self._catalog.in_scope(path, self.scope)
 
     def committed_in_scope(self) -> list[tuple[int, str]]:
         """Like `committed`, only the backups of this store's scope."""
@@ -280,12 +160,12 @@ class BackupStore:
 
     def foreign(self) -> list[tuple[str, str]]:
         """(path, what it is) of the entries named like ours that are not."""
-        return self._all_entries().foreign
+        return self._catalog.list_now().foreign
 
     def leftovers(self) -> list[str]:
         """What interrupted writes, deletions or writability checks left."""
-        listing = self._all_entries()
-        unfinished = [p for _, p in listing.named if not self._has_manifest(p)]
+        listing = self._catalog.list_now()
+        unfinished = self._catalog.unfinished()
         return listing.temporaries + unfinished + listing.probes
 
     def cleanup(self) -> list[str]:
@@ -294,19 +174,41 @@ class BackupStore:
         removed = self.leftovers()
         for path in removed:
             logging.info("Removing an interrupted backup write: %s", path)
-            _remove(path)
+            self._remove(path)
         return removed
 
-    def load(self, path: str, full_verify: bool = True) -> BackupInfo:
+    def _remove(self, path: str) -> None:
+        """Deletes one of our leftovers (a directory, or a probe file)."""
+        if atomicity.is_probe(os.path.basename(path)):
+            paths.remove_file(path)
+        else:
+            paths.remove_tree(path)
+        self._catalog.removed(path)
+
+    def _retire(self, path: str) -> None:
+        """Deletes a committed backup (atomicity.retire).
+
+        One that is gone already counts as deleted; one a failure left
+        half deleted makes the catalog list the directory again.
+        """
+        try:
+            atomicity.retire(path)
+        except (tf.errors.OpError, OSError):
+            if paths.kind(path) is not None:
+                self._catalog.refresh()
+                raise
+        self._catalog.removed(path)
+
+    def load(self, path: str, full_verify: bool = True) -> catalog.BackupInfo:
         """Reads and verifies one committed backup.
 
         Raises:
           errors.BackupCorruptError: when it fails any integrity check.
         """
-        body = manifest.read(path)
+        body = self._catalog.body(path)
         manifest.verify(path, body, full=full_verify)
         seq = atomicity.parse_committed(os.path.basename(path))
-        return BackupInfo(seq, path, body["metadata"], body["files"])
+        return catalog.BackupInfo(seq, path, body["metadata"], body["files"])
 
     def _first_intact(self, attempt):
         """`attempt(path)` on committed backups, newest first, until one works.
@@ -348,12 +250,12 @@ class BackupStore:
 
     def _was_durable(self, path: str) -> bool:
         try:
-            body = manifest.read(path)
+            body = self._catalog.body(path)
         except errors.BackupCorruptError:
             body = None
         return atomicity.was_durable(path, body)
 
-    def latest(self, full_verify: bool = True) -> BackupInfo | None:
+    def latest(self, full_verify: bool = True) -> catalog.BackupInfo | None:
         """The newest committed backup that passes verification, or None.
 
         Raises:
@@ -444,8 +346,7 @@ class BackupStore:
         start = time.monotonic()
         if self.scope is not None:
             metadata = {**metadata, "scope": self.scope}
-        seq = max(self._all_entries().max_seq(), self._last_seq) + 1
-        self._last_seq = seq
+        seq = self._catalog.next_seq()
         facts = tf_checkpoint.facts(checkpoint)
         if asynchronous:
             self._writer.start(
@@ -575,7 +476,7 @@ class BackupStore:
         finally:
             self._writer.shutdown()
 
-    def _publish(self, seq, work, final, metadata) -> BackupInfo:
+    def _publish(self, seq, work, final, metadata) -> catalog.BackupInfo:
         """Checks the written files of backup `seq` and publishes them
         (atomicity.publish: not yet durable).
 
@@ -594,10 +495,11 @@ class BackupStore:
         )
         faults.point(faults.BEFORE_COMMIT, work)
         atomicity.publish(work, final, body)
+        self._catalog.added(seq, final, metadata.get("scope"))
         files = json.loads(body)["body"]["files"]
-        return BackupInfo(seq, final, metadata, files)
+        return catalog.BackupInfo(seq, final, metadata, files)
 
-    def _after_commit(self, info: BackupInfo) -> None:
+    def _after_commit(self, info: catalog.BackupInfo) -> None:
         """Deletes the backups older than the one just committed.
 
         A failure here (an I/O error) leaves an older backup behind, which
@@ -622,11 +524,11 @@ class BackupStore:
         try:
             if paths.kind(work) == paths.DIRECTORY:
                 if work == final:  # no atomic rename: never leave it named
-                    atomicity.retire(work)
+                    self._retire(work)
                 else:
                     paths.remove_tree(work)
             elif paths.kind(final) == paths.DIRECTORY:  # published only
-                atomicity.retire(final)
+                self._retire(final)
             removed = "its partial files were removed"
         except (tf.errors.OpError, OSError) as e:
             logging.warning("Could not remove %s: %s", work, e)
@@ -711,7 +613,7 @@ class BackupStore:
             except errors.BackupError as e:
                 logging.warning("An earlier backup failed: %s", e)
 
-    def wait(self) -> BackupInfo | None:
+    def wait(self) -> catalog.BackupInfo | None:
         """Blocks until the in-flight backup is committed; returns it.
 
         Returns None when nothing was in flight. Also waits for other
@@ -725,7 +627,7 @@ class BackupStore:
         self._wait_for_other_writers()
         return self._join()
 
-    def _join(self) -> BackupInfo | None:
+    def _join(self) -> catalog.BackupInfo | None:
         """Waits for this store's own background write; see `wait`."""
         pending, self._pending = self._pending, None
         if pending is None:
@@ -785,10 +687,10 @@ class BackupStore:
 
     def delete_older_than(self, seq: int) -> None:
         """Deletes every committed backup of this scope older than `seq`."""
-        for s, path in self._entries()[0]:
+        for s, path in self._catalog.named():
             if s < seq and self._in_scope(path):
                 faults.point(faults.DELETE_OLDER, path)
-                atomicity.retire(path)
+                self._retire(path)
 
     def delete_all(self) -> None:
         """Deletes every backup of this scope and every leftover of this
@@ -800,13 +702,13 @@ class BackupStore:
         nothing but this store's entries when the store was created.
         """
         self.wait()
-        listing = self._all_entries()
+        listing = self._catalog.list_now()
         for path in listing.temporaries + listing.probes:
-            _remove(path)
+            self._remove(path)
         # Newest last: a kill midway leaves it, and a restart resumes there.
         for _, path in listing.named:
             if self._in_scope(path):
-                atomicity.retire(path)
+                self._retire(path)
         if not self._dir_was_ours:
             return
         if paths.is_local(self._dir):
