@@ -5,8 +5,9 @@ metadata dict. Its one user is engine.py, which both front ends (the Keras
 callback, BackupManager) share. The commit protocol lives in atomicity.py,
 the integrity format in manifest.py, what the store knows of backup_dir's
 entries (listed once, each manifest parsed once) in catalog.py, the checks
-of backup_dir itself in store_dir.py, the background writer and its priority
-rule in background.py, what TensorFlow's checkpoint writer needs in
+of backup_dir itself in store_dir.py, the three ways one backup is written in
+store_write.py, the background writer, its priority rule and the backup in
+flight in background.py, what TensorFlow's checkpoint writer needs in
 tf_checkpoint.py.
 
 Concurrency contract: one writer per backup directory (in multi-worker
@@ -16,12 +17,8 @@ in flight"); every other method first waits for it. Readers never see a
 partial backup (see atomicity.py).
 """
 
-import concurrent.futures
 import contextlib
-import errno
-import json
 import os
-import threading
 import time
 
 import tensorflow as tf
@@ -35,9 +32,7 @@ from backup_restore._src import faults
 from backup_restore._src import manifest
 from backup_restore._src import paths
 from backup_restore._src import store_dir
-from backup_restore._src import tf_checkpoint
-
-CHECKPOINT_PREFIX = atomicity.CHECKPOINT_PREFIX
+from backup_restore._src import store_write
 
 # Asynchronous backups of states up to this size are written and published
 # before write_async returns (see there). The target: the 1M-param
@@ -53,21 +48,6 @@ KILL_SAFE_MAX_BYTES = 16 << 20
 # 604 MB state published 7.7 s (p50) and 11.6 s (p95) after the hook
 # returned at one backup per epoch on 2 shared cores.
 KILL_SAFE_DEADLINE_SECONDS = 10.0
-
-
-class _IncompleteCheckpoint(Exception):
-    """The written checkpoint is not complete; see checkpoint_problem."""
-
-
-def _is_out_of_space(error) -> bool:
-    if isinstance(error, OSError) and error.errno in (
-        errno.ENOSPC,
-        errno.EDQUOT,
-    ):
-        return True
-    return isinstance(
-        error, tf.errors.ResourceExhaustedError
-    ) or "No space left" in str(error)
 
 
 class BackupStore:
@@ -109,7 +89,7 @@ class BackupStore:
         )
         # Its priority is decided at the first asynchronous backup.
         self._writer = background.Writer()
-        self._pending = None  # the Future of the persist in flight, if any
+        self._in_flight = None  # the last backup, until waited for
         # Which run of the job writes now (set by the engine per run): a
         # run finds, replaces and deletes only the backups of its own
         # scope. None: every backup.
@@ -128,11 +108,6 @@ class BackupStore:
             else kill_safe_max_bytes
         )
         self.kill_safe_deadline_seconds = KILL_SAFE_DEADLINE_SECONDS
-        # Set once the backup in flight is published (kill-safe), and when
-        # write_async returned.
-        self._published = threading.Event()
-        self._published.set()
-        self._returned_at = None
         background.register(self)
 
     @property
@@ -285,27 +260,12 @@ class BackupStore:
     ) -> None:
         """Writes a backup of `checkpoint`; makes it durable in background.
 
-        Two points in a backup's life matter: published (committed into
-        the page cache: a process kill, which leaves the page cache to the
-        kernel, resumes from it) and durable (fsync'd: a machine loss
-        resumes from it too). Older backups are deleted only once the new
-        one is durable, so a restore after a machine loss that tore the
-        newest falls back to the previous (its checks fail: atomicity.py).
-
-        - `asynchronous=False`: published and durable before this returns.
-        - `asynchronous=True`, a state of at most `kill_safe_max_bytes`:
-          written and published before this returns (TensorFlow's
-          synchronous write into the page cache, as tf-keras's own
-          callback does; no fsync); fsync and the deletion of the older
-          backup run on a background thread.
-        - `asynchronous=True`, larger states: a consistent snapshot only
-          (TensorFlow's async checkpointing assigns every variable to a
-          host copy before this returns; on the host that shares the
-          buffer and TensorFlow copies it when the next step first updates
-          the variable); writing, publishing and fsync run in the
-          background (at lower priority when backups are far apart, see
-          `expected_interval`). `last_kill_safe_seconds` then says how long
-          after this returned the backup was published.
+        Published (committed into the page cache: a process kill resumes
+        from it) before this returns unless the state is larger than
+        `kill_safe_max_bytes` and written asynchronously; durable (fsync'd)
+        before this returns only when not `asynchronous`. The three modes
+        and why: store_write.py. `last_kill_safe_seconds` says how long
+        after this returned the backup was published (0.0: before).
 
         At most one backup is in flight: this first waits for the previous
         one to be durable. A backup is published only when its checkpoint
@@ -343,130 +303,19 @@ class BackupStore:
         if blocked_since is None:
             blocked_since = time.monotonic()
         self.wait()
-        start = time.monotonic()
         if self.scope is not None:
             metadata = {**metadata, "scope": self.scope}
-        seq = self._catalog.next_seq()
-        facts = tf_checkpoint.facts(checkpoint)
-        if asynchronous:
-            self._writer.start(
-                background.lower_priority_pays(
-                    expected_interval, facts.variable_bytes
-                )
-            )
-        final = os.path.join(self._dir, atomicity.committed_name(seq))
-        if atomicity.supports_atomic_rename(self._dir):
-            work = os.path.join(self._dir, atomicity.temporary_name(seq))
-        else:
-            work = final
-        # Written and published here, before returning (see above)?
-        in_caller = (
-            not asynchronous
-            or not async_snapshot
-            or facts.holds_iterator
-            or facts.variable_bytes <= self.kill_safe_max_bytes
+        self._in_flight = store_write.write(
+            self,
+            checkpoint,
+            metadata,
+            self._catalog.next_seq(),
+            asynchronous=asynchronous,
+            async_snapshot=async_snapshot,
+            expected_interval=expected_interval,
+            label=label,
+            blocked_since=blocked_since,
         )
-
-        def data_write(save_path):
-            # On TensorFlow's writer thread when asynchronous.
-            del save_path
-            faults.point(faults.DATA_WRITE, work)
-
-        options = tf.train.CheckpointOptions(
-            experimental_enable_async_checkpoint=not in_caller,
-            experimental_write_callbacks=[data_write],
-        )
-
-        def snapshot():
-            # A new directory of our own (never one that exists: a planted
-            # link), so TensorFlow writes nowhere else.
-            if paths.is_local(work):
-                os.makedirs(paths.local(self._dir), exist_ok=True)
-            paths.make_dir(work)
-            faults.point(faults.BEFORE_DATA, work)
-            prefix = os.path.join(work, CHECKPOINT_PREFIX)
-            # On this thread: one SaveV2 where the checkpoint allows it
-            # (a fraction of TensorFlow's time for many small variables).
-            if (
-                in_caller
-                and self._single_shard_writes
-                and tf_checkpoint.write_single_shard(checkpoint, prefix)
-            ):
-                data_write(prefix)
-            else:
-                # What made it fall back (another task's devices, registered
-                # savers) does not change within a job: not gathered again.
-                self._single_shard_writes &= not in_caller
-                checkpoint.write(prefix, options)
-
-        published = None
-        try:
-            if not in_caller and self._writer.low_priority:
-                # Taken on the background thread while this one waits (a
-                # copy-on-write snapshot: milliseconds), so that the writer
-                # thread TensorFlow starts for it has that thread's priority.
-                self._writer.submit(snapshot).result()
-            elif not in_caller:
-                snapshot()
-            elif facts.variable_bytes > self.kill_safe_max_bytes:
-                # Large and written here: the disk writes while TensorFlow
-                # still writes the files, so the fsync finds little left.
-                with atomicity.WritebackStarter(work):
-                    snapshot()
-                published = self._publish(seq, work, final, metadata)
-            else:
-                snapshot()
-                published = self._publish(seq, work, final, metadata)
-        except (tf.errors.OpError, OSError, _IncompleteCheckpoint) as e:
-            raise self._write_failed(seq, work, final, e) from e
-        returned = time.monotonic()
-        self._returned_at = returned
-        published_event = self._published = threading.Event()
-        if published is not None:
-            published_event.set()
-        self.last_kill_safe_seconds = 0.0 if published is not None else None
-
-        def persist():
-            info = published
-            try:
-                if info is None:
-                    # The disk writes while TensorFlow still writes the files.
-                    with atomicity.WritebackStarter(work):
-                        tf_checkpoint.sync(checkpoint)
-                    info = self._publish(seq, work, final, metadata)
-                    self.last_kill_safe_seconds = max(
-                        0.0, time.monotonic() - returned
-                    )
-                    published_event.set()
-                faults.point(faults.PUBLISHED, final)
-                atomicity.make_durable(final, info.files, self._dir)
-            except (tf.errors.OpError, OSError, _IncompleteCheckpoint) as e:
-                raise self._write_failed(seq, work, final, e) from e
-            self.last_persist_seconds = time.monotonic() - start
-            self._after_commit(info)
-            # The one line per backup, once it is durable. Training waited
-            # until write_async returned; when synchronous, for this too.
-            now = time.monotonic()
-            if label is not None:
-                logging.info(
-                    "Backup %s (%s) committed: %d bytes; training waited "
-                    "%.3f s; durable %.3f s after its snapshot began.",
-                    final,
-                    label,
-                    info.size_bytes,
-                    (returned if asynchronous else now) - blocked_since,
-                    now - start,
-                )
-            return info
-
-        if asynchronous:
-            self._pending = self._writer.submit(persist)
-        else:
-            self._pending = concurrent.futures.Future()
-            try:
-                self._pending.set_result(persist())
-            except BaseException as e:  # surfaced by wait()
-                self._pending.set_exception(e)
 
     def close(self) -> None:
         """Waits for the backup in flight (raising its error), then ends the
@@ -477,127 +326,29 @@ class BackupStore:
             self._writer.shutdown()
 
     def _publish(self, seq, work, final, metadata) -> catalog.BackupInfo:
-        """Checks the written files of backup `seq` and publishes them
-        (atomicity.publish: not yet durable).
-
-        Raises:
-          _IncompleteCheckpoint: what TensorFlow wrote is not a complete
-            checkpoint (atomicity.checkpoint_problem): nothing is published.
-          OSError, tf.errors.OpError: as the filesystem raised them.
-        """
-        faults.point(faults.DATA_WRITTEN, work)
-        names = [n.rstrip("/") for n in tf.io.gfile.listdir(work)]
-        problem = atomicity.checkpoint_problem(work, names, read_index=True)
-        if problem is not None:
-            raise _IncompleteCheckpoint(f"incomplete checkpoint: {problem}")
-        body = manifest.build(
-            work, names, metadata, atomicity.marks_durable(self._dir)
-        )
-        faults.point(faults.BEFORE_COMMIT, work)
-        atomicity.publish(work, final, body)
+        """Publishes the written backup `seq` (store_write.publish) and
+        records it in the catalog."""
+        info = store_write.publish(self._dir, seq, work, final, metadata)
         self._catalog.added(seq, final, metadata.get("scope"))
-        files = json.loads(body)["body"]["files"]
-        return catalog.BackupInfo(seq, final, metadata, files)
-
-    def _after_commit(self, info: catalog.BackupInfo) -> None:
-        """Deletes the backups older than the one just committed.
-
-        A failure here (an I/O error) leaves an older backup behind, which
-        the next backup deletes: the new one is committed, so it is logged,
-        not raised.
-        """
-        try:
-            faults.point(faults.COMMITTED, info.path)
-            self.delete_older_than(info.seq)
-        except (tf.errors.OpError, OSError) as e:
-            logging.warning(
-                "Backup %s is committed, but deleting the older backups "
-                "failed (%s: %s); they are deleted after the next backup.",
-                info.path,
-                type(e).__name__,
-                e,
-            )
-
-    def _write_failed(self, seq, work, final, error) -> errors.BackupWriteError:
-        """Removes what a failed write of backup `seq` left; the error."""
-        detail = str(error).strip().splitlines()[0] if str(error) else ""
-        try:
-            if paths.kind(work) == paths.DIRECTORY:
-                if work == final:  # no atomic rename: never leave it named
-                    self._retire(work)
-                else:
-                    paths.remove_tree(work)
-            elif paths.kind(final) == paths.DIRECTORY:  # published only
-                self._retire(final)
-            removed = "its partial files were removed"
-        except (tf.errors.OpError, OSError) as e:
-            logging.warning("Could not remove %s: %s", work, e)
-            removed = f"its partial files in {work} are removed at next start"
-        try:
-            # Of this run: another run's backup is not where it resumes.
-            older = [p for s, p in self.committed_in_scope() if s < seq]
-        except (tf.errors.OpError, OSError):
-            older = None
-        if older:
-            kept = (
-                f"The previous backup {older[-1]} was kept: training "
-                "resumes from it."
-            )
-        elif older is None:
-            kept = "Earlier backups were not deleted."
-        else:
-            kept = (
-                "No earlier backup exists: a restart would begin training "
-                "from scratch."
-            )
-        if _is_out_of_space(error):
-            advice = (
-                f"The filesystem of {self._dir} is full: free space there, "
-                "or pass another backup_dir."
-            )
-        else:
-            advice = (
-                f"Check that {self._dir} is writable and has free space, or "
-                "pass another backup_dir."
-            )
-        return errors.BackupWriteError(
-            f"Writing backup {final} (number {seq}) failed "
-            f"({type(error).__name__}: {detail}). Nothing of it was "
-            f"committed; {removed}. {kept} {advice}"
-        )
+        return info
 
     def enforce_kill_safe_deadline(self) -> float:
         """Called between training steps; returns the seconds it waited.
 
         When the backup in flight is still not published (kill-safe)
         `kill_safe_deadline_seconds` after write_async returned, waits until
-        it is (or its write fails: `wait()` raises that later): with
-        training paused the background writer gets the cores. Costs a clock
-        read otherwise.
+        it is (or its write fails: `wait()` raises that later); see
+        background.InFlight.wait_if_late.
         """
-        event, pending = self._published, self._pending
-        if event.is_set() or pending is None:
+        in_flight = self._in_flight
+        if in_flight is None:
             return 0.0
-        late = time.monotonic() - self._returned_at
-        if late < self.kill_safe_deadline_seconds:
-            return 0.0
-        started = time.monotonic()
-        while not event.wait(0.05) and not pending.done():
-            pass
-        waited = time.monotonic() - started
-        logging.info(
-            "The backup in flight was still not kill-safe %.1f s after "
-            "training resumed: training waited %.3f s until it was "
-            "published.",
-            late,
-            waited,
-        )
-        return waited
+        return in_flight.wait_if_late(self.kill_safe_deadline_seconds)
 
     @property
     def pending(self) -> bool:
         """Whether a background write is still in flight."""
-        return self._pending is not None and not self._pending.done()
+        return self._in_flight is not None and not self._in_flight.future.done()
 
     def _wait_for_other_writers(self) -> None:
         """Waits for other stores of this process writing to this directory.
@@ -629,12 +380,12 @@ class BackupStore:
 
     def _join(self) -> catalog.BackupInfo | None:
         """Waits for this store's own background write; see `wait`."""
-        pending, self._pending = self._pending, None
-        if pending is None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
             return None
-        error = pending.exception()  # waits
+        error = in_flight.future.exception()  # waits
         if error is None:
-            return pending.result()
+            return in_flight.future.result()
         if isinstance(error, errors.BackupWriteError):
             raise error
         if not isinstance(error, (tf.errors.OpError, OSError)):
