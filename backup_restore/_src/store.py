@@ -6,7 +6,8 @@ callback, BackupManager) share. The commit protocol lives in atomicity.py,
 the integrity format in manifest.py, what the store knows of backup_dir's
 entries (listed once, each manifest parsed once) in catalog.py, the checks
 of backup_dir itself in store_dir.py, the three ways one backup is written in
-store_write.py, the background writer, its priority rule and the backup in
+store_write.py, loading and the fallback past corrupt backups in
+store_read.py, the background writer, its priority rule and the backup in
 flight in background.py, what TensorFlow's checkpoint writer needs in
 tf_checkpoint.py.
 
@@ -29,9 +30,9 @@ from backup_restore._src import background
 from backup_restore._src import catalog
 from backup_restore._src import errors
 from backup_restore._src import faults
-from backup_restore._src import manifest
 from backup_restore._src import paths
 from backup_restore._src import store_dir
+from backup_restore._src import store_read
 from backup_restore._src import store_write
 
 # Asynchronous backups of states up to this size are written and published
@@ -180,55 +181,7 @@ class BackupStore:
         Raises:
           errors.BackupCorruptError: when it fails any integrity check.
         """
-        body = self._catalog.body(path)
-        manifest.verify(path, body, full=full_verify)
-        seq = atomicity.parse_committed(os.path.basename(path))
-        return catalog.BackupInfo(seq, path, body["metadata"], body["files"])
-
-    def _first_intact(self, attempt):
-        """`attempt(path)` on committed backups, newest first, until one works.
-
-        A backup for which `attempt` raises BackupCorruptError is skipped
-        (with a warning) in favour of the next older one. Nothing is deleted.
-
-        Raises:
-          errors.BackupCorruptError: committed backups exist but none is intact.
-        """
-        failures = []
-        for _, path in reversed(self.committed_in_scope()):
-            try:
-                result = attempt(path)
-            except errors.BackupCorruptError as e:
-                if not self._was_durable(path):
-                    # Not corruption, but the user loses that backup's
-                    # progress: said at the default log level.
-                    logging.warning(
-                        "Skipping backup %s: an unfinished write (published, "
-                        "but the process or machine stopped before it was "
-                        "made durable), not a corrupt one; nothing was "
-                        "deleted: %s",
-                        path,
-                        e,
-                    )
-                    continue
-                logging.warning("Skipping corrupt backup %s: %s", path, e)
-                failures.append(str(e))
-                continue
-            if failures:
-                logging.warning(
-                    "Falling back to the older intact backup %s.", path
-                )
-            return result
-        if failures:
-            raise self._all_corrupt(failures)
-        return None
-
-    def _was_durable(self, path: str) -> bool:
-        try:
-            body = self._catalog.body(path)
-        except errors.BackupCorruptError:
-            body = None
-        return atomicity.was_durable(path, body)
+        return store_read.load(self._catalog, path, full_verify)
 
     def latest(self, full_verify: bool = True) -> catalog.BackupInfo | None:
         """The newest committed backup that passes verification, or None.
@@ -237,6 +190,12 @@ class BackupStore:
           errors.BackupCorruptError: committed backups exist but none is intact.
         """
         return self._first_intact(lambda path: self.load(path, full_verify))
+
+    def _first_intact(self, attempt):
+        """store_read.first_intact over the backups of this scope."""
+        return store_read.first_intact(
+            self._catalog, self._dir, self.committed_in_scope(), attempt
+        )
 
     def write(self, checkpoint: tf.train.Checkpoint, metadata: dict):
         """Writes a backup and waits until it is committed; returns it.
@@ -413,28 +372,9 @@ class BackupStore:
 
         def attempt(path):
             info = self.load(path, full_verify=False)
-            checkpoint = prepare(info)
-            try:
-                return info, checkpoint.read(info.checkpoint_prefix)
-            except (tf.errors.OpError, IndexError) as e:
-                # IndexError: TensorFlow's "Read less bytes than requested"
-                # for a data file shorter than its index says.
-                raise errors.BackupCorruptError(
-                    f"{path} fails TensorFlow's checks while being read "
-                    f"({type(e).__name__}: {str(e).splitlines()[0]})"
-                ) from e
+            return info, store_read.read(info, prepare(info))
 
         return self._first_intact(attempt)
-
-    def _all_corrupt(self, failures):
-        return errors.BackupCorruptError(
-            f"Every backup in {self._dir} fails its integrity checks, so "
-            "training cannot resume from it:\n  "
-            + "\n  ".join(failures)
-            + "\nNothing was deleted. To start training from scratch, "
-            "delete or move the backup-* directories listed above; to "
-            "resume, restore them from a copy."
-        )
 
     def delete_older_than(self, seq: int) -> None:
         """Deletes every committed backup of this scope older than `seq`."""
