@@ -18,7 +18,6 @@ in flight"); every other method first waits for it. Readers never see a
 partial backup (see atomicity.py).
 """
 
-import contextlib
 import os
 import time
 
@@ -400,12 +399,5 @@ class BackupStore:
         for _, path in listing.named:
             if self._in_scope(path):
                 self._retire(path)
-        if not self._dir_was_ours:
-            return
-        if paths.is_local(self._dir):
-            with contextlib.suppress(OSError):  # not empty: left as it is
-                os.rmdir(paths.local(self._dir))
-        elif tf.io.gfile.isdir(self._dir) and not tf.io.gfile.listdir(
-            self._dir
-        ):
-            tf.io.gfile.rmtree(self._dir)
+        if self._dir_was_ours:
+            store_dir.remove_if_empty(self._dir)

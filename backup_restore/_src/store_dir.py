@@ -1,12 +1,14 @@
-"""backup_dir itself: a user's path checked, created durably, probed.
+"""backup_dir itself: a user's path checked, created durably, probed, removed.
 
 What `BackupStore` does with the path it is given before it keeps anything
 there: `validate_directory` turns it into an absolute str, refuses what can
 never hold backups (nothing, a regular file) and, for a local directory,
 creates it if missing (each new level fsync'd into its parent) and checks
-for real that a file can be created in it.
+for real that a file can be created in it. `remove_if_empty` takes it away
+again when training completes.
 """
 
+import contextlib
 import os
 
 import tensorflow as tf
@@ -95,3 +97,12 @@ def _check_writable(directory: str) -> None:
             f"{e.strerror or e} ({e.filename or local}). Choose a directory "
             "this process can create files in, or fix its permissions."
         ) from e
+
+
+def remove_if_empty(directory: str) -> None:
+    """Removes `directory` if it exists and is empty; else leaves it."""
+    if paths.is_local(directory):
+        with contextlib.suppress(OSError):  # not empty: left as it is
+            os.rmdir(paths.local(directory))
+    elif tf.io.gfile.isdir(directory) and not tf.io.gfile.listdir(directory):
+        tf.io.gfile.rmtree(directory)
