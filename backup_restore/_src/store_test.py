@@ -16,7 +16,6 @@ from backup_restore._src import atomicity
 from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
-from backup_restore._src import manifest
 from backup_restore._src import store
 from backup_restore._src import tf_checkpoint
 from testing import dirs
@@ -308,56 +307,6 @@ class StoreTest(test_case.TestCase):
             store.BackupStore(nested)
         self.assertIn(self.tmp, synced)  # holds the new "a"
         self.assertIn(os.path.join(self.tmp, "a"), synced)  # holds "b"
-
-    def test_a_restart_lists_once_and_opens_each_manifest_once(self):
-        d = self._dir("local")
-        s = store.BackupStore(d)
-        s.scope = "run-1"
-        self._write(s, [1.0])
-        s.scope = "run-2"
-        self._write(s, [2.0])
-        # Backup 2 stays too: its deletion fails.
-        faults.set_hook(_raise_at(faults.DELETE_OLDER, _enospc))
-        with self.assertLogs(level="WARNING"):
-            self._write(s, [3.0])
-        faults.set_hook(None)
-        backups = [p for _, p in s.committed()]
-        self.assertLen(backups, 3)
-        restarted = store.BackupStore(d)
-        read = self.enter_context(
-            mock.patch.object(manifest, "read", wraps=manifest.read)
-        )
-        listdir = self.enter_context(
-            mock.patch.object(tf.io.gfile, "listdir", wraps=tf.io.gfile.listdir)
-        )
-        # What Engine.start and Engine.restore do, then the run's first
-        # backup (which deletes the older ones of its run).
-        restarted.scope = "run-2"
-        restarted.refresh()
-        restarted.cleanup()
-        target = _checkpoint([0.0])
-        info, _ = restarted.restore_latest(lambda info: target)
-        others = len(restarted.committed()) - len(
-            restarted.committed_in_scope()
-        )
-        self._write(restarted, [4.0])
-        self.assertEqual((info.seq, others), (3, 1))
-        self.assertEqual(target.v.numpy().tolist(), [3.0])
-        self.assertEqual(
-            [c.args[0] for c in read.call_args_list], backups, "once each"
-        )
-        listed = [c.args[0] for c in listdir.call_args_list]
-        self.assertEqual(listed.count(d), 1)
-        self.assertEqual([seq for seq, _ in restarted.committed()], [1, 4])
-
-    def test_a_backup_of_another_store_of_this_process_is_seen(self):
-        d = self._dir("local")
-        first, second = store.BackupStore(d), store.BackupStore(d)
-        self.assertIsNone(second.latest())
-        self._write(first, [1.0])
-        self.assertEqual(second.latest().metadata["value"], [1.0])
-        self.assertEqual(self._write(second, [2.0]).seq, 2)
-        self.assertEqual([seq for seq, _ in first.committed()], [2])
 
     # -- durability: an unfinished write is not corruption -------------------
 
