@@ -2,9 +2,10 @@
 
 One thread per store, kept between backups (starting a thread while
 training keeps the cores busy costs milliseconds), at a priority decided
-when it starts (the rule below); and the registry of stores with a backup
-possibly in flight, which interpreter exit and a second store on the same
-directory wait for.
+when it starts (the rule below); the backup in flight (`InFlight`), which
+makes training wait when it is late to become kill-safe; and the registry of
+stores with a backup possibly in flight, which interpreter exit and a second
+store on the same directory wait for.
 
 Concurrency contract: a Writer is used by its store's (serialised) callers;
 the thread runs one task at a time, in order.
@@ -14,6 +15,7 @@ import atexit
 import concurrent.futures
 import os
 import threading
+import time
 import weakref
 
 from absl import logging
@@ -145,6 +147,52 @@ class Writer:
             self._thread.join()
             self._thread = None
         self._started = False
+
+
+class InFlight:
+    """A backup write_async returned from.
+
+    Attributes:
+      future: done once the backup is durable, or its write failed.
+      published: set once it is published (kill-safe).
+      returned_at: `time.monotonic()` when write_async returned.
+    """
+
+    def __init__(
+        self,
+        future: concurrent.futures.Future,
+        published: threading.Event,
+        returned_at: float,
+    ):
+        self.future = future
+        self.published = published
+        self.returned_at = returned_at
+
+    def wait_if_late(self, deadline_seconds: float) -> float:
+        """Returns the seconds it waited for the backup to be published.
+
+        When it is still not published `deadline_seconds` after write_async
+        returned, waits until it is (or its write fails): with training
+        paused the background writer gets the cores. Costs a clock read
+        otherwise.
+        """
+        if self.published.is_set():
+            return 0.0
+        late = time.monotonic() - self.returned_at
+        if late < deadline_seconds:
+            return 0.0
+        started = time.monotonic()
+        while not self.published.wait(0.05) and not self.future.done():
+            pass
+        waited = time.monotonic() - started
+        logging.info(
+            "The backup in flight was still not kill-safe %.1f s after "
+            "training resumed: training waited %.3f s until it was "
+            "published.",
+            late,
+            waited,
+        )
+        return waited
 
 
 _LIVE_STORES = weakref.WeakSet()

@@ -115,6 +115,9 @@ class Engine:
           RuntimeError: save_before_preemption outside the main thread.
         """
         self.store.scope = scope
+        # Another run or job may have changed backup_dir since the store
+        # last looked: this run lists it anew (once).
+        self.store.refresh()
         self._strategy = strategy
         if strategy is not None:
             self._role = distribution.role(strategy)
@@ -235,10 +238,6 @@ class Engine:
             label=label,
             blocked_since=blocked_since,
         )
-
-    @property
-    def last_snapshot_seconds(self):
-        return self.store.last_snapshot_seconds
 
     def preemption_agreed(self) -> bool:
         """Whether to back up and stop now, the same answer on every worker.

@@ -17,6 +17,7 @@ from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import store
+from backup_restore._src import tf_checkpoint
 from testing import dirs
 from testing import test_case
 
@@ -87,7 +88,7 @@ class StoreTest(test_case.TestCase):
         # tell it needs TensorFlow's writer (another task's devices): once
         # it fell back, later writes of the store go to TensorFlow's at once.
         s = store.BackupStore(self._dir("local"))
-        real = store.tf_checkpoint.write_single_shard
+        real = tf_checkpoint.write_single_shard
         answers = iter([True, False])
         tried = []
 
@@ -96,7 +97,7 @@ class StoreTest(test_case.TestCase):
             return next(answers) and real(checkpoint, prefix)
 
         with mock.patch.object(
-            store.tf_checkpoint, "write_single_shard", write_single_shard
+            tf_checkpoint, "write_single_shard", write_single_shard
         ):
             for i in range(4):
                 self._write(s, [float(i)])
@@ -231,11 +232,11 @@ class StoreTest(test_case.TestCase):
     def test_corrupt_manifest_is_detected(self):
         s = store.BackupStore(self._dir("local"))
         info = self._write(s, [1.0])
-        manifest = os.path.join(info.path, atomicity.MANIFEST)
-        with open(manifest) as f:
+        manifest_path = os.path.join(info.path, atomicity.MANIFEST)
+        with open(manifest_path) as f:
             doc = json.load(f)
         doc["body"]["metadata"]["value"] = [9.0]  # keeps the stored crc32
-        with open(manifest, "w") as f:
+        with open(manifest_path, "w") as f:
             json.dump(doc, f)
         with self.assertRaisesRegex(errors.BackupCorruptError, "checksum"):
             s.latest()
