@@ -19,8 +19,8 @@ class InterruptAt(Callback):
     """Raises Interrupted after `batches` batches of this fit() call.
 
     BackupAndRestore runs after every other callback (it moves itself last
-    when fit() starts), so wherever this one is placed, a backup due at the
-    same batch is not written: the crash comes before it.
+    when fit() starts) and takes a backup due at that batch even so: the
+    resume starts after it.
     """
 
     def __init__(self, batches: int):

@@ -8,7 +8,8 @@ A backup holds JSON metadata beside its checkpoint (see manifest.py):
   refused before anything is read into the model.
 - `position`: epoch and step to resume at, the data position (`iterators_done`
   and `drawn`, see position.py), `stop_training`, `epoch_trained`,
-  `counted_steps_per_epoch`.
+  `counted_steps_per_epoch`, `train_counter` (tf-keras's count of the
+  steps trained, the step of TensorBoard's batch summaries).
 - `fit_call`, `data`: which fit() call of the job, and what its positions
   mean (checked on resume).
 - `fingerprint`, `build_config`: the model and optimizer (keras_state.py).
@@ -101,81 +102,6 @@ def flavour_problem(metadata: dict, flavour: str, names) -> str | None:
     return None
 
 
-# What a data position depends on, and how a message names it.
-_GEOMETRY = (
-    ("steps_per_epoch", "batches per epoch"),
-    ("batch_size", "batch size"),
-    ("num_samples", "number of training samples"),
-    ("element_spec", "input batches ([shape, dtype] per component)"),
-)
-
-
-# fit() arguments under which the same position trains other examples or
-# computes another loss, and how a message names them.
-_ARGUMENTS_THAT_CHANGE_TRAINING = (
-    ("shuffle", "fit(shuffle=...)"),
-    ("steps_per_epoch", "fit(steps_per_epoch=...)"),
-    ("class_weight", "fit(class_weight=...) given"),
-    ("sample_weight", "fit(sample_weight=...) given"),
-)
-# fit() arguments that change validation only.
-_VALIDATION_ARGUMENTS = (
-    ("validation", "validation data given"),
-    ("validation_freq", "fit(validation_freq=...)"),
-    ("validation_steps", "fit(validation_steps=...)"),
-)
-_UNKNOWN = object()  # an argument a backup of an earlier release lacks
-
-
-def fit_call_changes(metadata: dict, fit_call: dict) -> list:
-    """How this fit()'s validation differs from the backup's: one line per
-    argument, naming both values (training is the same)."""
-    backup_arguments = metadata.get("fit_call", {}).get("arguments", {})
-    changes = []
-    for key, what in _VALIDATION_ARGUMENTS:
-        backup_value = backup_arguments.get(key, _UNKNOWN)
-        value = fit_call.get("arguments", {}).get(key, _UNKNOWN)
-        if _UNKNOWN not in (backup_value, value) and backup_value != value:
-            changes.append(f"{what}: backup {backup_value!r}, now {value!r}")
-    return changes
-
-
-def fit_call_problems(metadata: dict, fit_call: dict, geometry: dict) -> list:
-    """Why the backup's data position means something else in this fit()
-    (`fit_call`: index, epochs, initial_epoch; `geometry`: the adapter's
-    data_geometry): one line per difference, naming both values."""
-    problems = []
-    backup_call = metadata.get("fit_call", {})
-    if backup_call.get("initial_epoch") != fit_call["initial_epoch"]:
-        problems.append(
-            f"fit(initial_epoch=...): backup "
-            f"{backup_call.get('initial_epoch')}, now "
-            f"{fit_call['initial_epoch']}"
-        )
-    for key, what in _ARGUMENTS_THAT_CHANGE_TRAINING:
-        backup_value = backup_call.get("arguments", {}).get(key, _UNKNOWN)
-        value = fit_call.get("arguments", {}).get(key, _UNKNOWN)
-        if _UNKNOWN not in (backup_value, value) and backup_value != value:
-            problems.append(f"{what}: backup {backup_value!r}, now {value!r}")
-    for key, what in _GEOMETRY:
-        backup_value = metadata.get("data", {}).get(key)
-        value = geometry.get(key)
-        if None not in (backup_value, value) and backup_value != value:
-            problems.append(f"{what}: backup {backup_value}, now {value}")
-    position = metadata["position"]
-    epochs = fit_call["epochs"]
-    if (
-        position["epoch"] > epochs
-        or (position["epoch"] == epochs and position["step"] > 0)
-    ) and not position["stop_training"]:
-        problems.append(
-            f"fit(epochs=...): the backup is at epoch {position['epoch']}, "
-            f"batch {position['step']}, past the end of this fit() "
-            f"(epochs={epochs})"
-        )
-    return problems
-
-
 def _header(metadata) -> bool:
     """Checks the fields that say what wrote the backup; whether the rest
     has this version's fit() schema (another format or flavour is refused
@@ -206,6 +132,10 @@ def _position(metadata) -> dict:
         parent="position",
         minimum=1,
     )
+    if "train_counter" in position:  # not in backups of older releases
+        fields.member(
+            position, "train_counter", fields.optional_int, parent="position"
+        )
     return position
 
 

@@ -281,6 +281,12 @@ class Engine:
         """Blocks until the last backup is committed (raises its error)."""
         self.store.wait()
 
+    def settle(self) -> None:
+        """The front end is raising: waits for the backup in flight and
+        ends the background thread (a later write starts one anew); raises
+        that backup's error. Ownership is kept (see ownership.py)."""
+        self.store.close()
+
     def finish(self, delete: bool, final_backup=None) -> None:
         """Ends the run: waits for the last backup, deletes the backups
         (chief; not after a preemption), uninstalls the handler and lets

@@ -56,7 +56,8 @@ def _weights(model):
 
 class FitCallsTest(fit_test_case.FitTestCase):
     def _interrupted(self, model=None, **fit_kwargs):
-        """Leaves the backup of a run interrupted in epoch 1 (after 6)."""
+        """Leaves the backup of a run interrupted in epoch 1, after its 6th
+        batch (the backup at that batch: epoch 1, batch 2)."""
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertRaises(keras_callbacks.Interrupted):
             _fit(
@@ -158,7 +159,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         with self.assertRaises(keras_callbacks.Interrupted):
             _fit(model, [callback, RaiseAtFirstBatch()])
-        self.assertEqual(callback.resumed_from, (0, 2))
+        self.assertEqual(callback.resumed_from, (0, 3))
         before = _iterations(model)
         # ...and a plain fit() afterwards starts at its own beginning and
         # trains every batch: nothing of the callback was left behind.
@@ -195,8 +196,8 @@ class FitCallsTest(fit_test_case.FitTestCase):
         )
         phase2 = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         _fit(model, [phase2], epochs=4, initial_epoch=2)
-        # InterruptAt ran before the backup of batch 6: (3, 0) is the last.
-        self.assertEqual(phase2.resumed_from, (3, 0))
+        # The backup of batch 6, where InterruptAt raised.
+        self.assertEqual(phase2.resumed_from, (3, 2))
         self.assertEqual(_iterations(model), 4 * 4)
         self.assertFalse(os.path.exists(self.dir))
 
@@ -259,7 +260,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertLogs(level="WARNING") as logs:
             history = _fit(model, [callback], epochs=3, validation_data=(x, y))
-        self.assertEqual(callback.resumed_from, (1, 0))
+        self.assertEqual(callback.resumed_from, (1, 2))
         warning = "\n".join(logs.output)
         self.assertIn("validation data given: backup False, now True", warning)
         self.assertIn("from epoch 1 on", warning)
@@ -277,7 +278,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         self._interrupted(model=model)
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         _fit(model, [callback], epochs=3)
-        self.assertEqual(callback.resumed_from, (1, 0))
+        self.assertEqual(callback.resumed_from, (1, 2))
         self.assertEqual(_iterations(model), 3 * 4)
 
     def test_fewer_epochs_than_the_backup_is_refused(self):
@@ -288,12 +289,12 @@ class FitCallsTest(fit_test_case.FitTestCase):
                 [callback, keras_callbacks.InterruptAt(7)],
                 epochs=3,
             )
-        callback.wait_for_backup()  # the last one: epoch 1, batch 2
+        callback.wait_for_backup()  # the last one: epoch 1, batch 3
         keras_callbacks.simulate_restart()
         before = keras_callbacks.backup_entries(self.dir)
         with self.assertRaisesRegex(
             backup_restore.BackupMismatchError,
-            r"the backup is at epoch 1, batch 2, past the end of this fit\(\) "
+            r"the backup is at epoch 1, batch 3, past the end of this fit\(\) "
             r"\(epochs=1\)",
         ):
             _fit(

@@ -19,6 +19,7 @@ from absl import logging
 from backup_restore._src import backup_metadata
 from backup_restore._src import callback_states
 from backup_restore._src import errors
+from backup_restore._src import fit_call_checks
 from backup_restore._src import flavours
 from backup_restore._src import keras_state
 from backup_restore._src import position as position_lib
@@ -122,7 +123,7 @@ class Resume:
           BackupMismatchError: naming the argument or data size that differs.
         """
         run = self._run
-        problems = backup_metadata.fit_call_problems(
+        problems = fit_call_checks.problems(
             info.metadata, run.fit_call, run.data_geometry
         )
         if problems:
@@ -136,7 +137,7 @@ class Resume:
                 f"backup_dir (or delete {run.callback.backup_dir}) to start "
                 "afresh."
             )
-        changes = backup_metadata.fit_call_changes(info.metadata, run.fit_call)
+        changes = fit_call_checks.changes(info.metadata, run.fit_call)
         if changes:
             logging.warning(
                 "The backup in %s was written by a fit() call that validated "
@@ -204,6 +205,7 @@ class Resume:
                 skip,
             )
         run.resumed_at = (epoch, step)
+        adapter.set_train_counter(model, saved.get("train_counter"))
         start_epoch = epoch
         if saved["stop_training"]:
             # A callback had stopped training (EarlyStopping): nothing to run.

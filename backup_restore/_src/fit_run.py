@@ -16,6 +16,7 @@ from absl import logging
 
 from backup_restore._src import backup_metadata
 from backup_restore._src import callback_states
+from backup_restore._src import fit_hooks
 from backup_restore._src import fit_resume
 from backup_restore._src import keras_state
 from backup_restore._src import policy as policy_lib
@@ -58,6 +59,13 @@ class FitRun:
         # of a batch or an epoch holds their state after that batch or epoch
         # (EarlyStopping's patience, History's new entry, stop_training).
         self.others = adapter.run_last(callback)
+        self.hook_calls = 0  # the callback's batch and epoch ends so far
+        callback_list = adapter.fit_callback_list()
+        self._guard = (
+            fit_hooks.Guard(callback_list, self)
+            if callback in callback_list.callbacks
+            else None  # wrapped by another callback, which calls our hooks
+        )
         self.optimizer_fp = keras_state.optimizer_fingerprint(
             model.optimizer, adapter
         )
@@ -120,6 +128,7 @@ class FitRun:
                 resume.apply(epoch)
 
     def batch_end(self, batch) -> None:
+        self.hook_calls += 1
         if self.engine.preempted:
             return  # backed up and stopping; nothing after counts
         if self.replay_last_step:
@@ -182,7 +191,8 @@ class FitRun:
         )
         self._stop_for_preemption(epoch, step)
 
-    def epoch_end(self, epoch) -> None:
+    def epoch_end(self, epoch, raised=False) -> None:
+        self.hook_calls += 1
         if self.engine.preempted:
             # fit() still ends the epoch cut short by the preemption; the
             # backup taken at its last batch is the one to resume from.
@@ -198,7 +208,8 @@ class FitRun:
             # would be deleted unread a moment later, after training waited
             # for its commit (tf-keras writes it).
             or (final and not self.callback.delete_checkpoint)
-            or (due and not final)
+            # A raise ends fit() before it completes: a restart resumes.
+            or (due and (not final or raised))
         ):
             self.write(epoch + 1, 0)
         if preempted:
@@ -210,9 +221,47 @@ class FitRun:
         last_epoch = epoch + 1 >= self.params.get("epochs", epoch + 2)
         return last_epoch or bool(self.model.stop_training)
 
+    def backup_after_raise(self, hook, args) -> None:
+        """Another callback raised in fit()'s `hook` before this one ran
+        there (fit_hooks.py): takes the backup due at that point."""
+        if hook == "on_epoch_end":
+            epoch, logs = args[0], (args[1] if len(args) > 1 else None)
+            history = self.model.history
+            if history in self.others and epoch not in history.epoch:
+                # fit()'s own record of the epoch, which it trained: kept
+                # with the backup like every epoch before it.
+                history.on_epoch_end(epoch, logs)
+            self.epoch_end(epoch, raised=True)
+            return
+        self.batch_end(args[0])
+        if self._save_at_epoch_end:
+            # The epoch's last batch, whose end never comes: back up with
+            # the epoch trained, as a preemption during validation does.
+            self._save_at_epoch_end = False
+            self.write(
+                self.position.epoch,
+                self.position.epoch_batches,
+                epoch_trained=True,
+            )
+
+    def settle(self) -> None:
+        """fit() is raising: the backup in flight is committed before the
+        exception leaves fit() (its error is logged: the raise is the one
+        fit() reports), and no hook of fit()'s list stays wrapped."""
+        if self._guard is not None:
+            self._guard.remove()
+        try:
+            self.engine.settle()
+        except Exception as e:
+            logging.error(
+                "fit() raised, and the backup being written then failed: %s", e
+            )
+
     def end(self) -> None:
         """fit() ends: the final backup or the deletion, then the run lets
         go of fit()'s data."""
+        if self._guard is not None:
+            self._guard.remove()
         self.adapter.unwrap_train_function(self.model)
         if self._first_epoch and self.resume is not None:
             # Nothing left to train (the backup was taken at the end): fit()
@@ -251,14 +300,20 @@ class FitRun:
 
     def _wrap(self, train_function):
         def train_function_with_position(iterator):
-            skip = self.position.on_iterator(iterator)
-            if skip:
-                _skip(iterator, skip)
-            if self.replay_last_step:
-                # The epoch's last batch, trained before the backup: its
-                # logs are the epoch's metrics, restored.
-                return self.adapter.metrics_result(self.model)
-            return train_function(iterator)
+            try:
+                skip = self.position.on_iterator(iterator)
+                if skip:
+                    _skip(iterator, skip)
+                if self.replay_last_step:
+                    # The epoch's last batch, trained before the backup: its
+                    # logs are the epoch's metrics, restored.
+                    return self.adapter.metrics_result(self.model)
+                return train_function(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                raise  # the end of the data: fit() ends the epoch
+            except BaseException:
+                self.settle()  # fit() raises
+                raise
 
         return train_function_with_position
 
@@ -333,6 +388,7 @@ class FitRun:
                 "counted_steps_per_epoch": (
                     self.adapter.completed_epoch_steps(self.context)
                 ),
+                "train_counter": self.adapter.train_counter(self.model),
             },
             fit_call=self.fit_call,
             data=self.data_geometry,

@@ -422,8 +422,21 @@ BUILTIN_CALLBACK_STATE = {
         "_batches_seen_since_last_saving",
         "_last_batch_seen",
     ),
+    # The step of its batch-level summaries (reset by on_train_begin).
+    keras.callbacks.TensorBoard: ("_global_train_batch",),
 }
 CSV_LOGGER = keras.callbacks.CSVLogger
+
+
+def train_counter(model):
+    """The count of steps fit() trained that other callbacks read; None:
+    Keras 3's fit() keeps none (its TensorBoard counts its own, see
+    BUILTIN_CALLBACK_STATE)."""
+    del model
+
+
+def set_train_counter(model, value) -> None:
+    del model, value
 
 
 def open_csv_for_append(filename):

@@ -232,6 +232,32 @@ class Keras3AdapterContractTest(test_case.TestCase):
             keras3_adapter.check_strategy(strategy)
         keras3_adapter.check_strategy(tf.distribute.get_strategy())
 
+    def test_callback_state_attributes_exist(self):
+        callbacks = {
+            keras.callbacks.EarlyStopping: dict(monitor="loss"),
+            keras.callbacks.ReduceLROnPlateau: dict(monitor="loss"),
+            keras.callbacks.ModelCheckpoint: dict(
+                filepath=self.create_tempfile().full_path + ".weights.h5",
+                save_weights_only=True,
+            ),
+            keras.callbacks.TensorBoard: dict(
+                log_dir=self.create_tempdir().full_path
+            ),
+        }
+        self.assertEqual(
+            set(callbacks), set(keras3_adapter.BUILTIN_CALLBACK_STATE)
+        )
+        made = [cls(**kwargs) for cls, kwargs in callbacks.items()]
+        self.model.fit(_dataset(), epochs=1, verbose=0, callbacks=made)
+        for callback in made:
+            for attr in keras3_adapter.BUILTIN_CALLBACK_STATE[type(callback)]:
+                self.assertTrue(hasattr(callback, attr), (callback, attr))
+
+    def test_tensorboard_counts_its_batch_step_in_global_train_batch(self):
+        board = keras.callbacks.TensorBoard(self.create_tempdir().full_path)
+        self.model.fit(_dataset(), epochs=2, verbose=0, callbacks=[board])
+        self.assertEqual(board._global_train_batch, 8)
+
 
 class VersionGuardTest(test_case.TestCase):
     """The installed Keras is checked against the verified one at run time."""

@@ -29,10 +29,10 @@ from testing import test_case
 EPOCHS = 2
 SAMPLES = 32
 BATCH = 8  # 4 batches per epoch
-# Backed up after every batch, interrupted in the 6th (before the callback,
-# which runs last, backs it up): the backup is at epoch 1, batch 1.
+# Backed up after every batch, interrupted at the end of the 6th: the backup
+# is at epoch 1, batch 2.
 INTERRUPT_AT = 6
-POSITION = (1, 1)
+POSITION = (1, 2)
 
 _DELETE = tamper.DELETE
 
@@ -133,8 +133,8 @@ class FitMetadataTest(fit_test_case.FitTestCase):
             ("position.step", 5),
             ("position.drawn", 10**30),
             ("position.drawn", -5),
-            # 5 batches were trained up to epoch 1, batch 1.
-            ("position.drawn", 6),
+            # 6 batches were trained up to epoch 1, batch 2.
+            ("position.drawn", 7),
             ("position.iterators_done", 100),
             ("position.iterators_done", -1),
             ("position.epoch", 10**30),

@@ -176,7 +176,22 @@ BUILTIN_CALLBACK_STATE = {
         "_batches_seen_since_last_saving",
         "_last_batch_seen",
     ),
+    # The batch count its profiler reads (reset by on_train_begin); its
+    # summaries' step is the model's train counter (`train_counter`).
+    tf_keras.callbacks.TensorBoard: ("_global_train_batch",),
 }
+
+
+def train_counter(model: tf_keras.Model) -> int:
+    """`model._train_counter`: the steps this fit() trained, the step of
+    TensorBoard's batch summaries. fit() sets it to 0 before
+    on_train_begin; no checkpoint holds it."""
+    return int(model._train_counter.numpy())
+
+
+def set_train_counter(model: tf_keras.Model, value) -> None:
+    if value is not None:
+        model._train_counter.assign(value)
 
 
 CSV_LOGGER = tf_keras.callbacks.CSVLogger

@@ -199,6 +199,39 @@ class AdapterContractTest(test_case.TestCase):
         self.assertEqual(order, ["mine"])
         self.assertEqual(self.model.history.epoch, [0])
 
+    def test_train_counter_counts_this_fits_steps_from_zero(self):
+        def check(model, seen):
+            seen["at_start"] = keras_adapter.train_counter(model)
+            keras_adapter.set_train_counter(model, 100)
+
+        self.model.fit(self.x, self.y, epochs=1, batch_size=8, verbose=0)
+        probe = self._fit(check)
+        # fit() set it to 0 before on_train_begin; it counts on from what
+        # on_train_begin sets (3 epochs of 4 batches).
+        self.assertEqual(probe.seen["at_start"], 0)
+        self.assertEqual(keras_adapter.train_counter(self.model), 112)
+
+    def test_callback_state_attributes_exist(self):
+        callbacks = {
+            tf_keras.callbacks.EarlyStopping: dict(monitor="loss"),
+            tf_keras.callbacks.ReduceLROnPlateau: dict(monitor="loss"),
+            tf_keras.callbacks.ModelCheckpoint: dict(
+                filepath=self.create_tempfile().full_path + ".weights.h5",
+                save_weights_only=True,
+            ),
+            tf_keras.callbacks.TensorBoard: dict(
+                log_dir=self.create_tempdir().full_path
+            ),
+        }
+        self.assertEqual(
+            set(callbacks), set(keras_adapter.BUILTIN_CALLBACK_STATE)
+        )
+        made = [cls(**kwargs) for cls, kwargs in callbacks.items()]
+        self.model.fit(self.x, self.y, epochs=1, verbose=0, callbacks=made)
+        for callback in made:
+            for attr in keras_adapter.BUILTIN_CALLBACK_STATE[type(callback)]:
+                self.assertTrue(hasattr(callback, attr), (callback, attr))
+
     def test_supports_tf_logs_makes_fit_pass_tensor_batch_logs(self):
         import tensorflow as tf
 
