@@ -5,12 +5,12 @@ not in its wheel) interrupt fit() by raising from another callback listed
 after the backup callback, then call fit() again in the same process. The
 same scenarios here, with what they check, plus the exact end:
 
-| tf-keras test | here |
-|---|---|
-| `test_backup_restore_train_counter` | `test_the_train_counter_goes_on` |
-| `test_backup_and_restore_steps` (3 sub-cases) | `test_interrupted_at_a_step_resumes_after_the_last_backup` |
-| `test_backup_and_restore_steps_last_batch` | `..._last_batch_of_epoch_7` case |
-| `test_backup_and_restore_steps_clean_up` | `test_completion_empties_the_directory_or_keeps_the_backup` |
+- `test_backup_restore_train_counter`: `test_the_train_counter_goes_on`;
+- `test_backup_and_restore_steps` (its 3 sub-cases) and
+  `test_backup_and_restore_steps_last_batch`:
+  `test_interrupted_at_a_step_resumes_after_the_last_backup`;
+- `test_backup_and_restore_steps_clean_up`:
+  `test_completion_empties_the_directory_or_keeps_the_backup`.
 
 One intended difference: interrupted at an epoch's last batch, tf-keras
 resumes at the next epoch without ending the interrupted one (no
