@@ -369,12 +369,27 @@ class CallbackTest(fit_test_case.FitTestCase):
         ("other_string", "batch"),
     )
     def test_invalid_save_freq(self, save_freq):
-        with self.assertRaisesRegex(ValueError, "save_freq must be"):
+        # The phrase of both Keras originals' error, then what to pass.
+        with self.assertRaisesRegex(
+            ValueError, r"Invalid value for argument `save_freq`.*Pass 'epoch'"
+        ):
             backup_restore.BackupAndRestore(self.dir, save_freq=save_freq)
         self.assertFalse(os.path.exists(self.dir), "nothing created")
 
+    @parameterized.named_parameters(("none", None), ("empty", ""))
+    def test_empty_backup_dir(self, backup_dir):
+        # The phrase of both Keras originals' error, then what to pass.
+        with self.assertRaisesRegex(
+            ValueError,
+            r"Empty `backup_dir` argument passed.*Pass the directory",
+        ):
+            backup_restore.BackupAndRestore(backup_dir)
+
     def test_save_freq_false_needs_save_before_preemption(self):
-        with self.assertRaisesRegex(ValueError, "save_before_preemption"):
+        with self.assertRaisesRegex(
+            ValueError,
+            "Either `save_freq` or `save_before_preemption` must be set",
+        ):
             backup_restore.BackupAndRestore(self.dir, save_freq=False)
 
     def test_save_freq_false_is_valid_with_save_before_preemption(self):

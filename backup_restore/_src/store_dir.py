@@ -33,8 +33,9 @@ def validate_directory(directory, writable: bool = True) -> str:
     """
     if directory is None:
         raise ValueError(
-            "backup_dir is None. Pass the directory where backups are kept, "
-            "e.g. BackupAndRestore(backup_dir='/tmp/my_job_backup')."
+            "Empty `backup_dir` argument passed: backup_dir is None. Pass the "
+            "directory where backups are kept, e.g. "
+            "BackupAndRestore(backup_dir='/tmp/my_job_backup')."
         )
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(
@@ -46,7 +47,9 @@ def validate_directory(directory, writable: bool = True) -> str:
         raise TypeError("backup_dir must be a text path, not bytes.")
     if not directory.strip():
         raise ValueError(
-            "backup_dir is empty. Pass the directory where backups are kept."
+            f"Empty `backup_dir` argument passed: {directory!r}. Pass the "
+            "directory where backups are kept, e.g. "
+            "BackupAndRestore(backup_dir='/tmp/my_job_backup')."
         )
     directory = paths.absolute(directory)
     if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):

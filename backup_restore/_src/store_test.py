@@ -589,9 +589,9 @@ class StoreTest(test_case.TestCase):
         regular = os.path.join(self.tmp, "a_file")
         open(regular, "w").close()
         for bad, exc, msg in [
-            (None, ValueError, "backup_dir is None"),
-            ("", ValueError, "empty"),
-            ("   ", ValueError, "empty"),
+            (None, ValueError, "Empty `backup_dir` argument passed: .*None"),
+            ("", ValueError, "Empty `backup_dir` argument passed"),
+            ("   ", ValueError, "Empty `backup_dir` argument passed"),
             (42, TypeError, "str or os.PathLike"),
             (b"/tmp/x", TypeError, "str or os.PathLike"),
             (regular, ValueError, "existing file"),
