@@ -51,6 +51,8 @@ class Engine:
       exit_on_preemption: exit the process after the preemption backup;
         else `stop_for_preemption` returns and training should stop.
       preemption_exit_code: the exit status then.
+      double_checkpoint: keep the previous backup beside the newest
+        (store.BackupStore's `keep_previous`).
     """
 
     def __init__(
@@ -62,8 +64,11 @@ class Engine:
         preemption_signals=preemption.DEFAULT_SIGNALS,
         exit_on_preemption=True,
         preemption_exit_code=preemption.RESTART_EXIT_CODE,
+        double_checkpoint=False,
     ):
-        self.store = store.BackupStore(backup_dir)
+        self.store = store.BackupStore(
+            backup_dir, keep_previous=double_checkpoint
+        )
         tf_logs.quiet_checkpoint_chatter()
         self.async_backup = bool(async_backup)
         self._watcher = (

@@ -65,10 +65,13 @@ class BackupStore:
         kill_safe_max_bytes=None,
         writable=True,
         keep_directory=False,
+        keep_previous=False,
     ):
         """A store of `directory`; `writable=False` (for reading only)
         neither creates it nor probes it; `keep_directory`: `delete_all`
-        never removes the directory itself."""
+        never removes the directory itself; `keep_previous`: a committed
+        backup deletes the older ones except the one just before it (else
+        all of them, once it is durable)."""
         self._dir = store_dir.validate_directory(directory, writable)
         if self._dir.startswith("ram://"):
             logging.warning(
@@ -89,6 +92,9 @@ class BackupStore:
         )
         # Its priority is decided at the first asynchronous backup.
         self._writer = background.Writer()
+        self.keep_previous = bool(keep_previous)
+        # Backups that failed their checks when read: never the one kept.
+        self._failed_checks = set()
         self._in_flight = None  # the last backup, until waited for
         # Which run of the job writes now (set by the engine per run): a
         # run finds, replaces and deletes only the backups of its own
@@ -191,9 +197,18 @@ class BackupStore:
         return self._first_intact(lambda path: self.load(path, full_verify))
 
     def _first_intact(self, attempt):
-        """store_read.first_intact over the backups of this scope."""
+        """store_read.first_intact over the backups of this scope; the ones
+        it skips are remembered (never kept as the previous backup)."""
+
+        def remembering(path):
+            try:
+                return attempt(path)
+            except errors.BackupCorruptError:
+                self._failed_checks.add(path)
+                raise
+
         return store_read.first_intact(
-            self._catalog, self._dir, self.committed_in_scope(), attempt
+            self._catalog, self._dir, self.committed_in_scope(), remembering
         )
 
     def write(self, checkpoint: tf.train.Checkpoint, metadata: dict):
@@ -376,9 +391,22 @@ class BackupStore:
         return self._first_intact(attempt)
 
     def delete_older_than(self, seq: int) -> None:
-        """Deletes every committed backup of this scope older than `seq`."""
+        """Deletes the committed backups of this scope older than `seq`,
+        except, with `keep_previous`, the newest of them not known to fail
+        its checks: the previous intact backup stays beside backup `seq`,
+        for a restore to fall back to should `seq` fail its checks later."""
+        kept = None
+        if self.keep_previous:
+            previous = [
+                path
+                for s, path in self._catalog.committed()
+                if s < seq
+                and self._in_scope(path)
+                and path not in self._failed_checks
+            ]
+            kept = previous[-1] if previous else None  # oldest first
         for s, path in self._catalog.named():
-            if s < seq and self._in_scope(path):
+            if s < seq and path != kept and self._in_scope(path):
                 faults.point(faults.DELETE_OLDER, path)
                 self._retire(path)
 
