@@ -210,6 +210,25 @@ class CallbackTest(fit_test_case.FitTestCase):
         self.assertEqual(history.epoch, [0])
         self.assertEqual(positions, [])
 
+    def test_a_directory_that_existed_is_kept_at_completion(self):
+        # Even empty: only what the callback created is removed.
+        os.makedirs(self.dir)
+        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(self.dir)])
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_the_parents_it_created_are_removed_at_completion(self):
+        parent = os.path.join(self.tmp, "existing")
+        os.makedirs(parent)
+        nested = os.path.join(parent, "made", "by", "us")
+        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(nested)])
+        self.assertEqual(os.listdir(parent), [])
+
+    def test_a_directory_left_by_an_interrupted_run_is_removed(self):
+        # The restart finds backup_dir with only the backups of the run
+        # that created it: it ends as an uninterrupted run does.
+        self._interrupted_then_resumed("epoch", 6)
+        self.assertFalse(os.path.exists(self.dir))
+
     def test_foreign_files_survive_completion(self):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "notes.txt"), "w") as f:

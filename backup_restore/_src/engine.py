@@ -348,10 +348,11 @@ class Engine:
                         "completed and its backups were being deleted: "
                         "nothing is left to back up, so it is not acted on."
                     )
-            self._release_ownership(
-                remove_empty_dir=deleted
-                and self.store._dir_was_ours  # the store's own rule
-            )
+            # The owner's file goes first; then backup_dir and the parents
+            # the store created, each if empty (the store's own rule).
+            self._release_ownership(remove_empty_dir=False)
+            if deleted:
+                self.store.remove_created_dirs()
             if self._scratch is not None:
                 with contextlib.suppress(OSError):  # not empty: kept
                     os.rmdir(self._scratch.directory)

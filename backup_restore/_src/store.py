@@ -72,7 +72,7 @@ class BackupStore:
         never removes the directory itself; `keep_previous`: a committed
         backup deletes the older ones except the one just before it (else
         all of them, once it is durable)."""
-        self._dir = store_dir.validate_directory(directory, writable)
+        self._dir, missing = store_dir.prepare_directory(directory, writable)
         if self._dir.startswith("ram://"):
             logging.warning(
                 "backup_dir %s is in memory (ram://): its backups are lost "
@@ -84,12 +84,27 @@ class BackupStore:
         # What the store knows of backup_dir's entries (catalog.py); its
         # first listing also gives the highest sequence number so far.
         self._catalog = catalog.Catalog(self._dir)
-        # Decided once: removing the directory at the end is only right when
-        # it held nothing but ours to begin with.
+        # Decided once, from what was there before this store created
+        # anything: the directories the end of training may remove (each
+        # only if empty then). Those this store created; else backup_dir
+        # when it held nothing but this library's entries (an earlier run of
+        # the same job, interrupted, created it), so that a resumed job
+        # leaves what an uninterrupted one leaves. A directory that existed
+        # without any of them (the user's, empty or not) is never removed.
         listing = self._catalog.list_now()  # empty if it does not exist
-        self._dir_was_ours = (
-            not keep_directory and not listing.others and not listing.foreign
+        left_by_a_run = (
+            (listing.named or listing.temporaries or listing.probes)
+            and not listing.others
+            and not listing.foreign
         )
+        if keep_directory:
+            self.created_dirs = ()
+        elif missing:
+            self.created_dirs = missing
+        elif left_by_a_run:
+            self.created_dirs = (self._dir,)
+        else:
+            self.created_dirs = ()
         # Its priority is decided at the first asynchronous backup.
         self._writer = background.Writer()
         self.keep_previous = bool(keep_previous)
@@ -416,8 +431,7 @@ class BackupStore:
 
         Waits for a backup in flight first (and raises its error).
 
-        The directory itself is removed only when it is then empty and held
-        nothing but this store's entries when the store was created.
+        Then removes `created_dirs` (remove_created_dirs).
         """
         self.wait()
         listing = self._catalog.list_now()
@@ -427,5 +441,9 @@ class BackupStore:
         for _, path in listing.named:
             if self._in_scope(path):
                 self._retire(path)
-        if self._dir_was_ours:
-            store_dir.remove_if_empty(self._dir)
+        self.remove_created_dirs()
+
+    def remove_created_dirs(self) -> None:
+        """Removes `created_dirs`, deepest first, each only while it is
+        empty (store_dir.remove_created)."""
+        store_dir.remove_created(self.created_dirs)
