@@ -105,6 +105,27 @@ class ManagerTest(test_case.TestCase):
         manager.maybe_backup(1)
         manager.finish()
 
+    def test_double_checkpoint_keeps_the_previous_backup(self):
+        for double, kept in ((True, 2), (False, 1)):
+            with self.subTest(double_checkpoint=double):
+                directory = os.path.join(self.tmp, f"double_{double}")
+                model, optimizer, iterator, rng = _objects()
+                manager = backup_restore.BackupManager(
+                    directory,
+                    model=model,
+                    optimizer=optimizer,
+                    iterator=iterator,
+                    rng=rng,
+                    save_freq=1,
+                    double_checkpoint=double,
+                )
+                manager.restore()
+                for step in range(1, 4):
+                    manager.maybe_backup(step)
+                manager.wait_for_backup()
+                self.assertLen(_backups(directory), kept)
+                manager.finish()
+
     def test_finish_keeps_an_empty_directory_that_existed(self):
         os.makedirs(self.dir)
         self._finish_a_run(self.dir)
@@ -289,7 +310,10 @@ class ManagerTest(test_case.TestCase):
                 save_every_n_steps=2,
                 v=tf.Variable(1),
             )
-        with self.assertRaisesRegex(ValueError, "number of steps"):
+        with self.assertRaisesRegex(
+            ValueError,
+            "Invalid value for argument `save_freq`.*number of steps",
+        ):
             backup_restore.BackupManager(
                 self.dir, save_freq="epoch", v=tf.Variable(1)
             )
