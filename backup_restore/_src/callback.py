@@ -67,7 +67,10 @@ class BackupAndRestore(
     Nothing in a backup is unpickled or executed.
 
     Only entries named `backup-*` and `.tmp-backup-*` in `backup_dir` belong to
-    the callback; other files there are never touched.
+    the callback; other files there are never touched. `backup_dir` itself,
+    and the parent directories created for it, are removed when `fit()`
+    completes only if the callback created them (and they are empty then): a
+    directory that existed before, even empty, is kept.
 
     It serves Keras 3 models with the TensorFlow backend (`tf.keras` in
     TensorFlow 2.21, or `import keras`) and tf-keras models (`import
