@@ -16,6 +16,7 @@ private attribute it stops at is checked in `OwnWordsTest`, with Keras's own
 model, layer and interrupting callback.
 """
 
+import contextlib
 import importlib
 import os
 import types
@@ -87,13 +88,44 @@ def _callbacks_with_ours():
     return substitute
 
 
+def _wait_for_backups(callbacks) -> None:
+    for callback in callbacks:
+        with contextlib.suppress(backup_restore.BackupError):
+            callback.wait_for_backup()
+
+
 def _run_keras_cases(names) -> unittest.TestResult:
-    """Runs Keras's cases `names` against our class; their result."""
+    """Runs Keras's cases `names` against our class; their result.
+
+    A case that raises out of fit() (the interrupted ones) can leave our
+    last backup still being written in the background when the case's
+    cleanup removes its temporary directory; as a job's process would at
+    its exit, the case waits for it first.
+    """
     module = _keras_tests()
     case = getattr(module, KERAS_CASE)
+    made = []
+    make = backup_restore.BackupAndRestore.__init__
+
+    def init(callback, *args, **kwargs):
+        make(callback, *args, **kwargs)
+        made.append(callback)
+
+    keras_temp_dir = case.get_temp_dir
+
+    def get_temp_dir(test):
+        directory = keras_temp_dir(test)
+        # Cleanups run last in, first out: this before its removal.
+        test.addCleanup(_wait_for_backups, made)
+        return directory
+
     suite = unittest.TestSuite(case(name) for name in names)
     result = unittest.TestResult()
-    with mock.patch.object(module, "callbacks", _callbacks_with_ours()):
+    with (
+        mock.patch.object(module, "callbacks", _callbacks_with_ours()),
+        mock.patch.object(backup_restore.BackupAndRestore, "__init__", init),
+        mock.patch.object(case, "get_temp_dir", get_temp_dir),
+    ):
         suite.run(result)
     return result
 
