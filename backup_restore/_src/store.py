@@ -87,13 +87,19 @@ class BackupStore:
         # Decided once, from what was there before this store created
         # anything: the directories the end of training may remove (each
         # only if empty then). Those this store created; else backup_dir
-        # when it held nothing but this library's entries (an earlier run of
-        # the same job, interrupted, created it), so that a resumed job
-        # leaves what an uninterrupted one leaves. A directory that existed
-        # without any of them (the user's, empty or not) is never removed.
+        # when it held nothing but this library's entries, backups or a
+        # former owner's file (an earlier run of the same job, killed,
+        # created it), so that a resumed job leaves what an uninterrupted
+        # one leaves. A directory that existed without any of them (the
+        # user's, empty or not) is never removed.
         listing = self._catalog.list_now()  # empty if it does not exist
         left_by_a_run = (
-            (listing.named or listing.temporaries or listing.probes)
+            (
+                listing.named
+                or listing.temporaries
+                or listing.probes
+                or listing.owner_files
+            )
             and not listing.others
             and not listing.foreign
         )

@@ -16,6 +16,7 @@ from backup_restore._src import atomicity
 from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
+from backup_restore._src import ownership
 from backup_restore._src import store
 from backup_restore._src import tf_checkpoint
 from testing import dirs
@@ -304,6 +305,16 @@ class StoreTest(test_case.TestCase):
         s.delete_all()
         self.assertEqual(os.listdir(parent), ["a"])
         self.assertEqual(os.listdir(os.path.join(parent, "a")), ["notes"])
+
+    def test_delete_all_removes_a_directory_left_with_a_dead_owners_file(self):
+        # A job killed before its first backup leaves its lock file only.
+        d = self._dir("local")
+        os.makedirs(d)
+        open(os.path.join(d, ownership.FILES[0]), "w").close()
+        s = store.BackupStore(d)
+        os.remove(os.path.join(d, ownership.FILES[0]))  # the owner's release
+        s.delete_all()
+        self.assertFalse(os.path.exists(d))
 
     def test_delete_all_removes_a_directory_left_by_an_earlier_run(self):
         # A directory that held only this library's entries (a resumed job)
