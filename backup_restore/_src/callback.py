@@ -16,12 +16,14 @@ from backup_restore._src import policy
 from backup_restore._src import preemption
 from backup_restore._src import tf_keras_adapter
 
-# Every argument BackupAndRestore takes: tf-keras's four, then ours.
+# Every argument BackupAndRestore takes: tf-keras's four, Keras 3's
+# double_checkpoint, then ours.
 _ARGS = (
     "backup_dir",
     "save_freq",
     "delete_checkpoint",
     "save_before_preemption",
+    "double_checkpoint",
     "async_backup",
     "preemption_signals",
     "exit_on_preemption",
@@ -65,7 +67,10 @@ class BackupAndRestore(
     Nothing in a backup is unpickled or executed.
 
     Only entries named `backup-*` and `.tmp-backup-*` in `backup_dir` belong to
-    the callback; other files there are never touched.
+    the callback; other files there are never touched. `backup_dir` itself,
+    and the parent directories created for it, are removed when `fit()`
+    completes only if the callback created them (and they are empty then): a
+    directory that existed before, even empty, is kept.
 
     It serves Keras 3 models with the TensorFlow backend (`tf.keras` in
     TensorFlow 2.21, or `import keras`) and tf-keras models (`import
@@ -109,6 +114,17 @@ class BackupAndRestore(
       delete_checkpoint: delete the backup when `fit()` completes. The
         backup due at the very end of training is then not written (it
         would be deleted unread at once).
+      double_checkpoint: (Keras 3's argument; keyword only here, since the
+        third positional argument is tf-keras's `delete_checkpoint`) `True`
+        keeps the previous intact backup beside the newest at all times
+        (about twice the disk space): when the newest one fails its checks
+        at the restart (a corrupted file), the restore falls back to the
+        previous one and retrains from its position, to the same result.
+        `False` (the default) keeps only the newest backup once it is
+        durable: the previous one is deleted only after the new one is
+        committed and fsync'd, so a kill or a failed write at any instant
+        still leaves an intact backup, but damage to the newest one after
+        that has no fallback (`BackupCorruptError`, nothing deleted).
       save_before_preemption: on SIGTERM (or `preemption_signals`), finish
         the current batch, back up at that exact batch, wait until the
         backup is committed, then exit the process with
@@ -161,6 +177,7 @@ class BackupAndRestore(
         delete_checkpoint=True,
         save_before_preemption=False,
         *,
+        double_checkpoint=False,
         async_backup=True,
         preemption_signals=preemption.DEFAULT_SIGNALS,
         exit_on_preemption=True,
@@ -181,9 +198,11 @@ class BackupAndRestore(
             preemption_signals=preemption_signals,
             exit_on_preemption=exit_on_preemption,
             preemption_exit_code=preemption_exit_code,
+            double_checkpoint=double_checkpoint,
         )
         self.backup_dir = self._engine.backup_dir
         self.save_freq = save_freq
+        self.double_checkpoint = bool(double_checkpoint)
         self.delete_checkpoint = delete_checkpoint
         self.save_before_preemption = save_before_preemption
         self.async_backup = bool(async_backup)

@@ -210,6 +210,25 @@ class CallbackTest(fit_test_case.FitTestCase):
         self.assertEqual(history.epoch, [0])
         self.assertEqual(positions, [])
 
+    def test_a_directory_that_existed_is_kept_at_completion(self):
+        # Even empty: only what the callback created is removed.
+        os.makedirs(self.dir)
+        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(self.dir)])
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_the_parents_it_created_are_removed_at_completion(self):
+        parent = os.path.join(self.tmp, "existing")
+        os.makedirs(parent)
+        nested = os.path.join(parent, "made", "by", "us")
+        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(nested)])
+        self.assertEqual(os.listdir(parent), [])
+
+    def test_a_directory_left_by_an_interrupted_run_is_removed(self):
+        # The restart finds backup_dir with only the backups of the run
+        # that created it: it ends as an uninterrupted run does.
+        self._interrupted_then_resumed("epoch", 6)
+        self.assertFalse(os.path.exists(self.dir))
+
     def test_foreign_files_survive_completion(self):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "notes.txt"), "w") as f:
@@ -358,6 +377,58 @@ class CallbackTest(fit_test_case.FitTestCase):
             )
         self.assertTrue(os.path.exists(data))
 
+    def _interrupt_in_epoch_2(self, **kwargs):
+        """fit() interrupted in epoch 2, after the backups of epochs 0 and
+        1 (4 batches per epoch); returns the committed backups' names."""
+        callback = backup_restore.BackupAndRestore(self.dir, **kwargs)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                _model(self.FLAVOUR),
+                [callback, keras_callbacks.InterruptAt(10)],
+            )
+        callback.wait_for_backup()  # the older ones are deleted by then
+        return keras_callbacks.backup_entries(self.dir)
+
+    def test_double_checkpoint_falls_back_to_the_previous_backup(self):
+        ref_model, ref_history = self._reference()
+        entries = self._interrupt_in_epoch_2(double_checkpoint=True)
+        self.assertEqual(entries, ["backup-00000001", "backup-00000002"])
+        dirs.corrupt_data(os.path.join(self.dir, entries[-1]), offset=10)
+        model = _model(self.FLAVOUR)
+        callback = backup_restore.BackupAndRestore(
+            self.dir, save_freq=1, double_checkpoint=True
+        )
+        # Batch backups from here on: the corrupt backup is never the one
+        # kept beside the newest.
+        original = callback._engine.store.delete_older_than
+        kept = []
+
+        def spy(seq):
+            original(seq)
+            kept.append(keras_callbacks.backup_entries(self.dir))
+
+        callback._engine.store.delete_older_than = spy
+        history = _fit(model, [callback])
+        self.assertEqual(callback.resumed_from, (1, 0))  # epoch 0's backup
+        self.assertEqual(
+            kept[0], ["backup-00000001", "backup-00000003"], "intact kept"
+        )
+        self.assertTrue(all(len(k) == 2 for k in kept), kept)
+        self.assertEqual(history.history, ref_history.history)
+        for got, want in zip(_weights(model), _weights(ref_model), strict=True):
+            np.testing.assert_array_equal(got, want)
+        self.assertFalse(os.path.exists(self.dir), "deleted on completion")
+
+    @parameterized.named_parameters(
+        ("default", {}), ("false", {"double_checkpoint": False})
+    )
+    def test_without_double_checkpoint_only_the_newest_backup_stays(
+        self, kwargs
+    ):
+        self.assertEqual(
+            self._interrupt_in_epoch_2(**kwargs), ["backup-00000002"]
+        )
+
     # -- arguments ----------------------------------------------------------
 
     @parameterized.named_parameters(
@@ -369,12 +440,27 @@ class CallbackTest(fit_test_case.FitTestCase):
         ("other_string", "batch"),
     )
     def test_invalid_save_freq(self, save_freq):
-        with self.assertRaisesRegex(ValueError, "save_freq must be"):
+        # The phrase of both Keras originals' error, then what to pass.
+        with self.assertRaisesRegex(
+            ValueError, r"Invalid value for argument `save_freq`.*Pass 'epoch'"
+        ):
             backup_restore.BackupAndRestore(self.dir, save_freq=save_freq)
         self.assertFalse(os.path.exists(self.dir), "nothing created")
 
+    @parameterized.named_parameters(("none", None), ("empty", ""))
+    def test_empty_backup_dir(self, backup_dir):
+        # The phrase of both Keras originals' error, then what to pass.
+        with self.assertRaisesRegex(
+            ValueError,
+            r"Empty `backup_dir` argument passed.*Pass the directory",
+        ):
+            backup_restore.BackupAndRestore(backup_dir)
+
     def test_save_freq_false_needs_save_before_preemption(self):
-        with self.assertRaisesRegex(ValueError, "save_before_preemption"):
+        with self.assertRaisesRegex(
+            ValueError,
+            "Either `save_freq` or `save_before_preemption` must be set",
+        ):
             backup_restore.BackupAndRestore(self.dir, save_freq=False)
 
     def test_save_freq_false_is_valid_with_save_before_preemption(self):
@@ -402,6 +488,23 @@ class CallbackTest(fit_test_case.FitTestCase):
         self.assertLen(logs.output, 1)
         self.assertIn("another, future_option", logs.output[0])
         self.assertIn("async_backup", logs.output[0])
+
+    def test_every_argument_of_both_originals_is_accepted(self):
+        # tf-keras 2.21: (backup_dir, save_freq, delete_checkpoint,
+        # save_before_preemption); Keras 3.15: (backup_dir, save_freq,
+        # double_checkpoint, delete_checkpoint).
+        callback = backup_restore.BackupAndRestore(
+            backup_dir=self.dir,
+            save_freq=2,
+            delete_checkpoint=False,
+            save_before_preemption=True,
+            double_checkpoint=True,
+        )
+        self.assertTrue(callback.double_checkpoint)
+        self.assertTrue(callback._engine.store.keep_previous)
+        self.assertFalse(
+            backup_restore.BackupAndRestore(self.dir).double_checkpoint
+        )
 
     def test_a_misspelled_argument_of_ours_is_a_type_error(self):
         with self.assertRaisesRegex(TypeError, "did you mean 'async_backup'"):

@@ -76,6 +76,7 @@ class Listing:
     probes: list = dataclasses.field(default_factory=list)
     foreign: list = dataclasses.field(default_factory=list)  # (path, kind)
     others: int = 0  # entries not named like ours (the owner's file apart)
+    owner_files: int = 0  # the owner's lock or lease file (ownership.py)
 
     def max_seq(self) -> int:
         """The highest sequence number any entry's name holds (foreign ones
@@ -110,8 +111,11 @@ def list_entries(directory: str) -> Listing:
             want = paths.DIRECTORY
         elif atomicity.is_probe(name):
             want = paths.FILE
-        else:  # not ours by name: never looked at
-            listing.others += not atomicity.is_ours(name)
+        else:  # not a backup's by name: never looked at
+            if atomicity.is_ours(name):
+                listing.owner_files += 1
+            else:
+                listing.others += 1
             continue
         found = paths.kind(path) if local else want
         if found is None:

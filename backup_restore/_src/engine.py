@@ -51,6 +51,8 @@ class Engine:
       exit_on_preemption: exit the process after the preemption backup;
         else `stop_for_preemption` returns and training should stop.
       preemption_exit_code: the exit status then.
+      double_checkpoint: keep the previous backup beside the newest
+        (store.BackupStore's `keep_previous`).
     """
 
     def __init__(
@@ -62,8 +64,11 @@ class Engine:
         preemption_signals=preemption.DEFAULT_SIGNALS,
         exit_on_preemption=True,
         preemption_exit_code=preemption.RESTART_EXIT_CODE,
+        double_checkpoint=False,
     ):
-        self.store = store.BackupStore(backup_dir)
+        self.store = store.BackupStore(
+            backup_dir, keep_previous=double_checkpoint
+        )
         tf_logs.quiet_checkpoint_chatter()
         self.async_backup = bool(async_backup)
         self._watcher = (
@@ -349,10 +354,11 @@ class Engine:
                         "completed and its backups were being deleted: "
                         "nothing is left to back up, so it is not acted on."
                     )
-            self._release_ownership(
-                remove_empty_dir=deleted
-                and self.store._dir_was_ours  # the store's own rule
-            )
+            # The owner's file goes first; then backup_dir and the parents
+            # the store created, each if empty (the store's own rule).
+            self._release_ownership(remove_empty_dir=False)
+            if deleted:
+                self.store.remove_created_dirs()
             if self._scratch is not None:
                 with contextlib.suppress(OSError):  # not empty: kept
                     os.rmdir(self._scratch.directory)

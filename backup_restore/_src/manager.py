@@ -69,6 +69,7 @@ _ARGS = (
     "backup_dir",
     "save_freq",
     "delete_checkpoint",
+    "double_checkpoint",
     "async_backup",
     "save_before_preemption",
     "preemption_signals",
@@ -124,6 +125,12 @@ class BackupManager(engine.FrontEnd):
         batch-level rule (policy.py). None: only on preemption or
         `backup()`.
       delete_checkpoint: `finish()` deletes the backups (default).
+        `backup_dir` itself, and the parents created for it, go too only
+        if this manager created them; a directory that existed is kept.
+      double_checkpoint: keep the previous intact backup beside the newest
+        (twice the space), for a restore to fall back to when the newest
+        fails its checks; `False` (default) deletes it once the new one is
+        durable (the callback's argument).
       async_backup: persist backups on a background thread.
       save_before_preemption: on a signal in `preemption_signals`, the next
         `maybe_backup(step)` backs up at `step`, waits until it is committed,
@@ -145,6 +152,7 @@ class BackupManager(engine.FrontEnd):
         *,
         save_freq=None,
         delete_checkpoint=True,
+        double_checkpoint=False,
         save_every_n_steps=None,
         async_backup=True,
         save_before_preemption=False,
@@ -183,8 +191,9 @@ class BackupManager(engine.FrontEnd):
             or save_freq < 1
         ):
             raise ValueError(
-                f"save_freq (save_every_n_steps) must be a positive int (a "
-                f"number of steps) or None, got {save_freq!r}."
+                f"Invalid value for argument `save_freq` (save_every_n_steps)"
+                f": {save_freq!r}. Pass a positive int (a number of steps) or "
+                "None (only on preemption or backup())."
             )
         # The same engine as the Keras callback: commits, async persist,
         # preemption handling.
@@ -195,6 +204,7 @@ class BackupManager(engine.FrontEnd):
             preemption_signals=preemption_signals,
             exit_on_preemption=exit_on_preemption,
             preemption_exit_code=preemption_exit_code,
+            double_checkpoint=double_checkpoint,
         )
         self._trackables = trackables
         self._checkpoint_object = None

@@ -91,6 +91,52 @@ class ManagerTest(test_case.TestCase):
         manager.finish()
         self.assertEqual(os.listdir(self.dir), ["notes"])
 
+    def _finish_a_run(self, directory):
+        model, optimizer, iterator, rng = _objects()
+        manager = backup_restore.BackupManager(
+            directory,
+            model=model,
+            optimizer=optimizer,
+            iterator=iterator,
+            rng=rng,
+            save_freq=1,
+        )
+        manager.restore()
+        manager.maybe_backup(1)
+        manager.finish()
+
+    def test_double_checkpoint_keeps_the_previous_backup(self):
+        for double, kept in ((True, 2), (False, 1)):
+            with self.subTest(double_checkpoint=double):
+                directory = os.path.join(self.tmp, f"double_{double}")
+                model, optimizer, iterator, rng = _objects()
+                manager = backup_restore.BackupManager(
+                    directory,
+                    model=model,
+                    optimizer=optimizer,
+                    iterator=iterator,
+                    rng=rng,
+                    save_freq=1,
+                    double_checkpoint=double,
+                )
+                manager.restore()
+                for step in range(1, 4):
+                    manager.maybe_backup(step)
+                manager.wait_for_backup()
+                self.assertLen(_backups(directory), kept)
+                manager.finish()
+
+    def test_finish_keeps_an_empty_directory_that_existed(self):
+        os.makedirs(self.dir)
+        self._finish_a_run(self.dir)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_finish_removes_only_the_directories_it_created(self):
+        parent = os.path.join(self.tmp, "existing")
+        os.makedirs(parent)
+        self._finish_a_run(os.path.join(parent, "made", "by", "us"))
+        self.assertEqual(os.listdir(parent), [])
+
     def test_owns_backup_dir_until_finish_and_again_in_the_same_process(self):
         # Another process tries to own the directory (without importing
         # the package's TensorFlow: only the ownership modules, in a bare
@@ -264,7 +310,10 @@ class ManagerTest(test_case.TestCase):
                 save_every_n_steps=2,
                 v=tf.Variable(1),
             )
-        with self.assertRaisesRegex(ValueError, "number of steps"):
+        with self.assertRaisesRegex(
+            ValueError,
+            "Invalid value for argument `save_freq`.*number of steps",
+        ):
             backup_restore.BackupManager(
                 self.dir, save_freq="epoch", v=tf.Variable(1)
             )

@@ -40,9 +40,11 @@ def from_save_freq(save_freq, save_before_preemption: bool) -> SavePolicy:
     if save_freq is False:
         if not save_before_preemption:
             raise ValueError(
+                "Either `save_freq` or `save_before_preemption` must be set: "
                 "save_freq=False never backs up, and save_before_preemption "
-                "is False: nothing would ever be saved. Use save_freq='epoch' "
-                "or an int, or set save_before_preemption=True."
+                "is False, so nothing would ever be saved. Use "
+                "save_freq='epoch' or an int, or set "
+                "save_before_preemption=True."
             )
         return SavePolicy(every_n_batches=None, at_epoch_end=False)
     if (
@@ -54,9 +56,10 @@ def from_save_freq(save_freq, save_before_preemption: bool) -> SavePolicy:
         # written at the epoch's end instead, with the epoch's logs.
         return SavePolicy(every_n_batches=save_freq, at_epoch_end=False)
     raise ValueError(
-        f"save_freq must be 'epoch', a positive int (back up every that many "
-        f"batches) or False (only with save_before_preemption=True); got "
-        f"{save_freq!r}."
+        f"Invalid value for argument `save_freq`: {save_freq!r}. Pass "
+        "'epoch' (back up at the end of every epoch), a positive int (back "
+        "up every that many batches) or False (only with "
+        "save_before_preemption=True)."
     )
 
 

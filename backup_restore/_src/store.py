@@ -65,11 +65,14 @@ class BackupStore:
         kill_safe_max_bytes=None,
         writable=True,
         keep_directory=False,
+        keep_previous=False,
     ):
         """A store of `directory`; `writable=False` (for reading only)
         neither creates it nor probes it; `keep_directory`: `delete_all`
-        never removes the directory itself."""
-        self._dir = store_dir.validate_directory(directory, writable)
+        never removes the directory itself; `keep_previous`: a committed
+        backup deletes the older ones except the one just before it (else
+        all of them, once it is durable)."""
+        self._dir, missing = store_dir.prepare_directory(directory, writable)
         if self._dir.startswith("ram://"):
             logging.warning(
                 "backup_dir %s is in memory (ram://): its backups are lost "
@@ -81,14 +84,38 @@ class BackupStore:
         # What the store knows of backup_dir's entries (catalog.py); its
         # first listing also gives the highest sequence number so far.
         self._catalog = catalog.Catalog(self._dir)
-        # Decided once: removing the directory at the end is only right when
-        # it held nothing but ours to begin with.
+        # Decided once, from what was there before this store created
+        # anything: the directories the end of training may remove (each
+        # only if empty then). Those this store created; else backup_dir
+        # when it held nothing but this library's entries, backups or a
+        # former owner's file (an earlier run of the same job, killed,
+        # created it), so that a resumed job leaves what an uninterrupted
+        # one leaves. A directory that existed without any of them (the
+        # user's, empty or not) is never removed.
         listing = self._catalog.list_now()  # empty if it does not exist
-        self._dir_was_ours = (
-            not keep_directory and not listing.others and not listing.foreign
+        left_by_a_run = (
+            (
+                listing.named
+                or listing.temporaries
+                or listing.probes
+                or listing.owner_files
+            )
+            and not listing.others
+            and not listing.foreign
         )
+        if keep_directory:
+            self.created_dirs = ()
+        elif missing:
+            self.created_dirs = missing
+        elif left_by_a_run:
+            self.created_dirs = (self._dir,)
+        else:
+            self.created_dirs = ()
         # Its priority is decided at the first asynchronous backup.
         self._writer = background.Writer()
+        self.keep_previous = bool(keep_previous)
+        # Backups that failed their checks when read: never the one kept.
+        self._failed_checks = set()
         self._in_flight = None  # the last backup, until waited for
         # Which run of the job writes now (set by the engine per run): a
         # run finds, replaces and deletes only the backups of its own
@@ -191,9 +218,18 @@ class BackupStore:
         return self._first_intact(lambda path: self.load(path, full_verify))
 
     def _first_intact(self, attempt):
-        """store_read.first_intact over the backups of this scope."""
+        """store_read.first_intact over the backups of this scope; the ones
+        it skips are remembered (never kept as the previous backup)."""
+
+        def remembering(path):
+            try:
+                return attempt(path)
+            except errors.BackupCorruptError:
+                self._failed_checks.add(path)
+                raise
+
         return store_read.first_intact(
-            self._catalog, self._dir, self.committed_in_scope(), attempt
+            self._catalog, self._dir, self.committed_in_scope(), remembering
         )
 
     def write(self, checkpoint: tf.train.Checkpoint, metadata: dict):
@@ -376,9 +412,22 @@ class BackupStore:
         return self._first_intact(attempt)
 
     def delete_older_than(self, seq: int) -> None:
-        """Deletes every committed backup of this scope older than `seq`."""
+        """Deletes the committed backups of this scope older than `seq`,
+        except, with `keep_previous`, the newest of them not known to fail
+        its checks: the previous intact backup stays beside backup `seq`,
+        for a restore to fall back to should `seq` fail its checks later."""
+        kept = None
+        if self.keep_previous:
+            previous = [
+                path
+                for s, path in self._catalog.committed()
+                if s < seq
+                and self._in_scope(path)
+                and path not in self._failed_checks
+            ]
+            kept = previous[-1] if previous else None  # oldest first
         for s, path in self._catalog.named():
-            if s < seq and self._in_scope(path):
+            if s < seq and path != kept and self._in_scope(path):
                 faults.point(faults.DELETE_OLDER, path)
                 self._retire(path)
 
@@ -388,8 +437,7 @@ class BackupStore:
 
         Waits for a backup in flight first (and raises its error).
 
-        The directory itself is removed only when it is then empty and held
-        nothing but this store's entries when the store was created.
+        Then removes `created_dirs` (remove_created_dirs).
         """
         self.wait()
         listing = self._catalog.list_now()
@@ -399,5 +447,9 @@ class BackupStore:
         for _, path in listing.named:
             if self._in_scope(path):
                 self._retire(path)
-        if self._dir_was_ours:
-            store_dir.remove_if_empty(self._dir)
+        self.remove_created_dirs()
+
+    def remove_created_dirs(self) -> None:
+        """Removes `created_dirs`, deepest first, each only while it is
+        empty (store_dir.remove_created)."""
+        store_dir.remove_created(self.created_dirs)

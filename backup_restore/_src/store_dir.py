@@ -1,14 +1,15 @@
 """backup_dir itself: a user's path checked, created durably, probed, removed.
 
 What `BackupStore` does with the path it is given before it keeps anything
-there: `validate_directory` turns it into an absolute str, refuses what can
-never hold backups (nothing, a regular file) and, for a local directory,
-creates it if missing (each new level fsync'd into its parent) and checks
-for real that a file can be created in it. `remove_if_empty` takes it away
-again when training completes.
+there: `prepare_directory` turns it into an absolute str, refuses what can
+never hold backups (nothing, a regular file), records which levels of the
+path do not exist yet and, for a local directory, creates them (each new
+level fsync'd into its parent) and checks for real that a file can be
+created in it. `remove_created` takes away again, when training completes,
+only those levels, each only if it is empty: a directory that existed before
+is never removed.
 """
 
-import contextlib
 import os
 
 import tensorflow as tf
@@ -17,10 +18,16 @@ from backup_restore._src import atomicity
 from backup_restore._src import paths
 
 
-def validate_directory(directory, writable: bool = True) -> str:
-    """Checks a user-supplied backup directory; returns it as a str.
+def prepare_directory(
+    directory, writable: bool = True
+) -> tuple[str, tuple[str, ...]]:
+    """Checks a user-supplied backup directory; returns it as a str, and
+    the levels of it that did not exist before this call, deepest first
+    (`backup_dir` itself first; empty when it existed).
 
-    A local directory is created if missing and checked for real: a file is
+    Those levels are found before anything creates them: `remove_created`
+    takes away only them. With `writable`, a local directory is then
+    created if missing and checked for real: a file is
     created in it and removed again (named like this store's own entries,
     so that a crash midway leaves nothing foreign: the next cleanup removes
     it). Permission bits alone say nothing for root, nor for read-only or
@@ -33,8 +40,9 @@ def validate_directory(directory, writable: bool = True) -> str:
     """
     if directory is None:
         raise ValueError(
-            "backup_dir is None. Pass the directory where backups are kept, "
-            "e.g. BackupAndRestore(backup_dir='/tmp/my_job_backup')."
+            "Empty `backup_dir` argument passed: backup_dir is None. Pass the "
+            "directory where backups are kept, e.g. "
+            "BackupAndRestore(backup_dir='/tmp/my_job_backup')."
         )
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(
@@ -46,7 +54,9 @@ def validate_directory(directory, writable: bool = True) -> str:
         raise TypeError("backup_dir must be a text path, not bytes.")
     if not directory.strip():
         raise ValueError(
-            "backup_dir is empty. Pass the directory where backups are kept."
+            f"Empty `backup_dir` argument passed: {directory!r}. Pass the "
+            "directory where backups are kept, e.g. "
+            "BackupAndRestore(backup_dir='/tmp/my_job_backup')."
         )
     directory = paths.absolute(directory)
     if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
@@ -54,9 +64,30 @@ def validate_directory(directory, writable: bool = True) -> str:
             f"backup_dir {directory!r} is an existing file, not a directory. "
             "Pass a directory path (it is created if missing)."
         )
+    missing = _missing_levels(directory)
     if writable and paths.is_local(directory):
         _check_writable(directory)
-    return directory
+    return directory, missing
+
+
+def _missing_levels(directory: str) -> tuple[str, ...]:
+    """The levels of `directory` that do not exist, deepest first (local
+    ones as local paths; a link, even a dangling one, exists).
+
+    On an object store (gs://) or ram://, only `directory` itself: its
+    parents are prefixes that exist as long as something is below them.
+    """
+    if not paths.is_local(directory):
+        return () if tf.io.gfile.exists(directory) else (directory,)
+    missing = []
+    path = paths.local(directory)
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return tuple(missing)
 
 
 def _make_dirs_durably(local: str) -> None:
@@ -99,10 +130,22 @@ def _check_writable(directory: str) -> None:
         ) from e
 
 
-def remove_if_empty(directory: str) -> None:
-    """Removes `directory` if it exists and is empty; else leaves it."""
-    if paths.is_local(directory):
-        with contextlib.suppress(OSError):  # not empty: left as it is
-            os.rmdir(paths.local(directory))
-    elif tf.io.gfile.isdir(directory) and not tf.io.gfile.listdir(directory):
-        tf.io.gfile.rmtree(directory)
+def remove_created(levels) -> None:
+    """Removes the directories `levels` (deepest first, as
+    `prepare_directory` returns them) while each is empty; stops at the
+    first that is not (it, and every level above it, is left as it is).
+    One already gone counts as removed."""
+    for directory in levels:
+        if paths.is_local(directory):
+            try:
+                os.rmdir(paths.local(directory))
+            except FileNotFoundError:
+                continue
+            except OSError:  # not empty (or not ours to remove any more)
+                return
+        elif not tf.io.gfile.isdir(directory):
+            continue
+        elif not tf.io.gfile.listdir(directory):
+            tf.io.gfile.rmtree(directory)
+        else:
+            return

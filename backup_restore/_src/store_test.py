@@ -16,6 +16,7 @@ from backup_restore._src import atomicity
 from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
+from backup_restore._src import ownership
 from backup_restore._src import store
 from backup_restore._src import tf_checkpoint
 from testing import dirs
@@ -271,7 +272,51 @@ class StoreTest(test_case.TestCase):
         s.delete_all()
         self.assertFalse(os.path.exists(d))
 
-    def test_delete_all_keeps_a_preexisting_empty_directory_content_rule(self):
+    @parameterized.named_parameters(("local", "local"), ("ram", "ram"))
+    def test_delete_all_keeps_a_preexisting_empty_directory(self, fs):
+        d = self._dir(fs)
+        tf.io.gfile.makedirs(d)
+        s = store.BackupStore(d)
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertEqual(tf.io.gfile.listdir(d), [])
+
+    def test_delete_all_removes_a_ram_directory_it_created(self):
+        d = self._dir("ram")
+        s = store.BackupStore(d)
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertFalse(tf.io.gfile.exists(d))
+
+    def test_delete_all_removes_the_parents_it_created_and_no_others(self):
+        parent = self._dir("local")
+        os.makedirs(parent)
+        s = store.BackupStore(os.path.join(parent, "a", "b"))
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertEqual(os.listdir(parent), [])
+
+    def test_delete_all_stops_at_a_created_parent_that_is_not_empty(self):
+        parent = self._dir("local")
+        s = store.BackupStore(os.path.join(parent, "a", "b"))
+        with open(os.path.join(parent, "a", "notes"), "w") as f:
+            f.write("someone else's")
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertEqual(os.listdir(parent), ["a"])
+        self.assertEqual(os.listdir(os.path.join(parent, "a")), ["notes"])
+
+    def test_delete_all_removes_a_directory_left_with_a_dead_owners_file(self):
+        # A job killed before its first backup leaves its lock file only.
+        d = self._dir("local")
+        os.makedirs(d)
+        open(os.path.join(d, ownership.FILES[0]), "w").close()
+        s = store.BackupStore(d)
+        os.remove(os.path.join(d, ownership.FILES[0]))  # the owner's release
+        s.delete_all()
+        self.assertFalse(os.path.exists(d))
+
+    def test_delete_all_removes_a_directory_left_by_an_earlier_run(self):
         # A directory that held only this library's entries (a resumed job)
         # is removed when training completes.
         d = self._dir("local")
@@ -589,9 +634,9 @@ class StoreTest(test_case.TestCase):
         regular = os.path.join(self.tmp, "a_file")
         open(regular, "w").close()
         for bad, exc, msg in [
-            (None, ValueError, "backup_dir is None"),
-            ("", ValueError, "empty"),
-            ("   ", ValueError, "empty"),
+            (None, ValueError, "Empty `backup_dir` argument passed: .*None"),
+            ("", ValueError, "Empty `backup_dir` argument passed"),
+            ("   ", ValueError, "Empty `backup_dir` argument passed"),
             (42, TypeError, "str or os.PathLike"),
             (b"/tmp/x", TypeError, "str or os.PathLike"),
             (regular, ValueError, "existing file"),
