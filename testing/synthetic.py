@@ -232,8 +232,10 @@ def gan_model(flavour: str = "tf_keras", *, optimizer_in_compile=False):
 
 def raw_variable_model(flavour: str = "tf_keras"):
     """A compiled subclassed regressor that holds a raw `tf.Variable`
-    (`seen`, the samples trained on) updated by its `train_step`; its
-    output depends on it, so a wrong `seen` changes the weights too."""
+    (`seen`, the samples trained on) and, inside a `tf.Module`, a layer
+    that is not among its layers (`side.layer`; Keras 3 does not list its
+    variables in `model.variables`), both updated by its `train_step`. Its
+    output depends on them, so a wrong value changes the weights too."""
     k = KERAS[flavour]
 
     class Counting(k.Model):
@@ -242,12 +244,16 @@ def raw_variable_model(flavour: str = "tf_keras"):
             self.hidden = k.layers.Dense(8, activation="relu")
             self.out = k.layers.Dense(1)
             self.seen = tf.Variable(0.0, trainable=False, name="seen")
+            self.side = tf.Module()
+            self.side.layer = k.layers.Dense(1, trainable=False)
 
         def call(self, x):
-            return self.out(self.hidden(x)) * (1.0 + 1.0 / (1.0 + self.seen))
+            scale = 1.0 + 1.0 / (1.0 + self.seen)
+            return self.out(self.hidden(x)) * scale + self.side.layer(x)
 
         def train_step(self, data):
             self.seen.assign_add(tf.cast(tf.shape(data[0])[0], tf.float32))
+            self.side.layer.bias.assign_add([0.01])
             return super().train_step(data)
 
     model = Counting()

@@ -12,6 +12,7 @@ import backup_restore
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
+from testing import tamper
 
 SAMPLES = 64
 BATCH = 16  # 4 batches per epoch
@@ -29,6 +30,8 @@ def _state(model) -> dict:
                 state[f"{name} {i}"] = np.asarray(variable)
     if hasattr(model, "seen"):
         state["seen"] = model.seen.numpy()
+        for i, variable in enumerate(model.side.layer.weights):
+            state[f"side {i}"] = np.asarray(variable)
     return state
 
 
@@ -130,6 +133,62 @@ class HeldStateTest(fit_test_case.FitTestCase):
         ):
             self._fit(
                 "gan", other, [backup_restore.BackupAndRestore(self.dir, 3)]
+            )
+
+    def test_backup_without_the_held_record_still_restores_a_plain_model(self):
+        # Backups written before fingerprints recorded the held state: a
+        # plain model's checkpoint holds the same objects as then.
+        def plain():
+            self.keras.utils.set_random_seed(5)
+            return synthetic.regression_model("tiny", flavour=self.FLAVOUR)
+
+        reference = plain()
+        ref_history = self._fit("regression", reference, [])
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self._fit(
+                "regression",
+                plain(),
+                [
+                    backup_restore.BackupAndRestore(self.dir, 3),
+                    keras_callbacks.InterruptAt(7),
+                ],
+            )
+        # The newest (older ones may be in deletion still).
+        newest = tamper.committed(self.dir)[-1]
+        tamper.set_field(newest, "fingerprint.held", tamper.DELETE)
+        keras_callbacks.simulate_restart()
+        model = plain()
+        callback = backup_restore.BackupAndRestore(self.dir, 3)
+        history = self._fit("regression", model, [callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
+        self.assertEqual(history.history, ref_history.history)
+        self.assertEqual(
+            synthetic.state_sha256(model), synthetic.state_sha256(reference)
+        )
+
+    def test_edited_held_record_is_refused_as_invalid(self):
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self._fit(
+                "gan",
+                self._model("gan"),
+                [
+                    backup_restore.BackupAndRestore(self.dir, 3),
+                    keras_callbacks.InterruptAt(4),
+                ],
+            )
+        (backup,) = tamper.committed(self.dir)
+        tamper.set_field(
+            backup, "fingerprint.held.optimizers", [{"path": "optimizer"}]
+        )
+        keras_callbacks.simulate_restart()
+        with self.assertRaisesRegex(
+            backup_restore.BackupCorruptError,
+            r"fingerprint\.held\.optimizers\[0\]\.class is missing",
+        ):
+            self._fit(
+                "gan",
+                self._model("gan"),
+                [backup_restore.BackupAndRestore(self.dir, 3)],
             )
 
     def test_optimizer_on_variables_outside_the_model_is_named(self):
