@@ -305,10 +305,11 @@ class FitRun:
             self._warned_unsaved.update(unsaved)
             logging.warning(
                 "Optimizer(s) %s were built on variables the model does not "
-                "hold (neither its weights nor a tf.Variable it tracks): "
-                "backups do not hold their state, and a resumed run starts "
-                "them afresh. Keep the variables an optimizer updates in "
-                "the model (as layers or tf.Variable attributes).",
+                "hold (neither its weights nor a tf.Variable it tracks): a "
+                "restore cannot build them on those variables again, so "
+                "their state is not restored. Keep the variables an "
+                "optimizer updates in the model (as layers or tf.Variable "
+                "attributes).",
                 ", ".join(unsaved),
             )
 
