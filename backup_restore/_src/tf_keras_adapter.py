@@ -470,6 +470,9 @@ def optimizer_built_on(optimizer, candidates):
     `Optimizer._built`, `_index_dict` (variable key -> position in the list
     it was built on) and `_var_key`: what `Optimizer.build` records.
     """
+    # A LossScaleOptimizer is built by building the optimizer it wraps.
+    while is_optimizer(getattr(optimizer, "inner_optimizer", None)):
+        optimizer = optimizer.inner_optimizer
     if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
         return None, None
     if not getattr(optimizer, "_built", False):

@@ -198,6 +198,14 @@ class AdapterContractTest(test_case.TestCase):
             keras_adapter.optimizer_built_on(optimizer, variables[:1]),
             (True, None),
         )
+        # A LossScaleOptimizer is built by building the one it wraps.
+        scaled = tf_keras.mixed_precision.LossScaleOptimizer(
+            tf_keras.optimizers.Adam()
+        )
+        scaled.build([variables[0]])
+        self.assertEqual(
+            keras_adapter.optimizer_built_on(scaled, variables), (True, [0])
+        )
         # A legacy optimizer makes its slots lazily: there is no build.
         self.assertEqual(
             keras_adapter.optimizer_built_on(
