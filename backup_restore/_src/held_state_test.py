@@ -23,7 +23,7 @@ def _state(model) -> dict:
     """Every variable the model holds, its optimizers' included, by name:
     numpy arrays."""
     state = {f"weight {i}": w.numpy() for i, w in enumerate(model.weights)}
-    for name in ("optimizer", "d_optimizer", "g_optimizer"):
+    for name in ("optimizer", "d_optimizer", "g_optimizer", "spare"):
         optimizer = getattr(model, name, None)
         if optimizer is not None:
             for i, variable in enumerate(optimizer.variables):
@@ -33,6 +33,20 @@ def _state(model) -> dict:
         for i, variable in enumerate(model.side.layer.weights):
             state[f"side {i}"] = np.asarray(variable)
     return state
+
+
+class _UseSpareOptimizer(keras_callbacks.Callback):
+    """From epoch 1 on, the model's `spare` optimizer is built and takes one
+    step (once: a resumed run finds it taken)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        spare = self.model.spare
+        if epoch >= 1 and int(np.asarray(spare.iterations)) == 0:
+            variables = self.model.trainable_variables
+            spare.build(variables)
+            spare.apply_gradients(
+                [(tf.ones(v.shape, v.dtype), v) for v in variables]
+            )
 
 
 class HeldStateTest(fit_test_case.FitTestCase):
@@ -134,6 +148,41 @@ class HeldStateTest(fit_test_case.FitTestCase):
             self._fit(
                 "gan", other, [backup_restore.BackupAndRestore(self.dir, 3)]
             )
+
+    def test_optimizer_first_built_after_the_first_backup_is_restored(self):
+        # Backups after batch 3 (spare unbuilt) and at epoch 1, batch 2
+        # (built): the second holds its state.
+        def model_with_spare():
+            model = self._model("raw_variable")
+            model.spare = self.keras.optimizers.SGD(0.1, momentum=0.9)
+            return model
+
+        reference = model_with_spare()
+        ref_history = self._fit(
+            "raw_variable", reference, [_UseSpareOptimizer()]
+        )
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self._fit(
+                "raw_variable",
+                model_with_spare(),
+                [
+                    backup_restore.BackupAndRestore(self.dir, 3),
+                    _UseSpareOptimizer(),
+                    keras_callbacks.InterruptAt(7),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        model = model_with_spare()
+        callback = backup_restore.BackupAndRestore(self.dir, 3)
+        history = self._fit(
+            "raw_variable", model, [callback, _UseSpareOptimizer()]
+        )
+        self.assertEqual(callback.resumed_from, (1, 2))
+        self.assertEqual(history.history, ref_history.history)
+        got, want = _state(model), _state(reference)
+        self.assertEqual(sorted(got), sorted(want))
+        for path in want:
+            np.testing.assert_array_equal(got[path], want[path], err_msg=path)
 
     def test_backup_without_the_held_record_still_restores_a_plain_model(self):
         # Backups written before fingerprints recorded the held state: a
