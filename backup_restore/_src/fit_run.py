@@ -296,6 +296,16 @@ class FitRun:
         )
 
     def _warn_about_unsaved_optimizers(self, held) -> None:
+        objects = [o for o in held.unsaved if o not in self._warned_unsaved]
+        if objects:
+            self._warned_unsaved.update(objects)
+            logging.warning(
+                "The model holds %s, whose state a backup of a Keras 3 "
+                "model does not hold (it holds variables): a resumed run "
+                "starts from what the code gives it. Keep such state in "
+                "tf.Variables, or build it the same way in every run.",
+                ", ".join(objects),
+            )
         unsaved = [
             path
             for path in keras_state.unsaved_optimizers(held, self.adapter)

@@ -240,6 +240,27 @@ class HeldStateTest(fit_test_case.FitTestCase):
                 [backup_restore.BackupAndRestore(self.dir, 3)],
             )
 
+    def test_state_a_backup_cannot_hold_is_named_once_at_the_start(self):
+        model = self._model("raw_variable")
+        model.table = tf.lookup.experimental.MutableHashTable(
+            tf.string, tf.int64, -1
+        )
+        with self.assertLogs(level=logging.WARNING) as logs:
+            logging.warning("(none)")  # assertLogs wants one
+            self._fit(
+                "raw_variable",
+                model,
+                [backup_restore.BackupAndRestore(self.dir, 3)],
+            )
+        warned = [r for r in logs.output if "MutableHashTable" in r]
+        if self.FLAVOUR == "keras3":
+            # The backup holds the model's variables, not the model.
+            self.assertLen(warned, 1, logs.output)
+            self.assertIn("table (MutableHashTable)", warned[0])
+        else:
+            # The backup holds the model object, the table with it.
+            self.assertEqual(warned, [])
+
     def test_optimizer_on_variables_outside_the_model_is_named(self):
         model = self._model("raw_variable")
         outside = tf.Variable(np.zeros((2,), "float32"))

@@ -34,6 +34,10 @@ data iterator. What this module touches, and why:
   before the first step (without a strategy fit() builds them when it
   traces the train step), so that a mid-epoch resume can restore them. It
   builds an unbuilt `model.optimizer` too unless `Optimizer.built` is set.
+- TensorFlow's `Trackable._serialize_to_tensors`: overridden by an object
+  that a checkpoint saves by itself (a MutableHashTable); one such held by
+  a model is named in the warning at fit()'s start (the backup holds
+  variables, not the model object).
 - `BaseOptimizer._trainable_variables`: the variables an optimizer was
   built on (a subset of the model's, for a GAN's), so that a restore builds
   it on the same ones before filling its state.
@@ -490,6 +494,22 @@ def tf_variable(variable):
     """The tf.Variable behind a Keras variable (a distributed one under a
     strategy)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def state_not_backed_up(obj) -> bool:
+    """Whether `obj`, found among a model's trackable attributes, saves
+    state of its own in a tf.train.Checkpoint (a MutableHashTable) that
+    checkpoint_objects does not hold (it holds variables, not the model).
+
+    `Trackable._serialize_to_tensors` is what such an object overrides.
+    """
+    if isinstance(obj, (keras.Variable, tf.Variable)):
+        return False
+    own = getattr(type(obj), "_serialize_to_tensors", None)
+    return own is not None and own is not _TRACKABLE_SERIALIZE
+
+
+_TRACKABLE_SERIALIZE = tf.__internal__.tracking.Trackable._serialize_to_tensors
 
 
 def is_optimizer(value) -> bool:

@@ -266,6 +266,19 @@ class Keras3AdapterContractTest(test_case.TestCase):
             (True, None),
         )
 
+    def test_objects_saving_state_of_their_own_are_told_apart(self):
+        # Trackable._serialize_to_tensors: overridden by a MutableHashTable.
+        table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, -1)
+        self.assertTrue(keras3_adapter.state_not_backed_up(table))
+        for obj in (
+            tf.Variable(1.0),
+            keras.Variable(1.0),
+            tf.random.Generator.from_seed(1),  # its state is a tf.Variable
+            keras.layers.Dense(1),
+            keras.optimizers.Adam(),
+        ):
+            self.assertFalse(keras3_adapter.state_not_backed_up(obj), obj)
+
     def test_multi_worker_and_parameter_server_are_refused(self):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         with self.assertRaisesRegex(ValueError, "not supported with Keras 3"):

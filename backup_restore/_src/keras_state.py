@@ -189,11 +189,15 @@ class HeldState:
       extra_variables: (attribute path, variable) of the variables the
         model holds outside `model.variables`: raw tf.Variables, the Keras
         variables of layers it does not list.
+      unsaved: "path (type)" of the objects with checkpointable state of
+        their own that a backup of this flavour does not hold (a Keras 3
+        model holding a MutableHashTable).
     """
 
     optimizers: list
     variables: list
     extra_variables: list
+    unsaved: list = dataclasses.field(default_factory=list)
 
 
 def held_state(model, adapter: Adapter) -> HeldState:
@@ -213,6 +217,7 @@ def held_state(model, adapter: Adapter) -> HeldState:
     if getattr(model, "optimizer", None) is not None:
         optimizers.append(("optimizer", model.optimizer))
     extra = []
+    unsaved = []
     visited = {id(model)} | {id(o) for _, o in optimizers}
     queue = collections.deque([("", model)])
     while queue:
@@ -232,11 +237,14 @@ def held_state(model, adapter: Adapter) -> HeldState:
                 ):
                     extra.append((child_path, child))
                 continue
+            if adapter.state_not_backed_up(child):
+                unsaved.append(f"{child_path} ({type(child).__name__})")
             queue.append((child_path, child))
     return HeldState(
         optimizers=optimizers,
         variables=model_variables + [v for _, v in extra],
         extra_variables=extra,
+        unsaved=unsaved,
     )
 
 

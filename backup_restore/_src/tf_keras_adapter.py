@@ -447,6 +447,13 @@ def tf_variable(variable):
     return variable
 
 
+def state_not_backed_up(obj) -> bool:
+    """Nothing the model tracks: the backup holds the model object, and so
+    everything a checkpoint of it saves."""
+    del obj
+    return False
+
+
 def is_optimizer(value) -> bool:
     return isinstance(
         value,
