@@ -115,6 +115,14 @@ def _describe(tf, errors, s, path, verify):
             "optimizer": fp["optimizer"]["class"],
             "layer_random_generators": fp["random_generators"],
         }
+        held = fp.get("held")  # absent in backups of earlier versions
+        if held is not None:
+            entry["fingerprint"]["optimizers_held"] = [
+                o["path"] for o in held["optimizers"]
+            ]
+            entry["fingerprint"]["variables_held_outside_the_weights"] = [
+                e["path"] for e in held["extra_variables"]
+            ]
         entry["history_epochs"] = len(meta["history"]["epoch"])
         entry["callbacks"] = sorted(meta.get("callbacks", {}))
         entry["mid_epoch_metrics"] = bool(meta.get("metrics"))

@@ -65,6 +65,23 @@ class InspectTest(test_case.TestCase):
         self.assertIn("mid-epoch metric state", out.stdout)
         self.assertIn("verdict: OK", out.stdout)
 
+    def test_report_names_the_optimizers_and_variables_a_model_holds(self):
+        directory = self._killed_run(
+            trainers.fit_trainer(),
+            "--model=gan",
+            "--epochs=2",
+            "--num_samples=64",
+            "--save_freq=3",
+            "--fail_at_step=7",
+        )
+        out = _inspect(directory)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(
+            "optimizers_held=['optimizer', 'd_optimizer', 'g_optimizer']",
+            out.stdout,
+        )
+        self.assertIn("variables_held_outside_the_weights=[]", out.stdout)
+
     def test_json_and_verify_on_a_corrupt_backup(self):
         directory = self._fit_backup()
         data = dirs.corrupt_data(

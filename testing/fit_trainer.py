@@ -66,6 +66,16 @@ _INPUT = flags.DEFINE_enum(
     "(needs --steps_per_epoch).",
 )
 _SHUFFLE = flags.DEFINE_bool("shuffle", True, "Shuffle the training data.")
+_MODEL = flags.DEFINE_enum(
+    "model",
+    "regression",
+    ["regression", "gan", "gan_optimizer_in_compile", "raw_variable"],
+    "What trains: the regression MLP (--model_size, --dropout); a GAN as "
+    "keras.io's DCGAN example writes one (two optimizers held as attributes, "
+    "a custom train_step; with gan_optimizer_in_compile the discriminator's "
+    "is the compiled one too); a subclassed model with a raw tf.Variable "
+    "its train_step updates. The last three read numpy input.",
+)
 _MODEL_SIZE = flags.DEFINE_enum(
     "model_size", "small", ["tiny", "small", "large"], "Model size."
 )
@@ -354,6 +364,13 @@ def main(argv):
             "under ParameterServerStrategy does)."
         )
     save_freq = _save_freq(_SAVE_FREQ.value)
+    if _MODEL.value != "regression" and (
+        _INPUT.value != "numpy" or _STRATEGY.value != "default"
+    ):
+        raise app.UsageError(
+            f"--model={_MODEL.value} trains on --input=numpy with "
+            "--strategy=default only."
+        )
 
     import tensorflow as tf  # here, not at the top: keeps --help fast
 
@@ -396,12 +413,20 @@ def main(argv):
             )
         )
     with strategy.scope():
-        model = synthetic.regression_model(
-            _MODEL_SIZE.value,
-            dropout=_DROPOUT.value,
-            steps_per_execution=_STEPS_PER_EXECUTION.value,
-            flavour=_KERAS.value,
-        )
+        if _MODEL.value.startswith("gan"):
+            model = synthetic.gan_model(
+                _KERAS.value,
+                optimizer_in_compile=_MODEL.value == "gan_optimizer_in_compile",
+            )
+        elif _MODEL.value == "raw_variable":
+            model = synthetic.raw_variable_model(_KERAS.value)
+        else:
+            model = synthetic.regression_model(
+                _MODEL_SIZE.value,
+                dropout=_DROPOUT.value,
+                steps_per_execution=_STEPS_PER_EXECUTION.value,
+                flavour=_KERAS.value,
+            )
     fit_kwargs = dict(
         epochs=_EPOCHS.value,
         steps_per_epoch=_STEPS_PER_EPOCH.value,
@@ -421,7 +446,13 @@ def main(argv):
             )
         )
     elif _INPUT.value == "numpy":
-        x, y = synthetic.regression_data(_NUM_SAMPLES.value, seed=_SEED.value)
+        if _MODEL.value.startswith("gan"):
+            # The generator's noise comes with the real samples.
+            x, y = synthetic.gan_data(_NUM_SAMPLES.value, seed=_SEED.value)
+        else:
+            x, y = synthetic.regression_data(
+                _NUM_SAMPLES.value, seed=_SEED.value
+            )
         fit_kwargs.update(
             x=x, y=y, batch_size=_BATCH_SIZE.value, shuffle=_SHUFFLE.value
         )
@@ -454,8 +485,16 @@ def main(argv):
         "history": history.history,
         "resumed_from": list(resumed) if resumed else None,
         "weights_sha256": synthetic.weights_sha256(model.weights),
+        # Every variable the model holds, its optimizers' and raw
+        # tf.Variables included.
+        "state_sha256": synthetic.state_sha256(model),
         "optimizer_iterations": int(model.optimizer.iterations.numpy()),
-        "final_loss": history.history["loss"][-1] if history.epoch else None,
+        # A GAN logs d_loss and g_loss, no loss: then the first logged.
+        "final_loss": history.history.get(
+            "loss", next(iter(history.history.values()), [None])
+        )[-1]
+        if history.epoch
+        else None,
     }
     logging.info("Training finished: %s", result["epochs_run"])
     where = f"epoch:{resumed[0]},batch:{resumed[1]}" if resumed else "none"

@@ -205,6 +205,53 @@ def _fingerprint(metadata) -> None:
         # Opaque beyond its keys: compared, never used.
         fields.as_dict(config, "fingerprint.optimizer.config")
     fields.member(fp, "random_generators", fields.as_int, "fingerprint")
+    if "held" in fp:  # absent in backups of earlier versions
+        _held(fields.member(fp, "held", fields.as_dict, "fingerprint"))
+
+
+def _held(held) -> None:
+    """keras_state.held_fingerprint: what the model holds beyond its
+    weights (the built_on positions index the model's variables)."""
+    parent = "fingerprint.held"
+    count = fields.member(held, "variable_count", fields.as_int, parent)
+    optimizers = fields.member(held, "optimizers", fields.as_list, parent)
+    for i, optimizer in enumerate(optimizers):
+        field = f"{parent}.optimizers[{i}]"
+        fields.as_dict(optimizer, field)
+        fields.member(optimizer, "path", fields.as_str, field)
+        cls = fields.member(optimizer, "class", parent=field)
+        if cls is not None:
+            fields.as_str(cls, f"{field}.class")
+        config = fields.member(optimizer, "config", parent=field)
+        if config is not None:
+            fields.as_dict(config, f"{field}.config")  # compared, never used
+        built = fields.member(optimizer, "built", parent=field)
+        if built is not None:
+            fields.as_bool(built, f"{field}.built")
+        built_on = fields.member(optimizer, "built_on", parent=field)
+        if built_on is not None:
+            for j, item in enumerate(
+                fields.as_list(built_on, f"{field}.built_on")
+            ):
+                position = fields.as_int(item, f"{field}.built_on[{j}]")
+                if position >= count:
+                    fields.fail(
+                        f"{field}.built_on[{j}]",
+                        position,
+                        f"not below variable_count {count}",
+                    )
+        variables = fields.member(optimizer, "variables", parent=field)
+        if variables is not None:
+            for j, entry in enumerate(
+                fields.as_list(variables, f"{field}.variables")
+            ):
+                fields.as_str(entry, f"{field}.variables[{j}]")
+    extra = fields.member(held, "extra_variables", fields.as_list, parent)
+    for i, entry in enumerate(extra):
+        field = f"{parent}.extra_variables[{i}]"
+        fields.as_dict(entry, field)
+        fields.member(entry, "path", fields.as_str, field)
+        fields.member(entry, "variable", fields.as_str, field)
 
 
 def _history(metadata) -> None:

@@ -52,8 +52,9 @@ class BackupAndRestore(
     """Backs up the training state of `Model.fit()` and resumes from it.
 
     While `fit()` runs, the callback writes the whole training state (model
-    weights, optimizer state including slots and `iterations`, the position in
-    training, the History) into `backup_dir`. When the job is killed and
+    weights, the state of every optimizer the model holds including slots and
+    `iterations`, the tf.Variables it holds, the position in training, the
+    History) into `backup_dir`. When the job is killed and
     started again with the same code, the next `fit()` restores that state into
     the given model and continues from the first unfinished epoch (epoch
     backups) or the next unseen batch (batch backups). When `fit()` completes,

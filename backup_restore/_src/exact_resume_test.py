@@ -6,7 +6,8 @@ processes of the example trainer, with op determinism and a fixed seed:
   2. batch-level backups, SIGKILLed mid-epoch, restarted, SIGKILLed mid-epoch
      again, restarted to completion;
   3. epoch-level backups, SIGKILLed at an epoch boundary, restarted.
-Final weights (SHA-256 of every variable), optimizer iterations and the
+Final weights (SHA-256 of every variable, and of every variable the model
+holds: its optimizers' and raw tf.Variables), optimizer iterations and the
 History returned by fit() must equal the reference exactly.
 """
 
@@ -35,6 +36,11 @@ INPUTS = {
     "dropout": ["--dropout=0.3"],
     "mirrored_two_cpus": ["--strategy=mirrored", "--input=dataset"],
     "one_device": ["--strategy=one_device"],
+    # Optimizers held as attributes (one of them also the compiled one, so
+    # built on a subset of the variables), a raw tf.Variable.
+    "gan": ["--model=gan"],
+    "gan_optimizer_in_compile": ["--model=gan_optimizer_in_compile"],
+    "raw_variable": ["--model=raw_variable"],
     "central_storage_two_cpus": ["--strategy=central_storage"],
     # Only in the _tpu variant (a TPU VM); skipped elsewhere.
     "tpu": ["--strategy=tpu", "--input=dataset"],
@@ -76,6 +82,7 @@ class ExactResumeTest(test_case.TestCase):
         got, want = run.result, reference.result
         self.assertIsNotNone(got["resumed_from"], run.describe())
         self.assertEqual(got["weights_sha256"], want["weights_sha256"])
+        self.assertEqual(got["state_sha256"], want["state_sha256"])
         self.assertEqual(
             got["optimizer_iterations"], want["optimizer_iterations"]
         )

@@ -99,22 +99,44 @@ class Resume:
                 )
             model.build_from_config(config)
         run.random_generators = run.adapter.layer_random_generators(model)
-        problems = keras_state.diff(metadata["fingerprint"], run.fingerprint())
+        backup_fp = metadata["fingerprint"]
+        held = run.held_state()
+        self._check_fingerprint(
+            info,
+            keras_state.diff(backup_fp, run.fingerprint(held), True),
+        )
+        # Slot variables are made now so that they are restored here, not
+        # lazily at the first step: each optimizer the backup holds built
+        # is built on the same variables; the others stay unbuilt.
+        if "held" in backup_fp:
+            keras_state.build_held_optimizers(
+                backup_fp["held"], held, run.adapter
+            )
+            held = run.held_state()
+            self._check_fingerprint(
+                info, keras_state.diff(backup_fp, run.fingerprint(held))
+            )
+        else:
+            # Written by an earlier version: the compiled optimizer, built
+            # on the trainable variables, is all it holds.
+            run.adapter.build_optimizer(
+                model.optimizer, model.trainable_variables
+            )
+        _check_callback_tensors(info)
+        self._holder = callback_states.holder(spec=metadata["callback_tensors"])
+        return run.checkpoint(self._holder, held)
+
+    def _check_fingerprint(self, info, problems) -> None:
+        """Raises BackupMismatchError listing `problems`, if any."""
         if problems:
             raise errors.BackupMismatchError(
                 f"The backup in {info.path} was written by a different model "
                 "or optimizer, so it cannot be restored into this one:\n  "
                 + "\n  ".join(problems)
-                + f"\nNothing was restored or deleted. Train the same model "
-                f"as before to resume, or use another backup_dir (or delete "
-                f"{backup_dir}) to start from scratch."
+                + "\nNothing was restored or deleted. Train the same model "
+                "as before to resume, or use another backup_dir (or delete "
+                f"{self._run.callback.backup_dir}) to start from scratch."
             )
-        # Slot variables are made now so that they are restored here, not
-        # lazily at the first step.
-        run.adapter.build_optimizer(model.optimizer, model.trainable_variables)
-        _check_callback_tensors(info)
-        self._holder = callback_states.holder(spec=metadata["callback_tensors"])
-        return run.checkpoint(self._holder)
 
     def _check_fit_call(self, info):
         """Refuses a backup whose data positions mean something else here.

@@ -69,6 +69,16 @@ class FitRun:
         self.optimizer_fp = keras_state.optimizer_fingerprint(
             model.optimizer, adapter
         )
+        # Configurations before training changes them, as optimizer_fp.
+        self.held_configs = {
+            path: keras_state.optimizer_fingerprint(optimizer, adapter)
+            for path, optimizer in keras_state.held_state(
+                model, adapter
+            ).optimizers
+        }
+        self._held = None  # the HeldState the backup's checkpoint holds
+        self._held_signature = None
+        self._warned_unsaved = set()
         context = adapter.fit_context()
         self.fit_call = {
             "index": COMPLETED_FITS[directory_key(callback.backup_dir)],
@@ -106,6 +116,9 @@ class FitRun:
             model.distribute_strategy, scope=f"fit#{self.fit_call['index']}"
         )
         fit_resume.warn_about_unsaved_state(self.adapter, model)
+        self._warn_about_unsaved_optimizers(
+            keras_state.held_state(model, self.adapter)
+        )
         resume = fit_resume.Resume(self)
         restored = self.engine.restore(resume.prepare)
         if restored is None:
@@ -317,14 +330,53 @@ class FitRun:
 
         return train_function_with_position
 
-    def checkpoint(self, callback_tensors):
+    def held_state(self):
+        """What the model holds beyond its weights, found again (an
+        optimizer may have been built since)."""
+        self._held = keras_state.held_state(self.model, self.adapter)
+        self._held_signature = keras_state.held_signature(
+            self._held, self.adapter
+        )
+        return self._held
+
+    def checkpoint(self, callback_tensors, held=None):
         """What a backup holds in tensors."""
+        if held is None:
+            held = self.held_state()
         return tf.train.Checkpoint(
             **self.adapter.checkpoint_objects(
-                self.model, self.random_generators
+                self.model, self.random_generators, held
             ),
             callback_tensors=callback_tensors,
         )
+
+    def _warn_about_unsaved_optimizers(self, held) -> None:
+        objects = [o for o in held.unsaved if o not in self._warned_unsaved]
+        if objects:
+            self._warned_unsaved.update(objects)
+            logging.warning(
+                "The model holds %s, whose state a backup of a Keras 3 "
+                "model does not hold (it holds variables): a resumed run "
+                "starts from what the code gives it. Keep such state in "
+                "tf.Variables, or build it the same way in every run.",
+                ", ".join(objects),
+            )
+        unsaved = [
+            path
+            for path in keras_state.unsaved_optimizers(held, self.adapter)
+            if path not in self._warned_unsaved
+        ]
+        if unsaved:
+            self._warned_unsaved.update(unsaved)
+            logging.warning(
+                "Optimizer(s) %s were built on variables the model does not "
+                "hold (neither its weights nor a tf.Variable it tracks): a "
+                "restore cannot build them on those variables again, so "
+                "their state is not restored. Keep the variables an "
+                "optimizer updates in the model (as layers or tf.Variable "
+                "attributes).",
+                ", ".join(unsaved),
+            )
 
     def _checkpoint_for(self, tensors):
         """The checkpoint for a backup, the same object while possible.
@@ -334,20 +386,36 @@ class FitRun:
         state again every time.
         """
         spec = callback_states.tensor_spec(tensors)
-        if self._write_checkpoint is None or spec != self._write_spec:
+        held_changed = self._held is None or self._held_signature != (
+            keras_state.held_signature(self._held, self.adapter)
+        )
+        if (
+            self._write_checkpoint is None
+            or spec != self._write_spec
+            or held_changed
+        ):
+            if held_changed:
+                # An optimizer made its state since the last backup (its
+                # first step): the fingerprint records it.
+                self._static = None
+            held = self.held_state()
+            self._warn_about_unsaved_optimizers(held)
             self._write_holder = callback_states.holder(tensors=tensors)
-            self._write_checkpoint = self.checkpoint(self._write_holder)
+            self._write_checkpoint = self.checkpoint(self._write_holder, held)
             self._write_spec = spec
         else:
             callback_states.assign(self._write_holder, tensors)
         return self._write_checkpoint
 
-    def fingerprint(self) -> dict:
+    def fingerprint(self, held=None) -> dict:
+        if held is None:
+            held = self._held if self._held is not None else self.held_state()
         return keras_state.fingerprint(
             self.model,
             self.adapter,
             self.optimizer_fp,
             len(self.random_generators),
+            keras_state.held_fingerprint(held, self.adapter, self.held_configs),
         )
 
     def _static_metadata(self) -> dict:
@@ -368,6 +436,7 @@ class FitRun:
     def write(self, epoch, step, metrics=None, epoch_trained=False):
         started = time.monotonic()  # training waits from here
         states, tensors = callback_states.collect(self.others, self.adapter)
+        checkpoint = self._checkpoint_for(tensors)  # before the metadata
         if metrics is None:
             # Mid-epoch, the metrics hold the epoch's running values.
             metrics = (
@@ -406,7 +475,7 @@ class FitRun:
             callback_tensors=callback_states.tensor_spec(tensors),
         )
         self.engine.write(
-            self._checkpoint_for(tensors),
+            checkpoint,
             metadata,
             label=f"epoch {epoch}, batch {step}",
             blocked_since=started,

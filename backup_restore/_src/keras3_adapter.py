@@ -32,7 +32,15 @@ data iterator. What this module touches, and why:
   the learning rate is a schedule.
 - `Trainer._symbolic_build(data_batch=...)`: builds the compiled metrics
   before the first step (without a strategy fit() builds them when it
-  traces the train step), so that a mid-epoch resume can restore them.
+  traces the train step), so that a mid-epoch resume can restore them. It
+  builds an unbuilt `model.optimizer` too unless `Optimizer.built` is set.
+- TensorFlow's `Trackable._serialize_to_tensors`: overridden by an object
+  that a checkpoint saves by itself (a MutableHashTable); one such held by
+  a model is named in the warning at fit()'s start (the backup holds
+  variables, not the model object).
+- `BaseOptimizer._trainable_variables`: the variables an optimizer was
+  built on (a subset of the model's, for a GAN's), so that a restore builds
+  it on the same ones before filling its state.
 - `keras.src.backend.Variable.value`: the tf.Variable (under a strategy a
   distributed one) behind a Keras variable, for per-replica metric state.
 
@@ -327,7 +335,18 @@ def build_compiled_metrics(model, context) -> None:
     batch = tf.nest.map_structure(
         lambda s: keras.KerasTensor(tuple(s.shape), s.dtype.name), spec
     )
-    model._symbolic_build(data_batch=batch)
+    # `_symbolic_build` also builds an unbuilt `model.optimizer` on every
+    # trainable variable; one that a custom train_step never uses (a GAN's
+    # default) stays unbuilt in an uninterrupted run, and so here.
+    optimizer = model.optimizer
+    unbuilt = optimizer is not None and not optimizer.built
+    if unbuilt:
+        optimizer.built = True
+    try:
+        model._symbolic_build(data_batch=batch)
+    finally:
+        if unbuilt:
+            optimizer.built = False
 
 
 def metrics_result(model) -> dict:
@@ -367,10 +386,12 @@ def layers_with_unsaved_state(model) -> list[str]:
     ]
 
 
-def checkpoint_objects(model, random_generators) -> dict:
+def checkpoint_objects(model, random_generators, held) -> dict:
     """What a backup's tf.train.Checkpoint holds of the model: the
     tf.Variable behind every Keras variable of the model (weights, seed
-    states) and of its optimizer, in their (deterministic) order.
+    states) and of its optimizer, in their (deterministic) order; then,
+    where the model holds them (`held`, a keras_state.HeldState), those of
+    its other optimizers and the variables outside `model.variables`.
 
     Not the model itself: TensorFlow's asynchronous checkpointing copies a
     Keras 3 variable with `Variable._copy_trackable_to_cpu`, which makes a
@@ -380,12 +401,30 @@ def checkpoint_objects(model, random_generators) -> dict:
     that the lists line up before anything is restored.
     """
     del random_generators  # among model.variables
-    return {
+    objects = {
         "model_variables": [tf_variable(v) for v in model.variables],
         "optimizer_variables": [
             tf_variable(v) for v in model.optimizer.variables
         ],
     }
+    # Only where there are any: a backup of a model without them holds
+    # what it always held.
+    others = [
+        o
+        for _, o in held.optimizers
+        if o is not model.optimizer
+        and optimizer_built_on(o, held.variables) != (True, None)
+    ]
+    if others:
+        objects["held_optimizers"] = [
+            [tf_variable(v) for v in optimizer.variables]
+            for optimizer in others
+        ]
+    if held.extra_variables:
+        objects["held_variables"] = [
+            tf_variable(v) for _, v in held.extra_variables
+        ]
+    return objects
 
 
 def layer_random_generators(model) -> list:
@@ -468,6 +507,47 @@ def tf_variable(variable):
     """The tf.Variable behind a Keras variable (a distributed one under a
     strategy)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def state_not_backed_up(obj) -> bool:
+    """Whether `obj`, found among a model's trackable attributes, saves
+    state of its own in a tf.train.Checkpoint (a MutableHashTable) that
+    checkpoint_objects does not hold (it holds variables, not the model).
+
+    `Trackable._serialize_to_tensors` is what such an object overrides.
+    """
+    if isinstance(obj, (keras.Variable, tf.Variable)):
+        return False
+    own = getattr(type(obj), "_serialize_to_tensors", None)
+    return own is not None and own is not _TRACKABLE_SERIALIZE
+
+
+_TRACKABLE_SERIALIZE = tf.__internal__.tracking.Trackable._serialize_to_tensors
+
+
+def is_optimizer(value) -> bool:
+    return isinstance(value, keras.optimizers.Optimizer)
+
+
+def optimizer_variables(optimizer) -> list:
+    return list(optimizer.variables)
+
+
+def optimizer_built_on(optimizer, candidates):
+    """(built, indices): whether `optimizer` has made its per-variable
+    state, and the positions in `candidates` of the variables it was built
+    on, in its order (None when one of them is not among `candidates`).
+
+    `BaseOptimizer._trainable_variables` is the list it was built on.
+    """
+    if not optimizer.built:
+        return False, None
+    position = {}
+    for i, candidate in enumerate(candidates):
+        position.setdefault(id(candidate), i)
+        position.setdefault(id(tf_variable(candidate)), i)
+    indices = [position.get(id(v)) for v in optimizer._trainable_variables]
+    return True, None if None in indices else indices
 
 
 def build_optimizer(optimizer, variables) -> None:

@@ -15,6 +15,7 @@ from keras.src.trainers import epoch_iterator
 
 from backup_restore._src import flavours
 from backup_restore._src import keras3_adapter
+from backup_restore._src import keras_state
 from backup_restore._src import position
 from testing import keras_callbacks
 from testing import synthetic
@@ -212,7 +213,9 @@ class Keras3AdapterContractTest(test_case.TestCase):
         options = tf.train.CheckpointOptions(
             experimental_enable_async_checkpoint=True
         )
-        objects = keras3_adapter.checkpoint_objects(model, None)
+        objects = keras3_adapter.checkpoint_objects(
+            model, None, keras_state.held_state(model, keras3_adapter)
+        )
         checkpoint = tf.train.Checkpoint(**objects)
         prefix = self.tmp + "/ckpt"
         for _ in range(2):
@@ -225,6 +228,56 @@ class Keras3AdapterContractTest(test_case.TestCase):
         status.assert_existing_objects_matched()
         for got, want in zip(model.variables, before, strict=True):
             np.testing.assert_array_equal(got.numpy(), want)
+
+    def test_metrics_build_leaves_an_unbuilt_optimizer_unbuilt(self):
+        # _symbolic_build builds model.optimizer unless Optimizer.built.
+        model = synthetic.gan_model("keras3")
+
+        def check(m, seen):
+            keras3_adapter.build_compiled_metrics(
+                m, keras3_adapter.fit_context()
+            )
+            seen["built"] = m.optimizer.built
+            seen["variables"] = len(m.optimizer.variables)
+
+        probe = _Probe(check)
+        x, noise = synthetic.gan_data(16)
+        unbuilt = len(model.optimizer.variables)  # iterations, learning rate
+        model.fit(x, noise, epochs=1, verbose=0, callbacks=[probe])
+        self.assertFalse(probe.seen["built"])
+        self.assertEqual(probe.seen["variables"], unbuilt)
+        self.assertFalse(model.optimizer.built)
+
+    def test_optimizer_records_the_variables_it_was_built_on(self):
+        # BaseOptimizer._trainable_variables: the list build() was given.
+        variables = [keras.Variable(np.zeros((n,), "float32")) for n in (2, 3)]
+        optimizer = keras.optimizers.Adam()
+        self.assertEqual(
+            keras3_adapter.optimizer_built_on(optimizer, variables),
+            (False, None),
+        )
+        optimizer.build([variables[1]])
+        self.assertEqual(optimizer._trainable_variables, [variables[1]])
+        self.assertEqual(
+            keras3_adapter.optimizer_built_on(optimizer, variables), (True, [1])
+        )
+        self.assertEqual(
+            keras3_adapter.optimizer_built_on(optimizer, variables[:1]),
+            (True, None),
+        )
+
+    def test_objects_saving_state_of_their_own_are_told_apart(self):
+        # Trackable._serialize_to_tensors: overridden by a MutableHashTable.
+        table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, -1)
+        self.assertTrue(keras3_adapter.state_not_backed_up(table))
+        for obj in (
+            tf.Variable(1.0),
+            keras.Variable(1.0),
+            tf.random.Generator.from_seed(1),  # its state is a tf.Variable
+            keras.layers.Dense(1),
+            keras.optimizers.Adam(),
+        ):
+            self.assertFalse(keras3_adapter.state_not_backed_up(obj), obj)
 
     def test_multi_worker_and_parameter_server_are_refused(self):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()

@@ -12,6 +12,8 @@ builds the model again, e.g. after Ctrl-C in a notebook), and restoring does
 not depend on them.
 """
 
+import collections
+import dataclasses
 import json
 
 import numpy as np
@@ -109,9 +111,16 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def diff(backup: dict, current: dict) -> list[str]:
-    """Human-readable differences between two fingerprints (empty: equal)."""
+def diff(backup: dict, current: dict, structure_only=False) -> list[str]:
+    """Human-readable differences between two fingerprints (empty: equal).
+
+    A backup written before fingerprints recorded what the model holds
+    beyond its weights (`held`) is compared without it: it holds the
+    model's weights and compiled optimizer only.
+    """
     problems = []
+    if "held" in backup:
+        problems += held_diff(backup["held"], current["held"], structure_only)
     if backup["model_class"] != current["model_class"]:
         problems.append(
             f"model class: backup {backup['model_class']}, "
@@ -150,14 +159,226 @@ def diff(backup: dict, current: dict) -> list[str]:
 
 
 def fingerprint(
-    model, adapter: Adapter, optimizer_part: dict, random_generators: int
+    model,
+    adapter: Adapter,
+    optimizer_part: dict,
+    random_generators: int,
+    held: dict,
 ) -> dict:
     return {
         "model_class": type(model).__name__,
         "variables": variables_fingerprint(model, adapter),
         "optimizer": optimizer_part,
         "random_generators": random_generators,
+        "held": held,
     }
+
+
+@dataclasses.dataclass
+class HeldState:
+    """The trackable state a model holds beyond its weights and its
+    compiled optimizer, found through the attributes tf.train.Checkpoint
+    follows (nested in sub-layers, lists and dicts).
+
+    Attributes:
+      optimizers: (attribute path, optimizer) of every optimizer the model
+        holds, `model.optimizer` first (path "optimizer"), then the others
+        breadth-first by attribute path; each once.
+      variables: what an optimizer may be built on: the model's variables,
+        then `extra_variables`.
+      extra_variables: (attribute path, variable) of the variables the
+        model holds outside `model.variables`: raw tf.Variables, the Keras
+        variables of layers it does not list.
+      unsaved: "path (type)" of the objects with checkpointable state of
+        their own that a backup of this flavour does not hold (a Keras 3
+        model holding a MutableHashTable).
+    """
+
+    optimizers: list
+    variables: list
+    extra_variables: list
+    unsaved: list = dataclasses.field(default_factory=list)
+
+
+def held_state(model, adapter: Adapter) -> HeldState:
+    """Walks the model's trackable attributes breadth-first (children in
+    their tracked order, so paths and order are the same in every run of
+    the same code); an optimizer's own state is its own (not walked)."""
+    try:
+        model_variables = list(model.variables)
+    except ValueError:
+        # An unbuilt tf-keras Sequential has no weights to list yet.
+        model_variables = []
+    known = set()
+    for variable in model_variables:
+        known.add(id(variable))
+        known.add(id(adapter.tf_variable(variable)))
+    optimizers = []
+    if getattr(model, "optimizer", None) is not None:
+        optimizers.append(("optimizer", model.optimizer))
+    extra = []
+    unsaved = []
+    visited = {id(model)} | {id(o) for _, o in optimizers}
+    queue = collections.deque([("", model)])
+    while queue:
+        path, obj = queue.popleft()
+        children = tf.train.TrackableView(obj).children(obj)
+        for name, child in children.items():
+            if id(child) in visited:
+                continue
+            visited.add(id(child))
+            child_path = f"{path}.{name}" if path else name
+            if adapter.is_optimizer(child):
+                optimizers.append((child_path, child))
+                continue
+            if adapter.is_variable(child) or isinstance(child, tf.Variable):
+                if id(child) not in known and (
+                    id(adapter.tf_variable(child)) not in known
+                ):
+                    extra.append((child_path, child))
+                continue
+            if adapter.state_not_backed_up(child):
+                unsaved.append(f"{child_path} ({type(child).__name__})")
+            queue.append((child_path, child))
+    return HeldState(
+        optimizers=optimizers,
+        variables=model_variables + [v for _, v in extra],
+        extra_variables=extra,
+        unsaved=unsaved,
+    )
+
+
+def held_signature(held: HeldState, adapter: Adapter) -> tuple:
+    """Changes when an optimizer makes its state (a backup must then hold
+    it too)."""
+    return tuple(
+        len(adapter.optimizer_variables(o)) for _, o in held.optimizers
+    )
+
+
+def _variable_entry(variable) -> str:
+    shape = [int(d) if d is not None else None for d in variable.shape]
+    return f"{tf.as_dtype(variable.dtype).name}{shape}"
+
+
+def held_fingerprint(held: HeldState, adapter: Adapter, configs) -> dict:
+    """What a backup records of `held`: each optimizer's path, class,
+    configuration (from `configs`, path -> optimizer_fingerprint, taken
+    before training), whether it was built and on which of
+    `held.variables` (positions), and its variables; each extra variable's
+    path, dtype and shape."""
+    optimizers = []
+    for path, optimizer in held.optimizers:
+        built, built_on = adapter.optimizer_built_on(optimizer, held.variables)
+        entry = configs.get(path) or optimizer_fingerprint(optimizer, adapter)
+        optimizers.append(
+            {
+                "path": path,
+                "class": entry["class"],
+                "config": entry["config"],
+                "built": built,
+                "built_on": built_on,
+                # A lazily built (legacy) optimizer has its slots restored
+                # when it makes them: they are not compared. Nor are those
+                # of one built on variables the model does not hold: a
+                # backup cannot hold them (unsaved_optimizers).
+                "variables": None
+                if built is None or (built and built_on is None)
+                else [
+                    _variable_entry(v)
+                    for v in adapter.optimizer_variables(optimizer)
+                ],
+            }
+        )
+    return {
+        "optimizers": optimizers,
+        "variable_count": len(held.variables),
+        "extra_variables": [
+            {"path": path, "variable": _variable_entry(variable)}
+            for path, variable in held.extra_variables
+        ],
+    }
+
+
+def unsaved_optimizers(held: HeldState, adapter: Adapter) -> list[str]:
+    """Paths of the built optimizers whose variables are not all the
+    model's: a restore could not build them again on the same ones."""
+    return [
+        path
+        for path, optimizer in held.optimizers
+        if adapter.optimizer_built_on(optimizer, held.variables) == (True, None)
+    ]
+
+
+def build_held_optimizers(backup: dict, held: HeldState, adapter) -> None:
+    """Builds each optimizer that was built when the backup was written,
+    on the same variables, so that the restore fills its state; leaves
+    the others (an unused default optimizer) unbuilt, as the backup has
+    them. `backup` is the backup's held_fingerprint; diff() has checked
+    that it lines up with `held`."""
+    for entry, (_, optimizer) in zip(
+        backup["optimizers"], held.optimizers, strict=True
+    ):
+        if entry["built"] and entry["built_on"] is not None:
+            built, _ = adapter.optimizer_built_on(optimizer, held.variables)
+            if not built:
+                adapter.build_optimizer(
+                    optimizer, [held.variables[i] for i in entry["built_on"]]
+                )
+
+
+def held_diff(backup: dict, current: dict, structure_only: bool) -> list:
+    """Differences between two held_fingerprints. With `structure_only`,
+    what an optimizer's build changes (built, its variables) is left out:
+    they are compared once the optimizers are built as the backup's were."""
+    problems = []
+    bo, co = backup["optimizers"], current["optimizers"]
+    if [o["path"] for o in bo] != [o["path"] for o in co]:
+        problems.append(
+            "optimizers held: backup "
+            f"{[o['path'] for o in bo] or 'none'}, model "
+            f"{[o['path'] for o in co] or 'none'}"
+        )
+    else:
+        for b, c in zip(bo, co, strict=True):
+            where = f"optimizer {b['path']!r}"
+            if b["class"] != c["class"]:
+                problems.append(
+                    f"{where} class: backup {b['class']}, model {c['class']}"
+                )
+            elif b["path"] != "optimizer" and not _same(
+                b["config"], c["config"]
+            ):
+                problems.append(
+                    f"{where} config: backup {b['config']}, model {c['config']}"
+                )
+            if b["built"] and b["built_on"] is not None:
+                if max(b["built_on"], default=-1) >= current["variable_count"]:
+                    problems.append(
+                        f"{where} was built on variables #{b['built_on']}: "
+                        f"the model holds {current['variable_count']}"
+                    )
+                    continue
+            if structure_only:
+                continue
+            if b["built"] != c["built"] or b["built_on"] != c["built_on"]:
+                problems.append(
+                    f"{where}: backup built on variables #{b['built_on']}, "
+                    f"model #{c['built_on']}"
+                )
+            elif b["variables"] != c["variables"]:
+                problems.append(
+                    f"{where} variables: backup {b['variables']}, model "
+                    f"{c['variables']}"
+                )
+    be, ce = backup["extra_variables"], current["extra_variables"]
+    if be != ce:
+        problems.append(
+            "variables held outside model.variables: backup "
+            f"{[e['path'] + ' ' + e['variable'] for e in be] or 'none'}, "
+            f"model {[e['path'] + ' ' + e['variable'] for e in ce] or 'none'}"
+        )
+    return problems
 
 
 def metric_states(model, adapter: Adapter) -> list:

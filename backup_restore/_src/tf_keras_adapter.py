@@ -43,6 +43,10 @@ touches, and why:
   `inferred_steps` / `_inferred_steps`: what a data position means (checked
   on resume), and the epoch length fit() counted for an input of unknown
   size (given to a resumed fit()).
+- `Optimizer._built`, `_index_dict` and `_var_key` (optimizer.Optimizer):
+  whether an optimizer made its slots and on which variables (a GAN's are
+  built on a subset of the model's), so that a restore builds it on the
+  same ones before filling them.
 - `Optimizer._learning_rate` (optimizer.Optimizer), `_hyper["learning_rate"]`
   (legacy optimizers), `LossScaleOptimizer.inner_optimizer`: whether the
   learning rate is a schedule (then it cannot be set, and need not be).
@@ -299,10 +303,13 @@ def legacy_rng_layers(model: tf_keras.Model) -> list[str]:
     return names
 
 
-def checkpoint_objects(model, random_generators) -> dict:
+def checkpoint_objects(model, random_generators, held) -> dict:
     """What a backup's tf.train.Checkpoint holds of the model: the model,
     its optimizer, and the layers' tf.random.Generators, which tf-keras
-    leaves out of the model's checkpoint."""
+    leaves out of the model's checkpoint. The model's checkpoint holds
+    everything it tracks: its other optimizers and its raw tf.Variables
+    (`held`) among them."""
+    del held
     return {
         "model": model,
         "optimizer": model.optimizer,
@@ -453,6 +460,55 @@ def is_variable(value) -> bool:
 
 def tf_variable(variable):
     return variable
+
+
+def state_not_backed_up(obj) -> bool:
+    """Nothing the model tracks: the backup holds the model object, and so
+    everything a checkpoint of it saves."""
+    del obj
+    return False
+
+
+def is_optimizer(value) -> bool:
+    return isinstance(
+        value,
+        (tf_keras.optimizers.Optimizer, tf_keras.optimizers.legacy.Optimizer),
+    )
+
+
+def optimizer_variables(optimizer) -> list:
+    variables = optimizer.variables
+    # A legacy optimizer's is a method.
+    return list(variables() if not isinstance(variables, list) else variables)
+
+
+def optimizer_built_on(optimizer, candidates):
+    """(built, indices): whether `optimizer` has made its per-variable
+    state (None for a legacy optimizer, which makes its slots lazily and
+    has them restored when it does), and the positions in `candidates` of
+    the variables it was built on, in its order (None when one of them is
+    not among `candidates`).
+
+    `Optimizer._built`, `_index_dict` (variable key -> position in the list
+    it was built on) and `_var_key`: what `Optimizer.build` records.
+    """
+    # A LossScaleOptimizer is built by building the optimizer it wraps.
+    while is_optimizer(getattr(optimizer, "inner_optimizer", None)):
+        optimizer = optimizer.inner_optimizer
+    if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
+        return None, None
+    if not getattr(optimizer, "_built", False):
+        return False, None
+    index = getattr(optimizer, "_index_dict", None)
+    if index is None:
+        return True, None
+    found = {}
+    for i, candidate in enumerate(candidates):
+        found.setdefault(index.get(optimizer._var_key(candidate)), i)
+    found.pop(None, None)
+    if sorted(found) != list(range(len(index))):
+        return True, None
+    return True, [found[position] for position in range(len(index))]
 
 
 def build_optimizer(optimizer, variables) -> None:

@@ -5,6 +5,7 @@ instead of making backups silently wrong.
 """
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
 from absl.testing import absltest
 
@@ -176,6 +177,42 @@ class AdapterContractTest(test_case.TestCase):
         probe = self._fit(check)
         self.assertEqual(probe.seen["names"], ["loss", "mae"])
         self.assertEqual(probe.seen["variables"], 4)
+
+    def test_optimizer_records_the_variables_it_was_built_on(self):
+        # Optimizer._built, _index_dict and _var_key: what build() records.
+        variables = [tf.Variable(np.zeros((n,), "float32")) for n in (2, 3)]
+        optimizer = tf_keras.optimizers.Adam()
+        self.assertEqual(
+            keras_adapter.optimizer_built_on(optimizer, variables),
+            (False, None),
+        )
+        optimizer.build([variables[1]])
+        self.assertTrue(optimizer._built)
+        self.assertEqual(
+            optimizer._index_dict, {optimizer._var_key(variables[1]): 0}
+        )
+        self.assertEqual(
+            keras_adapter.optimizer_built_on(optimizer, variables), (True, [1])
+        )
+        self.assertEqual(
+            keras_adapter.optimizer_built_on(optimizer, variables[:1]),
+            (True, None),
+        )
+        # A LossScaleOptimizer is built by building the one it wraps.
+        scaled = tf_keras.mixed_precision.LossScaleOptimizer(
+            tf_keras.optimizers.Adam()
+        )
+        scaled.build([variables[0]])
+        self.assertEqual(
+            keras_adapter.optimizer_built_on(scaled, variables), (True, [0])
+        )
+        # A legacy optimizer makes its slots lazily: there is no build.
+        self.assertEqual(
+            keras_adapter.optimizer_built_on(
+                tf_keras.optimizers.legacy.Adam(), variables
+            ),
+            (None, None),
+        )
 
     def test_model_history_is_this_fits_history_in_on_train_begin(self):
         def check(model, seen):
