@@ -318,6 +318,55 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
+def _control_handler(front: _Front):
+    """The test's side of the front: counts and faults, as JSON."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            request = json.loads(self.rfile.read(length) or b"{}")
+            with front.lock:
+                if self.path == "/counts":
+                    answer = dict(front.counts)
+                    if request.get("reset"):
+                        front.counts.clear()
+                elif self.path == "/fail":
+                    front.faults.append(_Fault(**request))
+                    answer = {}
+                elif self.path == "/clear":
+                    front.faults.clear()
+                    answer = {"injected": front.injected}
+                    front.injected = 0
+                else:
+                    self.send_error(404)
+                    return
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def _front_main(backend_port, control_port, cert_file) -> None:
+    """The HTTPS front, in a process of its own: TensorFlow's checkpoint
+    reader holds the GIL during its gs:// reads, so a front thread in the
+    test process would deadlock with it."""
+    front = _Front(int(backend_port))
+    httpd = _Server(("127.0.0.1", 443), _handler(front))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    control = _Server(("127.0.0.1", int(control_port)), _control_handler(front))
+    threading.Thread(target=control.serve_forever, daemon=True).start()
+    print("READY", flush=True)
+    httpd.serve_forever()
+
+
 class GcsServer:
     """fake-gcs-server behind the HTTPS front, in this process's namespace.
 
@@ -329,7 +378,6 @@ class GcsServer:
     def __init__(self):
         self._tmp = None
         self._process = None
-        self._httpd = None
         self._front = None
 
     def start(self) -> None:
@@ -388,16 +436,23 @@ class GcsServer:
             backend_port, "POST", "/storage/v1/b", json.dumps({"name": BUCKET})
         )
 
-        self._front = _Front(backend_port)
-        self._httpd = _Server(("127.0.0.1", 443), _handler(self._front))
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        cert.configure_cert(context)
-        self._httpd.socket = context.wrap_socket(
-            self._httpd.socket, server_side=True
+        cert_file = os.path.join(self._tmp, "server.pem")
+        cert.private_key_and_cert_chain_pem.write_to_path(cert_file)
+        self._backend_port = backend_port
+        self._control_port = self._free_port()
+        self._front = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                str(backend_port),
+                str(self._control_port),
+                cert_file,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        threading.Thread(
-            target=self._httpd.serve_forever, name="gcs-front", daemon=True
-        ).start()
+        if self._front.stdout.readline().strip() != "READY":
+            raise RuntimeError("the HTTPS front did not start")
 
         os.environ.update(
             CURL_CA_BUNDLE=ca_file,
@@ -409,10 +464,10 @@ class GcsServer:
         )
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        if self._front is not None:
+            self._front.kill()
+            self._front.communicate()
+            self._front = None
         if self._process is not None:
             self._process.terminate()
             try:
@@ -433,8 +488,7 @@ class GcsServer:
     def counts(self) -> collections.Counter:
         """The requests the front has seen, by kind ("GET media", "POST
         upload", "GET list", ...): a copy."""
-        with self._front.lock:
-            return collections.Counter(self._front.counts)
+        return collections.Counter(self._control("/counts", {}))
 
     def writes(self) -> int:
         """How many of the requests counted change the bucket (anything but
@@ -446,23 +500,34 @@ class GcsServer:
         )
 
     def reset_counts(self) -> None:
-        with self._front.lock:
-            self._front.counts.clear()
+        self._control("/counts", {"reset": True})
 
     def fail(self, status: int, method=None, path_contains=None, times=-1):
         """Answers matching requests with HTTP `status` instead of
         forwarding them, `times` times (-1: until `clear_faults`)."""
-        with self._front.lock:
-            self._front.faults.append(
-                _Fault(status, method, path_contains, times)
-            )
+        self._control(
+            "/fail",
+            dict(
+                status=status,
+                method=method,
+                path_contains=path_contains,
+                remaining=times,
+            ),
+        )
 
     def clear_faults(self) -> int:
         """Stops injecting; returns how many answers were injected."""
-        with self._front.lock:
-            self._front.faults.clear()
-            injected, self._front.injected = self._front.injected, 0
-            return injected
+        return self._control("/clear", {})["injected"]
+
+    def _control(self, path, request):
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self._control_port, timeout=30
+        )
+        try:
+            connection.request("POST", path, body=json.dumps(request))
+            return json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
 
     def object_names(self, prefix: str = "") -> list[str]:
         """The names of the bucket's objects under `prefix`, asked of the
@@ -474,7 +539,7 @@ class GcsServer:
                 query["pageToken"] = token
             listing = json.loads(
                 self._backend_request(
-                    self._front.backend_port,
+                    self._backend_port,
                     "GET",
                     f"/storage/v1/b/{BUCKET}/o?"
                     + urllib.parse.urlencode(query),
@@ -490,7 +555,7 @@ class GcsServer:
         machine would: this process's TensorFlow caches know nothing of it."""
         query = urllib.parse.urlencode({"uploadType": "media", "name": name})
         self._backend_request(
-            self._front.backend_port,
+            self._backend_port,
             "POST",
             f"/upload/storage/v1/b/{BUCKET}/o?{query}",
             data,
@@ -501,7 +566,7 @@ class GcsServer:
         """The bytes of object `name` (in BUCKET), from the server itself."""
         quoted = urllib.parse.quote(name, safe="")
         return self._backend_request(
-            self._front.backend_port,
+            self._backend_port,
             "GET",
             f"/storage/v1/b/{BUCKET}/o/{quoted}?alt=media",
         )
@@ -563,3 +628,7 @@ class GcsServer:
             return data
         finally:
             connection.close()
+
+
+if __name__ == "__main__":
+    _front_main(*sys.argv[1:])
