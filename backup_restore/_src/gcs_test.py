@@ -7,7 +7,13 @@ front counts requests (printed and bounded here) and injects HTTP errors.
 TensorFlow's stat cache is left at its default: the lease must hold under it.
 """
 
+import json
+import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 import uuid
 
 import numpy as np
@@ -16,6 +22,9 @@ from absl.testing import parameterized
 
 import backup_restore
 from backup_restore._src import errors
+from backup_restore._src import lease as lease_lib
+from backup_restore._src import owner_record
+from backup_restore._src import ownership
 from testing import gcs_server
 from testing import procs
 from testing import test_case
@@ -292,6 +301,155 @@ class GcsManagerTest(GcsCase):
         self.assertIn("backup-00000001 (newest)", run.stdout)
         self.assertEqual(_SERVER.writes(), 0, _SERVER.counts())
         self.assertEqual(self.names(), names)
+
+
+# A contender: tries to take the ownership of argv[1] (lease TTL argv[2])
+# argv[3] times in this one process (TensorFlow's stat cache lives as long as
+# the process); prints one JSON line of outcomes.
+_CONTENDER = """
+import json, sys
+from backup_restore._src import errors, ownership
+outcomes = []
+for _ in range(int(sys.argv[3])):
+    try:
+        handle = ownership.acquire(sys.argv[1], _lease_ttl=float(sys.argv[2]))
+    except errors.BackupDirInUseError as e:
+        outcomes.append("refused" if "in use by" in str(e) else str(e))
+    except Exception as e:
+        outcomes.append(f"{type(e).__name__}: {e}")
+    else:
+        outcomes.append("ACQUIRED")
+        handle.release()
+print("OUTCOMES", json.dumps(outcomes), flush=True)
+"""
+
+# An owner that holds argv[1] with lease TTL argv[2] until killed.
+_OWNER = """
+import sys, time
+from backup_restore._src import ownership
+handle = ownership.acquire(sys.argv[1], _lease_ttl=float(sys.argv[2]))
+print("OWNED", flush=True)
+time.sleep(3600)
+"""
+
+
+def _python(code, *args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+class GcsLeaseTest(GcsCase):
+    """The lease on gs:// under TensorFlow's default stat cache."""
+
+    TTL = 1.5
+    ATTEMPTS = 25
+
+    def _contend(self, attempts=ATTEMPTS):
+        proc = _python(_CONTENDER, self.dir, self.TTL, attempts)
+        stdout, stderr = proc.communicate(timeout=600)
+        line = [x for x in stdout.splitlines() if x.startswith("OUTCOMES ")]
+        self.assertLen(line, 1, f"{stdout}\n{stderr[-5000:]}")
+        return json.loads(line[0][len("OUTCOMES ") :]), stderr
+
+    def test_second_job_refused_every_time_while_the_owner_renews(self):
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.addCleanup(handle.release)
+        outcomes, stderr = self._contend()
+        self.assertEqual(outcomes, ["refused"] * self.ATTEMPTS, stderr[-5000:])
+        handle.ensure()  # still the owner
+        self.assertFalse(handle.lost)
+
+    def test_dead_owner_on_this_host_is_taken_over(self):
+        owner = _python(_OWNER, self.dir, self.TTL)
+        self.assertEqual(owner.stdout.readline().strip(), "OWNED")
+        owner.kill()
+        owner.communicate()
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertEqual(handle.record["pid"], os.getpid())
+        handle.release()
+        # Only the directory's placeholder object is left: no lease.
+        self.assertEqual([n for n in self.names() if n], [])
+
+    def _foreign_lease(self, **changes):
+        now = time.time()
+        record = {
+            "host": "another-host",
+            "pid": 4242,
+            "since": "then",
+            "since_epoch": now,
+            "command": "train.py",
+            "boot_id": None,
+            "token": "theirs",
+            "mechanism": "lease",
+            "ttl": self.TTL,
+            "renewed_epoch": now,
+            "expires_epoch": now + self.TTL,
+        }
+        record.update(changes)
+        return record
+
+    def test_unrenewed_lease_of_another_host_is_taken_over_after_expiry(self):
+        _SERVER.write_object(
+            f"{self.prefix}/{ownership.LEASE_FILE}",
+            lease_lib.encode(self._foreign_lease()),
+        )
+        with self.assertLogs(level="WARNING") as logs:
+            handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertIn("Taking over", "\n".join(logs.output))
+        record = json.loads(
+            _SERVER.read_object(f"{self.prefix}/{ownership.LEASE_FILE}")
+        )
+        self.assertEqual(record["token"], handle.record["token"])
+        handle.release()
+
+    def _renew_old_format(self, stop):
+        """Rewrites an earlier release's lease (unpadded JSON, its length
+        changing) every TTL/3 until `stop` is set, as a live owner of that
+        release on another host would."""
+        n = 0
+        while not stop.is_set():
+            record = self._foreign_lease(command="train.py" + "x" * (n % 7))
+            _SERVER.write_object(
+                f"{self.prefix}/{ownership.LEASE_FILE}",
+                json.dumps(record).encode(),
+            )
+            n += 1
+            stop.wait(self.TTL / 3)
+
+    def test_renewed_lease_of_an_earlier_release_is_refused(self):
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._renew_old_format, args=(stop,), daemon=True
+        )
+        thread.start()
+        self.addCleanup(thread.join)
+        self.addCleanup(stop.set)
+        outcomes, stderr = self._contend(attempts=10)
+        self.assertEqual(outcomes, ["refused"] * 10, stderr[-5000:])
+
+    def test_expired_lease_of_an_earlier_release_is_taken_over(self):
+        _SERVER.write_object(
+            f"{self.prefix}/{ownership.LEASE_FILE}",
+            json.dumps(self._foreign_lease()).encode(),
+        )
+        with self.assertLogs(level="WARNING") as logs:
+            handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertIn("earlier release", "\n".join(logs.output))
+        raw = _SERVER.read_object(f"{self.prefix}/{ownership.LEASE_FILE}")
+        self.assertLen(raw, lease_lib.LEASE_SIZE)
+        self.assertEqual(json.loads(raw)["token"], handle.record["token"])
+        self.assertEqual(
+            owner_record.invalid_fields(json.loads(raw), lease=True), {}
+        )
+        handle.release()
 
 
 if __name__ == "__main__":
