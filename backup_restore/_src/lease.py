@@ -5,6 +5,17 @@ thread renews it every TTL/3. It is written as one object through
 tf.io.gfile, or on a local disk as a new file renamed over the old one.
 The takeover rule, by which another process refuses or takes a lease, is
 described in `ownership.py`.
+
+Every lease this release writes is exactly LEASE_SIZE bytes (its JSON
+padded with spaces). TensorFlow's gs:// client caches an object's length
+per process for seconds; a read of an object rewritten since then returns
+it cut to the cached length, or fails with "File contents are
+inconsistent". Of a lease that never changes length, a cached length is
+always the current one, so every read returns the current lease. A lease of
+an earlier release (unpadded, its length changing as it is renewed) read
+through a stale length comes out cut (it then differs from the one seen
+before: renewed) or raises that error, which also proves it was rewritten:
+either way its writer is alive.
 """
 
 import json
@@ -22,6 +33,22 @@ from backup_restore._src import paths
 from backup_restore._src import registry
 
 LEASE_FILE = ".backup_restore.lease"
+# The size of every lease this release writes.
+LEASE_SIZE = 4096
+# What a read returns for a lease rewritten since this process cached its
+# length (TensorFlow's stat cache): a live writer.
+REWRITTEN = b"<rewritten while being read>"
+
+
+def encode(lease: dict) -> bytes:
+    """`lease` as JSON, padded with spaces to LEASE_SIZE bytes (a very long
+    command is cut to fit)."""
+    lease = dict(lease)
+    data = json.dumps(lease).encode()
+    if len(data) > LEASE_SIZE:
+        lease["command"] = str(lease.get("command", ""))[:40]
+        data = json.dumps(lease).encode()
+    return data.ljust(LEASE_SIZE, b" ")
 
 
 def _gfile():
@@ -41,6 +68,8 @@ def _read_lease(path):
     raw = _read_lease_bytes(path)
     if raw is None:
         return None, None, {}
+    if raw is REWRITTEN:
+        return raw, None, {"record": "rewritten while being read"}
     try:
         record = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON (or not UTF-8)
@@ -68,12 +97,14 @@ def _read_lease_bytes(path):
     except Exception as e:  # tf.errors.NotFoundError etc.
         if type(e).__name__ == "NotFoundError":
             return None
+        if type(e).__name__ == "InternalError" and "inconsistent" in str(e):
+            return REWRITTEN  # its length changed since this process read it
         raise
     return raw
 
 
 def _write_lease(path, lease):
-    data = json.dumps(lease).encode()
+    data = encode(lease)
     if paths.is_local(path):
         local = paths.local(path)
         found = paths.kind(local)
@@ -115,8 +146,21 @@ def _process_gone(lease) -> bool:
     return False
 
 
+def _release_note(raw) -> str:
+    if raw is None or len(raw) == LEASE_SIZE:
+        return ""
+    return " (a lease of an earlier release of backup_restore: not padded)"
+
+
 def _renewed_error(directory, lease, invalid):
     """The refusal by a lease seen rewritten while watched."""
+    if lease is None and "record" in invalid:
+        return owner_record.in_use_error(
+            directory,
+            None,
+            f" Its lease ({invalid['record']}) is being renewed: its "
+            "writer is alive.",
+        )
     if invalid:
         return owner_record.in_use_error(
             directory,
@@ -169,7 +213,11 @@ class Lease(registry.Held):
                 ):
                     break  # this process's own, left by a crash
                 if time.time() > lease["expires_epoch"]:
-                    logging.warning("Taking over the expired lease %s", lease)
+                    logging.warning(
+                        "Taking over the expired lease %s%s",
+                        lease,
+                        _release_note(raw),
+                    )
                     break
                 if _process_gone(lease):
                     logging.warning(
@@ -181,11 +229,11 @@ class Lease(registry.Held):
             # An invalid lease tells nothing of its owner's liveness but
             # this: a live owner rewrites it every TTL/3. So every lease is
             # watched by its bytes.
-            if seen is None:
-                seen, seen_at = raw, time.monotonic()
-            elif raw != seen:
+            if raw is REWRITTEN or (seen is not None and raw != seen):
                 # Renewed (or newly taken) while we watched: a live owner.
                 raise _renewed_error(directory, lease, invalid)
+            if seen is None:
+                seen, seen_at = raw, time.monotonic()
             elif time.monotonic() - seen_at >= self._ttl:
                 if invalid:
                     logging.warning(
@@ -196,7 +244,11 @@ class Lease(registry.Held):
                         self._ttl,
                     )
                 else:
-                    logging.warning("Taking over the unrenewed lease %s", lease)
+                    logging.warning(
+                        "Taking over the unrenewed lease %s%s",
+                        lease,
+                        _release_note(raw),
+                    )
                 break
             time.sleep(poll)
         self.record = dict(owner_record.now_record("lease"), ttl=self._ttl)

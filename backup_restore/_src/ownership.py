@@ -31,6 +31,9 @@ How ownership is held depends on the filesystem:
   (Object stores have no compare-and-swap through tf.io.gfile: two takers
   within that moment could both proceed; the owner's renewal thread notices
   a lease that is no longer its own and logs an error.)
+  Every lease is written at one fixed size, so that TensorFlow's gs://
+  stat cache (a cached length per object) cannot cut or fail its reads
+  (`lease.py`).
   Local filesystems whose flock fails (NFS mounted `nolock`, some FUSE
   mounts) use the lease too.
 - ram:// is private to the process: only the in-process registry.
