@@ -79,8 +79,12 @@ def _missing_levels(directory: str) -> tuple[str, ...]:
     """
     if not paths.is_local(directory):
         return () if tf.io.gfile.exists(directory) else (directory,)
+    return _missing_local(paths.local(directory))
+
+
+def _missing_local(path: str) -> tuple[str, ...]:
+    """The levels of the local `path` that do not exist, deepest first."""
     missing = []
-    path = paths.local(directory)
     while not os.path.lexists(path):
         missing.append(path)
         parent = os.path.dirname(path)
@@ -94,14 +98,7 @@ def _make_dirs_durably(local: str) -> None:
     """`os.makedirs(local)`, each directory it creates fsync'd into its
     parent: a power loss must not take the directory (and the backups
     committed in it) away."""
-    missing = []
-    path = local
-    while not os.path.lexists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
+    missing = _missing_local(local)
     os.makedirs(local, exist_ok=True)
     for created in missing:
         paths.fsync(os.path.dirname(created), follow=True)
