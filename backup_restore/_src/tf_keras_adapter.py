@@ -504,7 +504,11 @@ def optimizer_built_on(optimizer, candidates):
         return True, None
     found = {}
     for i, candidate in enumerate(candidates):
-        found.setdefault(index.get(optimizer._var_key(candidate)), i)
+        try:
+            key = optimizer._var_key(candidate)
+        except AttributeError:
+            continue  # not a variable (a lookup layer's vocabulary handler)
+        found.setdefault(index.get(key), i)
     found.pop(None, None)
     if sorted(found) != list(range(len(index))):
         return True, None

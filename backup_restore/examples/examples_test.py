@@ -20,7 +20,7 @@ from testing import test_case
 
 # An absl log record (the C++ ones at start-up look alike: I0000 00:00:...).
 _RECORD = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ (\S+):\d+\] ([^\n]*)\n?")
-_OURS = ("callback.py", "engine.py", "store.py")
+_OURS = ("callback.py", "engine.py", "store.py", "store_write.py")
 
 
 class ExamplesTest(test_case.TestCase):
