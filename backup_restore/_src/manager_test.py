@@ -31,10 +31,10 @@ def _backups(directory):
 
 
 class ManagerTest(test_case.TestCase):
-    def _manager(self, objects, **kwargs):
+    def _manager(self, objects, directory=None, **kwargs):
         model, optimizer, iterator, rng = objects
         return backup_restore.BackupManager(
-            self.dir,
+            directory or self.dir,
             model=model,
             optimizer=optimizer,
             iterator=iterator,
@@ -92,15 +92,7 @@ class ManagerTest(test_case.TestCase):
         self.assertEqual(os.listdir(self.dir), ["notes"])
 
     def _finish_a_run(self, directory):
-        model, optimizer, iterator, rng = _objects()
-        manager = backup_restore.BackupManager(
-            directory,
-            model=model,
-            optimizer=optimizer,
-            iterator=iterator,
-            rng=rng,
-            save_freq=1,
-        )
+        manager = self._manager(_objects(), directory, save_freq=1)
         manager.restore()
         manager.maybe_backup(1)
         manager.finish()
@@ -109,13 +101,9 @@ class ManagerTest(test_case.TestCase):
         for double, kept in ((True, 2), (False, 1)):
             with self.subTest(double_checkpoint=double):
                 directory = os.path.join(self.tmp, f"double_{double}")
-                model, optimizer, iterator, rng = _objects()
-                manager = backup_restore.BackupManager(
+                manager = self._manager(
+                    _objects(),
                     directory,
-                    model=model,
-                    optimizer=optimizer,
-                    iterator=iterator,
-                    rng=rng,
                     save_freq=1,
                     double_checkpoint=double,
                 )
