@@ -17,9 +17,12 @@ list's hooks for the run of one fit() call:
   it (but History, fit()'s record of the epochs trained, gets the epoch).
 - When any hook raises, fit() is ending: the backup in flight is committed
   (its error logged) before the exception leaves the hook, so no write of
-  ours runs after fit() is gone.
+  ours runs after fit() is gone. The same when a validation step raises:
+  both flavours' evaluate() get the model's step function from
+  `make_test_function()`, wrapped for the run, and call it once per step.
 """
 
+import tensorflow as tf
 from absl import logging
 
 _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end")
@@ -50,6 +53,7 @@ class Guard:
         for name in _HOOKS:
             original = _unwrapped(callback_list, name)
             setattr(callback_list, name, self._wrap(name, original))
+        self._wrap_test_function(run.model)
 
     def _wrap(self, name, original):
         def hook(*args, **kwargs):
@@ -86,12 +90,77 @@ class Guard:
         finally:
             run.settle()
 
+    def _wrap_test_function(self, model) -> None:
+        """Validation steps settle the run when they raise.
+
+        Keras 3's evaluate() calls `make_test_function()`, then the model's
+        `test_function` at each step; tf-keras's takes the function that
+        `make_test_function()` returns. Both get the wrapped one.
+        """
+        _unwrap_test_function(model)
+        make = model.make_test_function
+
+        def make_test_function(*args, **kwargs):
+            made = make(*args, **kwargs)
+            current = getattr(model, "test_function", None) or made
+            if current is not None and not isinstance(current, _TestStep):
+                current = _TestStep(current, self)
+                model.test_function = current
+            return current
+
+        make_test_function.original = make
+        # Not through the model's __setattr__: a method, not state to track.
+        object.__setattr__(model, _MAKE, make_test_function)
+        self._model = model
+
+    def test_step_raised(self) -> None:
+        """A validation step raised: fit() is ending."""
+        self._after_raise("test_function", (), ours_ran=True)
+
     def remove(self) -> None:
         """Puts the list's own hooks back (fit() ends, or is raising)."""
         self.active = False
         for name in _HOOKS:
             if hasattr(self._list.__dict__.get(name), _MARK):
                 del self._list.__dict__[name]
+        _unwrap_test_function(self._model)
+
+
+_MAKE = "make_test_function"
+
+
+class _TestStep:
+    """The model's `test_function` for one fit() run: a raise (not the end
+    of the data) settles the run before it goes on."""
+
+    def __init__(self, original, guard):
+        self.original = original
+        self._guard = guard
+
+    def __call__(self, *args, **kwargs):
+        if not self._guard.active:
+            return self.original(*args, **kwargs)
+        try:
+            return self.original(*args, **kwargs)
+        except (StopIteration, tf.errors.OutOfRangeError):
+            raise  # the end of the validation data
+        except BaseException:
+            self._guard.test_step_raised()
+            raise
+
+    def __getattr__(self, name):  # tf.function attributes, for Keras
+        return getattr(self.original, name)
+
+
+def _unwrap_test_function(model) -> None:
+    """Puts back the model's own `make_test_function` and `test_function`
+    (those of an earlier fit() that raised, too)."""
+    wrapped = model.__dict__.get(_MAKE)
+    if hasattr(wrapped, "original"):
+        del model.__dict__[_MAKE]
+    current = getattr(model, "test_function", None)
+    if isinstance(current, _TestStep):
+        model.test_function = current.original
 
 
 def _unwrapped(callback_list, name):

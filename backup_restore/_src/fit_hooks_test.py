@@ -191,6 +191,54 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
         self.assertEqual(_persist_threads(), [])
         self.assertLen(keras_callbacks.backup_entries(self.dir), 1)
 
+    def test_when_a_validation_step_raises_the_backup_is_committed_first(
+        self,
+    ):
+        from backup_restore._src import faults
+
+        # The backup after batch 2 is held on its way to durable until
+        # something lets it go: the test, once fit() raised, or the wait's
+        # end. Committed before fit() raises means the run waited for it.
+        events, release = [], threading.Event()
+
+        def hold(stage, path):
+            if stage == faults.PUBLISHED:
+                release.wait(timeout=2)
+            elif stage == faults.COMMITTED:
+                events.append("committed")
+
+        faults.set_hook(hold)
+        self.addCleanup(faults.set_hook, None)
+        validation = tf.data.Dataset.from_generator(
+            FailingBatches(at=1),
+            output_signature=(
+                tf.TensorSpec((None, synthetic.INPUT_DIM), tf.float32),
+                tf.TensorSpec((None, 1), tf.float32),
+            ),
+        )
+        callback = backup_restore.BackupAndRestore(
+            self.dir, save_freq=2, async_backup=True
+        )
+        model = self._model()
+        try:
+            self._fit(
+                model,
+                [callback],
+                validation_data=validation,
+                validation_steps=2,
+            )
+        except Exception as e:  # the flavour's error for the input's raise
+            self.assertIn("bad record", str(e))
+            events.append("fit() raised")
+        finally:
+            release.set()
+        self.assertEqual(events, ["committed", "fit() raised"])
+        self.assertEqual(_persist_threads(), [])
+        # The model's own step functions are back: evaluate() runs.
+        self.assertNotIn("make_test_function", vars(model))
+        x, y = synthetic.regression_data(SAMPLES, seed=3)
+        model.evaluate(x, y, verbose=0)
+
     def test_tensorboard_steps_go_on_after_a_resume(self):
         logs = self.create_tempdir().full_path
 
