@@ -16,6 +16,7 @@ from absl import logging
 
 from backup_restore._src import backup_metadata
 from backup_restore._src import callback_states
+from backup_restore._src import fit_content
 from backup_restore._src import fit_hooks
 from backup_restore._src import fit_resume
 from backup_restore._src import keras_state
@@ -66,19 +67,7 @@ class FitRun:
             if callback in callback_list.callbacks
             else None  # wrapped by another callback, which calls our hooks
         )
-        self.optimizer_fp = keras_state.optimizer_fingerprint(
-            model.optimizer, adapter
-        )
-        # Configurations before training changes them, as optimizer_fp.
-        self.held_configs = {
-            path: keras_state.optimizer_fingerprint(optimizer, adapter)
-            for path, optimizer in keras_state.held_state(
-                model, adapter
-            ).optimizers
-        }
-        self._held = None  # the HeldState the backup's checkpoint holds
-        self._held_signature = None
-        self._warned_unsaved = set()
+        self.content = fit_content.Content(model, adapter)
         context = adapter.fit_context()
         self.fit_call = {
             "index": COMPLETED_FITS[directory_key(callback.backup_dir)],
@@ -93,15 +82,10 @@ class FitRun:
         self.resume = None  # a fit_resume.Resume until its state is applied
         self.resumed_at = None  # (epoch, batch) when it resumed
         self.replay_last_step = False
-        self.random_generators = None
         self._save_at_epoch_end = False
         self._first_epoch = True
         self._first_step_done = False
         self._validation_metrics = None
-        self._write_checkpoint = None
-        self._write_spec = None
-        self._write_holder = None
-        self._static = None
 
     @property
     def params(self) -> dict:
@@ -116,7 +100,7 @@ class FitRun:
             model.distribute_strategy, scope=f"fit#{self.fit_call['index']}"
         )
         fit_resume.warn_about_unsaved_state(self.adapter, model)
-        self._warn_about_unsaved_optimizers(
+        self.content.warn_about_unsaved(
             keras_state.held_state(model, self.adapter)
         )
         resume = fit_resume.Resume(self)
@@ -330,113 +314,29 @@ class FitRun:
 
         return train_function_with_position
 
+    # What a backup holds (fit_content.py), as the resume needs it too.
+
+    @property
+    def random_generators(self):
+        return self.content.random_generators
+
+    @random_generators.setter
+    def random_generators(self, generators):
+        self.content.random_generators = generators
+
     def held_state(self):
-        """What the model holds beyond its weights, found again (an
-        optimizer may have been built since)."""
-        self._held = keras_state.held_state(self.model, self.adapter)
-        self._held_signature = keras_state.held_signature(
-            self._held, self.adapter
-        )
-        return self._held
+        return self.content.held_state()
 
     def checkpoint(self, callback_tensors, held=None):
-        """What a backup holds in tensors."""
-        if held is None:
-            held = self.held_state()
-        return tf.train.Checkpoint(
-            **self.adapter.checkpoint_objects(
-                self.model, self.random_generators, held
-            ),
-            callback_tensors=callback_tensors,
-        )
-
-    def _warn_about_unsaved_optimizers(self, held) -> None:
-        objects = [o for o in held.unsaved if o not in self._warned_unsaved]
-        if objects:
-            self._warned_unsaved.update(objects)
-            logging.warning(
-                "The model holds %s, whose state a backup of a Keras 3 "
-                "model does not hold (it holds variables): a resumed run "
-                "starts from what the code gives it. Keep such state in "
-                "tf.Variables, or build it the same way in every run.",
-                ", ".join(objects),
-            )
-        unsaved = [
-            path
-            for path in keras_state.unsaved_optimizers(held, self.adapter)
-            if path not in self._warned_unsaved
-        ]
-        if unsaved:
-            self._warned_unsaved.update(unsaved)
-            logging.warning(
-                "Optimizer(s) %s were built on variables the model does not "
-                "hold (neither its weights nor a tf.Variable it tracks): a "
-                "restore cannot build them on those variables again, so "
-                "their state is not restored. Keep the variables an "
-                "optimizer updates in the model (as layers or tf.Variable "
-                "attributes).",
-                ", ".join(unsaved),
-            )
-
-    def _checkpoint_for(self, tensors):
-        """The checkpoint for a backup, the same object while possible.
-
-        TensorFlow's async checkpointing keeps one host copy of the state per
-        Checkpoint object: a new object per backup would allocate the whole
-        state again every time.
-        """
-        spec = callback_states.tensor_spec(tensors)
-        held_changed = self._held is None or self._held_signature != (
-            keras_state.held_signature(self._held, self.adapter)
-        )
-        if (
-            self._write_checkpoint is None
-            or spec != self._write_spec
-            or held_changed
-        ):
-            if held_changed:
-                # An optimizer made its state since the last backup (its
-                # first step): the fingerprint records it.
-                self._static = None
-            held = self.held_state()
-            self._warn_about_unsaved_optimizers(held)
-            self._write_holder = callback_states.holder(tensors=tensors)
-            self._write_checkpoint = self.checkpoint(self._write_holder, held)
-            self._write_spec = spec
-        else:
-            callback_states.assign(self._write_holder, tensors)
-        return self._write_checkpoint
+        return self.content.checkpoint(callback_tensors, held)
 
     def fingerprint(self, held=None) -> dict:
-        if held is None:
-            held = self._held if self._held is not None else self.held_state()
-        return keras_state.fingerprint(
-            self.model,
-            self.adapter,
-            self.optimizer_fp,
-            len(self.random_generators),
-            keras_state.held_fingerprint(held, self.adapter, self.held_configs),
-        )
-
-    def _static_metadata(self) -> dict:
-        # The model's structure does not change during fit().
-        if self._static is None:
-            adapter = self.adapter
-            self._static = backup_metadata.static_part(
-                adapter.FLAVOUR,
-                {
-                    "tensorflow": tf.__version__,
-                    adapter.FLAVOUR: adapter.VERSION,
-                },
-                self.fingerprint(),
-                keras_state.build_config(self.model),
-            )
-        return self._static
+        return self.content.fingerprint(held)
 
     def write(self, epoch, step, metrics=None, epoch_trained=False):
         started = time.monotonic()  # training waits from here
         states, tensors = callback_states.collect(self.others, self.adapter)
-        checkpoint = self._checkpoint_for(tensors)  # before the metadata
+        checkpoint = self.content.checkpoint_for(tensors)  # before metadata
         if metrics is None:
             # Mid-epoch, the metrics hold the epoch's running values.
             metrics = (
@@ -461,7 +361,7 @@ class FitRun:
             },
             fit_call=self.fit_call,
             data=self.data_geometry,
-            static=self._static_metadata(),
+            static=self.content.static_metadata(),
             history=keras_state.to_json_value(
                 {
                     "epoch": history.epoch,
