@@ -15,6 +15,7 @@ from keras.src.trainers import epoch_iterator
 
 from backup_restore._src import flavours
 from backup_restore._src import keras3_adapter
+from backup_restore._src import keras3_data
 from backup_restore._src import keras_state
 from backup_restore._src import position
 from testing import keras_callbacks
@@ -72,7 +73,7 @@ class Keras3AdapterContractTest(test_case.TestCase):
         ):
             theirs = self._steps(lambda it: it._enumerate_iterator(), kwargs)
             ours = self._steps(
-                lambda it: keras3_adapter._enumerate_from(it, 0, 0), kwargs
+                lambda it: keras3_data.enumerate_from(it, 0, 0), kwargs
             )
             self.assertEqual(ours, theirs, kwargs)
         self.assertIn(
