@@ -25,7 +25,13 @@ from backup_restore._src import fit_frames
 
 def enumerate_from(it, start: int, drawn: int):
     """`EpochIterator._enumerate_iterator` of Keras 3.15.1, starting at
-    batch `start` with `drawn` batches already drawn from the iterator."""
+    batch `start` with `drawn` batches already drawn from the iterator.
+
+    A copy, not a wrapper of Keras's generator: that one starts at step 0
+    in steps of `steps_per_execution`, and the step a fit() resumes at need
+    not be a multiple of it (an epoch's replayed last step); its count of
+    batches drawn starts at 0. keras3_adapter_test compares the copy with
+    Keras's source statement by statement."""
     it.data_adapter.on_epoch_begin()
     steps_per_epoch = it.steps_per_epoch or it._num_batches or -1
     per_call = it.steps_per_execution
