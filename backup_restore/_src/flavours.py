@@ -1,9 +1,10 @@
 """Which Keras built a model, and the adapter that serves it.
 
-Each adapter module holds every private API of one Keras flavour
+Each adapter module offers every private API of one Keras flavour
 (tf_keras_adapter.py: tf-keras 2.21; keras3_adapter.py: Keras 3.15 with the
-TensorFlow backend, `tf.keras` in TensorFlow 2.21) behind the same functions.
-The rest of the package never imports a flavour's internals.
+TensorFlow backend, `tf.keras` in TensorFlow 2.21) behind the same functions,
+with its `*_data.py` and `*_state.py` modules. The rest of the package never
+imports a flavour's internals.
 
 tf-keras is an optional dependency (`pip install backup_restore[tf_keras]`):
 its adapter, and tf-keras with it, is imported only once the process has
