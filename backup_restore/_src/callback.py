@@ -14,7 +14,7 @@ from backup_restore._src import fit_run
 from backup_restore._src import flavours
 from backup_restore._src import policy
 from backup_restore._src import preemption
-from backup_restore._src import tf_keras_adapter
+from backup_restore._src import tf_keras_callback
 
 # Every argument BackupAndRestore takes: tf-keras's four, Keras 3's
 # double_checkpoint, then ours.
@@ -47,7 +47,7 @@ def _check_unknown_kwargs(kwargs):
 
 
 class BackupAndRestore(
-    keras.callbacks.Callback, tf_keras_adapter.CallbackBase, engine.FrontEnd
+    keras.callbacks.Callback, tf_keras_callback.Hooks, engine.FrontEnd
 ):
     """Backs up the training state of `Model.fit()` and resumes from it.
 
@@ -75,7 +75,9 @@ class BackupAndRestore(
 
     It serves Keras 3 models with the TensorFlow backend (`tf.keras` in
     TensorFlow 2.21, or `import keras`) and tf-keras models (`import
-    tf_keras`), and is a `keras.callbacks.Callback`.
+    tf_keras`), and is a `keras.callbacks.Callback`; made once tf-keras is
+    imported, a `tf_keras.callbacks.Callback` too. It never imports tf-keras
+    itself.
 
     Example:
 
@@ -171,6 +173,10 @@ class BackupAndRestore(
       BackupDirInUseError: another training job owns `backup_dir`.
     """
 
+    def __new__(cls, *args, **kwargs):
+        del args, kwargs  # for __init__
+        return super().__new__(tf_keras_callback.with_tf_keras_base(cls))
+
     def __init__(
         self,
         backup_dir,
@@ -264,7 +270,7 @@ class BackupAndRestore(
             and (
                 isinstance(c, BackupAndRestore)
                 or any(
-                    a.is_builtin_backup_callback(c) for a in flavours.ADAPTERS
+                    a.is_builtin_backup_callback(c) for a in flavours.loaded()
                 )
             )
         ]

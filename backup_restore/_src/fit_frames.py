@@ -12,17 +12,25 @@ import sys
 import tensorflow as tf
 
 
+def fit_frame(has, depth: int = 1):
+    """The innermost `fit()` frame on this thread's stack, from `depth`
+    frames above the caller on, whose locals satisfy `has(f_locals)`;
+    None outside fit(). Its locals are read, never modified."""
+    frame = sys._getframe(depth + 1)
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and has(frame.f_locals):
+            return frame
+        frame = frame.f_back
+    return None
+
+
 def fit_local(name: str, cls, depth: int = 2):
     """A local variable `name` (an instance of `cls`) of the `fit()` frame on
     this thread's stack, read and never modified; None outside fit()."""
-    frame = sys._getframe(depth)
-    while frame is not None:
-        if frame.f_code.co_name == "fit":
-            value = frame.f_locals.get(name)
-            if isinstance(value, cls):
-                return value
-        frame = frame.f_back
-    return None
+    frame = fit_frame(
+        lambda given: isinstance(given.get(name), cls), depth=depth
+    )
+    return None if frame is None else frame.f_locals[name]
 
 
 def fit_arguments() -> dict:
@@ -33,11 +41,7 @@ def fit_arguments() -> dict:
     replaced `validation_split` by the `validation_data` it split off
     before the first callback hook.
     """
-    frame = sys._getframe(1)
-    while frame is not None and not (
-        frame.f_code.co_name == "fit" and "shuffle" in frame.f_locals
-    ):
-        frame = frame.f_back
+    frame = fit_frame(lambda given: "shuffle" in given)
     if frame is None:
         return {}
     given = frame.f_locals

@@ -1,18 +1,35 @@
 """Which Keras built a model, and the adapter that serves it.
 
-Each adapter module holds every private API of one Keras flavour
+Each adapter module offers every private API of one Keras flavour
 (tf_keras_adapter.py: tf-keras 2.21; keras3_adapter.py: Keras 3.15 with the
-TensorFlow backend, `tf.keras` in TensorFlow 2.21) behind the same functions.
-The rest of the package never imports a flavour's internals.
+TensorFlow backend, `tf.keras` in TensorFlow 2.21) behind the same functions,
+with its `*_data.py` and `*_state.py` modules. The rest of the package never
+imports a flavour's internals.
+
+tf-keras is an optional dependency (`pip install backup_restore[tf_keras]`):
+its adapter, and tf-keras with it, is imported only once the process has
+imported tf-keras itself (a tf-keras model, callback or optimizer exists
+only then).
 """
+
+import sys
 
 from absl import logging
 
 from backup_restore._src import keras3_adapter
-from backup_restore._src import tf_keras_adapter
 
-ADAPTERS = (keras3_adapter, tf_keras_adapter)
-BY_NAME = {adapter.FLAVOUR: adapter for adapter in ADAPTERS}
+# A reader's name of each flavour tag a backup may carry.
+_NAMES = {"keras3": "Keras", "tf_keras": "tf-keras"}
+
+
+def loaded() -> tuple:
+    """The adapters of the Keras flavours this process has imported:
+    Keras 3's, and tf-keras's once `tf_keras` is imported."""
+    if sys.modules.get("tf_keras") is None:
+        return (keras3_adapter,)
+    from backup_restore._src import tf_keras_adapter
+
+    return (keras3_adapter, tf_keras_adapter)
 
 
 def for_model(model):
@@ -22,7 +39,7 @@ def for_model(model):
       TypeError: `model` is no Keras model of a supported flavour.
       ValueError: a Keras 3 model on another backend than TensorFlow.
     """
-    for adapter in ADAPTERS:
+    for adapter in loaded():
         if adapter.owns(model):
             adapter.check_backend()
             warn_if_unverified(adapter)
@@ -68,5 +85,7 @@ def warn_if_unverified(adapter) -> bool:
 
 def name(flavour: str) -> str:
     """A reader's name for a flavour tag found in a backup."""
-    adapter = BY_NAME.get(flavour)
-    return adapter.NAME if adapter is not None else repr(flavour)
+    for adapter in loaded():
+        if adapter.FLAVOUR == flavour:
+            return adapter.NAME
+    return _NAMES.get(flavour, repr(flavour))

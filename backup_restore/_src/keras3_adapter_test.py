@@ -1,23 +1,36 @@
 """Contract test: the Keras 3 internals keras3_adapter.py relies on.
 
 When Keras changes, this fails loudly here, naming the internal that moved,
-instead of making backups silently wrong.
+instead of making backups silently wrong. `CONTRACT` names the test of every
+private name the adapter's modules use; a test checks that list against
+their code.
 """
 
+import ast
 import inspect
+import random
+import textwrap
+import types
 from unittest import mock
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
+from keras.src.callbacks import csv_logger
 from keras.src.trainers import epoch_iterator
+from keras.src.trainers.data_adapters import py_dataset_adapter
+from tensorflow.python.distribute import values as distribute_values
 
+from backup_restore._src import fit_frames
 from backup_restore._src import flavours
 from backup_restore._src import keras3_adapter
+from backup_restore._src import keras3_data
+from backup_restore._src import keras3_state
 from backup_restore._src import keras_state
 from backup_restore._src import position
 from testing import keras_callbacks
+from testing import private_names
 from testing import synthetic
 from testing import test_case
 
@@ -40,6 +53,61 @@ def _dataset(repeat=False):
     )
 
 
+# -- Contract ---------------------------------------------------------------
+# Every private name of Keras (and TensorFlow) that keras3_adapter.py,
+# keras3_data.py, keras3_state.py and fit_frames.py use, and the tests of
+# Keras3AdapterContractTest that pin it.
+CONTRACT = {
+    "_initial_epoch": ("test_start_at_starts_fit_at_an_epoch_and_batch_once",),
+    "_enumerate_iterator": (
+        "test_enumerate_from_is_keras_loop_from_its_source",
+        "test_start_at_starts_fit_at_an_epoch_and_batch_once",
+    ),
+    "_steps_seen": ("test_enumerate_from_is_keras_loop_with_a_start",),
+    "_current_iterator": ("test_enumerate_from_is_keras_loop_with_a_start",),
+    "_interrupted_warning": (
+        "test_enumerate_from_is_keras_loop_from_its_source",
+    ),
+    "_num_batches": ("test_epoch_length_of_an_input_of_unknown_size",),
+    "_get_iterator": ("test_iterators_are_counted_and_positions_recorded",),
+    "_distributed_dataset": (
+        "test_geometry_seed_states_and_schedule",
+        "test_metrics_can_be_built_before_the_first_step",
+    ),
+    "_num_samples": ("test_geometry_seed_states_and_schedule",),
+    "_seed_generators": ("test_geometry_seed_states_and_schedule",),
+    "_learning_rate": ("test_geometry_seed_states_and_schedule",),
+    "_flatten_layers": ("test_layers_with_unsaved_state_are_named",),
+    "_symbolic_build": (
+        "test_metrics_can_be_built_before_the_first_step",
+        "test_metrics_build_leaves_an_unbuilt_optimizer_unbuilt",
+    ),
+    "_trainable_variables": (
+        "test_optimizer_records_the_variables_it_was_built_on",
+    ),
+    "_serialize_to_tensors": (
+        "test_objects_saving_state_of_their_own_are_told_apart",
+    ),
+    "_batches_seen_since_last_saving": (
+        "test_callback_state_attributes_exist",
+    ),
+    "_last_batch_seen": ("test_callback_state_attributes_exist",),
+    "_global_train_batch": (
+        "test_callback_state_attributes_exist",
+        "test_tensorboard_counts_its_batch_step_in_global_train_batch",
+    ),
+    "_value_specs": ("test_per_replica_specs_give_the_global_batch",),
+    "keras.src.backend.tensorflow.trainer": (
+        "test_fit_locals_and_train_function",
+    ),
+    "keras.src.trainers.data_adapters": (
+        "test_replay_draws_from_random_as_a_shuffled_py_dataset_epoch",
+        "test_epoch_length_of_an_input_of_unknown_size",
+    ),
+    "keras.src.utils": ("test_csv_opener_is_csv_loggers",),
+}
+
+
 class Keras3AdapterContractTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
@@ -51,6 +119,150 @@ class Keras3AdapterContractTest(test_case.TestCase):
         kwargs.setdefault("x", _dataset())
         self.model.fit(epochs=epochs, verbose=0, callbacks=[probe], **kwargs)
         return probe
+
+    def test_every_private_name_has_a_contract_test(self):
+        used = private_names.private_names(
+            keras3_adapter,
+            keras3_data,
+            keras3_state,
+            fit_frames,
+            own={"_model"},  # keras3_adapter._OneShotEpoch's
+        )
+        self.assertEqual(
+            used,
+            set(CONTRACT),
+            "add the new private name, and a test of it, to CONTRACT",
+        )
+        for name, tests in CONTRACT.items():
+            for test in tests:
+                self.assertTrue(hasattr(self, test), (name, test))
+
+    def test_enumerate_from_is_keras_loop_from_its_source(self):
+        # enumerate_from is Keras's loop with a start step and a count of
+        # batches drawn (Keras's own cannot start at a step that is no
+        # multiple of steps_per_execution). Keras's source, given those two,
+        # must be the copy, statement for statement.
+        keras_source = textwrap.dedent(
+            inspect.getsource(epoch_iterator.EpochIterator._enumerate_iterator)
+        )
+        for old, new in (
+            ("self.steps_per_execution", "per_call"),
+            ("self.", "it."),
+            ("range(0, steps_per_epoch", "range(start, steps_per_epoch"),
+            ("step = -per_call", "step = start - per_call"),
+        ):
+            self.assertIn(old, keras_source)
+            keras_source = keras_source.replace(old, new)
+        # The iterator made at the epoch's start has `drawn` batches drawn.
+        keras_source = keras_source.replace(
+            "it._steps_seen = 0", "it._steps_seen = drawn", 1
+        )
+        (theirs,) = ast.parse(keras_source).body
+        theirs.body.insert(
+            2, ast.parse("per_call = it.steps_per_execution").body[0]
+        )
+        (ours,) = ast.parse(
+            textwrap.dedent(inspect.getsource(keras3_data.enumerate_from))
+        ).body
+        body = ours.body[1:]  # without the docstring
+        self.assertEqual(
+            [ast.dump(s) for s in body],
+            [ast.dump(s) for s in theirs.body],
+            "EpochIterator._enumerate_iterator changed: update "
+            "keras3_data.enumerate_from to match it",
+        )
+
+    def test_epoch_length_of_an_input_of_unknown_size(self):
+        # `_num_batches`: unknown (None) until fit() has counted an epoch.
+        seen = {}
+
+        class Steps(keras_callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                context = keras3_adapter.fit_context()
+                seen[epoch] = keras3_adapter.completed_epoch_steps(context)
+                seen["context"] = context
+                seen["generator"] = keras3_adapter.is_python_generator_input(
+                    context
+                )
+
+        unknown = _dataset().filter(lambda x, y: True)
+        self.model.fit(unknown, epochs=2, verbose=0, callbacks=[Steps()])
+        # 4 batches; Keras counts the step that found the input used up.
+        self.assertEqual((seen[0], seen[1]), (None, 5))
+        self.assertFalse(seen["generator"])
+        keras3_adapter.set_counted_epoch_steps(seen["context"], 7)
+        self.assertEqual(seen["context"]._num_batches, 7)
+        generator = synthetic.regression_generator(32, 8)
+        self.model.fit(
+            generator,
+            steps_per_epoch=2,
+            epochs=1,
+            verbose=0,
+            callbacks=[Steps()],
+        )
+        self.assertTrue(seen["generator"])
+
+    def test_replay_draws_from_random_as_a_shuffled_py_dataset_epoch(self):
+        # PyDatasetAdapter's generator, shuffling, draws the epoch's batch
+        # order from Python's `random` when it starts; replay_epochs makes
+        # the same draw (and runs the epoch hooks) without reading.
+        dataset = synthetic.RegressionPyDataset(32, 8)
+        adapter = py_dataset_adapter.PyDatasetAdapter(dataset, shuffle=True)
+        random.seed(3)
+        adapter.on_epoch_begin()
+        read = [
+            int(batch[0][0][0] * 1e6) for batch in adapter.get_numpy_iterator()
+        ]
+        adapter.on_epoch_end()
+        after_reading = random.getstate()
+        self.assertLen(read, 4)
+        random.seed(3)
+        context = types.SimpleNamespace(
+            _get_iterator=lambda: [], data_adapter=adapter
+        )
+        keras3_adapter.replay_epochs(context, iterators=0, epochs=1)
+        self.assertEqual(random.getstate(), after_reading)
+        self.assertIn(
+            "random.shuffle(indices)",
+            inspect.getsource(py_dataset_adapter.PyDatasetAdapter),
+        )
+
+    def test_csv_opener_is_csv_loggers(self):
+        # CSVLogger.on_train_begin opens its file with file_utils.File.
+        self.assertIn(
+            "file_utils.File(self.filename, mode)",
+            inspect.getsource(csv_logger.CSVLogger.on_train_begin),
+        )
+        path = self.create_tempfile(content="epoch,loss\n").full_path
+        with keras3_adapter.open_csv_for_append(path) as f:
+            f.write("0,1.0\n")
+        with open(path) as f:
+            self.assertEqual(f.read(), "epoch,loss\n0,1.0\n")
+
+    def test_layers_with_unsaved_state_are_named(self):
+        # Layer._flatten_layers: a TextVectorization's inner lookup layer is
+        # not named (the user made the outer one).
+        inputs = keras.Input((1,), dtype="string")
+        words = keras.layers.TextVectorization(name="words")(inputs)
+        looked = keras.layers.StringLookup(
+            vocabulary=["a", "b"], name="lookup"
+        )(inputs)
+        model = keras.Model(inputs, [words, looked])
+        self.assertEqual(
+            keras3_adapter.layers_with_unsaved_state(model),
+            ["words (TextVectorization)", "lookup (StringLookup)"],
+        )
+
+    def test_per_replica_specs_give_the_global_batch(self):
+        # Under a strategy, a distributed dataset's element_spec holds a
+        # PerReplicaSpec per component; `_value_specs` are the replicas'.
+        replica = tf.TensorSpec([4, 3], tf.float32)
+        spec = distribute_values.PerReplicaSpec(replica, replica)
+        self.assertEqual(spec._value_specs, (replica, replica))
+        self.assertEqual(
+            fit_frames.global_batch_shapes((spec,)), [[[8, 3], "float32"]]
+        )
+        self.assertEqual(fit_frames.one_replica_spec((spec,)), (replica,))
 
     def test_pinned_version(self):
         self.assertEqual(
@@ -72,7 +284,7 @@ class Keras3AdapterContractTest(test_case.TestCase):
         ):
             theirs = self._steps(lambda it: it._enumerate_iterator(), kwargs)
             ours = self._steps(
-                lambda it: keras3_adapter._enumerate_from(it, 0, 0), kwargs
+                lambda it: keras3_data.enumerate_from(it, 0, 0), kwargs
             )
             self.assertEqual(ours, theirs, kwargs)
         self.assertIn(

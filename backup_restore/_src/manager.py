@@ -299,7 +299,7 @@ class BackupManager(engine.FrontEnd):
         if self._checkpoint_object is None:
             generators = [
                 generator
-                for adapter in flavours.ADAPTERS
+                for adapter in flavours.loaded()
                 for generator in adapter.random_generators_of(
                     self._trackables.values()
                 )

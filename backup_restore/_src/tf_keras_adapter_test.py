@@ -1,17 +1,31 @@
 """Contract test: the tf-keras internals tf_keras_adapter.py relies on.
 
 When tf-keras changes, this fails loudly here, naming the internal that moved,
-instead of making backups silently wrong.
+instead of making backups silently wrong. `CONTRACT` names the test of every
+private name the adapter's modules use; a test checks that list against
+their code.
 """
 
+import inspect
+import random
+import re
+import types
+from unittest import mock
+
+import keras
 import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl.testing import absltest
+from tf_keras.src.engine import data_adapter
 
 from backup_restore._src import flavours
 from backup_restore._src import tf_keras_adapter as keras_adapter
+from backup_restore._src import tf_keras_callback
+from backup_restore._src import tf_keras_data
+from backup_restore._src import tf_keras_state
 from testing import keras_callbacks
+from testing import private_names
 from testing import synthetic
 from testing import test_case
 
@@ -34,6 +48,65 @@ class _Probe(tf_keras.callbacks.Callback):
         self.batches.append(batch)
 
 
+# -- Contract ---------------------------------------------------------------
+# Every private name of tf-keras that tf_keras_adapter.py, tf_keras_data.py,
+# tf_keras_state.py and tf_keras_callback.py use, and the tests of
+# AdapterContractTest that pin it (fit_frames.py's: keras3_adapter_test).
+CONTRACT = {
+    "_training_state": (
+        "test_training_state_hook_sets_initial_epoch_and_step",
+    ),
+    "_initial_epoch": ("test_user_initial_epoch_is_the_data_handlers",),
+    "_adapter": (
+        "test_fit_data_handler_and_iterator_recreation",
+        "test_data_geometry_of_arrays_and_datasets",
+    ),
+    "_dataset": (
+        "test_fit_data_handler_and_iterator_recreation",
+        "test_replay_draws_from_random_as_a_shuffled_sequence_epoch",
+    ),
+    "_inferred_steps": ("test_epoch_length_of_an_input_of_unknown_size",),
+    "_shuffle_sequence": (
+        "test_replay_draws_from_random_as_a_shuffled_sequence_epoch",
+    ),
+    "_keras_sequence": (
+        "test_replay_draws_from_random_as_a_shuffled_sequence_epoch",
+    ),
+    "_train_counter": ("test_train_counter_counts_this_fits_steps_from_zero",),
+    "_random_generator": ("test_layer_random_generators",),
+    "_rng_type": ("test_layer_random_generators",),
+    "_maybe_init": ("test_layer_random_generators",),
+    "_generator": ("test_layer_random_generators",),
+    "_built": ("test_optimizer_records_the_variables_it_was_built_on",),
+    "_index_dict": ("test_optimizer_records_the_variables_it_was_built_on",),
+    "_var_key": ("test_optimizer_records_the_variables_it_was_built_on",),
+    "_learning_rate": ("test_learning_rate_schedule_is_found",),
+    "_hyper": ("test_learning_rate_schedule_is_found",),
+    "_batches_seen_since_last_saving": (
+        "test_callback_state_attributes_exist",
+    ),
+    "_last_batch_seen": ("test_callback_state_attributes_exist",),
+    "_global_train_batch": ("test_callback_state_attributes_exist",),
+    "_supports_tf_logs": (
+        "test_supports_tf_logs_makes_fit_pass_tensor_batch_logs",
+        "test_callback_lists_read_only_what_hooks_supplies",
+    ),
+    "_chief_worker_only": (
+        "test_callback_lists_read_only_what_hooks_supplies",
+    ),
+    "_implements_train_batch_hooks": (
+        "test_callback_lists_read_only_what_hooks_supplies",
+    ),
+    "_implements_test_batch_hooks": (
+        "test_callback_lists_read_only_what_hooks_supplies",
+    ),
+    "_implements_predict_batch_hooks": (
+        "test_callback_lists_read_only_what_hooks_supplies",
+    ),
+    "tf_keras.src.engine": ("test_fit_data_handler_and_iterator_recreation",),
+}
+
+
 class AdapterContractTest(test_case.TestCase):
     def setUp(self):
         super().setUp()
@@ -48,6 +121,118 @@ class AdapterContractTest(test_case.TestCase):
             kwargs.setdefault("batch_size", 8)
         self.model.fit(epochs=3, verbose=0, callbacks=[probe], **kwargs)
         return probe
+
+    def test_every_private_name_has_a_contract_test(self):
+        used = private_names.private_names(
+            keras_adapter, tf_keras_data, tf_keras_state, tf_keras_callback
+        )
+        self.assertEqual(
+            used,
+            set(CONTRACT),
+            "add the new private name, and a test of it, to CONTRACT",
+        )
+        for name, tests in CONTRACT.items():
+            for test in tests:
+                self.assertTrue(hasattr(self, test), (name, test))
+
+    def test_user_initial_epoch_is_the_data_handlers(self):
+        def check(model, seen):
+            handler = keras_adapter.fit_context()
+            seen["initial"] = keras_adapter.user_initial_epoch(handler)
+
+        probe = self._fit(check, initial_epoch=1)
+        self.assertEqual(probe.seen["initial"], 1)
+        self.assertEqual(probe.epochs, [1, 2])
+
+    def test_replay_draws_from_random_as_a_shuffled_sequence_epoch(self):
+        # KerasSequenceAdapter's generator, shuffling, draws the epoch's
+        # batch order from Python's `random` when it starts, and the epoch
+        # ends with the Sequence's on_epoch_end; replay_epochs does both
+        # without reading.
+        class Counted(synthetic.RegressionSequence):
+            ends = 0
+
+            def on_epoch_end(self):
+                type(self).ends += 1
+
+        sequence = Counted(32, 8)
+        adapter = data_adapter.KerasSequenceAdapter(sequence, shuffle=True)
+        self.assertIs(adapter._keras_sequence, sequence)
+        self.assertTrue(adapter._shuffle_sequence)
+        random.seed(3)
+        read = adapter._handle_multiprocessing(sequence, 1, False, 10)
+        self.assertLen(list(read()), 4)
+        adapter.on_epoch_end()
+        after_reading = random.getstate()
+        random.seed(3)
+        handler = types.SimpleNamespace(_adapter=adapter, _dataset=[])
+        keras_adapter.replay_epochs(handler, iterators=1, epochs=1)
+        self.assertEqual(random.getstate(), after_reading)
+        self.assertEqual(Counted.ends, 2)
+
+    def test_layer_random_generators(self):
+        # A Dropout's RandomGenerator: legacy stateful ops by default (no
+        # state to back up, named), a tf.random.Generator once
+        # enable_tf_random_generator() was called.
+        def model():
+            return tf_keras.Sequential(
+                [
+                    tf_keras.Input((4,)),
+                    tf_keras.layers.Dropout(0.5, name="drop"),
+                    tf_keras.layers.Dense(1),
+                ]
+            )
+
+        legacy = model()
+        self.assertEqual(keras_adapter.legacy_rng_layers(legacy), ["drop"])
+        self.assertEqual(keras_adapter.layer_random_generators(legacy), [])
+        tf_keras.backend.experimental.enable_tf_random_generator()
+        self.addCleanup(
+            tf_keras.backend.experimental.disable_tf_random_generator
+        )
+        stateful = model()
+        self.assertEqual(keras_adapter.legacy_rng_layers(stateful), [])
+        (generator,) = keras_adapter.layer_random_generators(stateful)
+        self.assertIsInstance(generator, tf.random.Generator)
+        self.assertEqual(
+            keras_adapter.random_generators_of([stateful]), [generator]
+        )
+
+    def test_callback_lists_read_only_what_hooks_supplies(self):
+        # tf-keras's CallbackList (and TF1's callback configuration) reads
+        # these private members of a callback; tf_keras_callback.Hooks gives
+        # each to a Keras 3 callback.
+        from tf_keras.src import callbacks as callbacks_module
+        from tf_keras.src.distribute import distributed_training_utils_v1
+
+        read = set()
+        for module in (callbacks_module, distributed_training_utils_v1):
+            source = inspect.getsource(module)
+            read.update(re.findall(r"\b(?:cb|callback)\.(_[a-z]\w*)", source))
+            read.update(
+                re.findall(r"getattr\((?:cb|callback), \"(_[a-z]\w*)\"", source)
+            )
+        self.assertEqual(
+            read,
+            {
+                "_supports_tf_logs",
+                "_chief_worker_only",
+                "_implements_train_batch_hooks",
+                "_implements_test_batch_hooks",
+                "_implements_predict_batch_hooks",
+            },
+        )
+        for name in read:
+            self.assertTrue(hasattr(tf_keras_callback.Hooks, name), name)
+
+        class Keras3Callback(keras.callbacks.Callback, tf_keras_callback.Hooks):
+            pass
+
+        callbacks = tf_keras.callbacks.CallbackList(
+            [Keras3Callback()], add_history=True, model=self.model
+        )
+        self.assertTrue(callbacks._should_call_train_batch_hooks)
+        self.assertTrue(callbacks._batch_hooks_support_tf_logs)
 
     def test_pinned_version(self):
         self.assertEqual(
@@ -292,11 +477,35 @@ class AdapterContractTest(test_case.TestCase):
 
 
 class VersionGuardTest(test_case.TestCase):
-    def test_the_installed_tf_keras_is_the_verified_minor_release(self):
-        # Fails when the pinned tf-keras moves on: re-verify the adapter.
+    """The installed tf-keras is checked against the verified one when a
+    fit() starts."""
+
+    def setUp(self):
+        super().setUp()
         self.addCleanup(flavours._WARNED.clear)
         flavours._WARNED.clear()
+
+    def test_the_installed_tf_keras_is_the_verified_minor_release(self):
+        # Fails when the pinned tf-keras moves on: re-verify the adapter.
         self.assertFalse(flavours.warn_if_unverified(keras_adapter))
+
+    def test_another_minor_release_is_warned_about_once(self):
+        model = synthetic.regression_model("tiny")
+        with (
+            mock.patch.object(keras_adapter, "VERSION", "2.22.0"),
+            mock.patch.object(keras_adapter, "NAME", "tf-keras 2.22.0"),
+            self.assertLogs(level="WARNING") as logs,
+        ):
+            self.assertIs(flavours.for_model(model), keras_adapter)
+            self.assertIs(flavours.for_model(model), keras_adapter)
+        (line,) = logs.output
+        self.assertIn("verified with tf-keras 2.21.0; tf-keras 2.22.0", line)
+        self.assertIn("exact resume", line)
+        self.assertIn("tf-keras 2.21.x", line)
+
+    def test_a_patch_release_is_not_warned_about(self):
+        with mock.patch.object(keras_adapter, "VERSION", "2.21.7"):
+            self.assertFalse(flavours.warn_if_unverified(keras_adapter))
 
 
 if __name__ == "__main__":
