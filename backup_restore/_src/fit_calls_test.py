@@ -253,6 +253,49 @@ class FitCallsTest(fit_test_case.FitTestCase):
         for got, want in zip(_weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)
 
+    @parameterized.named_parameters(
+        ("dataset", "dataset"),
+        ("generator", "generator"),
+    )
+    def test_shuffle_changed_where_the_input_ignores_it_resumes(self, kind):
+        # fit() ignores `shuffle` for a tf.data.Dataset or a generator: the
+        # batches are the same, so the position means the same.
+        def inputs():
+            if kind == "dataset":
+                return dict(
+                    dataset=synthetic.regression_dataset(SAMPLES, BATCH, seed=3)
+                )
+            return dict(
+                dataset=synthetic.regression_generator(SAMPLES, BATCH, seed=3),
+                steps_per_epoch=SAMPLES // BATCH,
+            )
+
+        self._interrupted(shuffle=True, **inputs())
+        model = _model(self.FLAVOUR)
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        _fit(model, [callback], epochs=3, shuffle=False, **inputs())
+        self.assertEqual(callback.resumed_from, (1, 2))
+        self.assertEqual(_iterations(model), 3 * 4)
+
+    def test_shuffle_changed_on_a_sequence_is_refused(self):
+        # A Sequence / PyDataset of known length: shuffle reorders its
+        # batches, so the position would mean other batches.
+        def sequence():
+            return synthetic.SEQUENCE[self.FLAVOUR](SAMPLES, BATCH, seed=3)
+
+        self._interrupted(dataset=sequence(), shuffle=True)
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"fit\(shuffle=...\): backup True, now False",
+        ):
+            _fit(
+                _model(self.FLAVOUR),
+                [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
+                epochs=3,
+                dataset=sequence(),
+                shuffle=False,
+            )
+
     def test_a_resume_with_validation_added_warns_and_resumes(self):
         self._interrupted()
         model = _model(self.FLAVOUR)
