@@ -324,6 +324,36 @@ class FitCallsTest(fit_test_case.FitTestCase):
         self.assertEqual(callback.resumed_from, (1, 2))
         self.assertEqual(_iterations(model), 3 * 4)
 
+    def test_a_raise_at_an_epoch_begin_then_fit_again_resumes_there(self):
+        # tf-keras's multi-worker BackupAndRestore test in one process, for
+        # both flavours: another callback raises at the beginning of epoch
+        # 2, the same model runs fit() again and resumes at epoch 2.
+        uninterrupted = _model(self.FLAVOUR)
+        _fit(uninterrupted, [], epochs=4)
+
+        class RaiseAtEpoch2(keras_callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 2:
+                    raise keras_callbacks.Interrupted("epoch 2")
+
+        model = _model(self.FLAVOUR)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                model,
+                [backup_restore.BackupAndRestore(self.dir), RaiseAtEpoch2()],
+                epochs=4,
+            )
+        callback = backup_restore.BackupAndRestore(self.dir)
+        recorder = keras_callbacks.Recorder()
+        _fit(model, [callback, recorder], epochs=4)
+        self.assertEqual(callback.resumed_from, (2, 0))
+        self.assertEqual(recorder.epochs, [2, 3])
+        self.assertEqual(_iterations(model), 4 * 4)
+        for got, want in zip(
+            _weights(model), _weights(uninterrupted), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+
     def test_fewer_epochs_than_the_backup_is_refused(self):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         with self.assertRaises(keras_callbacks.Interrupted):
