@@ -76,6 +76,13 @@ _MODEL = flags.DEFINE_enum(
     "is the compiled one too); a subclassed model with a raw tf.Variable "
     "its train_step updates. The last three read numpy input.",
 )
+_OPTIMIZER = flags.DEFINE_enum(
+    "optimizer",
+    "adam",
+    ["adam", "legacy_sgd"],
+    "The regression model's optimizer: Adam(0.01), or tf-keras's legacy "
+    "SGD(0.001) (--keras=tf_keras only).",
+)
 _MODEL_SIZE = flags.DEFINE_enum(
     "model_size", "small", ["tiny", "small", "large"], "Model size."
 )
@@ -102,6 +109,15 @@ _FAIL_AT_STEP = flags.DEFINE_integer(
     "Fail after this many batches of this run (counted from the start of "
     "this process), to demonstrate a crash.",
     lower_bound=1,
+)
+_RAISE_AT_EPOCH_BEGIN = flags.DEFINE_integer(
+    "raise_at_epoch_begin",
+    None,
+    "Another callback (after the backup callback) raises RuntimeError at "
+    "the beginning of this epoch; this process then calls fit() again, "
+    "which resumes from the backup. Every worker raises at the same epoch "
+    "and waits for the others before the second fit().",
+    lower_bound=0,
 )
 _FAIL_ON_TASK = flags.DEFINE_integer(
     "fail_on_task",
@@ -348,6 +364,34 @@ def _failure_callback(keras, at_step: int, how: str, backup):
     return Fail()
 
 
+def _raise_at_epoch_begin(keras, epoch: int):
+    class RaiseAtEpochBegin(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            if e == epoch:
+                raise RuntimeError(f"--raise_at_epoch_begin={epoch}")
+
+    return RaiseAtEpochBegin()
+
+
+def _epochs_begun(keras):
+    class EpochsBegun(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append(epoch)
+
+    return EpochsBegun()
+
+
+def _barrier(tf, strategy):
+    """Every worker of a multi-worker strategy waits here for the others."""
+    if _STRATEGY.value == "multi_worker":
+        ones = strategy.run(lambda: tf.constant(1.0))
+        strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None).numpy()
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -362,6 +406,13 @@ def main(argv):
         raise app.UsageError(
             "--strategy=parameter_server needs --steps_per_epoch (fit() "
             "under ParameterServerStrategy does)."
+        )
+    if _OPTIMIZER.value == "legacy_sgd" and (
+        _KERAS.value != "tf_keras" or _MODEL.value != "regression"
+    ):
+        raise app.UsageError(
+            "--optimizer=legacy_sgd needs --keras=tf_keras and "
+            "--model=regression."
         )
     save_freq = _save_freq(_SAVE_FREQ.value)
     if _MODEL.value != "regression" and (
@@ -398,14 +449,21 @@ def main(argv):
             _PERSIST_DELAY_SECONDS.value,
         )
 
-    backup = backup_restore.BackupAndRestore(
-        cli.user_path(_BACKUP_DIR.value),
-        save_freq=save_freq,
-        delete_checkpoint=_DELETE_CHECKPOINT.value,
-        save_before_preemption=_SAVE_BEFORE_PREEMPTION.value,
-        async_backup=_ASYNC_BACKUP.value,
-    )
+    def backup_callback():
+        return backup_restore.BackupAndRestore(
+            cli.user_path(_BACKUP_DIR.value),
+            save_freq=save_freq,
+            delete_checkpoint=_DELETE_CHECKPOINT.value,
+            save_before_preemption=_SAVE_BEFORE_PREEMPTION.value,
+            async_backup=_ASYNC_BACKUP.value,
+        )
+
+    backup = backup_callback()
     callbacks = [backup]
+    if _RAISE_AT_EPOCH_BEGIN.value is not None:
+        callbacks.append(
+            _raise_at_epoch_begin(keras, _RAISE_AT_EPOCH_BEGIN.value)
+        )
     if _FAIL_AT_STEP.value and fails_here:
         callbacks.append(
             _failure_callback(
@@ -427,6 +485,12 @@ def main(argv):
                 steps_per_execution=_STEPS_PER_EXECUTION.value,
                 flavour=_KERAS.value,
             )
+            if _OPTIMIZER.value == "legacy_sgd":
+                model.compile(
+                    optimizer=keras.optimizers.legacy.SGD(0.001),
+                    loss="mse",
+                    steps_per_execution=_STEPS_PER_EXECUTION.value,
+                )
     fit_kwargs = dict(
         epochs=_EPOCHS.value,
         steps_per_epoch=_STEPS_PER_EPOCH.value,
@@ -476,10 +540,29 @@ def main(argv):
             shuffle_seed=_SEED.value if _SHUFFLE.value else None,
             repeat=_INPUT.value == "dataset_repeat",
         )
-    history = model.fit(**fit_kwargs)
+    raised_at = None
+    if _RAISE_AT_EPOCH_BEGIN.value is None:
+        history = model.fit(**fit_kwargs)
+    else:
+        try:
+            model.fit(**fit_kwargs)
+        except RuntimeError as e:
+            if "raise_at_epoch_begin" not in str(e):
+                raise
+            raised_at = _RAISE_AT_EPOCH_BEGIN.value
+        # As one would in a notebook or a retry loop: fit() again, in this
+        # process, with the same model and a new callback. The workers meet
+        # first, so that the chief's backup is committed before any reads.
+        _barrier(tf, strategy)
+        backup = backup_callback()
+        begun = _epochs_begun(keras)
+        fit_kwargs["callbacks"] = [backup, begun]
+        history = model.fit(**fit_kwargs)
 
     resumed = backup.resumed_from
     result = {
+        "raised_at_epoch_begin": raised_at,
+        "epochs_begun": begun.epochs if raised_at is not None else None,
         "epochs_run": len(history.epoch),
         "history_epochs": history.epoch,
         "history": history.history,

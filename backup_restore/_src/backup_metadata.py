@@ -151,7 +151,7 @@ def _fit_call(metadata) -> dict:
 def _arguments(arguments, field: str) -> None:
     fields.as_dict(arguments, field)
     shuffle = fields.member(arguments, "shuffle", parent=field)
-    if not isinstance(shuffle, str):
+    if shuffle is not None and not isinstance(shuffle, str):
         fields.as_bool(shuffle, f"{field}.shuffle")
     for key in ("class_weight", "sample_weight", "validation"):
         fields.member(arguments, key, fields.as_bool, field)

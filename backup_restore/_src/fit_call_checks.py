@@ -30,6 +30,10 @@ _VALIDATION_ARGUMENTS = (
 )
 
 
+# Arguments recorded as None where the input ignores them (fit_frames).
+_NONE_IF_IGNORED = ("shuffle",)
+
+
 def _argument_differences(metadata: dict, fit_call: dict, names) -> list:
     backup_arguments = metadata.get("fit_call", {}).get("arguments", {})
     arguments = fit_call.get("arguments", {})
@@ -39,6 +43,10 @@ def _argument_differences(metadata: dict, fit_call: dict, names) -> list:
         if key in backup_arguments
         and key in arguments
         and backup_arguments[key] != arguments[key]
+        and not (
+            key in _NONE_IF_IGNORED
+            and None in (backup_arguments[key], arguments[key])
+        )
     ]
 
 

@@ -253,6 +253,49 @@ class FitCallsTest(fit_test_case.FitTestCase):
         for got, want in zip(_weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)
 
+    @parameterized.named_parameters(
+        ("dataset", "dataset"),
+        ("generator", "generator"),
+    )
+    def test_shuffle_changed_where_the_input_ignores_it_resumes(self, kind):
+        # fit() ignores `shuffle` for a tf.data.Dataset or a generator: the
+        # batches are the same, so the position means the same.
+        def inputs():
+            if kind == "dataset":
+                return dict(
+                    dataset=synthetic.regression_dataset(SAMPLES, BATCH, seed=3)
+                )
+            return dict(
+                dataset=synthetic.regression_generator(SAMPLES, BATCH, seed=3),
+                steps_per_epoch=SAMPLES // BATCH,
+            )
+
+        self._interrupted(shuffle=True, **inputs())
+        model = _model(self.FLAVOUR)
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        _fit(model, [callback], epochs=3, shuffle=False, **inputs())
+        self.assertEqual(callback.resumed_from, (1, 2))
+        self.assertEqual(_iterations(model), 3 * 4)
+
+    def test_shuffle_changed_on_a_sequence_is_refused(self):
+        # A Sequence / PyDataset of known length: shuffle reorders its
+        # batches, so the position would mean other batches.
+        def sequence():
+            return synthetic.SEQUENCE[self.FLAVOUR](SAMPLES, BATCH, seed=3)
+
+        self._interrupted(dataset=sequence(), shuffle=True)
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"fit\(shuffle=...\): backup True, now False",
+        ):
+            _fit(
+                _model(self.FLAVOUR),
+                [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
+                epochs=3,
+                dataset=sequence(),
+                shuffle=False,
+            )
+
     def test_a_resume_with_validation_added_warns_and_resumes(self):
         self._interrupted()
         model = _model(self.FLAVOUR)
@@ -280,6 +323,36 @@ class FitCallsTest(fit_test_case.FitTestCase):
         _fit(model, [callback], epochs=3)
         self.assertEqual(callback.resumed_from, (1, 2))
         self.assertEqual(_iterations(model), 3 * 4)
+
+    def test_a_raise_at_an_epoch_begin_then_fit_again_resumes_there(self):
+        # tf-keras's multi-worker BackupAndRestore test in one process, for
+        # both flavours: another callback raises at the beginning of epoch
+        # 2, the same model runs fit() again and resumes at epoch 2.
+        uninterrupted = _model(self.FLAVOUR)
+        _fit(uninterrupted, [], epochs=4)
+
+        class RaiseAtEpoch2(keras_callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 2:
+                    raise keras_callbacks.Interrupted("epoch 2")
+
+        model = _model(self.FLAVOUR)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            _fit(
+                model,
+                [backup_restore.BackupAndRestore(self.dir), RaiseAtEpoch2()],
+                epochs=4,
+            )
+        callback = backup_restore.BackupAndRestore(self.dir)
+        recorder = keras_callbacks.Recorder()
+        _fit(model, [callback, recorder], epochs=4)
+        self.assertEqual(callback.resumed_from, (2, 0))
+        self.assertEqual(recorder.epochs, [2, 3])
+        self.assertEqual(_iterations(model), 4 * 4)
+        for got, want in zip(
+            _weights(model), _weights(uninterrupted), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
 
     def test_fewer_epochs_than_the_backup_is_refused(self):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)

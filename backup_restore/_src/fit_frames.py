@@ -9,6 +9,7 @@ classes; each adapter's contract test pins the names.
 
 import sys
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -46,10 +47,14 @@ def fit_arguments() -> dict:
         return {}
     given = frame.f_locals
     shuffle = given.get("shuffle")
+    if not shuffle_applies(given.get("x")):
+        shuffle = None
+    elif not isinstance(shuffle, str):
+        shuffle = bool(shuffle)
     freq = given.get("validation_freq", 1)
     return {
-        # True, False, or "batch" (tf-keras).
-        "shuffle": shuffle if isinstance(shuffle, str) else bool(shuffle),
+        # True, False, "batch", or None where the input ignores it.
+        "shuffle": shuffle,
         "steps_per_epoch": _int_or_none(given.get("steps_per_epoch")),
         "class_weight": given.get("class_weight") is not None,
         "sample_weight": given.get("sample_weight") is not None,
@@ -61,6 +66,42 @@ def fit_arguments() -> dict:
         ),
         "validation_steps": _int_or_none(given.get("validation_steps")),
     }
+
+
+def shuffle_applies(x) -> bool:
+    """Whether `fit(x=x, shuffle=...)` changes what fit() trains.
+
+    It does for what both flavours batch themselves (arrays, tensors,
+    lists, dicts of them, pandas frames), for a tf-keras `Sequence` and a
+    Keras 3 `PyDataset` of known length (their batch order). Each flavour's
+    data adapter ignores it for a `tf.data.Dataset` (and a distributed one),
+    a Python generator or iterator, a tf-keras `DatasetCreator`, a Keras 3
+    `PyDataset` of unknown length, a torch `DataLoader` and a grain dataset.
+    Classes are matched by name and module, as Keras's own adapter selection
+    does, so that neither flavour is imported here.
+    """
+    if isinstance(x, (tf.data.Dataset, tf.distribute.DistributedDataset)):
+        return False
+    for cls in type(x).__mro__:
+        module = cls.__module__ or ""
+        if module.startswith("tf_keras.") and cls.__name__ == "Sequence":
+            return True
+        if module.startswith("keras.") and cls.__name__ == "PyDataset":
+            return getattr(x, "num_batches", None) is not None
+        if module.startswith("tf_keras.") and cls.__name__ == "DatasetCreator":
+            return False
+        if "torch.utils.data" in module and cls.__name__ == "DataLoader":
+            return False
+        if "grain" in module and cls.__name__ in (
+            "MapDataset",
+            "IterDataset",
+            "DataLoader",
+        ):
+            return False
+    # tf-keras trains on any iterator as on a generator; Keras 3 accepts
+    # generators only.
+    iterates = hasattr(x, "__next__") and hasattr(x, "__iter__")
+    return not (iterates and not isinstance(x, np.ndarray))
 
 
 def _int_or_none(value):

@@ -169,7 +169,7 @@ class FitMetadataTest(fit_test_case.FitTestCase):
             ("position.counted_steps_per_epoch", [0, "4"]),
             ("fit_call", ["x"]),
             ("fit_call.initial_epoch", ["0"]),
-            ("fit_call.arguments.shuffle", [1, None]),
+            ("fit_call.arguments.shuffle", [1, [True]]),
             ("fit_call.arguments.sample_weight", ["no"]),
             ("fit_call.arguments.steps_per_epoch", ["4", -1]),
             ("fit_call.arguments.validation_freq", ["2", ["1"]]),

@@ -185,6 +185,32 @@ class MultiWorkerTest(test_case.TestCase):
         # 7th: the backup at batch 7 = epoch 1, batch 3 is the last.
         self._preempt(2, task=0, at_step=7, save_freq=3, expected=[1, 3])
 
+    def test_another_callback_raises_and_fit_runs_again_in_each_worker(self):
+        # tf-keras's own multi-worker BackupAndRestore test, in our words:
+        # a legacy SGD(0.001), another callback raises at the beginning of
+        # epoch 2 in every worker, and each worker calls fit() again in the
+        # same process. The second fit() resumes at epoch 2 (the learning
+        # rate is a float32 by then, no longer the float it was given) and
+        # ends like an uninterrupted run.
+        args = [*_ARGS, "--optimizer=legacy_sgd", "--epochs=4"]
+        codes, reference, outputs = self._cluster(
+            2, [*args, f"--backup_dir={self.tmp}/ref"]
+        )
+        self.assertEqual(codes, [0, 0], outputs[0][-3000:])
+        backup_dir = f"{self.tmp}/b"
+        codes, result, outputs = self._cluster(
+            2, [*args, "--raise_at_epoch_begin=2", f"--backup_dir={backup_dir}"]
+        )
+        self.assertEqual(codes, [0, 0], outputs[0][-3000:])
+        self.assertEqual(result["raised_at_epoch_begin"], 2)
+        self.assertEqual(result["resumed_from"], [2, 0])
+        self.assertEqual(result["epochs_begun"], [2, 3])
+        self.assertEqual(result["optimizer_iterations"], 4 * 4)
+        self.assertEqual(result["weights_sha256"], reference["weights_sha256"])
+        for output in outputs:
+            self.assertNotIn("BackupMismatchError", output)
+        self.assertFalse(os.path.exists(backup_dir), "deleted at the end")
+
     def test_launcher_restarts_the_group_until_done(self):
         reference = self._reference(2)
         backup_dir = f"{self.tmp}/launched"
