@@ -21,16 +21,23 @@ class InterruptAt(Callback):
     BackupAndRestore runs after every other callback (it moves itself last
     when fit() starts) and takes a backup due at that batch even so: the
     resume starts after it.
+
+    With `backup` (the fit()'s BackupAndRestore), it first waits until the
+    backups taken so far are committed, as a trainer killed at that batch
+    does: where the next fit() resumes then does not depend on timing.
     """
 
-    def __init__(self, batches: int):
+    def __init__(self, batches: int, backup=None):
         super().__init__()
         self._at = batches
         self._seen = 0
+        self._backup = backup
 
     def on_train_batch_end(self, batch, logs=None):
         self._seen += 1
         if self._seen == self._at:
+            if self._backup is not None:
+                self._backup.wait_for_backup()
             raise Interrupted(f"interrupted after {self._seen} batches")
 
 
