@@ -173,7 +173,7 @@ class ExactResumeTest(_SameOutcome, fit_test_case.FitTestCase):
         )
 
 
-ExactResumeTfKerasTest = fit_test_case.tf_keras_variant(ExactResumeTest)
+ExactResumeTfKerasTest = test_case.tf_keras_variant(ExactResumeTest)
 
 
 def _flags(name, flavour):
