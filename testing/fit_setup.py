@@ -40,12 +40,12 @@ class FitSetup:
         if self.input in ("dataset_repeat", "generator") and (
             not self.steps_per_epoch
         ):
-            raise ValueError(f"input={self.input!r} needs steps_per_epoch.")
+            raise ValueError(f"input={self.input} needs steps_per_epoch.")
         if self.model != "regression" and (
             self.input != "numpy" or self.strategy != "default"
         ):
             raise ValueError(
-                f"model={self.model!r} trains on numpy input with the default "
+                f"model={self.model} trains on numpy input with the default "
                 "strategy only."
             )
 
