@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 
 from backup_restore._src import cli
+from testing import fit_setup
 from testing import procs
 
 _BACKUP_DIR = flags.DEFINE_string(
@@ -255,18 +256,6 @@ def _install_fault_hook(stage: str | None, number: int, delay: float):
     faults.set_hook(hook)
 
 
-def _local_devices(tf):
-    """All GPUs, or --logical_cpus logical CPU devices without a GPU."""
-    if tf.config.list_physical_devices("GPU"):
-        return None  # the strategy's default: every GPU
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu,
-        [tf.config.LogicalDeviceConfiguration()] * _LOGICAL_CPUS.value,
-    )
-    return [f"/cpu:{i}" for i in range(_LOGICAL_CPUS.value)]
-
-
 def _serve_parameter_server_task(tf, resolver):
     """Runs this worker or ps task of a parameter-server cluster forever.
 
@@ -314,15 +303,7 @@ def _strategy(tf):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(
-            gpus[0].name if gpus else "/cpu:0"
-        )
-    devices = _local_devices(tf)
-    if name == "central_storage":
-        return tf.distribute.experimental.CentralStorageStrategy(devices)
-    return tf.distribute.MirroredStrategy(devices)
+    return fit_setup.local_strategy(tf, name, _LOGICAL_CPUS.value)
 
 
 def _failure_callback(keras, at_step: int, how: str, backup):
@@ -397,11 +378,6 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not _BACKUP_DIR.value:
         raise app.UsageError("--backup_dir is required.")
-    if (
-        _INPUT.value in ("dataset_repeat", "generator")
-        and not _STEPS_PER_EPOCH.value
-    ):
-        raise app.UsageError(f"--input={_INPUT.value} needs --steps_per_epoch.")
     if _STRATEGY.value == "parameter_server" and not _STEPS_PER_EPOCH.value:
         raise app.UsageError(
             "--strategy=parameter_server needs --steps_per_epoch (fit() "
@@ -415,13 +391,23 @@ def main(argv):
             "--model=regression."
         )
     save_freq = _save_freq(_SAVE_FREQ.value)
-    if _MODEL.value != "regression" and (
-        _INPUT.value != "numpy" or _STRATEGY.value != "default"
-    ):
-        raise app.UsageError(
-            f"--model={_MODEL.value} trains on --input=numpy with "
-            "--strategy=default only."
+    try:
+        setup = fit_setup.FitSetup(
+            keras=_KERAS.value,
+            input=_INPUT.value,
+            model=_MODEL.value,
+            model_size=_MODEL_SIZE.value,
+            dropout=_DROPOUT.value,
+            steps_per_execution=_STEPS_PER_EXECUTION.value,
+            shuffle=_SHUFFLE.value,
+            num_samples=_NUM_SAMPLES.value,
+            batch_size=_BATCH_SIZE.value,
+            steps_per_epoch=_STEPS_PER_EPOCH.value,
+            strategy=_STRATEGY.value,
+            seed=_SEED.value,
         )
+    except ValueError as e:
+        raise app.UsageError(f"--{e}") from None
 
     import tensorflow as tf  # here, not at the top: keeps --help fast
 
@@ -471,26 +457,13 @@ def main(argv):
             )
         )
     with strategy.scope():
-        if _MODEL.value.startswith("gan"):
-            model = synthetic.gan_model(
-                _KERAS.value,
-                optimizer_in_compile=_MODEL.value == "gan_optimizer_in_compile",
-            )
-        elif _MODEL.value == "raw_variable":
-            model = synthetic.raw_variable_model(_KERAS.value)
-        else:
-            model = synthetic.regression_model(
-                _MODEL_SIZE.value,
-                dropout=_DROPOUT.value,
+        model = setup.build_model()
+        if _OPTIMIZER.value == "legacy_sgd":
+            model.compile(
+                optimizer=keras.optimizers.legacy.SGD(0.001),
+                loss="mse",
                 steps_per_execution=_STEPS_PER_EXECUTION.value,
-                flavour=_KERAS.value,
             )
-            if _OPTIMIZER.value == "legacy_sgd":
-                model.compile(
-                    optimizer=keras.optimizers.legacy.SGD(0.001),
-                    loss="mse",
-                    steps_per_execution=_STEPS_PER_EXECUTION.value,
-                )
     fit_kwargs = dict(
         epochs=_EPOCHS.value,
         steps_per_epoch=_STEPS_PER_EPOCH.value,
@@ -509,37 +482,8 @@ def main(argv):
                 repeat=True,
             )
         )
-    elif _INPUT.value == "numpy":
-        if _MODEL.value.startswith("gan"):
-            # The generator's noise comes with the real samples.
-            x, y = synthetic.gan_data(_NUM_SAMPLES.value, seed=_SEED.value)
-        else:
-            x, y = synthetic.regression_data(
-                _NUM_SAMPLES.value, seed=_SEED.value
-            )
-        fit_kwargs.update(
-            x=x, y=y, batch_size=_BATCH_SIZE.value, shuffle=_SHUFFLE.value
-        )
-    elif _INPUT.value == "sequence":
-        fit_kwargs["x"] = synthetic.SEQUENCE[_KERAS.value](
-            _NUM_SAMPLES.value,
-            _BATCH_SIZE.value,
-            seed=_SEED.value,
-            shuffle=_SHUFFLE.value,
-        )
-        fit_kwargs["shuffle"] = _SHUFFLE.value
-    elif _INPUT.value == "generator":
-        fit_kwargs["x"] = synthetic.regression_generator(
-            _NUM_SAMPLES.value, _BATCH_SIZE.value, seed=_SEED.value
-        )
     else:
-        fit_kwargs["x"] = synthetic.regression_dataset(
-            _NUM_SAMPLES.value,
-            _BATCH_SIZE.value,
-            seed=_SEED.value,
-            shuffle_seed=_SEED.value if _SHUFFLE.value else None,
-            repeat=_INPUT.value == "dataset_repeat",
-        )
+        fit_kwargs.update(setup.fit_kwargs())
     raised_at = None
     if _RAISE_AT_EPOCH_BEGIN.value is None:
         history = model.fit(**fit_kwargs)

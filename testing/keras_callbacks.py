@@ -4,6 +4,7 @@ import os
 
 import keras
 
+from backup_restore._src import faults
 from backup_restore._src import tf_keras_adapter
 
 
@@ -21,16 +22,23 @@ class InterruptAt(Callback):
     BackupAndRestore runs after every other callback (it moves itself last
     when fit() starts) and takes a backup due at that batch even so: the
     resume starts after it.
+
+    With `backup` (the fit()'s BackupAndRestore), it first waits until the
+    backups taken so far are committed, as a trainer killed at that batch
+    does: where the next fit() resumes then does not depend on timing.
     """
 
-    def __init__(self, batches: int):
+    def __init__(self, batches: int, backup=None):
         super().__init__()
         self._at = batches
         self._seen = 0
+        self._backup = backup
 
     def on_train_batch_end(self, batch, logs=None):
         self._seen += 1
         if self._seen == self._at:
+            if self._backup is not None:
+                self._backup.wait_for_backup()
             raise Interrupted(f"interrupted after {self._seen} batches")
 
 
@@ -49,6 +57,41 @@ class Recorder(Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.batches.append((self._epoch, batch))
+
+
+class BackupPositions(Callback):
+    """Records where training was, (epoch, batches of it trained), at each
+    backup written in the fit() it is given to.
+
+    Through the write path's first fault point (faults.BEFORE_DATA), which
+    the training thread reaches in each backup it starts: no reach into
+    the callback. Installs that hook until the end of `test`.
+    """
+
+    def __init__(self, test):
+        super().__init__()
+        self.positions = []
+        self._at = (0, 0)
+        faults.set_hook(self._reached)
+        test.addCleanup(faults.set_hook, None)
+
+    @property
+    def epochs(self) -> list:
+        return [epoch for epoch, _ in self.positions]
+
+    def _reached(self, stage, path):
+        del path
+        if stage == faults.BEFORE_DATA:
+            self.positions.append(self._at)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._at = (epoch, 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._at = (self._at[0], batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._at = (epoch + 1, 0)
 
 
 # The fit() hooks that BackupAndRestore implements.

@@ -224,10 +224,11 @@ def start(binary: str, args: list[str]) -> Started:
 
 
 class FlavouredRuns:
-    """For a test class whose child trainers take `--keras`: runs them with
-    the class's `FLAVOUR` (a subclass sets the other one)."""
+    """For a test_case.TestCase whose child trainers take `--keras`: runs
+    them with the class's `FLAVOUR` (test_case.tf_keras_variant makes the
+    tf-keras class)."""
 
-    FLAVOUR = "keras3"
+    FLAVOUR = "keras3"  # test_case.TestCase's, for a class without it
 
     def run_child(self, binary, args, **kwargs):
         return run(binary, [*args, f"--keras={self.FLAVOUR}"], **kwargs)

@@ -10,6 +10,7 @@ import backup_restore
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
+from testing import test_case
 
 SAMPLES, BATCH = 64, 16  # 4 batches per epoch
 X, Y = synthetic.regression_data(SAMPLES, seed=3)
@@ -198,7 +199,7 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
             _run(self.FLAVOUR, lambda: [Bad()], 2, self.dir)
 
 
-CallbackStatesTfKerasTest = fit_test_case.tf_keras_variant(CallbackStatesTest)
+CallbackStatesTfKerasTest = test_case.tf_keras_variant(CallbackStatesTest)
 
 if __name__ == "__main__":
     absltest.main()

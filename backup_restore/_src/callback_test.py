@@ -17,57 +17,40 @@ from testing import dirs
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
+from testing import test_case
 
-EPOCHS = 3
-SAMPLES = 64
-BATCH = 16  # 4 batches per epoch
-
-
-def _model(flavour, **kwargs):
-    synthetic.KERAS[flavour].utils.set_random_seed(7)
-    return synthetic.regression_model("tiny", flavour=flavour, **kwargs)
+SAMPLES = fit_test_case.SAMPLES
+BATCH = fit_test_case.BATCH  # 4 batches per epoch
+EPOCHS = fit_test_case.EPOCHS
 
 
-def _fit(model, callbacks, epochs=EPOCHS, **kwargs):
-    x, y = synthetic.regression_data(SAMPLES, seed=3)
-    return model.fit(
-        x,
-        y,
-        batch_size=BATCH,
-        epochs=epochs,
-        verbose=0,
-        callbacks=callbacks,
-        **kwargs,
-    )
+class _Ticks(keras_callbacks.Callback):
+    """A fake clock for the backup policy: each training batch takes one
+    second, and nothing else takes any time."""
 
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
 
-def _weights(model):
-    return [w.numpy() for w in model.weights]
+    def __call__(self):
+        return self.now
 
-
-def _record_backup_epochs(callback) -> list:
-    """The epoch of the position of every backup `callback` writes."""
-    epochs = []
-    original = callback._engine.store.write_async
-
-    def spy(checkpoint, metadata, **kwargs):
-        epochs.append(metadata["position"]["epoch"])
-        return original(checkpoint, metadata, **kwargs)
-
-    callback._engine.store.write_async = spy
-    return epochs
+    def on_train_batch_end(self, batch, logs=None):
+        self.now += 1.0
 
 
 class CallbackTest(fit_test_case.FitTestCase):
     def _reference(self, **fit_kwargs):
-        model = _model(self.FLAVOUR)
-        history = _fit(model, [keras_callbacks.Recorder()], **fit_kwargs)
+        model = self.tiny_model()
+        history = self.fit_tiny(
+            model, [keras_callbacks.Recorder()], **fit_kwargs
+        )
         return model, history
 
     def _interrupted_then_resumed(self, save_freq, interrupt_at, **kw):
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
+            self.fit_tiny(
                 model,
                 [
                     backup_restore.BackupAndRestore(self.dir, save_freq),
@@ -76,10 +59,10 @@ class CallbackTest(fit_test_case.FitTestCase):
                 **kw,
             )
         self.assertTrue(tf.io.gfile.isdir(self.dir))
-        resumed = _model(self.FLAVOUR)
+        resumed = self.tiny_model()
         callback = backup_restore.BackupAndRestore(self.dir, save_freq)
         recorder = keras_callbacks.Recorder()
-        history = _fit(resumed, [callback, recorder], **kw)
+        history = self.fit_tiny(resumed, [callback, recorder], **kw)
         return resumed, history, callback, recorder
 
     # -- resume -------------------------------------------------------------
@@ -106,7 +89,9 @@ class CallbackTest(fit_test_case.FitTestCase):
         # History covers every epoch, as if never interrupted.
         self.assertEqual(history.epoch, list(range(EPOCHS)))
         self.assertEqual(history.history, ref_history.history)
-        for got, want in zip(_weights(model), _weights(ref_model), strict=True):
+        for got, want in zip(
+            self.weights(model), self.weights(ref_model), strict=True
+        ):
             np.testing.assert_array_equal(got, want)
         self.assertEqual(
             int(model.optimizer.iterations.numpy()),
@@ -116,14 +101,14 @@ class CallbackTest(fit_test_case.FitTestCase):
 
     def test_no_backup_starts_fresh_and_deletes_at_end(self):
         callback = backup_restore.BackupAndRestore(self.dir)
-        history = _fit(_model(self.FLAVOUR), [callback])
+        history = self.fit_tiny(self.tiny_model(), [callback])
         self.assertIsNone(callback.resumed_from)
         self.assertLen(history.epoch, EPOCHS)
         self.assertFalse(os.path.exists(self.dir))
 
     def test_delete_checkpoint_false_keeps_the_backup(self):
-        _fit(
-            _model(self.FLAVOUR),
+        self.fit_tiny(
+            self.tiny_model(),
             [
                 backup_restore.BackupAndRestore(
                     self.dir, delete_checkpoint=False
@@ -137,7 +122,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, delete_checkpoint=False
         )
         recorder = keras_callbacks.Recorder()
-        history = _fit(_model(self.FLAVOUR), [callback, recorder])
+        history = self.fit_tiny(self.tiny_model(), [callback, recorder])
         self.assertEqual(callback.resumed_from, (EPOCHS, 0))
         self.assertEqual(recorder.epochs, [])
         self.assertEqual(history.epoch, list(range(EPOCHS)))
@@ -147,21 +132,13 @@ class CallbackTest(fit_test_case.FitTestCase):
         # benchmark does, to time them): it must not also add itself to fit's
         # callbacks, or every hook would run twice.
         inner = backup_restore.BackupAndRestore(self.dir, save_freq=1)
-        writes = []
-        original = inner._engine.store.write_async
-
-        def spy(checkpoint, metadata, **kwargs):
-            writes.append(metadata["position"])
-            return original(checkpoint, metadata, **kwargs)
-
-        inner._engine.store.write_async = spy
-
+        backups = keras_callbacks.BackupPositions(self)
         wrapper = keras_callbacks.forwarding(
             self.keras.callbacks.Callback, inner
         )
-        _fit(_model(self.FLAVOUR), [wrapper()])
+        self.fit_tiny(self.tiny_model(), [wrapper(), backups])
         # Every batch but the last (its backup would be deleted at once).
-        self.assertLen(writes, EPOCHS * 4 - 1)
+        self.assertLen(backups.positions, EPOCHS * 4 - 1)
 
     def test_one_checkpoint_object_serves_every_backup(self):
         # TensorFlow's async checkpointing allocates a host copy of the whole
@@ -175,7 +152,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             return original(checkpoint, metadata, **kwargs)
 
         callback._engine.store.write_async = spy
-        _fit(_model(self.FLAVOUR), [callback])
+        self.fit_tiny(self.tiny_model(), [callback])
         self.assertLen(seen, EPOCHS * 4 - 1)
         self.assertLen({id(c) for c in seen}, 1)
 
@@ -193,34 +170,40 @@ class CallbackTest(fit_test_case.FitTestCase):
         callback = backup_restore.BackupAndRestore(
             self.dir, save_freq=save_freq, delete_checkpoint=delete
         )
-        positions = _record_backup_epochs(callback)
-        _fit(_model(self.FLAVOUR), [callback])
-        self.assertEqual(positions, list(range(1, expected + 1)))
+        backups = keras_callbacks.BackupPositions(self)
+        self.fit_tiny(self.tiny_model(), [callback, backups])
+        self.assertEqual(backups.epochs, list(range(1, expected + 1)))
         self.assertEqual(os.path.exists(self.dir), not delete)
 
     def test_no_last_backup_when_early_stopping_ends_training(self):
         callback = backup_restore.BackupAndRestore(self.dir)
-        positions = _record_backup_epochs(callback)
+        backups = keras_callbacks.BackupPositions(self)
 
         class StopAfterFirstEpoch(self.keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 self.model.stop_training = True
 
-        history = _fit(_model(self.FLAVOUR), [callback, StopAfterFirstEpoch()])
+        history = self.fit_tiny(
+            self.tiny_model(), [callback, StopAfterFirstEpoch(), backups]
+        )
         self.assertEqual(history.epoch, [0])
-        self.assertEqual(positions, [])
+        self.assertEqual(backups.positions, [])
 
     def test_a_directory_that_existed_is_kept_at_completion(self):
         # Even empty: only what the callback created is removed.
         os.makedirs(self.dir)
-        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(self.dir)])
+        self.fit_tiny(
+            self.tiny_model(), [backup_restore.BackupAndRestore(self.dir)]
+        )
         self.assertEqual(os.listdir(self.dir), [])
 
     def test_the_parents_it_created_are_removed_at_completion(self):
         parent = os.path.join(self.tmp, "existing")
         os.makedirs(parent)
         nested = os.path.join(parent, "made", "by", "us")
-        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(nested)])
+        self.fit_tiny(
+            self.tiny_model(), [backup_restore.BackupAndRestore(nested)]
+        )
         self.assertEqual(os.listdir(parent), [])
 
     def test_a_directory_left_by_an_interrupted_run_is_removed(self):
@@ -233,7 +216,9 @@ class CallbackTest(fit_test_case.FitTestCase):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "notes.txt"), "w") as f:
             f.write("mine")
-        _fit(_model(self.FLAVOUR), [backup_restore.BackupAndRestore(self.dir)])
+        self.fit_tiny(
+            self.tiny_model(), [backup_restore.BackupAndRestore(self.dir)]
+        )
         self.assertEqual(os.listdir(self.dir), ["notes.txt"])
 
     def test_ram_filesystem(self):
@@ -241,7 +226,9 @@ class CallbackTest(fit_test_case.FitTestCase):
         ref_model, _ = self._reference()
         model, _, callback, _ = self._interrupted_then_resumed("epoch", 6)
         self.assertEqual(callback.resumed_from, (1, 0))
-        for got, want in zip(_weights(model), _weights(ref_model), strict=True):
+        for got, want in zip(
+            self.weights(model), self.weights(ref_model), strict=True
+        ):
             np.testing.assert_array_equal(got, want)
 
     def test_unbuilt_model_is_built_and_restored(self):
@@ -280,14 +267,16 @@ class CallbackTest(fit_test_case.FitTestCase):
             callbacks=[callback],
         )
         self.assertEqual(callback.resumed_from, (1, 0))
-        for got, want in zip(_weights(resumed), _weights(ref), strict=True):
+        for got, want in zip(
+            self.weights(resumed), self.weights(ref), strict=True
+        ):
             np.testing.assert_array_equal(got, want)
 
     # -- refusing a backup --------------------------------------------------
 
     def _leave_a_backup(self):
-        _fit(
-            _model(self.FLAVOUR),
+        self.fit_tiny(
+            self.tiny_model(),
             [
                 backup_restore.BackupAndRestore(
                     self.dir, delete_checkpoint=False
@@ -300,15 +289,15 @@ class CallbackTest(fit_test_case.FitTestCase):
 
     def _assert_refused(self, model, *patterns):
         before = self._leave_a_backup()
-        weights = _weights(model)
+        weights = self.weights(model)
         with self.assertRaises(backup_restore.BackupMismatchError) as cm:
-            _fit(model, [backup_restore.BackupAndRestore(self.dir)])
+            self.fit_tiny(model, [backup_restore.BackupAndRestore(self.dir)])
         for pattern in patterns:
             self.assertRegex(str(cm.exception), pattern)
         self.assertEqual(
             keras_callbacks.backup_entries(self.dir), before, "nothing lost"
         )
-        for got, want in zip(_weights(model), weights, strict=True):
+        for got, want in zip(self.weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)  # nothing half-restored
 
     def test_changed_layer_is_refused_with_what_differs(self):
@@ -352,12 +341,12 @@ class CallbackTest(fit_test_case.FitTestCase):
 
     def test_changed_optimizer_config_is_refused(self):
         self._assert_refused(
-            _model(self.FLAVOUR, learning_rate=0.5),
+            self.tiny_model(learning_rate=0.5),
             r"optimizer config 'learning_rate': backup 0.0099.*, model 0.5",
         )
 
     def test_changed_optimizer_class_is_refused(self):
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         model.compile(optimizer=self.keras.optimizers.SGD(0.01), loss="mse")
         self._assert_refused(model, r"optimizer class: backup .*Adam.*SGD")
 
@@ -371,8 +360,8 @@ class CallbackTest(fit_test_case.FitTestCase):
             "(?s)fails TensorFlow's checks.*Checksum does not match.*"
             "Nothing was deleted",
         ):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [backup_restore.BackupAndRestore(self.dir)],
             )
         self.assertTrue(os.path.exists(data))
@@ -382,8 +371,8 @@ class CallbackTest(fit_test_case.FitTestCase):
         1 (4 batches per epoch); returns the committed backups' names."""
         callback = backup_restore.BackupAndRestore(self.dir, **kwargs)
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [callback, keras_callbacks.InterruptAt(10)],
             )
         callback.wait_for_backup()  # the older ones are deleted by then
@@ -394,7 +383,7 @@ class CallbackTest(fit_test_case.FitTestCase):
         entries = self._interrupt_in_epoch_2(double_checkpoint=True)
         self.assertEqual(entries, ["backup-00000001", "backup-00000002"])
         dirs.corrupt_data(os.path.join(self.dir, entries[-1]), offset=10)
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         callback = backup_restore.BackupAndRestore(
             self.dir, save_freq=1, double_checkpoint=True
         )
@@ -408,14 +397,16 @@ class CallbackTest(fit_test_case.FitTestCase):
             kept.append(keras_callbacks.backup_entries(self.dir))
 
         callback._engine.store.delete_older_than = spy
-        history = _fit(model, [callback])
+        history = self.fit_tiny(model, [callback])
         self.assertEqual(callback.resumed_from, (1, 0))  # epoch 0's backup
         self.assertEqual(
             kept[0], ["backup-00000001", "backup-00000003"], "intact kept"
         )
         self.assertTrue(all(len(k) == 2 for k in kept), kept)
         self.assertEqual(history.history, ref_history.history)
-        for got, want in zip(_weights(model), _weights(ref_model), strict=True):
+        for got, want in zip(
+            self.weights(model), self.weights(ref_model), strict=True
+        ):
             np.testing.assert_array_equal(got, want)
         self.assertFalse(os.path.exists(self.dir), "deleted on completion")
 
@@ -547,7 +538,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, save_freq=1, async_backup=asynchronous
         )
         with self.assertLogs(level=logging.INFO) as logs:
-            _fit(_model(self.FLAVOUR), [callback], epochs=1)
+            self.fit_tiny(self.tiny_model(), [callback], epochs=1)
         waited = [
             float(m.split("training waited ")[1].split(" s")[0])
             for m in logs.output
@@ -592,26 +583,43 @@ class CallbackTest(fit_test_case.FitTestCase):
                 ]
 
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
-        _fit(_model(self.FLAVOUR), [Observer(), callback], epochs=1)
+        self.fit_tiny(self.tiny_model(), [Observer(), callback], epochs=1)
         self.assertEqual(held, [faults.DATA_WRITTEN])
         self.assertEqual(committed[2], [])  # before our hook's wait
         self.assertEqual(committed[3], ["backup-00000001"])
 
-    def test_overhead_budget_backs_up_and_excludes_save_freq(self):
+    def _budgeted_fit(self, epochs, delete_checkpoint=False):
+        """fit() with a 90% overhead budget, batches of one fake second
+        each (policy.set_clock); returns the backups' positions and the
+        INFO logs."""
+        from backup_restore._src import policy
+
+        clock = _Ticks()
+        policy.set_clock(clock)
+        self.addCleanup(policy.set_clock, None)
         callback = backup_restore.BackupAndRestore(
-            self.dir, overhead_budget=0.9, delete_checkpoint=False
+            self.dir, overhead_budget=0.9, delete_checkpoint=delete_checkpoint
         )
-        epochs = _record_backup_epochs(callback)
-        x, y = synthetic.regression_data(SAMPLES, seed=3)
-        # 64 batches per epoch: the time between epochs counts as a cost,
-        # which 4 batches of a tiny model per epoch would not amortise; 4
-        # epochs: the first backup waits for the training time its expected
-        # cost needs (about 0.06 s at 90%).
-        _model(self.FLAVOUR).fit(
-            x, y, batch_size=1, epochs=4, verbose=0, callbacks=[callback]
+        backups = keras_callbacks.BackupPositions(self)
+        with self.assertLogs(level=logging.INFO) as logs:
+            self.fit_tiny(
+                self.tiny_model(), [clock, callback, backups], epochs=epochs
+            )
+        return backups.positions, logs.output
+
+    def test_overhead_budget_backs_up_and_excludes_save_freq(self):
+        # Each batch takes a second and a backup none: once the step time
+        # is measured (5 batches after the first), the budget allows a
+        # backup after every batch; one due at an epoch's last batch is
+        # written at the epoch's end.
+        positions, logs = self._budgeted_fit(epochs=3)
+        self.assertEqual(
+            positions, [(1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3), (3, 0)]
         )
-        self.assertGreater(len(epochs), 1, "a 90% budget allows backups")
-        self.assertIsNotNone(callback._policy.chosen)
+        self.assertTrue(
+            any("overhead_budget=0.9: backing up after" in m for m in logs),
+            logs,
+        )
         with self.assertRaisesRegex(ValueError, "cannot be combined"):
             backup_restore.BackupAndRestore(
                 self.dir, save_freq=2, overhead_budget=0.03
@@ -621,7 +629,7 @@ class CallbackTest(fit_test_case.FitTestCase):
 
     def test_overhead_budget_expects_the_first_backup_to_cost_its_size(self):
         # A state expected to take 10 s per variable to write: a 90% budget
-        # allows no backup in a fit of well under a second.
+        # allows no backup in a fit of 12 one-second batches.
         from backup_restore._src import background
 
         self.enter_context(
@@ -629,22 +637,14 @@ class CallbackTest(fit_test_case.FitTestCase):
                 background, "_WRITE_SECONDS_PER_VARIABLE_MEASURED", 10.0
             )
         )
-        callback = backup_restore.BackupAndRestore(
-            self.dir, overhead_budget=0.9
-        )
-        epochs = _record_backup_epochs(callback)
-        x, y = synthetic.regression_data(SAMPLES, seed=3)
-        _model(self.FLAVOUR).fit(
-            x, y, batch_size=1, epochs=2, verbose=0, callbacks=[callback]
-        )
-        self.assertEqual(epochs, [])
-        self.assertGreater(callback._policy.prior_cost_seconds, 10.0)
+        positions, _ = self._budgeted_fit(epochs=3, delete_checkpoint=True)
+        self.assertEqual(positions, [])
 
     def test_a_backup_of_the_other_flavour_is_refused_and_kept(self):
         other = "tf_keras" if self.FLAVOUR == "keras3" else "keras3"
-        model = _model(other)
+        model = self.tiny_model(other)
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
+            self.fit_tiny(
                 model,
                 [
                     backup_restore.BackupAndRestore(
@@ -658,8 +658,8 @@ class CallbackTest(fit_test_case.FitTestCase):
         keras_callbacks.simulate_restart()
         want = "written by a (tf-keras|Keras) .* model; this model is a"
         with self.assertRaisesRegex(backup_restore.BackupMismatchError, want):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
             )
         self.assertEqual(keras_callbacks.backup_entries(self.dir), kept)
@@ -667,7 +667,7 @@ class CallbackTest(fit_test_case.FitTestCase):
     def test_keras_3_on_another_backend_is_a_clear_error(self):
         if self.FLAVOUR != "keras3":
             self.skipTest("a Keras 3 backend")
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         callback = backup_restore.BackupAndRestore(self.dir)
         with mock.patch.object(keras.backend, "backend", return_value="jax"):
             with self.assertRaisesRegex(
@@ -689,7 +689,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             callback.on_train_begin()
 
 
-CallbackTfKerasTest = fit_test_case.tf_keras_variant(CallbackTest)
+CallbackTfKerasTest = test_case.tf_keras_variant(CallbackTest)
 
 if __name__ == "__main__":
     absltest.main()

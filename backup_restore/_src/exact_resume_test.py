@@ -1,86 +1,101 @@
-"""Exact resume: killed (SIGKILL) and restarted runs end bit-identical.
+"""Exact resume: interrupted and restarted runs end bit-identical.
 
-For every kind of input, each configuration trains three times in child
-processes of the example trainer, with op determinism and a fixed seed:
+In process (ExactResumeTest, and ExactResumeTfKerasTest for tf-keras), every
+kind of input trains three times with op determinism and a fixed seed, each
+fit() on a fresh model and a fresh BackupAndRestore, as a restarted job
+builds them:
   1. uninterrupted (the reference);
-  2. batch-level backups, SIGKILLed mid-epoch, restarted, SIGKILLed mid-epoch
-     again, restarted to completion;
-  3. epoch-level backups, SIGKILLed at an epoch boundary, restarted.
+  2. batch-level backups, interrupted mid-epoch, restarted, interrupted
+     mid-epoch again, restarted to completion;
+  3. epoch-level backups, interrupted before an end-of-epoch backup,
+     restarted.
+An interrupted fit() never counts as completed, so the next fit() on its
+backup_dir resumes it, in this process as in a new one (a notebook cell run
+again after Ctrl-C): nothing in the process needs resetting in between.
+
+With real SIGKILLs (SigkillTest): one configuration per kind of input
+(arrays, tf.data, a PyDataset, a distribution strategy, a custom loop) in
+child processes of the test trainers, killed twice mid-epoch and restarted.
+
 Final weights (SHA-256 of every variable, and of every variable the model
 holds: its optimizers' and raw tf.Variables), optimizer iterations and the
 History returned by fit() must equal the reference exactly.
 """
 
-import os
 import signal
 
+import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import backup_restore
 from testing import device
+from testing import fit_setup
+from testing import fit_test_case
+from testing import keras_callbacks
 from testing import procs
+from testing import synthetic
 from testing import test_case
 from testing import trainers
 
-_BASE = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=9"]
+EPOCHS = 3
+# 4 batches per epoch unless stated.
+_BASE = dict(num_samples=64, batch_size=16, seed=9)
 
-# name -> extra trainer flags. 4 batches per epoch unless stated. Each runs
-# with both Keras flavours (FLAVOURS), except where NOT_IN says otherwise.
+# name -> FitSetup arguments (the flavour comes from the test class).
 INPUTS = {
-    "numpy_shuffle": [],
-    "numpy_no_shuffle": ["--noshuffle"],
-    "dataset_reshuffle": ["--input=dataset"],
-    "dataset_repeat": ["--input=dataset_repeat", "--steps_per_epoch=4"],
-    "sequence": ["--input=sequence"],
-    "generator": ["--input=generator", "--steps_per_epoch=4"],
-    "dropout": ["--dropout=0.3"],
-    "mirrored_two_cpus": ["--strategy=mirrored", "--input=dataset"],
-    "one_device": ["--strategy=one_device"],
+    "numpy_shuffle": {},
+    "numpy_no_shuffle": dict(shuffle=False),
+    "dataset_reshuffle": dict(input="dataset"),
+    "dataset_repeat": dict(input="dataset_repeat", steps_per_epoch=4),
+    "sequence": dict(input="sequence"),
+    "generator": dict(input="generator", steps_per_epoch=4),
+    "dropout": dict(dropout=0.3),
+    "mirrored_two_cpus": dict(strategy="mirrored", input="dataset"),
+    "one_device": dict(strategy="one_device"),
     # Optimizers held as attributes (one of them also the compiled one, so
     # built on a subset of the variables), a raw tf.Variable.
-    "gan": ["--model=gan"],
-    "gan_optimizer_in_compile": ["--model=gan_optimizer_in_compile"],
-    "raw_variable": ["--model=raw_variable"],
-    "central_storage_two_cpus": ["--strategy=central_storage"],
-    # Only in the _tpu variant (a TPU VM); skipped elsewhere.
-    "tpu": ["--strategy=tpu", "--input=dataset"],
+    "gan": dict(model="gan"),
+    "gan_optimizer_in_compile": dict(model="gan_optimizer_in_compile"),
+    "raw_variable": dict(model="raw_variable"),
+    "central_storage_two_cpus": dict(strategy="central_storage"),
+    # 6 batches per epoch in 3 executions of 2.
+    "steps_per_execution": dict(steps_per_execution=2, num_samples=96),
 }
-# Where each configuration is killed: (save_freq, steps of the 1st and 2nd
-# run, epoch-level kill step). A step is one train_function call, which is
-# --steps_per_execution batches. With 4 batches per epoch, batch-level
-# backups every 3 batches: killed after batch 5 (last backup (0, 3)), then 4
-# batches into the next run (last backup (1, 2)); epoch-level: killed after
-# batch 8, before the end-of-epoch-1 backup.
+# Where each configuration is interrupted: (save_freq, steps of the 1st and
+# 2nd run, epoch-level step). A step is one train_function call, which is
+# steps_per_execution batches. With 4 batches per epoch, batch-level
+# backups every 3 batches: interrupted after batch 5 (last backup (0, 3)),
+# then 4 batches into the next run (last backup (1, 2)); epoch-level:
+# after batch 8, before the end-of-epoch-1 backup.
 KILLS = {"default": ("3", 5, 4, 8)}
-# 6 batches per epoch in 3 executions of 2: backups every 2 batches; killed
-# after batch 4 ((0, 2) backed up), then after 4 more ((0, 4)); epoch-level:
-# after batch 8.
-INPUTS["steps_per_execution"] = ["--steps_per_execution=2", "--num_samples=96"]
+# Backups every 2 batches; interrupted after batch 4, then after 4 more;
+# epoch-level: after batch 8.
 KILLS["steps_per_execution"] = ("2", 2, 2, 4)
-FLAVOURS = ("keras3", "tf_keras")
 # Keras 3's fit() itself does not run under CentralStorageStrategy.
 NOT_IN = {"keras3": {"central_storage_two_cpus"}}
-# (test name, trainer flags, input name)
-CONFIGS = [
-    (f"{name}_{flavour}", [*flags, f"--keras={flavour}"], name)
-    for name, flags in INPUTS.items()
-    for flavour in FLAVOURS
-    if name not in NOT_IN.get(flavour, ())
-]
 
 
-class ExactResumeTest(test_case.TestCase):
-    def _run(self, args, killed=False):
-        run = procs.run(trainers.fit_trainer(), [*_BASE, *args])
-        if killed:
-            self.assertEqual(run.killed_by, signal.SIGKILL, run.describe())
-        else:
-            self.assertEqual(run.returncode, 0, run.describe())
-        return run
+def _save_freq(value: str):
+    return value if value == "epoch" else int(value)
 
-    def _assert_same(self, run, reference):
-        got, want = run.result, reference.result
-        self.assertIsNotNone(got["resumed_from"], run.describe())
+
+def _outcome(model, history, backup) -> dict:
+    """What a run ends with, as fit_trainer reports it."""
+    resumed = backup.resumed_from
+    return {
+        "resumed_from": list(resumed) if resumed else None,
+        "weights_sha256": synthetic.weights_sha256(model.weights),
+        "state_sha256": synthetic.state_sha256(model),
+        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+        "history_epochs": history.epoch,
+        "history": history.history,
+    }
+
+
+class _SameOutcome:
+    def assert_same(self, got, want):
+        self.assertIsNotNone(got["resumed_from"], "resumed")
         self.assertEqual(got["weights_sha256"], want["weights_sha256"])
         self.assertEqual(got["state_sha256"], want["state_sha256"])
         self.assertEqual(
@@ -89,26 +104,126 @@ class ExactResumeTest(test_case.TestCase):
         self.assertEqual(got["history_epochs"], want["history_epochs"])
         self.assertEqual(got["history"], want["history"])
 
-    @parameterized.named_parameters(*CONFIGS)
-    def test_killed_and_restarted_runs_match_uninterrupted(self, flags, name):
-        if name == "tpu" and device.requested_device() != "tpu":
-            self.skipTest("TPUStrategy: runs in the _tpu variant only")
-        save_freq, first, second, at_epoch = KILLS.get(name, KILLS["default"])
-        reference = self._run([*flags, f"--backup_dir={self.tmp}/ref"])
 
-        # Batch-level backups, two mid-epoch kills.
-        steps = [f"--backup_dir={self.tmp}/s", f"--save_freq={save_freq}"]
-        steps += flags
+class ExactResumeTest(_SameOutcome, fit_test_case.FitTestCase):
+    @classmethod
+    def setUpClass(cls):
+        # Before anything starts TensorFlow's runtime: the two replicas of
+        # the mirrored and central-storage configurations.
+        fit_setup.split_cpu(tf, 2)
+        super().setUpClass()
+        if cls.FLAVOUR == "tf_keras":
+            # As fit_trainer: layer randomness (Dropout) in backed-up state.
+            tf_keras = synthetic.KERAS["tf_keras"]
+            tf_keras.backend.experimental.enable_tf_random_generator()
+
+    def _fit(self, setup, backup_dir, save_freq="epoch", interrupt_at=None):
+        """One job's fit(): a fresh model, input and callback on
+        `backup_dir`; interrupted after `interrupt_at` batches if given."""
+        self.keras.utils.set_random_seed(setup.seed)
+        with fit_setup.local_strategy(tf, setup.strategy).scope():
+            model = setup.build_model()
+        backup = backup_restore.BackupAndRestore(
+            backup_dir, save_freq=_save_freq(save_freq)
+        )
+        callbacks = [backup]
+        if interrupt_at is not None:
+            callbacks.append(keras_callbacks.InterruptAt(interrupt_at, backup))
+        kwargs = dict(
+            **setup.fit_kwargs(), epochs=EPOCHS, callbacks=callbacks, verbose=0
+        )
+        if interrupt_at is None:
+            return _outcome(model, model.fit(**kwargs), backup)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            model.fit(**kwargs)
+        return None
+
+    @parameterized.named_parameters((name, name) for name in INPUTS)
+    def test_interrupted_and_restarted_runs_match_uninterrupted(self, name):
+        if name in NOT_IN.get(self.FLAVOUR, ()):
+            self.skipTest(f"{name}: not supported by {self.FLAVOUR}'s fit()")
+        setup = fit_setup.FitSetup(
+            keras=self.FLAVOUR, **{**_BASE, **INPUTS[name]}
+        )
+        save_freq, first, second, at_epoch = KILLS.get(name, KILLS["default"])
+        reference = self._fit(setup, f"{self.tmp}/ref")
+
+        # Batch-level backups, two mid-epoch interruptions.
+        steps = f"{self.tmp}/s"
+        self._fit(setup, steps, save_freq, interrupt_at=first)
+        self._fit(setup, steps, save_freq, interrupt_at=second)
+        resumed = self._fit(setup, steps, save_freq)
+        self.assert_same(resumed, reference)
+        self.assertNotEqual(resumed["resumed_from"][1], 0, "mid-epoch")
+
+        # Epoch-level backups, interrupted before an end-of-epoch backup.
+        epochs = f"{self.tmp}/e"
+        self._fit(setup, epochs, interrupt_at=at_epoch)
+        self.assert_same(self._fit(setup, epochs), reference)
+
+    def test_generator_input_warns_that_it_cannot_be_rewound(self):
+        setup = fit_setup.FitSetup(
+            keras=self.FLAVOUR, **_BASE, input="generator", steps_per_epoch=4
+        )
+        self._fit(setup, self.dir, "3", interrupt_at=7)
+        with self.assertLogs(level="WARNING") as logs:
+            self._fit(setup, self.dir, "3")
+        self.assertIn(
+            "Python generator, which cannot be rewound", "\n".join(logs.output)
+        )
+
+
+ExactResumeTfKerasTest = test_case.tf_keras_variant(ExactResumeTest)
+
+
+def _flags(name, flavour):
+    setup = fit_setup.FitSetup(keras=flavour, **{**_BASE, **INPUTS[name]})
+    return [*setup.flags(), f"--epochs={EPOCHS}"]
+
+
+# One real-SIGKILL configuration per kind of input: (test name, input name,
+# flavour).
+SIGKILLED = [
+    ("arrays_tf_keras", "numpy_shuffle", "tf_keras"),
+    ("dataset_keras3", "dataset_reshuffle", "keras3"),
+    ("pydataset_keras3", "sequence", "keras3"),
+    ("mirrored_keras3", "mirrored_two_cpus", "keras3"),
+]
+
+
+class SigkillTest(_SameOutcome, test_case.TestCase):
+    def _run(self, args, killed=False):
+        run = procs.run(trainers.fit_trainer(), args)
+        if killed:
+            self.assertEqual(run.killed_by, signal.SIGKILL, run.describe())
+        else:
+            self.assertEqual(run.returncode, 0, run.describe())
+        return run
+
+    def _killed_twice_and_restarted(self, flags, kills=KILLS["default"]):
+        save_freq, first, second, _ = kills
+        reference = self._run([*flags, f"--backup_dir={self.tmp}/ref"])
+        steps = [
+            *flags,
+            f"--backup_dir={self.tmp}/s",
+            f"--save_freq={save_freq}",
+        ]
         self._run([*steps, f"--fail_at_step={first}"], killed=True)
         self._run([*steps, f"--fail_at_step={second}"], killed=True)
         resumed = self._run(steps)
-        self._assert_same(resumed, reference)
+        self.assert_same(resumed.result, reference.result)
         self.assertNotEqual(resumed.result["resumed_from"][1], 0, "mid-epoch")
 
-        # Epoch-level backups, killed before an end-of-epoch backup.
-        epochs = [f"--backup_dir={self.tmp}/e", "--save_freq=epoch", *flags]
-        self._run([*epochs, f"--fail_at_step={at_epoch}"], killed=True)
-        self._assert_same(self._run(epochs), reference)
+    @parameterized.named_parameters(*SIGKILLED)
+    def test_killed_and_restarted_runs_match_uninterrupted(self, name, flavour):
+        self._killed_twice_and_restarted(_flags(name, flavour))
+
+    @parameterized.parameters("keras3", "tf_keras")
+    def test_tpu_killed_and_restarted_runs_match_uninterrupted(self, flavour):
+        if device.requested_device() != "tpu":
+            self.skipTest("TPUStrategy: runs in the _tpu variant only")
+        flags = _flags("dataset_reshuffle", flavour)
+        self._killed_twice_and_restarted([*flags, "--strategy=tpu"])
 
     @parameterized.parameters("keras3", "tf_keras")
     def test_custom_loop_killed_twice_matches_uninterrupted(self, flavour):
@@ -140,7 +255,11 @@ class ExactResumeTest(test_case.TestCase):
     def test_legacy_dropout_rng_is_not_exact_and_says_so(self):
         # tf-keras's legacy stateful RNG keeps its state in op kernels: it
         # cannot be backed up. Kept as a test so the difference stays known.
-        flags = ["--dropout=0.3", "--notf_random_generator", "--keras=tf_keras"]
+        # In a child process: the RNG choice is process-wide.
+        flags = [
+            *_flags("dropout", "tf_keras"),
+            "--notf_random_generator",
+        ]
         reference = self._run([*flags, f"--backup_dir={self.tmp}/ref"])
         args = [f"--backup_dir={self.tmp}/b", "--save_freq=3", *flags]
         self._run([*args, "--fail_at_step=7"], killed=True)
@@ -150,20 +269,6 @@ class ExactResumeTest(test_case.TestCase):
         self.assertNotEqual(
             resumed.result["weights_sha256"], reference.result["weights_sha256"]
         )
-
-    def test_generator_input_warns_that_it_cannot_be_rewound(self):
-        args = [
-            f"--backup_dir={self.tmp}/b",
-            "--save_freq=3",
-            "--input=generator",
-            "--steps_per_epoch=4",
-        ]
-        self._run([*args, "--fail_at_step=7"], killed=True)
-        resumed = self._run(args)
-        self.assertIn(
-            "Python generator, which cannot be rewound", resumed.stderr
-        )
-        self.assertTrue(os.path.exists(self.tmp))
 
 
 if __name__ == "__main__":

@@ -15,53 +15,26 @@ import backup_restore
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
+from testing import test_case
 
-SAMPLES = 64
-BATCH = 16  # 4 batches per epoch
-
-
-def _model(flavour):
-    synthetic.KERAS[flavour].utils.set_random_seed(7)
-    return synthetic.regression_model("tiny", flavour=flavour)
-
-
-def _fit(
-    model,
-    callbacks,
-    *,
-    epochs=2,
-    samples=SAMPLES,
-    batch=BATCH,
-    dataset=None,
-    **kwargs,
-):
-    """fit() on numpy arrays of `samples`, or on `dataset` if given."""
-    if dataset is not None:
-        inputs = dict(x=dataset)
-    else:
-        x, y = synthetic.regression_data(samples, seed=3)
-        inputs = dict(x=x, y=y, batch_size=batch)
-    return model.fit(
-        **inputs, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs
-    )
+SAMPLES = fit_test_case.SAMPLES
+BATCH = fit_test_case.BATCH  # 4 batches per epoch
 
 
 def _iterations(model):
     return int(model.optimizer.iterations.numpy())
 
 
-def _weights(model):
-    return [w.numpy() for w in model.weights]
-
-
 class FitCallsTest(fit_test_case.FitTestCase):
+    EPOCHS = 2
+
     def _interrupted(self, model=None, **fit_kwargs):
         """Leaves the backup of a run interrupted in epoch 1, after its 6th
         batch (the backup at that batch: epoch 1, batch 2)."""
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
-                model or _model(self.FLAVOUR),
+            self.fit_tiny(
+                model or self.tiny_model(),
                 [callback, keras_callbacks.InterruptAt(6)],
                 epochs=3,
                 **fit_kwargs,
@@ -75,9 +48,9 @@ class FitCallsTest(fit_test_case.FitTestCase):
     def test_a_second_fit_trains_and_a_third_without_callback_is_untouched(
         self,
     ):
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         for _ in range(2):
-            _fit(
+            self.fit_tiny(
                 model,
                 [
                     backup_restore.BackupAndRestore(
@@ -88,7 +61,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         # The second call is another call of the job: it trains its epochs
         # (as fit() does when called again), it does not restore the first.
         self.assertEqual(_iterations(model), 2 * 2 * 4)
-        history = _fit(model, [], epochs=3)
+        history = self.fit_tiny(model, [], epochs=3)
         self.assertEqual(history.epoch, [0, 1, 2])
         self.assertEqual(_iterations(model), 2 * 2 * 4 + 3 * 4)
 
@@ -105,26 +78,26 @@ class FitCallsTest(fit_test_case.FitTestCase):
 
         faults.set_hook(interrupt)
         self.addCleanup(faults.set_hook, None)
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         with self.assertRaises(KeyboardInterrupt):
-            _fit(model, [backup_restore.BackupAndRestore(self.dir)])
+            self.fit_tiny(model, [backup_restore.BackupAndRestore(self.dir)])
         faults.set_hook(None)
         self.assertNotEmpty(keras_callbacks.backup_entries(self.dir))
         callback = backup_restore.BackupAndRestore(self.dir)
-        history = _fit(model, [callback])
+        history = self.fit_tiny(model, [callback])
         self.assertIsNone(callback.resumed_from)
         self.assertEqual(history.epoch, [0, 1])
         self.assertEqual(_iterations(model), 2 * 2 * 4)
 
     def test_a_rerun_job_restores_each_fit_call_its_own_backup(self):
         def job():
-            model = _model(self.FLAVOUR)
+            model = self.tiny_model()
             callback = backup_restore.BackupAndRestore(
                 self.dir, delete_checkpoint=False
             )
             resumed = []
             for _ in range(2):
-                _fit(model, [callback])
+                self.fit_tiny(model, [callback])
                 resumed.append(callback.resumed_from)
             return model, resumed
 
@@ -135,13 +108,15 @@ class FitCallsTest(fit_test_case.FitTestCase):
         # Each call finds its own final backup: nothing is trained again.
         self.assertEqual(resumed, [(2, 0), (2, 0)])
         self.assertEqual(_iterations(again), _iterations(first))
-        for got, want in zip(_weights(again), _weights(first), strict=True):
+        for got, want in zip(
+            self.weights(again), self.weights(first), strict=True
+        ):
             np.testing.assert_array_equal(got, want)
 
     def test_nothing_outlives_a_fit_that_raised(self):
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
+            self.fit_tiny(
                 model,
                 [
                     backup_restore.BackupAndRestore(self.dir, save_freq=1),
@@ -158,13 +133,13 @@ class FitCallsTest(fit_test_case.FitTestCase):
         # fit), then raises before its first step...
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(model, [callback, RaiseAtFirstBatch()])
+            self.fit_tiny(model, [callback, RaiseAtFirstBatch()])
         self.assertEqual(callback.resumed_from, (0, 3))
         before = _iterations(model)
         # ...and a plain fit() afterwards starts at its own beginning and
         # trains every batch: nothing of the callback was left behind.
         recorder = keras_callbacks.Recorder()
-        history = _fit(model, [recorder], epochs=2)
+        history = self.fit_tiny(model, [recorder], epochs=2)
         self.assertEqual(recorder.epochs, [0, 1])
         self.assertEqual(recorder.batches[0], (0, 0))
         self.assertEqual(history.epoch, [0, 1])
@@ -174,11 +149,13 @@ class FitCallsTest(fit_test_case.FitTestCase):
         # A two-phase job, killed in phase 2 (fit call #1): when it runs
         # again, phase 1 (call #0) trains and completes without touching
         # phase 2's backup, which phase 2 then resumes.
-        model = _model(self.FLAVOUR)
-        _fit(model, [backup_restore.BackupAndRestore(self.dir)], epochs=2)
+        model = self.tiny_model()
+        self.fit_tiny(
+            model, [backup_restore.BackupAndRestore(self.dir)], epochs=2
+        )
         phase2 = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
+            self.fit_tiny(
                 model,
                 [phase2, keras_callbacks.InterruptAt(6)],
                 epochs=4,
@@ -187,15 +164,15 @@ class FitCallsTest(fit_test_case.FitTestCase):
         phase2.wait_for_backup()
         phase2_backups = keras_callbacks.backup_entries(self.dir)
         keras_callbacks.simulate_restart()
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         phase1 = backup_restore.BackupAndRestore(self.dir)
-        _fit(model, [phase1], epochs=2)
+        self.fit_tiny(model, [phase1], epochs=2)
         self.assertIsNone(phase1.resumed_from)
         self.assertEqual(
             keras_callbacks.backup_entries(self.dir), phase2_backups
         )
         phase2 = backup_restore.BackupAndRestore(self.dir, save_freq=2)
-        _fit(model, [phase2], epochs=4, initial_epoch=2)
+        self.fit_tiny(model, [phase2], epochs=4, initial_epoch=2)
         # The backup of batch 6, where InterruptAt raised.
         self.assertEqual(phase2.resumed_from, (3, 2))
         self.assertEqual(_iterations(model), 4 * 4)
@@ -235,12 +212,12 @@ class FitCallsTest(fit_test_case.FitTestCase):
         self, change, pattern
     ):
         before = self._interrupted()
-        model = _model(self.FLAVOUR)
-        weights = _weights(model)
+        model = self.tiny_model()
+        weights = self.weights(model)
         with self.assertRaisesRegex(
             backup_restore.BackupMismatchError, pattern
         ):
-            _fit(
+            self.fit_tiny(
                 model,
                 [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
                 epochs=3,
@@ -250,7 +227,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
             keras_callbacks.backup_entries(self.dir), before, "nothing lost"
         )
         self.assertEqual(_iterations(model), 0, "no step ran")
-        for got, want in zip(_weights(model), weights, strict=True):
+        for got, want in zip(self.weights(model), weights, strict=True):
             np.testing.assert_array_equal(got, want)
 
     @parameterized.named_parameters(
@@ -271,9 +248,9 @@ class FitCallsTest(fit_test_case.FitTestCase):
             )
 
         self._interrupted(shuffle=True, **inputs())
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
-        _fit(model, [callback], epochs=3, shuffle=False, **inputs())
+        self.fit_tiny(model, [callback], epochs=3, shuffle=False, **inputs())
         self.assertEqual(callback.resumed_from, (1, 2))
         self.assertEqual(_iterations(model), 3 * 4)
 
@@ -288,8 +265,8 @@ class FitCallsTest(fit_test_case.FitTestCase):
             backup_restore.BackupMismatchError,
             r"fit\(shuffle=...\): backup True, now False",
         ):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
                 epochs=3,
                 dataset=sequence(),
@@ -298,11 +275,13 @@ class FitCallsTest(fit_test_case.FitTestCase):
 
     def test_a_resume_with_validation_added_warns_and_resumes(self):
         self._interrupted()
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         x, y = synthetic.regression_data(16, seed=5)
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertLogs(level="WARNING") as logs:
-            history = _fit(model, [callback], epochs=3, validation_data=(x, y))
+            history = self.fit_tiny(
+                model, [callback], epochs=3, validation_data=(x, y)
+            )
         self.assertEqual(callback.resumed_from, (1, 2))
         warning = "\n".join(logs.output)
         self.assertIn("validation data given: backup False, now True", warning)
@@ -314,13 +293,13 @@ class FitCallsTest(fit_test_case.FitTestCase):
         if self.FLAVOUR != "tf_keras":
             self.skipTest("legacy optimizers are tf-keras's")
         keras = synthetic.KERAS[self.FLAVOUR]
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         model.compile(keras.optimizers.legacy.SGD(0.001), "mse")
         # The interrupted fit() did not complete: running it again in this
         # process resumes it, with the learning rate now a float32.
         self._interrupted(model=model)
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
-        _fit(model, [callback], epochs=3)
+        self.fit_tiny(model, [callback], epochs=3)
         self.assertEqual(callback.resumed_from, (1, 2))
         self.assertEqual(_iterations(model), 3 * 4)
 
@@ -328,37 +307,37 @@ class FitCallsTest(fit_test_case.FitTestCase):
         # tf-keras's multi-worker BackupAndRestore test in one process, for
         # both flavours: another callback raises at the beginning of epoch
         # 2, the same model runs fit() again and resumes at epoch 2.
-        uninterrupted = _model(self.FLAVOUR)
-        _fit(uninterrupted, [], epochs=4)
+        uninterrupted = self.tiny_model()
+        self.fit_tiny(uninterrupted, [], epochs=4)
 
         class RaiseAtEpoch2(keras_callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 if epoch == 2:
                     raise keras_callbacks.Interrupted("epoch 2")
 
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
+            self.fit_tiny(
                 model,
                 [backup_restore.BackupAndRestore(self.dir), RaiseAtEpoch2()],
                 epochs=4,
             )
         callback = backup_restore.BackupAndRestore(self.dir)
         recorder = keras_callbacks.Recorder()
-        _fit(model, [callback, recorder], epochs=4)
+        self.fit_tiny(model, [callback, recorder], epochs=4)
         self.assertEqual(callback.resumed_from, (2, 0))
         self.assertEqual(recorder.epochs, [2, 3])
         self.assertEqual(_iterations(model), 4 * 4)
         for got, want in zip(
-            _weights(model), _weights(uninterrupted), strict=True
+            self.weights(model), self.weights(uninterrupted), strict=True
         ):
             np.testing.assert_array_equal(got, want)
 
     def test_fewer_epochs_than_the_backup_is_refused(self):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         with self.assertRaises(keras_callbacks.Interrupted):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [callback, keras_callbacks.InterruptAt(7)],
                 epochs=3,
             )
@@ -370,8 +349,8 @@ class FitCallsTest(fit_test_case.FitTestCase):
             r"the backup is at epoch 1, batch 3, past the end of this fit\(\) "
             r"\(epochs=1\)",
         ):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [backup_restore.BackupAndRestore(self.dir, save_freq=2)],
                 epochs=1,
             )
@@ -394,8 +373,8 @@ class FitCallsTest(fit_test_case.FitTestCase):
             r"input batches .*: backup \[\[\[16, 16\], 'float32'\], "
             r"\[\[16, 1\], 'float32'\]\], now \[\[\[8, 16\]",
         ):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [backup_restore.BackupAndRestore(self.dir, 2)],
                 epochs=3,
                 dataset=dataset(BATCH // 2),
@@ -410,8 +389,8 @@ class FitCallsTest(fit_test_case.FitTestCase):
             backup_restore.BackupMismatchError,
             r"batches per epoch: backup 4, now 2",
         ):
-            _fit(
-                _model(self.FLAVOUR),
+            self.fit_tiny(
+                self.tiny_model(),
                 [backup_restore.BackupAndRestore(self.dir, 2)],
                 epochs=3,
                 dataset=synthetic.regression_dataset(
@@ -433,11 +412,11 @@ class FitCallsTest(fit_test_case.FitTestCase):
             if keras_own
             else backup_restore.BackupAndRestore(other_dir)
         )
-        model = _model(self.FLAVOUR)
+        model = self.tiny_model()
         with self.assertRaisesRegex(
             ValueError, r"more than one backup callback.*Nothing was restored"
         ):
-            _fit(
+            self.fit_tiny(
                 model,
                 [backup_restore.BackupAndRestore(self.dir), other],
                 epochs=3,
@@ -450,7 +429,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
         callback = backup_restore.BackupAndRestore(
             self.dir, delete_checkpoint=False
         )
-        _fit(_model(self.FLAVOUR), [callback])
+        self.fit_tiny(self.tiny_model(), [callback])
         other = self.keras.Sequential(
             [
                 self.keras.Input((synthetic.INPUT_DIM,)),
@@ -459,12 +438,12 @@ class FitCallsTest(fit_test_case.FitTestCase):
             ]
         )
         other.compile("sgd", "mse")
-        _fit(other, [callback])  # another fit() call: no mismatch
+        self.fit_tiny(other, [callback])  # another fit() call: no mismatch
         self.assertIsNone(callback.resumed_from)
         self.assertEqual(_iterations(other), 2 * 4)
 
 
-FitCallsTfKerasTest = fit_test_case.tf_keras_variant(FitCallsTest)
+FitCallsTfKerasTest = test_case.tf_keras_variant(FitCallsTest)
 
 if __name__ == "__main__":
     absltest.main()

@@ -18,10 +18,11 @@ import backup_restore
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
+from testing import test_case
 
-SAMPLES = 64
-BATCH = 16  # 4 batches per epoch
-EPOCHS = 3
+SAMPLES = fit_test_case.SAMPLES
+BATCH = fit_test_case.BATCH  # 4 batches per epoch
+EPOCHS = fit_test_case.EPOCHS
 
 
 class RaiseAtEpochEnd(keras_callbacks.Callback):
@@ -61,25 +62,11 @@ def _persist_threads():
 
 
 class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
-    def _model(self):
-        self.keras.utils.set_random_seed(7)
-        return synthetic.regression_model("tiny", flavour=self.FLAVOUR)
-
     def _fit(self, model, callbacks, **kwargs):
-        x, y = synthetic.regression_data(SAMPLES, seed=3)
-        return model.fit(
-            x,
-            y,
-            batch_size=BATCH,
-            epochs=EPOCHS,
-            shuffle=False,
-            verbose=0,
-            callbacks=callbacks,
-            **kwargs,
-        )
+        return self.fit_tiny(model, callbacks, shuffle=False, **kwargs)
 
     def _uninterrupted(self):
-        model = self._model()
+        model = self.tiny_model()
         self._fit(model, [])
         return [w.numpy() for w in model.weights]
 
@@ -87,7 +74,7 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
         """Runs fit() again on the same model code; returns (model,
         callback, recorder)."""
         keras_callbacks.simulate_restart()
-        model = self._model()
+        model = self.tiny_model()
         callback = backup_restore.BackupAndRestore(self.dir, **callback_kwargs)
         recorder = keras_callbacks.Recorder()
         self._fit(model, [callback, recorder])
@@ -111,7 +98,7 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
         with self.assertRaises(keras_callbacks.Interrupted):
             # Listed after the backup callback, as the originals' tests do.
             self._fit(
-                self._model(),
+                self.tiny_model(),
                 [callback, keras_callbacks.InterruptAt(batches)],
             )
         model, callback, recorder = self._resume(save_freq=2)
@@ -132,7 +119,7 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
         expected = self._uninterrupted()
         callback = backup_restore.BackupAndRestore(self.dir)
         with self.assertRaises(keras_callbacks.Interrupted):
-            self._fit(self._model(), [callback, RaiseAtEpochEnd(1)])
+            self._fit(self.tiny_model(), [callback, RaiseAtEpochEnd(1)])
         model, callback, recorder = self._resume()
         self.assertEqual(callback.resumed_from, (2, 0))
         self.assertEqual(recorder.epochs, [2])
@@ -142,7 +129,9 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
     def test_a_raise_at_the_last_epochs_end_leaves_nothing_to_train(self):
         callback = backup_restore.BackupAndRestore(self.dir)
         with self.assertRaises(keras_callbacks.Interrupted):
-            self._fit(self._model(), [callback, RaiseAtEpochEnd(EPOCHS - 1)])
+            self._fit(
+                self.tiny_model(), [callback, RaiseAtEpochEnd(EPOCHS - 1)]
+            )
         model, callback, recorder = self._resume()
         self.assertEqual(callback.resumed_from, (EPOCHS, 0))
         self.assertEqual(recorder.batches, [])
@@ -157,7 +146,7 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
             )
             with self.assertRaises(keras_callbacks.Interrupted):
                 self._fit(
-                    self._model(),
+                    self.tiny_model(),
                     [callback, keras_callbacks.InterruptAt(3)],
                 )
             # The backup of the batch where fit() raised is committed, and
@@ -181,7 +170,7 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
             self.dir, save_freq=1, async_backup=True
         )
         with self.assertRaisesRegex(Exception, "bad record"):
-            self._model().fit(
+            self.tiny_model().fit(
                 dataset,
                 epochs=EPOCHS,
                 steps_per_epoch=4,
@@ -250,12 +239,12 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
         with self.assertRaises(keras_callbacks.Interrupted):
             self._fit(
-                self._model(),
+                self.tiny_model(),
                 [callback, tensorboard("1"), keras_callbacks.InterruptAt(6)],
             )
         keras_callbacks.simulate_restart()
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
-        self._fit(self._model(), [callback, tensorboard("2")])
+        self._fit(self.tiny_model(), [callback, tensorboard("2")])
         # The resumed run's batch summaries go on at the steps of one
         # uninterrupted run (the interrupted run wrote up to step 6; what
         # it had not flushed when it raised is lost, as in a crash).
@@ -275,7 +264,7 @@ def _summary_steps(log_dir, tag):
     return steps
 
 
-FitHooksTfKerasTest = fit_test_case.tf_keras_variant(FitHooksTest)
+FitHooksTfKerasTest = test_case.tf_keras_variant(FitHooksTest)
 
 if __name__ == "__main__":
     absltest.main()

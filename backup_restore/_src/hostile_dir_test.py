@@ -198,7 +198,7 @@ class HostileDirFitTest(fit_test_case.FitTestCase):
         self.hostile.assert_untouched(self)
 
 
-HostileDirFitTfKerasTest = fit_test_case.tf_keras_variant(HostileDirFitTest)
+HostileDirFitTfKerasTest = test_case.tf_keras_variant(HostileDirFitTest)
 
 
 class HostileDirTest(test_case.TestCase):

@@ -196,8 +196,7 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
         self.assertFalse(tf.io.gfile.exists("ram://kill_test/x"))
 
 
-class KillTfKerasTest(KillTest):
-    FLAVOUR = "tf_keras"
+KillTfKerasTest = test_case.tf_keras_variant(KillTest)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from backup_restore._src import errors
 from backup_restore._src import store
 from testing import fit_test_case
 from testing import keras_callbacks
-from testing import synthetic
 from testing import tamper
 from testing import test_case
 
@@ -37,24 +36,18 @@ POSITION = (1, 2)
 _DELETE = tamper.DELETE
 
 
-def _model(flavour):
-    synthetic.KERAS[flavour].utils.set_random_seed(7)
-    return synthetic.regression_model("tiny", flavour=flavour)
-
-
-def _fit(model, flavour, callbacks):
-    x, y = synthetic.regression_data(SAMPLES, seed=3)
-    # EarlyStopping's best weights make the backup hold callback tensors.
-    early_stopping = synthetic.KERAS[flavour].callbacks.EarlyStopping(
+def _fit(test, callbacks):
+    """fit() of a fresh tiny model, with EarlyStopping's best weights: they
+    make the backup hold callback tensors."""
+    early_stopping = test.keras.callbacks.EarlyStopping(
         monitor="loss", patience=5, restore_best_weights=True
     )
-    return model.fit(
-        x,
-        y,
-        batch_size=BATCH,
+    return test.fit_tiny(
+        test.tiny_model(),
+        [early_stopping, *callbacks],
         epochs=EPOCHS,
-        verbose=0,
-        callbacks=[early_stopping, *callbacks],
+        samples=SAMPLES,
+        batch=BATCH,
     )
 
 
@@ -81,9 +74,7 @@ class FitMetadataTest(fit_test_case.FitTestCase):
             )
             with self.assertRaises(keras_callbacks.Interrupted):
                 _fit(
-                    _model(self.FLAVOUR),
-                    self.FLAVOUR,
-                    [callback, keras_callbacks.InterruptAt(INTERRUPT_AT)],
+                    self, [callback, keras_callbacks.InterruptAt(INTERRUPT_AT)]
                 )
             keras_callbacks.simulate_restart()
             self._pristine[self.FLAVOUR] = directory
@@ -96,7 +87,7 @@ class FitMetadataTest(fit_test_case.FitTestCase):
     def _resume(self):
         """fit() again on self.dir; returns the callback."""
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
-        _fit(_model(self.FLAVOUR), self.FLAVOUR, [callback])
+        _fit(self, [callback])
         return callback
 
     def _assert_refused(self, field):
@@ -240,7 +231,7 @@ class FitMetadataTest(fit_test_case.FitTestCase):
         )
 
 
-FitMetadataTfKerasTest = fit_test_case.tf_keras_variant(FitMetadataTest)
+FitMetadataTfKerasTest = test_case.tf_keras_variant(FitMetadataTest)
 
 
 class ManagerMetadataTest(test_case.TestCase):

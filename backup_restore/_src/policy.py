@@ -74,6 +74,21 @@ _STEP_WINDOW = 512
 _LOG_CHANGE = 0.25
 
 
+# The clock of the BudgetPolicies made without one; see set_clock.
+_clock = time.monotonic
+
+
+def set_clock(clock) -> None:
+    """Makes `clock` (seconds, monotonic) the clock of every BudgetPolicy
+    made from now on without one; None: time.monotonic again.
+
+    A test seam, as faults.set_hook: a test of fit() with an
+    `overhead_budget` decides how long each batch takes.
+    """
+    global _clock
+    _clock = time.monotonic if clock is None else clock
+
+
 class BudgetPolicy:
     """Backs up as often as a share of training time (`budget`) allows.
 
@@ -94,7 +109,8 @@ class BudgetPolicy:
 
     Args:
       budget: the share of training time granted to backups, in (0, 1).
-      clock: seconds, monotonic (replaceable in tests).
+      clock: seconds, monotonic; default: the one set_clock set
+        (time.monotonic).
       log: called as `log(batches, seconds)` when the chosen interval
         changes by more than a quarter.
 
@@ -105,7 +121,7 @@ class BudgetPolicy:
     at_epoch_end = False
     every_n_batches = None
 
-    def __init__(self, budget, *, clock=time.monotonic, log=None):
+    def __init__(self, budget, *, clock=None, log=None):
         if (
             isinstance(budget, bool)
             or not isinstance(budget, (int, float))
@@ -116,7 +132,7 @@ class BudgetPolicy:
                 f"e.g. 0.03 for 3%; got {budget!r}."
             )
         self.budget = float(budget)
-        self._clock = clock
+        self._clock = _clock if clock is None else clock
         self._log = log
         self._steps = collections.deque(maxlen=_STEP_WINDOW)
         self._interval_steps = []  # per-batch times since the last backup

@@ -145,8 +145,7 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
         self._rerun(trainers.custom_loop_trainer(), args, reference, 13)
 
 
-class PreemptionTfKerasTest(PreemptionTest):
-    FLAVOUR = "tf_keras"
+PreemptionTfKerasTest = test_case.tf_keras_variant(PreemptionTest)
 
 
 class _Sentinel(Exception):
@@ -226,7 +225,7 @@ class EarlyPreemptionTest(fit_test_case.FitTestCase):
         self.assertIs(signal.getsignal(signal.SIGTERM), _sentinel_handler)
 
 
-EarlyPreemptionTfKerasTest = fit_test_case.tf_keras_variant(EarlyPreemptionTest)
+EarlyPreemptionTfKerasTest = test_case.tf_keras_variant(EarlyPreemptionTest)
 
 
 if __name__ == "__main__":

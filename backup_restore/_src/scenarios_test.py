@@ -21,9 +21,7 @@ _BATCHES_PER_EPOCH = 8
 
 
 class ScenariosTest(procs.FlavouredRuns, test_case.TestCase):
-    """For tf-keras; ScenariosKeras3Test runs the same for Keras 3."""
-
-    FLAVOUR = "tf_keras"
+    """With Keras 3 models; ScenariosTfKerasTest: the same with tf-keras."""
 
     @classmethod
     def setUpClass(cls):
@@ -228,8 +226,7 @@ class ScenariosTest(procs.FlavouredRuns, test_case.TestCase):
         self._assert_same_training(again.result, first.result)
 
 
-class ScenariosKeras3Test(ScenariosTest):
-    FLAVOUR = "keras3"
+ScenariosTfKerasTest = test_case.tf_keras_variant(ScenariosTest)
 
 
 if __name__ == "__main__":
