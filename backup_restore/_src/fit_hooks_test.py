@@ -208,7 +208,7 @@ class FitHooksTest(fit_test_case.FitTestCase, parameterized.TestCase):
         callback = backup_restore.BackupAndRestore(
             self.dir, save_freq=2, async_backup=True
         )
-        model = self._model()
+        model = self.tiny_model()
         try:
             self._fit(
                 model,
