@@ -7,13 +7,13 @@ front counts requests (printed and bounded here) and injects HTTP errors.
 TensorFlow's stat cache is left at its default: the lease must hold under it.
 """
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import numpy as np
@@ -26,6 +26,7 @@ from backup_restore._src import lease as lease_lib
 from backup_restore._src import owner_record
 from backup_restore._src import ownership
 from testing import gcs_server
+from testing import owner_records
 from testing import procs
 from testing import test_case
 from testing import trainers
@@ -35,10 +36,27 @@ _SERVER = gcs_server.GcsServer()
 # 64 samples / batch 16 = 4 batches per epoch, 3 epochs.
 _ARGS = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=5"]
 
-# Requests a BackupManager backup and restore of a small model may cost on
-# gs:// (measured: see the counts printed by GcsManagerTest).
-_MAX_REQUESTS_PER_BACKUP = 45
-_MAX_REQUESTS_PER_RESTORE = 30
+# The requests a BackupManager backup and restore of a small model cost on
+# gs://, as audited (docs/design.md, "Requests on object stores"): the first
+# backup, each later one (which also deletes the one before it), a restore
+# (the owner's lease taken included). The lease's renewals, on their own
+# clock, are not counted.
+_REQUESTS_FIRST_BACKUP = 27
+_REQUESTS_PER_BACKUP = 32
+_REQUESTS_PER_RESTORE = 21
+
+
+def _counted(requests, renewals=True):
+    """Requests by kind; without the lease's uploads unless `renewals`."""
+    return collections.Counter(
+        r.split(" /")[0]
+        for r in requests
+        if renewals
+        or not (
+            r.startswith(("POST upload", "PUT upload"))
+            and ownership.LEASE_FILE in r
+        )
+    )
 
 
 def setUpModule():
@@ -226,7 +244,7 @@ class GcsManagerTest(GcsCase):
             weights.assign_add(tf.ones_like(weights))
             _SERVER.reset_counts()
             manager.backup(step)
-            per_backup.append(_SERVER.counts())
+            per_backup.append(_counted(_SERVER.requests(), renewals=False))
         manager.finish(delete=False)
         self.assertEqual(self.backup_names(), ["backup-00000003"])
 
@@ -234,7 +252,7 @@ class GcsManagerTest(GcsCase):
         manager = self._manager(restored)
         _SERVER.reset_counts()
         self.assertEqual(manager.restore(), 3)
-        per_restore = _SERVER.counts()
+        per_restore = _counted(_SERVER.requests())
         np.testing.assert_array_equal(restored.numpy(), weights.numpy())
         manager.finish()
         self.assertEqual(self.names(), [])
@@ -244,12 +262,11 @@ class GcsManagerTest(GcsCase):
                   f"{dict(sorted(counts.items()))}")  # fmt: skip
         print(f"gs:// requests, restore: {sum(per_restore.values())} "
               f"{dict(sorted(per_restore.items()))}")  # fmt: skip
-        for counts in per_backup:
-            self.assertLessEqual(
-                sum(counts.values()), _MAX_REQUESTS_PER_BACKUP, counts
-            )
+        bounds = [_REQUESTS_FIRST_BACKUP] + [_REQUESTS_PER_BACKUP] * 2
+        for counts, bound in zip(per_backup, bounds, strict=True):
+            self.assertLessEqual(sum(counts.values()), bound, counts)
         self.assertLessEqual(
-            sum(per_restore.values()), _MAX_REQUESTS_PER_RESTORE, per_restore
+            sum(per_restore.values()), _REQUESTS_PER_RESTORE, per_restore
         )
         # A restore reads, but for the owner's lease (one resumable upload).
         self.assertEqual(
@@ -380,22 +397,9 @@ class GcsLeaseTest(GcsCase):
         self.assertEqual([n for n in self.names() if n], [])
 
     def _foreign_lease(self, **changes):
-        now = time.time()
-        record = {
-            "host": "another-host",
-            "pid": 4242,
-            "since": "then",
-            "since_epoch": now,
-            "command": "train.py",
-            "boot_id": None,
-            "token": "theirs",
-            "mechanism": "lease",
-            "ttl": self.TTL,
-            "renewed_epoch": now,
-            "expires_epoch": now + self.TTL,
-        }
-        record.update(changes)
-        return record
+        return owner_records.foreign_lease(
+            ttl=self.TTL, expires_in=self.TTL, **changes
+        )
 
     def test_unrenewed_lease_of_another_host_is_taken_over_after_expiry(self):
         _SERVER.write_object(

@@ -81,6 +81,8 @@ class BackupStore:
                 "a restart.",
                 self._dir,
             )
+        # How a backup is committed and deleted here (atomicity.py).
+        self.commit = atomicity.for_directory(self._dir)
         # What the store knows of backup_dir's entries (catalog.py); its
         # first listing also gives the highest sequence number so far.
         self._catalog = catalog.Catalog(self._dir)
@@ -187,14 +189,19 @@ class BackupStore:
             paths.remove_tree(path)
         self._catalog.removed(path)
 
+    def _discard(self, work: str) -> None:
+        """Removes the work directory of a failed write."""
+        self.commit.discard(work)
+        self._catalog.removed(work)
+
     def _retire(self, path: str) -> None:
-        """Deletes a committed backup (atomicity.retire).
+        """Deletes a committed backup (CommitStrategy.retire).
 
         One that is gone already counts as deleted; one a failure left
         half deleted makes the catalog list the directory again.
         """
         try:
-            atomicity.retire(path)
+            self.commit.retire(path)
         except (tf.errors.OpError, OSError):
             if paths.kind(path) is not None:
                 self._catalog.refresh()
@@ -263,7 +270,7 @@ class BackupStore:
 
         At most one backup is in flight: this first waits for the previous
         one to be durable. A backup is published only when its checkpoint
-        is complete (atomicity.checkpoint_problem).
+        is complete (checkpoint_format.checkpoint_problem).
 
         Args:
           checkpoint: what to back up.
@@ -322,7 +329,7 @@ class BackupStore:
     def _publish(self, seq, work, final, metadata) -> catalog.BackupInfo:
         """Publishes the written backup `seq` (store_write.publish) and
         records it in the catalog."""
-        info = store_write.publish(self._dir, seq, work, final, metadata)
+        info = store_write.publish(self.commit, seq, work, final, metadata)
         self._catalog.added(seq, final, metadata.get("scope"))
         return info
 
