@@ -499,6 +499,20 @@ class GcsServer:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
+    @property
+    def control_port(self) -> int:
+        """The loopback port of the front's counts and faults, for a child
+        process (`attach`)."""
+        return self._control_port
+
+    @classmethod
+    def attach(cls, control_port: int) -> "GcsServer":
+        """The front of a server another process started (its
+        `control_port`): counts, requests and faults only."""
+        server = cls()
+        server._control_port = control_port
+        return server
+
     def path(self, *parts: str) -> str:
         """gs://BUCKET/<parts joined by />."""
         return "/".join((f"gs://{BUCKET}", *parts))
