@@ -146,3 +146,33 @@ def remove_created(levels) -> None:
             tf.io.gfile.rmtree(directory)
         else:
             return
+
+
+def removable(directory: str, missing, listing, keep_directory: bool):
+    """The directories the end of training may remove (each only if empty
+    then), decided from what was there before the store created anything.
+
+    Those the store created (`missing`); else `directory` when it held
+    nothing but this library's entries (`listing`: backups or a former
+    owner's file, left by an earlier run of the same job, killed, that
+    created it), so that a resumed job leaves what an uninterrupted one
+    leaves. A directory that existed without any of them (the user's, empty
+    or not) is never removed, nor any with `keep_directory`.
+    """
+    left_by_a_run = (
+        (
+            listing.named
+            or listing.temporaries
+            or listing.probes
+            or listing.owner_files
+        )
+        and not listing.others
+        and not listing.foreign
+    )
+    if keep_directory:
+        return ()
+    if missing:
+        return missing
+    if left_by_a_run:
+        return (directory,)
+    return ()

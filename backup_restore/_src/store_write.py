@@ -115,6 +115,28 @@ def write(
     return background.InFlight(future, backup.published, backup.returned_at)
 
 
+def result(in_flight: background.InFlight, directory: str):
+    """Waits for the backup `in_flight` (of backup_dir `directory`);
+    returns its catalog.BackupInfo.
+
+    Raises:
+      errors.BackupWriteError: its write failed (a filesystem or TensorFlow
+        error is wrapped in one); other errors as raised.
+    """
+    error = in_flight.future.exception()  # waits
+    if error is None:
+        return in_flight.future.result()
+    if isinstance(error, errors.BackupWriteError) or not isinstance(
+        error, (tf.errors.OpError, OSError)
+    ):
+        raise error
+    raise errors.BackupWriteError(
+        f"Writing a backup in {directory} failed "
+        f"({type(error).__name__}: {error}). The previous backup, if "
+        "any, is intact."
+    ) from error
+
+
 def _synchronous(backup) -> concurrent.futures.Future:
     """Written, published and made durable on the caller's thread."""
     info = backup.write_here()
