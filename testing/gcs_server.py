@@ -71,6 +71,21 @@ _HOP_BY_HOP = {
 }
 
 
+# TensorFlow's gs:// retries (tsl/platform/cloud/gcs_file_system.cc,
+# GetGcsRetryConfig): by default 10 retries, the first after 1 s, doubling up
+# to 32 s apart, so an injected 429 or 503 fails a write after minutes. The
+# filesystem reads these once, when `import tensorflow` registers it: they
+# are set before the test re-executes itself (and so before that import),
+# and its trainers inherit them. With them a failing request is given up
+# after 3 attempts, at most 0.2 s apart (HTTP 429 and 503 are retried; 403
+# is not).
+RETRY_ENVIRONMENT = {
+    "GCS_RETRY_CONFIG_MAX_RETRIES": "2",
+    "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "50000",
+    "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "200000",
+}
+
+
 def _unshare_command() -> list[str] | None:
     unshare = next((p for p in _UNSHARE if os.path.exists(p)), None)
     if unshare is None:
@@ -119,6 +134,7 @@ def main() -> None:
         reason = _probe()
         if reason is None:
             os.environ[_STATE_ENV] = "1"
+            os.environ.update(RETRY_ENVIRONMENT)
             command = _unshare_command()
             os.execv(
                 command[0],
@@ -184,6 +200,7 @@ class _Front:
         self.backend_port = backend_port
         self.lock = threading.Lock()
         self.counts = collections.Counter()
+        self.requests: list[str] = []  # "<kind> <path>", in order
         self.faults: list[_Fault] = []
         self.injected = 0
 
@@ -265,7 +282,9 @@ def _handler(front: _Front):
         def _forward(self):
             body = self._body()
             with front.lock:
-                front.counts[_kind(self.command, self.path)] += 1
+                kind = _kind(self.command, self.path)
+                front.counts[kind] += 1
+                front.requests.append(f"{kind} {self.path}")
             status = front.fault_for(self.command, self.path)
             if status is not None:
                 error = {
@@ -333,6 +352,9 @@ def _control_handler(front: _Front):
                     answer = dict(front.counts)
                     if request.get("reset"):
                         front.counts.clear()
+                        front.requests.clear()
+                elif self.path == "/requests":
+                    answer = list(front.requests)
                 elif self.path == "/fail":
                     front.faults.append(_Fault(**request))
                     answer = {}
@@ -383,9 +405,8 @@ class GcsServer:
     def start(self) -> None:
         """Starts the server and the front, and points TensorFlow at them.
 
-        Call it inside the namespace (see `main`) and before the process
-        touches gs://: TensorFlow reads the retry settings when it creates
-        its gs:// filesystem.
+        Call it inside the namespace (see `main`, which also sets
+        RETRY_ENVIRONMENT before TensorFlow is imported).
 
         Raises:
           RuntimeError: not inside the private namespace, or the server did
@@ -458,9 +479,6 @@ class GcsServer:
             CURL_CA_BUNDLE=ca_file,
             GOOGLE_AUTH_TOKEN_FOR_TESTING="test-token",
             NO_GCE_CHECK="true",
-            # Errors surface in seconds (the default backoff lasts minutes).
-            GCS_RETRY_CONFIG_MAX_RETRIES="2",
-            GCS_RETRY_CONFIG_INIT_DELAY_TIME_US="100000",
         )
 
     def stop(self) -> None:
@@ -481,6 +499,20 @@ class GcsServer:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
+    @property
+    def control_port(self) -> int:
+        """The loopback port of the front's counts and faults, for a child
+        process (`attach`)."""
+        return self._control_port
+
+    @classmethod
+    def attach(cls, control_port: int) -> "GcsServer":
+        """The front of a server another process started (its
+        `control_port`): counts, requests and faults only."""
+        server = cls()
+        server._control_port = control_port
+        return server
+
     def path(self, *parts: str) -> str:
         """gs://BUCKET/<parts joined by />."""
         return "/".join((f"gs://{BUCKET}", *parts))
@@ -489,6 +521,11 @@ class GcsServer:
         """The requests the front has seen, by kind ("GET media", "POST
         upload", "GET list", ...): a copy."""
         return collections.Counter(self._control("/counts", {}))
+
+    def requests(self) -> list[str]:
+        """The requests counted since the last reset, in order, each as
+        "<kind> <path and query>": for finding what a count is made of."""
+        return self._control("/requests", {})
 
     def writes(self) -> int:
         """How many of the requests counted change the bucket (anything but

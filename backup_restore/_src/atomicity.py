@@ -28,10 +28,14 @@ manifest last; a single-object write is atomic there, so the directory only
 counts once the manifest exists. A directory without a manifest is an
 interrupted write, removed at the next start.
 
-Either way, nothing is committed unless `checkpoint_problem` finds the
-checkpoint complete (every file TensorFlow's index implies is there, nothing
-of an unfinished write is) after its files are fsync'd; readers apply the
-same check to what a manifest lists.
+The two are the two `CommitStrategy`s, AtomicRename and CommitMarker, chosen
+once per backup_dir (`for_directory`) by the store, as Orbax chooses its
+atomicity per path.
+
+Either way, nothing is committed unless checkpoint_format.checkpoint_problem
+finds the checkpoint complete (every file TensorFlow's index implies is there,
+nothing of an unfinished write is) after its files are fsync'd; readers apply
+the same check to what a manifest lists.
 
 Everything goes through tf.io.gfile so that remote filesystems keep working;
 fsync is only possible (and only needed) on local files.
@@ -43,8 +47,8 @@ import threading
 import uuid
 
 import tensorflow as tf
-from tensorflow.core.protobuf import tensor_bundle_pb2
 
+from backup_restore._src import checkpoint_format
 from backup_restore._src import faults
 from backup_restore._src import ownership
 from backup_restore._src import paths
@@ -55,16 +59,12 @@ MANIFEST = "manifest.json"
 # power loss it exists or it does not). Its manifest says one is due
 # (`marks_durable`); on object stores a completed upload is durable.
 DURABLE = "durable"
-# The checkpoint of a backup: `ckpt.index` and `ckpt.data-K-of-N`, K < N.
-CHECKPOINT_PREFIX = "ckpt"
-INDEX = f"{CHECKPOINT_PREFIX}.index"
+# The checkpoint of a backup (checkpoint_format.py).
+CHECKPOINT_PREFIX = checkpoint_format.CHECKPOINT_PREFIX
 _COMMITTED_RE = re.compile(r"^backup-(\d{8,})$")
 _TEMPORARY_RE = re.compile(r"^\.tmp-backup-(\d{8,})-[0-9a-f]+$")
 # The file BackupStore creates and removes to check that it may write.
 _PROBE_RE = re.compile(r"^\.tmp-backup-probe-[0-9a-f]+$")
-_DATA_RE = re.compile(
-    rf"^{re.escape(CHECKPOINT_PREFIX)}\.data-(\d{{5}})-of-(\d{{5}})$"
-)
 
 
 def committed_name(seq: int) -> str:
@@ -103,16 +103,6 @@ def is_ours(name: str) -> bool:
         or is_probe(name)
         or name.rstrip("/") in ownership.FILES
     )
-
-
-def supports_atomic_rename(path: str) -> bool:
-    """Whether directories under `path` can be renamed atomically.
-
-    POSIX rename(2) is atomic on local filesystems. Object stores implement
-    rename as copy + delete, and ram:// renames single files only, so the
-    commit-marker protocol is used there.
-    """
-    return paths.is_local(path)
 
 
 def fsync_path(path: str, follow: bool = False) -> None:
@@ -228,43 +218,6 @@ def write_file_durably(path: str, data: bytes) -> None:
     write_file(path, data, durable=True)
 
 
-def publish(work_dir: str, final_dir: str, manifest: bytes) -> None:
-    """Commits a backup whose data files in `work_dir` are written.
-
-    With atomic rename, the manifest goes into the temporary `work_dir`, which
-    is then renamed to `final_dir`. Without it (`work_dir == final_dir`), the
-    manifest write itself is the commit. Nothing is fsync'd here: from now
-    on a process kill finds the backup (the kernel keeps the page cache), a
-    machine loss may not until `make_durable` returns.
-    """
-    write_file(os.path.join(work_dir, MANIFEST), manifest, durable=False)
-    if work_dir != final_dir:
-        faults.point(faults.RENAME, work_dir)
-        tf.io.gfile.rename(work_dir, final_dir, overwrite=False)
-
-
-def make_durable(final_dir: str, names, parent: str) -> None:
-    """fsyncs a published backup: its files, manifest, itself and `parent`;
-    then records that it is durable (DURABLE, locally).
-
-    The caller retires the backup if this raises (see module docstring).
-    """
-    for name in [*names, MANIFEST]:
-        path = os.path.join(final_dir, name)
-        faults.point(faults.FSYNC, path)
-        fsync_path(path)
-    fsync_path(final_dir)
-    fsync_path(parent, follow=True)  # backup_dir: may be a link
-    if paths.is_local(final_dir):
-        paths.create_file(os.path.join(final_dir, DURABLE), b"", False)
-        fsync_path(final_dir)
-
-
-def marks_durable(directory: str) -> bool:
-    """Whether backups written into `directory` record their durability."""
-    return paths.is_local(directory)
-
-
 def was_durable(backup_dir: str, body: dict | None) -> bool:
     """Whether a committed backup is known to have been made durable.
 
@@ -277,132 +230,137 @@ def was_durable(backup_dir: str, body: dict | None) -> bool:
     return body is not None and not body.get("marks_durable", False)
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(buf):
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("truncated varint")
+class CommitStrategy:
+    """How a written backup becomes committed in one backup_dir, and how a
+    committed one is deleted; chosen once per backup_dir (`for_directory`).
 
-
-def _index_num_shards(index_path: str) -> int | None:
-    """The number of data shards TensorFlow's index declares, if readable.
-
-    The index is a table whose first entry (key "") is a BundleHeaderProto,
-    stored uncompressed at the file's start: reading 64 bytes is enough.
-    None when that entry is not where expected (then the file names decide).
+    The backup's data files are written into `work_dir(...)`; `publish`
+    commits them with the manifest; `make_durable` makes the published
+    backup durable. `discard` removes what a failed write left in its work
+    directory, `retire` deletes a committed backup.
     """
-    with tf.io.gfile.GFile(index_path, "rb") as f:
-        head = f.read(64)
-    try:
-        shared, pos = _varint(head, 0)
-        key_length, pos = _varint(head, pos)
-        length, pos = _varint(head, pos)
-        if shared or key_length or pos + length > len(head):
-            return None
-        header = tensor_bundle_pb2.BundleHeaderProto.FromString(
-            head[pos : pos + length]
-        )
-    except Exception:  # not a header we know: no opinion
-        return None
-    return header.num_shards or None
+
+    # Whether a backup records its durability (DURABLE) once made durable.
+    marks_durable = False
+
+    def work_dir(self, directory: str, seq: int) -> str:
+        raise NotImplementedError
+
+    def prepare(self, directory: str, work: str) -> None:
+        """Makes `work` ready to receive the data files."""
+        raise NotImplementedError
+
+    def publish(self, work: str, final: str, manifest: bytes) -> None:
+        """Commits a backup whose data files in `work` are written. Nothing
+        is fsync'd here: from now on a process kill finds the backup (the
+        kernel keeps the page cache), a machine loss may not until
+        `make_durable` returns."""
+        raise NotImplementedError
+
+    def make_durable(self, final: str, names, parent: str) -> None:
+        """Makes the published backup `final` durable (the caller retires
+        it if this raises): fsyncs its files, manifest, itself and `parent`
+        (no-ops where a completed upload is durable)."""
+        for name in [*names, MANIFEST]:
+            path = os.path.join(final, name)
+            faults.point(faults.FSYNC, path)
+            fsync_path(path)
+        fsync_path(final)
+        fsync_path(parent, follow=True)  # backup_dir: may be a link
+
+    def discard(self, work: str) -> None:
+        """Removes the work directory of a write that failed."""
+        raise NotImplementedError
+
+    def retire(self, path: str) -> None:
+        """Deletes a committed backup so that a kill midway leaves no
+        'committed' one: the manifest goes first, from then on the directory
+        is an interrupted write that the next start cleans up, never a
+        half-deleted committed backup."""
+        raise NotImplementedError
 
 
-def checkpoint_problem(
-    directory: str, names, read_index: bool = False, sizes=None
-) -> str | None:
-    """The one place that decides whether a backup's checkpoint is complete.
+class AtomicRename(CommitStrategy):
+    """A local POSIX filesystem: written into `.tmp-backup-<seq>-<nonce>`,
+    committed by renaming it to `backup-<seq>` (rename(2) is atomic), made
+    durable by fsync and the DURABLE record."""
 
-    A complete checkpoint is exactly `ckpt.index` plus every data shard
-    `ckpt.data-K-of-N` (K < N) it implies, and nothing else (besides the
-    manifest): no leftover of an unfinished TensorFlow write (`ckpt_temp/`,
-    `*.tempstate*`), no directory, no other file.
+    marks_durable = True
 
-    Args:
-      directory: the backup (or work) directory.
-      names: the entries of it to judge (a listing, or a manifest's files).
-      read_index: also check the index itself: open it with TensorFlow's
-        checkpoint reader (it parses the small index only, no tensor bytes;
-        about 1 ms for 2,000 variables) and take N from its header.
-      sizes: name -> bytes, if known (a manifest's record): an empty index,
-        or data files that are all empty, cannot be a checkpoint.
+    def work_dir(self, directory: str, seq: int) -> str:
+        return os.path.join(directory, temporary_name(seq))
 
-    Returns:
-      None if complete, else what is wrong, for an error message.
-    """
-    names = sorted({n.rstrip("/") for n in names} - {MANIFEST})
-    shards, foreign = {}, []
-    for name in names:
-        m = _DATA_RE.match(name)
-        if m:
-            shards[name] = (int(m.group(1)), int(m.group(2)))
-        elif name != INDEX:
-            foreign.append(name)
-    if foreign:
-        return (
-            f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} "
-            "not part of a complete checkpoint (left by an unfinished "
-            "TensorFlow write)"
-        )
-    if INDEX not in names:
-        return f"{INDEX} is missing"
-    if sizes is not None:
-        if not sizes.get(INDEX):
-            return f"{INDEX} is empty"
-        if shards and not any(sizes.get(name) for name in shards):
-            return "its data files are empty"
-    declared = {n for _, n in shards.values()}
-    if read_index:
-        prefix = os.path.join(directory, CHECKPOINT_PREFIX)
+    def prepare(self, directory: str, work: str) -> None:
+        # A new directory of our own (never one that exists: a planted
+        # link), so TensorFlow writes nowhere else.
+        os.makedirs(paths.local(directory), exist_ok=True)
+        paths.make_dir(work)
+
+    def publish(self, work: str, final: str, manifest: bytes) -> None:
+        write_file(os.path.join(work, MANIFEST), manifest, durable=False)
+        faults.point(faults.RENAME, work)
+        tf.io.gfile.rename(work, final, overwrite=False)
+
+    def make_durable(self, final: str, names, parent: str) -> None:
+        super().make_durable(final, names, parent)
+        paths.create_file(os.path.join(final, DURABLE), b"", False)
+        fsync_path(final)
+
+    def discard(self, work: str) -> None:
+        paths.remove_tree(work)  # never named: nothing was committed
+
+    def retire(self, path: str) -> None:
+        # Never through a link: `path` itself must be a real directory.
+        paths.check_kind(path, paths.DIRECTORY)
+        manifest = os.path.join(path, MANIFEST)
+        if paths.kind(manifest) is not None:
+            os.unlink(
+                paths.local(manifest)
+            )  # a link inside goes, not its target
+        paths.remove_tree(path)
+
+
+class CommitMarker(CommitStrategy):
+    """An object store (gs://, s3://) or ram://, where a directory cannot be
+    renamed atomically (an object store copies and deletes each object;
+    ram:// renames single files only) but one object's write is: the data is
+    written straight into `backup-<seq>` and the manifest, written last, is
+    the commit. A completed upload is durable."""
+
+    def __init__(self, make_dirs: bool):
+        # Whether directories are made before files are written into them:
+        # not on an object store, where a "directory" is a prefix of object
+        # names (TensorFlow's checkpoint writer makes the marker object it
+        # wants); ram:// and other filesystems have directory entries.
+        self._make_dirs = make_dirs
+
+    def work_dir(self, directory: str, seq: int) -> str:
+        return os.path.join(directory, committed_name(seq))
+
+    def prepare(self, directory: str, work: str) -> None:
+        del directory
+        if self._make_dirs:
+            paths.make_dir(work)
+
+    def publish(self, work: str, final: str, manifest: bytes) -> None:
+        del final  # the same directory
+        write_file(os.path.join(work, MANIFEST), manifest, durable=False)
+
+    def discard(self, work: str) -> None:
+        # Named like a committed backup: its manifest may be written.
+        self.retire(work)
+
+    def retire(self, path: str) -> None:
         try:
-            # Not tf.train.load_checkpoint: on ram:// it takes the prefix for
-            # a directory. Data shards are opened lazily, not here.
-            tf.compat.v1.train.NewCheckpointReader(prefix)
-            num_shards = _index_num_shards(os.path.join(directory, INDEX))
-        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e) else ""
-            return f"{INDEX} is not readable ({type(e).__name__}: {first})"
-        if num_shards is not None:
-            declared.add(num_shards)
-    if not declared:
-        return f"no data file ({CHECKPOINT_PREFIX}.data-*) exists"
-    if len(declared) > 1:
-        return (
-            "its data files and index disagree on the number of shards "
-            f"({sorted(declared)})"
-        )
-    (num_shards,) = declared
-    want = {
-        f"{CHECKPOINT_PREFIX}.data-{k:05d}-of-{num_shards:05d}"
-        for k in range(num_shards)
-    }
-    missing = sorted(want - set(shards))
-    if missing:
-        return f"data file(s) {', '.join(missing)} missing"
-    extra = sorted(set(shards) - want)
-    if extra:
-        return f"{', '.join(extra)} not part of a {num_shards}-shard checkpoint"
-    return None
+            tf.io.gfile.remove(os.path.join(path, MANIFEST))
+        except tf.errors.NotFoundError:
+            pass
+        tf.io.gfile.rmtree(path)
 
 
-def retire(backup_dir: str) -> None:
-    """Deletes a committed backup so that a kill midway leaves no 'committed'.
-
-    The manifest goes first: from then on the directory is an interrupted write
-    that the next start cleans up, never a half-deleted committed backup.
-    """
-    manifest = os.path.join(backup_dir, MANIFEST)
-    if not paths.is_local(backup_dir):
-        if tf.io.gfile.exists(manifest):
-            tf.io.gfile.remove(manifest)
-        tf.io.gfile.rmtree(backup_dir)
-        return
-    # Never through a link: `backup_dir` itself must be a real directory.
-    paths.check_kind(backup_dir, paths.DIRECTORY)
-    if paths.kind(manifest) is not None:
-        os.unlink(paths.local(manifest))  # a link inside goes, not its target
-    paths.remove_tree(backup_dir)
+def for_directory(directory: str) -> CommitStrategy:
+    """The commit strategy of backup_dir `directory`: AtomicRename on the
+    local filesystem, CommitMarker elsewhere."""
+    if paths.is_local(directory):
+        return AtomicRename()
+    return CommitMarker(make_dirs=not paths.is_object_store(directory))

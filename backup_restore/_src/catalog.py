@@ -99,10 +99,16 @@ def list_entries(directory: str) -> Listing:
     read or deleted: it is listed as foreign.
     """
     listing = Listing()
-    if not tf.io.gfile.isdir(directory):
-        return listing
     local = paths.is_local(directory)
-    for entry in tf.io.gfile.listdir(directory):
+    if local and not tf.io.gfile.isdir(directory):
+        return listing
+    try:
+        # Elsewhere one listing (an object store answers a missing
+        # directory with no entries): no isdir() first.
+        entries = tf.io.gfile.listdir(directory)
+    except tf.errors.NotFoundError:
+        return listing
+    for entry in entries:
         name = entry.rstrip("/")
         path = os.path.join(directory, name)
         seq = atomicity.parse_committed(name)

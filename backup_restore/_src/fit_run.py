@@ -8,7 +8,6 @@ across backups, and (when it resumed) the restore in progress
 """
 
 import collections
-import os
 import time
 
 import tensorflow as tf
@@ -20,6 +19,7 @@ from backup_restore._src import fit_content
 from backup_restore._src import fit_hooks
 from backup_restore._src import fit_resume
 from backup_restore._src import keras_state
+from backup_restore._src import paths
 from backup_restore._src import policy as policy_lib
 from backup_restore._src import position as position_lib
 
@@ -33,9 +33,7 @@ COMPLETED_FITS = collections.Counter()
 
 
 def directory_key(backup_dir: str) -> str:
-    if "://" in backup_dir:
-        return backup_dir.rstrip("/")
-    return os.path.normpath(os.path.abspath(backup_dir))
+    return paths.key(backup_dir)
 
 
 class FitRun:

@@ -87,10 +87,9 @@ def _read_lease_bytes(path):
                     path, paths.kind(path)
                 ) from e
         else:
-            gfile = _gfile()
-            if not gfile.exists(path):
-                return None
-            with gfile.GFile(path, "rb") as f:
+            # A missing lease raises NotFoundError (below): no exists()
+            # first, which costs an object store one more request.
+            with _gfile().GFile(path, "rb") as f:
                 raw = f.read()
     except FileNotFoundError:
         return None

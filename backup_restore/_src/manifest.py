@@ -20,6 +20,7 @@ import zlib
 import tensorflow as tf
 
 from backup_restore._src import atomicity
+from backup_restore._src import checkpoint_format
 from backup_restore._src import errors
 from backup_restore._src import paths
 
@@ -106,7 +107,8 @@ def _body_problem(body: dict) -> str | None:
     Its checksum only detects accidents (anyone can compute a CRC-32
     again), so its structure is checked before the store indexes it:
     `files` maps names to {"size": bytes}, `metadata` is a JSON object.
-    What the files are is checked by `verify` (atomicity.checkpoint_problem).
+    What the files are is checked by `verify`
+    (checkpoint_format.checkpoint_problem).
     """
     files = body.get("files")
     if not isinstance(files, dict):
@@ -143,11 +145,11 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
 
     Raises:
       errors.BackupCorruptError: the checkpoint it lists is incomplete (see
-        atomicity.checkpoint_problem), or naming the first file that is
+        checkpoint_format.checkpoint_problem), or naming the first file that is
         missing, truncated or extended, or the tensor whose checksum fails.
     """
     sizes = {name: entry.get("size") for name, entry in body["files"].items()}
-    problem = atomicity.checkpoint_problem(
+    problem = checkpoint_format.checkpoint_problem(
         directory, body["files"], sizes=sizes
     )
     if problem is not None:
@@ -178,7 +180,7 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
             )
     if not full:
         return
-    problem = atomicity.checkpoint_problem(
+    problem = checkpoint_format.checkpoint_problem(
         directory, body["files"], read_index=True
     )
     if problem is not None:

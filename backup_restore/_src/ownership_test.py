@@ -18,6 +18,7 @@ from backup_restore._src import errors
 from backup_restore._src import lock_file
 from backup_restore._src import owner_record
 from backup_restore._src import ownership
+from testing import owner_records
 from testing import test_case
 
 # A child that takes the ownership and holds it until told "release" on
@@ -400,44 +401,30 @@ class FlockTest(_ChildrenTest):
             self.assertTrue(atomicity.is_ours(name))
 
 
-def _valid_lease(**changes):
-    now = time.time()
-    lease = {
-        "host": "another-host",
-        "pid": 4242,
-        "since": "then",
-        "since_epoch": now,
-        "command": "train.py",
-        "boot_id": None,
-        "token": "theirs",
-        "mechanism": "lease",
-        "ttl": 60.0,
-        "renewed_epoch": now,
-        "expires_epoch": now + 3600,
-    }
-    lease.update(changes)
-    return lease
-
-
 def _without(*names):
-    return {k: v for k, v in _valid_lease().items() if k not in names}
+    return {
+        k: v for k, v in owner_records.foreign_lease().items() if k not in names
+    }
 
 
 # Lease records, each invalid, as JSON text; their invalid field (or "record").
 _INVALID_LEASES = {
     "string_expiry": (
-        json.dumps(_valid_lease(expires_epoch="soon")),
+        json.dumps(owner_records.foreign_lease(expires_epoch="soon")),
         "expires_epoch",
     ),
-    "list": (json.dumps([_valid_lease()]), "record"),
+    "list": (json.dumps([owner_records.foreign_lease()]), "record"),
     "missing_keys": (json.dumps(_without("token", "expires_epoch")), "token"),
-    "bool_pid": (json.dumps(_valid_lease(pid=True)), "pid"),
+    "bool_pid": (json.dumps(owner_records.foreign_lease(pid=True)), "pid"),
     "nan_expiry": (
-        json.dumps(_valid_lease(expires_epoch=float("nan"))),
+        json.dumps(owner_records.foreign_lease(expires_epoch=float("nan"))),
         "expires_epoch",
     ),
-    "infinite_ttl": (json.dumps(_valid_lease(ttl=float("inf"))), "ttl"),
-    "huge_pid": (json.dumps(_valid_lease(pid=10**30)), "pid"),
+    "infinite_ttl": (
+        json.dumps(owner_records.foreign_lease(ttl=float("inf"))),
+        "ttl",
+    ),
+    "huge_pid": (json.dumps(owner_records.foreign_lease(pid=10**30)), "pid"),
     "null": ("null", "record"),
     "not_json": ("{'pid': 1", "record"),
 }
@@ -458,10 +445,15 @@ class RecordValidationTest(test_case.TestCase):
             expires_epoch=61,
         )
         self.assertEqual(owner_record.invalid_fields(lease, lease=True), {})
-        self.assertEqual(owner_record.invalid_fields(_valid_lease(), True), {})
+        self.assertEqual(
+            owner_record.invalid_fields(owner_records.foreign_lease(), True), {}
+        )
         # Fields of a later release are allowed.
         self.assertEqual(
-            owner_record.invalid_fields(_valid_lease(new_field=[1]), True), {}
+            owner_record.invalid_fields(
+                owner_records.foreign_lease(new_field=[1]), True
+            ),
+            {},
         )
 
     def test_each_invalid_field_is_named(self):
@@ -473,7 +465,7 @@ class RecordValidationTest(test_case.TestCase):
                 self.assertIn(field, invalid)
         self.assertEqual(
             set(owner_record.invalid_fields({}, lease=True)),
-            set(_valid_lease()),
+            set(owner_records.foreign_lease()),
         )
         self.assertIn("since", owner_record.invalid_fields({"since": 3}, False))
         self.assertNotIn("ttl", owner_record.invalid_fields({}, lease=False))
@@ -576,7 +568,7 @@ class LeaseTest(_ChildrenTest):
     ):
         # Another host's lease, expiring in an hour by its (skewed) clock,
         # that nobody renews: taken over after one TTL of watching it.
-        self.write_lease(json.dumps(_valid_lease()))
+        self.write_lease(json.dumps(owner_records.foreign_lease()))
         start = time.monotonic()
         handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
         self.assertGreaterEqual(time.monotonic() - start, self.TTL)

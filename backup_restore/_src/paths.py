@@ -29,6 +29,7 @@ LINK = "symbolic link"
 HARD_LINK = "file with several hard links"
 OTHER = "special file"  # FIFO, socket, device
 
+_OBJECT_STORES = ("gs://", "s3://")
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -40,6 +41,12 @@ def is_local(path: str) -> bool:
     """True for paths on the local filesystem (no scheme, or file://)."""
     path = os.fspath(path)
     return "://" not in path or path.startswith("file://")
+
+
+def is_object_store(path: str) -> bool:
+    """True for object stores (gs://, s3://), whose directories are only
+    prefixes of object names."""
+    return os.fspath(path).startswith(_OBJECT_STORES)
 
 
 def local(path: str) -> str:
@@ -69,6 +76,12 @@ def _gfile():
     return tf.io.gfile
 
 
+def _not_found():
+    import tensorflow as tf  # only for remote filesystems
+
+    return tf.errors.NotFoundError
+
+
 def _kind_of(st: os.stat_result) -> str:
     if stat.S_ISLNK(st.st_mode):
         return LINK
@@ -88,10 +101,14 @@ def kind(path: str) -> str | None:
     """What the entry `path` is (its last component not followed); None if
     it does not exist."""
     if not is_local(path):
+        # One stat: an object store answers it from the object's metadata
+        # (cached by TensorFlow's client) or, for a prefix, one listing.
         gfile = _gfile()
-        if not gfile.exists(path):
+        try:
+            found = gfile.stat(path)
+        except _not_found():
             return None
-        return DIRECTORY if gfile.isdir(path) else FILE
+        return DIRECTORY if found.is_directory else FILE
     try:
         return _kind_of(os.lstat(local(path)))
     except FileNotFoundError:

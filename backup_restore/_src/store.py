@@ -81,36 +81,20 @@ class BackupStore:
                 "a restart.",
                 self._dir,
             )
+        # How a backup is committed and deleted here (atomicity.py).
+        self.commit = atomicity.for_directory(self._dir)
         # What the store knows of backup_dir's entries (catalog.py); its
         # first listing also gives the highest sequence number so far.
         self._catalog = catalog.Catalog(self._dir)
         # Decided once, from what was there before this store created
-        # anything: the directories the end of training may remove (each
-        # only if empty then). Those this store created; else backup_dir
-        # when it held nothing but this library's entries, backups or a
-        # former owner's file (an earlier run of the same job, killed,
-        # created it), so that a resumed job leaves what an uninterrupted
-        # one leaves. A directory that existed without any of them (the
-        # user's, empty or not) is never removed.
-        listing = self._catalog.list_now()  # empty if it does not exist
-        left_by_a_run = (
-            (
-                listing.named
-                or listing.temporaries
-                or listing.probes
-                or listing.owner_files
-            )
-            and not listing.others
-            and not listing.foreign
+        # anything: the directories the end of training may remove
+        # (store_dir.removable).
+        self.created_dirs = store_dir.removable(
+            self._dir,
+            missing,
+            self._catalog.list_now(),  # empty if it does not exist
+            keep_directory,
         )
-        if keep_directory:
-            self.created_dirs = ()
-        elif missing:
-            self.created_dirs = missing
-        elif left_by_a_run:
-            self.created_dirs = (self._dir,)
-        else:
-            self.created_dirs = ()
         # Its priority is decided at the first asynchronous backup.
         self._writer = background.Writer()
         self.keep_previous = bool(keep_previous)
@@ -187,14 +171,19 @@ class BackupStore:
             paths.remove_tree(path)
         self._catalog.removed(path)
 
+    def _discard(self, work: str) -> None:
+        """Removes the work directory of a failed write."""
+        self.commit.discard(work)
+        self._catalog.removed(work)
+
     def _retire(self, path: str) -> None:
-        """Deletes a committed backup (atomicity.retire).
+        """Deletes a committed backup (CommitStrategy.retire).
 
         One that is gone already counts as deleted; one a failure left
         half deleted makes the catalog list the directory again.
         """
         try:
-            atomicity.retire(path)
+            self.commit.retire(path)
         except (tf.errors.OpError, OSError):
             if paths.kind(path) is not None:
                 self._catalog.refresh()
@@ -254,45 +243,34 @@ class BackupStore:
     ) -> None:
         """Writes a backup of `checkpoint`; makes it durable in background.
 
-        Published (committed into the page cache: a process kill resumes
-        from it) before this returns unless the state is larger than
-        `kill_safe_max_bytes` and written asynchronously; durable (fsync'd)
-        before this returns only when not `asynchronous`. The three modes
-        and why: store_write.py. `last_kill_safe_seconds` says how long
-        after this returned the backup was published (0.0: before).
-
-        At most one backup is in flight: this first waits for the previous
-        one to be durable. A backup is published only when its checkpoint
-        is complete (atomicity.checkpoint_problem).
+        Published (a process kill resumes from it) before this returns
+        unless the state is larger than `kill_safe_max_bytes` and written
+        asynchronously; durable before this returns only when not
+        `asynchronous` (the three modes and why: store_write.py). At most
+        one backup is in flight: this first waits for the previous one.
 
         Args:
           checkpoint: what to back up.
           metadata: JSON metadata stored in the manifest.
           asynchronous: fsync (and, for large states, write) in background.
           async_snapshot: take the snapshot with TensorFlow's asynchronous
-            checkpointing. False writes the files on the calling thread
-            (needed with multi-worker strategies, whose workers must issue
-            the same collective ops in the same order); fsync and the commit
-            still run in the background.
-          expected_interval: seconds until the next backup is expected, if
-            known. At this store's first asynchronous backup it decides the
-            background thread's priority for good: lower than training's
-            when backups are far enough apart (background.LOW_PRIORITY_SLACK).
-          label: what the backup holds ("epoch 2, batch 0"), for the one
-            line logged per backup when it is durable; without a label
-            (a worker's scratch write) nothing is logged.
-          blocked_since: `time.monotonic()` when the caller's training
-            began to wait for this backup (default: this call); that line
-            reports how long training waited from there.
+            checkpointing; False writes the files on the calling thread
+            (multi-worker strategies need it: their workers must issue the
+            same collective ops in the same order).
+          expected_interval: seconds until the next backup, if known: at
+            the first asynchronous backup it decides the background
+            thread's priority for good (background.LOW_PRIORITY_SLACK).
+          label: what the backup holds ("epoch 2, batch 0") for the one line
+            logged once it is durable; None logs nothing.
+          blocked_since: `time.monotonic()` when training began to wait for
+            this backup (default: now), for that line.
 
         Raises:
           errors.BackupWriteError: the previous background write failed, or
-            this snapshot could not be written. It names the backup that
-            failed and carries the filesystem's or TensorFlow's error
-            (including one from TensorFlow's asynchronous writer thread).
-            Nothing of that backup was committed, its partial files are
-            removed, and no earlier backup was deleted; the store stays
-            usable.
+            this snapshot could not be written; it names the backup and
+            carries the filesystem's or TensorFlow's error. Nothing of that
+            backup was committed, its partial files are removed, no earlier
+            backup was deleted; the store stays usable.
         """
         if blocked_since is None:
             blocked_since = time.monotonic()
@@ -322,7 +300,7 @@ class BackupStore:
     def _publish(self, seq, work, final, metadata) -> catalog.BackupInfo:
         """Publishes the written backup `seq` (store_write.publish) and
         records it in the catalog."""
-        info = store_write.publish(self._dir, seq, work, final, metadata)
+        info = store_write.publish(self.commit, seq, work, final, metadata)
         self._catalog.added(seq, final, metadata.get("scope"))
         return info
 
@@ -377,18 +355,7 @@ class BackupStore:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is None:
             return None
-        error = in_flight.future.exception()  # waits
-        if error is None:
-            return in_flight.future.result()
-        if isinstance(error, errors.BackupWriteError):
-            raise error
-        if not isinstance(error, (tf.errors.OpError, OSError)):
-            raise error
-        raise errors.BackupWriteError(
-            f"Writing a backup in {self._dir} failed "
-            f"({type(error).__name__}: {error}). The previous backup, if "
-            "any, is intact."
-        ) from error
+        return store_write.result(in_flight, self._dir)
 
     def restore_latest(self, prepare):
         """Restores the newest intact backup; returns (info, status) or None.

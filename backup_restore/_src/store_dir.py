@@ -59,27 +59,27 @@ def prepare_directory(
             "BackupAndRestore(backup_dir='/tmp/my_job_backup')."
         )
     directory = paths.absolute(directory)
-    if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+    if paths.is_local(directory):
+        is_file = tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(
+            directory
+        )
+    else:
+        found = paths.kind(directory)  # one look on an object store
+        is_file = found == paths.FILE
+    if is_file:
         raise ValueError(
             f"backup_dir {directory!r} is an existing file, not a directory. "
             "Pass a directory path (it is created if missing)."
         )
-    missing = _missing_levels(directory)
+    if paths.is_local(directory):
+        missing = _missing_local(paths.local(directory))
+    else:
+        # On an object store (gs://) or ram://, only `directory` itself:
+        # its parents are prefixes that exist while something is below them.
+        missing = () if found else (directory,)
     if writable and paths.is_local(directory):
         _check_writable(directory)
     return directory, missing
-
-
-def _missing_levels(directory: str) -> tuple[str, ...]:
-    """The levels of `directory` that do not exist, deepest first (local
-    ones as local paths; a link, even a dangling one, exists).
-
-    On an object store (gs://) or ram://, only `directory` itself: its
-    parents are prefixes that exist as long as something is below them.
-    """
-    if not paths.is_local(directory):
-        return () if tf.io.gfile.exists(directory) else (directory,)
-    return _missing_local(paths.local(directory))
 
 
 def _missing_local(path: str) -> tuple[str, ...]:
@@ -146,3 +146,33 @@ def remove_created(levels) -> None:
             tf.io.gfile.rmtree(directory)
         else:
             return
+
+
+def removable(directory: str, missing, listing, keep_directory: bool):
+    """The directories the end of training may remove (each only if empty
+    then), decided from what was there before the store created anything.
+
+    Those the store created (`missing`); else `directory` when it held
+    nothing but this library's entries (`listing`: backups or a former
+    owner's file, left by an earlier run of the same job, killed, that
+    created it), so that a resumed job leaves what an uninterrupted one
+    leaves. A directory that existed without any of them (the user's, empty
+    or not) is never removed, nor any with `keep_directory`.
+    """
+    left_by_a_run = (
+        (
+            listing.named
+            or listing.temporaries
+            or listing.probes
+            or listing.owner_files
+        )
+        and not listing.others
+        and not listing.foreign
+    )
+    if keep_directory:
+        return ()
+    if missing:
+        return missing
+    if left_by_a_run:
+        return (directory,)
+    return ()

@@ -716,6 +716,38 @@ class StoreTest(test_case.TestCase):
         self.assertEqual(s.directory, self.dir)
 
 
+class CommitStrategyTest(test_case.TestCase):
+    """One commit strategy per backup_dir, from its filesystem."""
+
+    def test_chosen_by_filesystem(self):
+        local = atomicity.for_directory(self.tmp)
+        self.assertIsInstance(local, atomicity.AtomicRename)
+        self.assertTrue(local.marks_durable)
+        self.assertTrue(
+            atomicity.parse_temporary(
+                os.path.basename(local.work_dir(self.tmp, 3))
+            )
+        )
+        for directory in ("ram://x/backups", "gs://bucket/backups"):
+            marker = atomicity.for_directory(directory)
+            self.assertIsInstance(marker, atomicity.CommitMarker)
+            self.assertFalse(marker.marks_durable)
+            self.assertEqual(
+                marker.work_dir(directory, 3), f"{directory}/backup-00000003"
+            )
+
+    def test_a_store_commits_by_its_directory_strategy(self):
+        for fs, kind in (
+            ("local", atomicity.AtomicRename),
+            ("ram", atomicity.CommitMarker),
+        ):
+            s = store.BackupStore(dirs.backup_dir(self, fs))
+            self.assertIsInstance(s.commit, kind)
+            s.write(tf.train.Checkpoint(v=tf.Variable(1.0)), {"n": 1})
+            self.assertEqual([seq for seq, _ in s.committed()], [1])
+            s.delete_all()
+
+
 class WritebackStarterTest(test_case.TestCase):
     def test_starts_writeback_while_files_grow_then_stops(self):
         d = self.tmp

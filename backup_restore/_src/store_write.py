@@ -6,7 +6,7 @@ from it) and durable (fsync'd: a machine loss resumes from it too). Older
 backups are deleted only once the new one is durable, so a restore after a
 machine loss that tore the newest falls back to the previous (its checks
 fail: atomicity.py). A backup is published only when its checkpoint is
-complete (atomicity.checkpoint_problem).
+complete (checkpoint_format.checkpoint_problem).
 
 - `_synchronous` (`asynchronous=False`): published and durable before
   write_async returns.
@@ -40,6 +40,7 @@ from absl import logging
 from backup_restore._src import atomicity
 from backup_restore._src import background
 from backup_restore._src import catalog
+from backup_restore._src import checkpoint_format
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import manifest
@@ -112,6 +113,28 @@ def write(
         mode = _in_background
     future = mode(backup)
     return background.InFlight(future, backup.published, backup.returned_at)
+
+
+def result(in_flight: background.InFlight, directory: str):
+    """Waits for the backup `in_flight` (of backup_dir `directory`);
+    returns its catalog.BackupInfo.
+
+    Raises:
+      errors.BackupWriteError: its write failed (a filesystem or TensorFlow
+        error is wrapped in one); other errors as raised.
+    """
+    error = in_flight.future.exception()  # waits
+    if error is None:
+        return in_flight.future.result()
+    if isinstance(error, errors.BackupWriteError) or not isinstance(
+        error, (tf.errors.OpError, OSError)
+    ):
+        raise error
+    raise errors.BackupWriteError(
+        f"Writing a backup in {directory} failed "
+        f"({type(error).__name__}: {error}). The previous backup, if "
+        "any, is intact."
+    ) from error
 
 
 def _synchronous(backup) -> concurrent.futures.Future:
@@ -194,10 +217,7 @@ class _Backup:
         self.blocked_since = blocked_since  # since when training waits
         directory = store.directory
         self.final = os.path.join(directory, atomicity.committed_name(seq))
-        if atomicity.supports_atomic_rename(directory):
-            self.work = os.path.join(directory, atomicity.temporary_name(seq))
-        else:
-            self.work = self.final
+        self.work = store.commit.work_dir(directory, seq)
         self.returned_at = None  # when write_async returned
         self.published = threading.Event()  # set once published
 
@@ -210,11 +230,7 @@ class _Backup:
         """Writes the checkpoint into a new work directory: on this thread
         (`in_caller`), or as TensorFlow's asynchronous snapshot."""
         store = self.store
-        # A new directory of our own (never one that exists: a planted
-        # link), so TensorFlow writes nowhere else.
-        if paths.is_local(self.work):
-            os.makedirs(paths.local(store.directory), exist_ok=True)
-        paths.make_dir(self.work)
+        store.commit.prepare(store.directory, self.work)
         faults.point(faults.BEFORE_DATA, self.work)
         prefix = os.path.join(self.work, atomicity.CHECKPOINT_PREFIX)
         # On this thread: one SaveV2 where the checkpoint allows it
@@ -270,7 +286,9 @@ class _Backup:
         logs the one line per backup."""
         try:
             faults.point(faults.PUBLISHED, self.final)
-            atomicity.make_durable(self.final, info.files, self.store.directory)
+            self.store.commit.make_durable(
+                self.final, info.files, self.store.directory
+            )
         except _FAILURES as e:
             raise self.failed(e) from e
         self.store.last_persist_seconds = time.monotonic() - self.start
@@ -292,25 +310,24 @@ class _Backup:
         return info
 
 
-def publish(directory, seq, work, final, metadata) -> catalog.BackupInfo:
+def publish(commit, seq, work, final, metadata) -> catalog.BackupInfo:
     """Checks the written files of backup `seq` and publishes them
-    (atomicity.publish: not yet durable).
+    (`commit.publish`: not yet durable).
 
     Raises:
       IncompleteCheckpoint: what TensorFlow wrote is not a complete
-        checkpoint (atomicity.checkpoint_problem): nothing is published.
+        checkpoint (checkpoint_format.checkpoint_problem): nothing is
+        published.
       OSError, tf.errors.OpError: as the filesystem raised them.
     """
     faults.point(faults.DATA_WRITTEN, work)
     names = [n.rstrip("/") for n in tf.io.gfile.listdir(work)]
-    problem = atomicity.checkpoint_problem(work, names, read_index=True)
+    problem = checkpoint_format.checkpoint_problem(work, names, read_index=True)
     if problem is not None:
         raise IncompleteCheckpoint(f"incomplete checkpoint: {problem}")
-    body = manifest.build(
-        work, names, metadata, atomicity.marks_durable(directory)
-    )
+    body = manifest.build(work, names, metadata, commit.marks_durable)
     faults.point(faults.BEFORE_COMMIT, work)
-    atomicity.publish(work, final, body)
+    commit.publish(work, final, body)
     files = json.loads(body)["body"]["files"]
     return catalog.BackupInfo(seq, final, metadata, files)
 
@@ -341,10 +358,7 @@ def failed(store, seq, work, final, error) -> errors.BackupWriteError:
     detail = str(error).strip().splitlines()[0] if str(error) else ""
     try:
         if paths.kind(work) == paths.DIRECTORY:
-            if work == final:  # no atomic rename: never leave it named
-                store._retire(work)
-            else:
-                paths.remove_tree(work)
+            store._discard(work)
         elif paths.kind(final) == paths.DIRECTORY:  # published only
             store._retire(final)
         removed = "its partial files were removed"
