@@ -94,6 +94,25 @@ class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
         self.assertIsNone(_read(prefix, checkpoint))
         np.testing.assert_array_equal(target.numpy(), 0)
 
+    @parameterized.named_parameters(
+        ("tf_keras", "tf_keras"), ("keras3", "keras3")
+    )
+    def test_leaves_slots_not_made_yet_to_checkpoint_read(self, flavour):
+        # Checkpoint.read restores them when the optimizer makes them.
+        source = _model(flavour, seed=1)
+        prefix = tf.train.Checkpoint(
+            model=source, optimizer=source.optimizer
+        ).write(os.path.join(self.tmp, "ckpt"))
+        synthetic.KERAS[flavour].utils.set_random_seed(2)
+        target = synthetic.regression_model("tiny", flavour=flavour)
+        before = [np.array(v) for v in target.weights]
+        checkpoint = tf.train.Checkpoint(
+            model=target, optimizer=target.optimizer
+        )
+        self.assertIsNone(_read(prefix, checkpoint))
+        for a, b in zip(before, target.weights, strict=True):
+            np.testing.assert_array_equal(a, np.array(b))
+
     def test_leaves_a_shape_that_differs_to_checkpoint_read(self):
         prefix = tf.train.Checkpoint(
             v=tf.Variable(np.ones(3, dtype=np.float32))
