@@ -10,9 +10,12 @@ training overhead vs no callback, milliseconds the training loop is blocked
 per backup, process CPU time per backup against the physical floor measured
 in the same run (a copy, write and fsync of the same bytes), the time from
 the backup hook's return until the backup is kill-safe (p50/p95), bytes per
-backup, peak bytes in backup_dir, restore time (the hook alone, and to the
-end of the first batch, which holds what a restore defers), and persist
-speed relative to the floor.
+backup, peak bytes in backup_dir, and persist speed relative to the floor.
+Then restores, each in a fresh process (restore_timing.py): ours, the
+flavour's own and the floor (a no-callback fit()'s first step plus
+Checkpoint.read of the same state), warm and cold, from fit()'s start to the
+end of the first resumed step. `--measure=restore` (or `backup`) runs one
+half only.
 
   ./tools/bazel run -c opt //backup_restore/benchmarks:backup_benchmark -- \
       --dir=/tmp/backup_benchmark
