@@ -23,6 +23,7 @@ from backup_restore._src import fit_call_checks
 from backup_restore._src import flavours
 from backup_restore._src import keras_state
 from backup_restore._src import position as position_lib
+from backup_restore._src import tf_checkpoint_read
 
 
 def warn_about_unsaved_state(adapter, model) -> None:
@@ -331,9 +332,8 @@ def _check_callback_tensors(info):
         for shape, dtype in arrays
     )
     try:
-        # Not tf.train.load_checkpoint: on ram:// it takes the prefix for a
-        # directory. Reads the index only.
-        reader = tf.compat.v1.train.NewCheckpointReader(info.checkpoint_prefix)
+        # The index only; the read of the tensors uses it again.
+        reader = tf_checkpoint_read.index_reader(info.checkpoint_prefix)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
     except (tf.errors.OpError, ValueError) as e:

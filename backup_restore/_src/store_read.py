@@ -19,6 +19,7 @@ from backup_restore._src import atomicity
 from backup_restore._src import catalog
 from backup_restore._src import errors
 from backup_restore._src import manifest
+from backup_restore._src import tf_checkpoint_read
 
 
 def load(known: catalog.Catalog, path: str, full_verify: bool):
@@ -30,13 +31,22 @@ def load(known: catalog.Catalog, path: str, full_verify: bool):
 
 
 def read(info: catalog.BackupInfo, checkpoint):
-    """`checkpoint.read` of backup `info`; returns its status.
+    """Reads backup `info` into `checkpoint`; returns the read's status.
+
+    In one RestoreV2 where every object is a plain variable
+    (tf_checkpoint_read: every tensor read before any variable is
+    assigned), else by `checkpoint.read`. Either way TensorFlow checks each
+    tensor's CRC-32C as it reads it.
 
     Raises:
       errors.BackupCorruptError: its bytes fail TensorFlow's own checks.
     """
+    prefix = info.checkpoint_prefix
     try:
-        return checkpoint.read(info.checkpoint_prefix)
+        status = tf_checkpoint_read.read_single_shard(
+            checkpoint, prefix, tf_checkpoint_read.index_reader(prefix)
+        )
+        return status if status is not None else checkpoint.read(prefix)
     except (tf.errors.OpError, IndexError) as e:
         # IndexError: TensorFlow's "Read less bytes than requested"
         # for a data file shorter than its index says.

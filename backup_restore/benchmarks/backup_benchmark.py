@@ -10,9 +10,12 @@ training overhead vs no callback, milliseconds the training loop is blocked
 per backup, process CPU time per backup against the physical floor measured
 in the same run (a copy, write and fsync of the same bytes), the time from
 the backup hook's return until the backup is kill-safe (p50/p95), bytes per
-backup, peak bytes in backup_dir, restore time (the hook alone, and to the
-end of the first batch, which holds what a restore defers), and persist
-speed relative to the floor.
+backup, peak bytes in backup_dir, and persist speed relative to the floor.
+Then restores, each in a fresh process (restore_timing.py): ours, the
+flavour's own and the floor (a no-callback fit()'s first step plus
+Checkpoint.read of the same state), warm and cold, from fit()'s start to the
+end of the first resumed step. `--measure=restore` (or `backup`) runs one
+half only.
 
   ./tools/bazel run -c opt //backup_restore/benchmarks:backup_benchmark -- \
       --dir=/tmp/backup_benchmark
@@ -20,6 +23,7 @@ speed relative to the floor.
 Take the numbers as ratios measured in the same run, on the same machine.
 """
 
+import json
 import os
 import shutil
 import statistics
@@ -28,6 +32,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from backup_restore.benchmarks import restore_timing
 
 _DIR = flags.DEFINE_string(
     "dir", None, "Scratch directory on the filesystem to measure (required)."
@@ -82,6 +88,41 @@ _MODELS = {
     "50m": (4096, (4096, 4096, 4096), 20, None),
 }
 _BATCH = 16
+
+_MEASURE = flags.DEFINE_multi_enum(
+    "measure",
+    ["backup", "restore"],
+    ["backup", "restore"],
+    "What to measure: backups during fit() (overhead, blocking, ...) and "
+    "restores (each in a fresh process).",
+)
+_RESTORE_CHILD = flags.DEFINE_enum(
+    "restore_child",
+    None,
+    ["none", "ours", "theirs", "read"],
+    "Internal: this process is one fresh-process restore measurement "
+    "(restore_timing.py) of the first --sizes model.",
+)
+_CHILD_PATH = flags.DEFINE_string(
+    "child_path", None, "Internal: the backup the restore child reads."
+)
+
+
+def _model_and_data(keras_module, size, steps):
+    """The benchmark's model of `size` (compiled, seed 0) and its data."""
+    import numpy as np
+
+    width, hidden, _, _ = _MODELS[size]
+    keras_module.utils.set_random_seed(0)
+    model = keras_module.Sequential(
+        [keras_module.Input((width,))]
+        + [keras_module.layers.Dense(h, activation="relu") for h in hidden]
+        + [keras_module.layers.Dense(1)]
+    )
+    model.compile(keras_module.optimizers.Adam(1e-4), "mse")
+    x = np.random.rand(steps * _BATCH, width).astype("float32")
+    y = np.random.rand(steps * _BATCH, 1).astype("float32")
+    return model, x, y
 
 
 def _dir_bytes(path):
@@ -161,18 +202,6 @@ def _timed(tf_keras, inner):
     return Timed()
 
 
-def _drop_from_page_cache(directory):
-    """Makes a directory's files cold: written back, then evicted."""
-    for root, _, files in os.walk(directory):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
 def _instrument(store):
     """Counts a store's backups and records, per backup, when write_async
     returned and when the backup was published (kill-safe)."""
@@ -245,6 +274,54 @@ def _percentile(values, q):
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+def _measure_restore(keras_module, backup_restore, model, data, *, size, steps):
+    """Writes the backups of an epoch boundary (ours, the flavour's own, a
+    plain tf.train.Checkpoint of the same state), then times their restores
+    in fresh processes (restore_timing.py); returns its rows."""
+    import tensorflow as tf
+
+    root = _DIR.value
+    backups = {
+        "ours": os.path.join(root, f"{size}-restore-ours"),
+        "theirs": os.path.join(root, f"{size}-restore-theirs"),
+    }
+    x, y = data
+    for name, cls in (
+        ("ours", backup_restore.BackupAndRestore),
+        ("theirs", keras_module.callbacks.BackupAndRestore),
+    ):
+        shutil.rmtree(backups[name], ignore_errors=True)
+        model.fit(
+            x,
+            y,
+            batch_size=_BATCH,
+            epochs=1,
+            verbose=0,
+            callbacks=[cls(backups[name], delete_checkpoint=False)],
+        )
+        _reset_after_reference(model, _KERAS.value)
+    plain = os.path.join(root, f"{size}-restore-read")
+    shutil.rmtree(plain, ignore_errors=True)
+    backups["read"] = tf.train.Checkpoint(
+        model=model, optimizer=model.optimizer
+    ).write(os.path.join(plain, "ckpt"))
+    args = [
+        f"--dir={root}",
+        f"--sizes={size}",
+        f"--keras={_KERAS.value}",
+        f"--steps_per_epoch={steps}",
+    ]
+    if _THREADS.value:
+        args.append(f"--training_threads={_THREADS.value}")
+    samples = restore_timing.measure(args, backups, _REPEATS.value)
+    for path in (*backups.values(), plain):
+        shutil.rmtree(path, ignore_errors=True)
+    state_mb = sum(
+        v.numpy().nbytes for v in model.weights + model.optimizer.variables
+    )
+    return restore_timing.rows(f"{size} ({state_mb / 1e6:.0f} MB)", samples)
+
+
 def main(argv):
     del argv
     if not _DIR.value:
@@ -258,7 +335,6 @@ def main(argv):
         import tf_keras as keras_module
 
     import backup_restore
-    from backup_restore._src import fit_run as fit_run_lib
     from backup_restore._src import store as store_lib
 
     if _THREADS.value:
@@ -266,6 +342,21 @@ def main(argv):
         tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
     root = _DIR.value
     os.makedirs(root, exist_ok=True)
+    if _RESTORE_CHILD.value:
+        size = _SIZES.value[0]
+        model, x, y = _model_and_data(
+            keras_module, size, _STEPS.value or _MODELS[size][2]
+        )
+        result = restore_timing.child(
+            _RESTORE_CHILD.value,
+            _CHILD_PATH.value,
+            keras_module,
+            model,
+            (x, y, _BATCH),
+            ours_cls=backup_restore.BackupAndRestore,
+        )
+        print(restore_timing.MARK + json.dumps(result))
+        return 0
     epochs = _EPOCHS.value
     ref = _KERAS.value  # the configuration of that Keras's own callback
     cores = os.cpu_count()
@@ -280,20 +371,23 @@ def main(argv):
             else "default (every core)"
         )
     )
-    rows = []
+    rows, restore_rows = [], []
     for size in _SIZES.value:
-        width, hidden, default_steps, frequent = _MODELS[size]
+        _, _, default_steps, frequent = _MODELS[size]
         steps = _STEPS.value or default_steps
         frequent = frequent or max(1, steps // _PER_EPOCH.value)
-        keras_module.utils.set_random_seed(0)
-        model = keras_module.Sequential(
-            [keras_module.Input((width,))]
-            + [keras_module.layers.Dense(h, activation="relu") for h in hidden]
-            + [keras_module.layers.Dense(1)]
-        )
-        model.compile(keras_module.optimizers.Adam(1e-4), "mse")
-        x = np.random.rand(steps * _BATCH, width).astype("float32")
-        y = np.random.rand(steps * _BATCH, 1).astype("float32")
+        model, x, y = _model_and_data(keras_module, size, steps)
+        if "restore" in _MEASURE.value:
+            restore_rows += _measure_restore(
+                keras_module,
+                backup_restore,
+                model,
+                (x, y),
+                size=size,
+                steps=steps,
+            )
+        if "backup" not in _MEASURE.value:
+            continue
         model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0)  # warm up
         variables = model.weights + model.optimizer.variables
         state = [v.numpy() for v in variables]
@@ -404,97 +498,23 @@ def main(argv):
                     shutil.rmtree(directory, ignore_errors=True)
                     _reset_after_reference(model, ref)
 
-        # Restore: ours (through fit's on_train_begin), tf-keras's, and
-        # tf.train.Checkpoint.read of our backup; each with the files cold
-        # (evicted from the page cache first, as after a reboot or on a new
-        # machine) and warm (just read, as after a restart in place).
-        def restore_seconds(
-            cls, directory, prefix, cold, *, model=model, x=x, y=y
-        ):
-            """One restore: Checkpoint.read of `prefix`, or (no prefix) the
-            callback `cls` in a fit() of a fresh copy of `directory` (the
-            backup of epoch 0) that stops after its first batch. Returns
-            (seconds of the restore, seconds to the end of the first
-            batch, None for a read)."""
-            if prefix is not None:
-                if cold:
-                    _drop_from_page_cache(directory)
-                ckpt = tf.train.Checkpoint(
-                    model=model, optimizer=model.optimizer
+        # Backup size on disk: one backup of ours, at the end of an epoch.
+        directory = os.path.join(root, f"{size}-size")
+        shutil.rmtree(directory, ignore_errors=True)
+        model.fit(
+            x,
+            y,
+            batch_size=_BATCH,
+            epochs=1,
+            verbose=0,
+            callbacks=[
+                backup_restore.BackupAndRestore(
+                    directory, delete_checkpoint=False
                 )
-                start = time.perf_counter()
-                ckpt.read(prefix).expect_partial()
-                return time.perf_counter() - start, None
-            # Each fit() writes into its directory (tf-keras a backup at the
-            # epoch end, ours a last one): each restores a fresh copy.
-            work = directory + "-run"
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.copytree(directory, work)
-            if cold:
-                _drop_from_page_cache(work)
-            # A restarted process: ours gives each fit() call of a job its
-            # own backups, counted per process; without this the second
-            # fit() in a directory finds none of its own and restores
-            # nothing.
-            fit_run_lib.COMPLETED_FITS.clear()
-            timed = _timed(keras_module, cls(work, delete_checkpoint=False))
-            timed.stop_after_first_batch = True
-            model.fit(
-                x, y, batch_size=_BATCH, epochs=2, verbose=0, callbacks=[timed]
-            )
-            _reset_after_reference(model, ref)
-            shutil.rmtree(work, ignore_errors=True)
-            return timed.calls[0], timed.first_batch  # [0]: on_train_begin
-
-        restore, to_first_batch = {}, {}
-        for config in (ref, "ours_async"):
-            directory = os.path.join(root, f"{size}-restore-{config}")
-            shutil.rmtree(directory, ignore_errors=True)
-            cls = (
-                keras_module.callbacks.BackupAndRestore
-                if config == ref
-                else backup_restore.BackupAndRestore
-            )
-            model.fit(
-                x,
-                y,
-                batch_size=_BATCH,
-                epochs=1,
-                verbose=0,
-                callbacks=[cls(directory, delete_checkpoint=False)],
-            )
-            readers = {config: None}
-            if config == "ours_async":
-                prefix = os.path.join(
-                    directory,
-                    sorted(
-                        d
-                        for d in os.listdir(directory)
-                        if d.startswith("backup-")
-                    )[-1],
-                    "ckpt",
-                )
-                readers["checkpoint_read"] = prefix
-            times, firsts = {}, {}
-            for prefix in readers.values():  # first runs, not counted
-                restore_seconds(cls, directory, prefix, cold=False)
-            # Interleaved, so that a slow spell of the disk hits both.
-            for cache in ("cold", "warm"):
-                for _ in range(5):
-                    for name, prefix in readers.items():
-                        hook, first = restore_seconds(
-                            cls, directory, prefix, cold=cache == "cold"
-                        )
-                        times.setdefault((name, cache), []).append(hook)
-                        if first is not None:
-                            firsts.setdefault((name, cache), []).append(first)
-            for key, values in times.items():
-                restore[key] = statistics.median(values)
-            for key, values in firsts.items():
-                to_first_batch[key] = statistics.median(values)
-            if config == "ours_async":
-                backup_bytes = _dir_bytes(directory)
-            shutil.rmtree(directory, ignore_errors=True)
+            ],
+        )
+        backup_bytes = _dir_bytes(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
         # The engine's persist alone (snapshot, write + fsync + commit in the
         # background as during training), with training not competing for
@@ -573,34 +593,12 @@ def main(argv):
                     persist = statistics.median(r["persist_s"])
                     row["persist_vs_raw"] = raw_s / persist
             rows.append(row)
-        restore_ratios = {
-            cache: restore[("ours_async", cache)]
-            / restore[("checkpoint_read", cache)]
-            for cache in ("cold", "warm")
-        }
         print(
             f"\n{size}: {steps} batches per epoch; state "
             f"{state_bytes / 1e6:.1f} MB, backup "
             f"{backup_bytes / 1e6:.1f} MB; plain copy {copy_s * 1e3:.1f} ms; "
             f"raw write+fsync {raw_s * 1e3:.0f} ms "
             f"({state_bytes / raw_s / 1e6:.0f} MB/s); "
-            + "; ".join(
-                f"restore {cache}: {ref} "
-                f"{restore[(ref, cache)] * 1e3:.0f} ms, ours "
-                f"{restore[('ours_async', cache)] * 1e3:.0f} ms "
-                "(on_train_begin), Checkpoint.read "
-                f"{restore[('checkpoint_read', cache)] * 1e3:.0f} ms -> "
-                f"ours/read = {ratio:.2f}"
-                for cache, ratio in restore_ratios.items()
-            )
-            + "; "
-            + "; ".join(
-                f"restore + first batch {cache}: {ref} "
-                f"{to_first_batch[(ref, cache)] * 1e3:.0f} ms, ours "
-                f"{to_first_batch[('ours_async', cache)] * 1e3:.0f} ms"
-                for cache in ("cold", "warm")
-            )
-            + "; "
             f"engine persist alone (write+fsync+commit, no training) "
             f"{engine_s * 1e3:.0f} ms -> raw/engine = {raw_s / engine_s:.2f}; "
             f"Checkpoint.write alone (no fsync) {tf_write_s * 1e3:.0f} ms"
@@ -713,6 +711,8 @@ def main(argv):
                 else ""
             )
         )
+    if restore_rows:
+        restore_timing.print_table(ref, restore_rows)
     return 0
 
 

@@ -29,7 +29,10 @@ class BenchmarkSmokeTest(test_case.TestCase):
         for config in (keras, "ours_sync", "ours_async", "ours_budget"):
             self.assertIn(f"| {config} |", proc.stdout)
         self.assertIn("physical floor per backup", proc.stdout)
-        self.assertIn("restore + first batch cold", proc.stdout)
+        # The restores, each in a fresh process, warm and cold.
+        self.assertIn("Restore, fresh process", proc.stdout)
+        self.assertRegex(proc.stdout, r"\| tiny \(\d+ MB\) \| warm \| \d+ \|")
+        self.assertRegex(proc.stdout, r"\| tiny \(\d+ MB\) \| cold \| \d+ \|")
         self.assertIn(
             "one backup alone (no training), process CPU", proc.stdout
         )

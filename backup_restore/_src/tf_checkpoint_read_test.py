@@ -1,0 +1,141 @@
+"""Contract test of tf_checkpoint_read with TensorFlow 2.21.
+
+`read_single_shard` must restore what `Checkpoint.read` restores, take its
+one-RestoreV2 path for the plain variables of both Keras flavours, leave
+everything else to `Checkpoint.read` having changed nothing, and change no
+variable when a tensor fails TensorFlow's checksum: a TensorFlow that
+changes the private API it relies on fails here.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from backup_restore._src import tf_checkpoint_read
+from testing import synthetic
+from testing import test_case
+
+
+def _model(flavour, seed):
+    """A trained tiny model: weights and built optimizer slots."""
+    synthetic.KERAS[flavour].utils.set_random_seed(seed)
+    model = synthetic.regression_model("tiny", flavour=flavour)
+    x, y = synthetic.regression_data(32, seed=seed)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    return model
+
+
+def _values(model):
+    return [np.array(v) for v in model.weights + model.optimizer.variables]
+
+
+def _checkpoint(model):
+    return tf.train.Checkpoint(
+        weights=list(model.weights),
+        slots=list(model.optimizer.variables),
+    )
+
+
+def _read(prefix, checkpoint):
+    reader = tf_checkpoint_read.index_reader(prefix)
+    return tf_checkpoint_read.read_single_shard(checkpoint, prefix, reader)
+
+
+class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("tf_keras", "tf_keras"), ("keras3", "keras3")
+    )
+    def test_restores_what_checkpoint_read_restores(self, flavour):
+        source = _model(flavour, seed=1)
+        prefix = _checkpoint(source).write(os.path.join(self.tmp, "ckpt"))
+        ours, theirs = _model(flavour, seed=2), _model(flavour, seed=2)
+        status = _read(prefix, _checkpoint(ours))
+        self.assertIsNotNone(status, "the one-RestoreV2 path was not taken")
+        status.assert_existing_objects_matched().expect_partial()
+        _checkpoint(theirs).read(prefix).assert_existing_objects_matched()
+        for a, b, c in zip(
+            _values(ours), _values(theirs), _values(source), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
+
+    def test_a_corrupt_tensor_changes_nothing(self):
+        source = tf.train.Checkpoint(
+            a=tf.Variable(np.arange(4096, dtype=np.float32)),
+            b=tf.Variable(np.ones(4096, dtype=np.float32)),
+        )
+        prefix = source.write(os.path.join(self.tmp, "ckpt"))
+        data = prefix + ".data-00000-of-00001"
+        raw = bytearray(open(data, "rb").read())
+        raw[len(raw) // 2] ^= 0xFF  # in one of the two 16 KB tensors
+        with open(data, "wb") as f:
+            f.write(raw)
+        target = tf.train.Checkpoint(
+            a=tf.Variable(np.zeros(4096, dtype=np.float32)),
+            b=tf.Variable(np.zeros(4096, dtype=np.float32)),
+        )
+        with self.assertRaises(tf.errors.DataLossError):
+            _read(prefix, target)
+        np.testing.assert_array_equal(target.a.numpy(), 0)
+        np.testing.assert_array_equal(target.b.numpy(), 0)
+
+    def test_leaves_what_is_not_plain_to_checkpoint_read(self):
+        variable = tf.Variable(np.ones(3, dtype=np.float32))
+        dataset = tf.data.Dataset.range(10)
+        iterator = iter(dataset)
+        prefix = tf.train.Checkpoint(v=variable, it=iterator).write(
+            os.path.join(self.tmp, "ckpt")
+        )
+        target = tf.Variable(np.zeros(3, dtype=np.float32))
+        checkpoint = tf.train.Checkpoint(v=target, it=iter(dataset))
+        self.assertIsNone(_read(prefix, checkpoint))
+        np.testing.assert_array_equal(target.numpy(), 0)
+
+    @parameterized.named_parameters(
+        ("tf_keras", "tf_keras"), ("keras3", "keras3")
+    )
+    def test_leaves_slots_not_made_yet_to_checkpoint_read(self, flavour):
+        # Checkpoint.read restores them when the optimizer makes them.
+        source = _model(flavour, seed=1)
+        prefix = tf.train.Checkpoint(
+            model=source, optimizer=source.optimizer
+        ).write(os.path.join(self.tmp, "ckpt"))
+        synthetic.KERAS[flavour].utils.set_random_seed(2)
+        target = synthetic.regression_model("tiny", flavour=flavour)
+        before = [np.array(v) for v in target.weights]
+        checkpoint = tf.train.Checkpoint(
+            model=target, optimizer=target.optimizer
+        )
+        self.assertIsNone(_read(prefix, checkpoint))
+        for a, b in zip(before, target.weights, strict=True):
+            np.testing.assert_array_equal(a, np.array(b))
+
+    def test_leaves_a_shape_that_differs_to_checkpoint_read(self):
+        prefix = tf.train.Checkpoint(
+            v=tf.Variable(np.ones(3, dtype=np.float32))
+        ).write(os.path.join(self.tmp, "ckpt"))
+        target = tf.Variable(np.zeros(4, dtype=np.float32))
+        self.assertIsNone(_read(prefix, tf.train.Checkpoint(v=target)))
+        np.testing.assert_array_equal(target.numpy(), 0)
+
+    def test_index_reader_reads_a_rewritten_index_again(self):
+        checkpoint = tf.train.Checkpoint(v=tf.Variable([1.0]))
+        prefix = checkpoint.write(os.path.join(self.tmp, "ckpt"))
+        first = tf_checkpoint_read.index_reader(prefix)
+        self.assertIs(first, tf_checkpoint_read.index_reader(prefix))
+        checkpoint.v.assign([2.0])
+        os.remove(prefix + ".index")
+        checkpoint2 = tf.train.Checkpoint(v=tf.Variable([[2.0, 3.0]]))
+        checkpoint2.write(prefix)
+        again = tf_checkpoint_read.index_reader(prefix)
+        self.assertEqual(
+            again.get_variable_to_shape_map()["v/.ATTRIBUTES/VARIABLE_VALUE"],
+            [1, 2],
+        )
+
+
+if __name__ == "__main__":
+    absltest.main()

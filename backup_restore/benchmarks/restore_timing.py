@@ -1,0 +1,217 @@
+"""The benchmark's restore timing: every restore in a fresh process.
+
+What a preempted job pays to resume: from the start of the restarted
+process's `fit()` to the end of its first training step (so work a restore
+defers to the first step counts wherever it happens), from a backup taken
+at an epoch boundary, with the files warm (just copied: in the page cache,
+as after a crash on the same machine) and cold (written back and evicted
+first, as after a reboot or on a new machine). Per repetition, interleaved:
+
+- ours: backup_restore's `BackupAndRestore`;
+- the flavour's own `BackupAndRestore` (tf-keras's or Keras 3's);
+- the floor: a no-callback `fit()`'s time from its start to the end of its
+  first step (tracing and the optimizer's build included) plus
+  `tf.train.Checkpoint.read` of the same state into the built model and
+  optimizer, each in a fresh process.
+
+The parent runs the benchmark binary again with `--restore_child` for each
+measurement; the child prints one line starting with MARK.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+MARK = "RESTORE_TIMING "
+PEERS = ("ours", "theirs", "read")
+
+
+def child(mode, path, keras_module, model, data, *, ours_cls):
+    """In the fresh process: one measurement; returns {name: seconds}.
+
+    `data`: (x, y, batch size) of the fit().
+    """
+    x, y, batch = data
+    import tensorflow as tf
+
+    if mode == "read":
+        model.optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        start = time.perf_counter()
+        checkpoint.read(path).expect_partial()
+        return {"read": time.perf_counter() - start}
+
+    class FirstStep(keras_module.callbacks.Callback):
+        hook_began = hook_ended = ended = None
+
+        def on_train_begin(self, logs=None):
+            self.hook_ended = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.ended is None:
+                self.ended = time.perf_counter()
+            self.model.stop_training = True
+
+    callbacks = []
+    if mode == "ours":
+        callbacks.append(ours_cls(path, delete_checkpoint=False))
+    elif mode == "theirs":
+        callbacks.append(
+            keras_module.callbacks.BackupAndRestore(
+                path, delete_checkpoint=False
+            )
+        )
+    first = FirstStep()
+    start = time.perf_counter()
+    model.fit(
+        x,
+        y,
+        batch_size=batch,
+        epochs=2,
+        verbose=0,
+        callbacks=[*callbacks, first],
+    )
+    # The restoring callback runs first: on_train_begin of `first` ends
+    # after its restore (and fit()'s own set-up before it).
+    return {
+        "first_step": first.ended - start,
+        "to_train_begin": first.hook_ended - start,
+    }
+
+
+def _drop_from_page_cache(directory):
+    """Makes a directory's files cold: written back, then evicted."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def _run_child(args, mode, path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(sys.argv[0]),
+            *args,
+            f"--restore_child={mode}",
+            f"--child_path={path or ''}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK) :])
+    raise RuntimeError(
+        f"restore child {mode} failed ({proc.returncode}):\n"
+        + proc.stderr[-3000:]
+    )
+
+
+def measure(args, backups, repeats):
+    """Fresh-process restores of `backups` ({"ours": backup_dir, "theirs":
+    backup_dir, "read": checkpoint prefix}); `args` the flags that make the
+    child build the same model. Returns {(name, cache): [seconds, ...]}
+    (name: ours, theirs, ours_hook, theirs_hook, read, none; cache: cold,
+    warm, or "-" for the no-callback fit)."""
+    samples = {}
+    for rep in range(repeats):
+        first = _run_child(args, "none", None)["first_step"]
+        samples.setdefault(("none", "-"), []).append(first)
+        for cache in ("cold", "warm"):
+            order = PEERS[rep % 3 :] + PEERS[: rep % 3]
+            for name in order:
+                source = backups[name]
+                if name == "read":
+                    source = os.path.dirname(source)
+                work = source.rstrip("/") + "-run"
+                shutil.rmtree(work, ignore_errors=True)
+                shutil.copytree(source, work)
+                if cache == "cold":
+                    _drop_from_page_cache(work)
+                path = work
+                if name == "read":
+                    path = os.path.join(work, os.path.basename(backups[name]))
+                result = _run_child(args, name, path)
+                shutil.rmtree(work, ignore_errors=True)
+                if name == "read":
+                    samples.setdefault(("read", cache), []).append(
+                        result["read"]
+                    )
+                    continue
+                samples.setdefault((name, cache), []).append(
+                    result["first_step"]
+                )
+                samples.setdefault((f"{name}_hook", cache), []).append(
+                    result["to_train_begin"]
+                )
+    return samples
+
+
+def rows(model_name, samples):
+    """Per cache: the medians and every repetition's value, in ms."""
+
+    def ms(values):
+        return ", ".join(f"{1000 * v:.0f}" for v in values)
+
+    out = []
+    none = samples[("none", "-")]
+    for cache in ("warm", "cold"):
+        reads = samples[("read", cache)]
+        floors = [a + b for a, b in zip(none, reads, strict=True)]
+        ours, theirs = samples[("ours", cache)], samples[("theirs", cache)]
+        out.append(
+            {
+                "model": model_name,
+                "cache": cache,
+                "ours": statistics.median(ours),
+                "theirs": statistics.median(theirs),
+                "floor": statistics.median(floors),
+                "none": statistics.median(none),
+                "read": statistics.median(reads),
+                "ours_hook": statistics.median(samples[("ours_hook", cache)]),
+                "theirs_hook": statistics.median(
+                    samples[("theirs_hook", cache)]
+                ),
+                "detail": f"ours {ms(ours)}; theirs {ms(theirs)}; "
+                f"no-callback first step {ms(none)}; "
+                f"Checkpoint.read {ms(reads)}",
+            }
+        )
+    return out
+
+
+def print_table(ref, all_rows):
+    print(
+        "\nRestore, fresh process, fit() start to the end of the first "
+        f"resumed step (medians, ms); theirs = {ref}'s BackupAndRestore; "
+        "floor = no-callback fit()'s first step + Checkpoint.read, per "
+        "repetition:"
+    )
+    print(
+        "| model | files | ours | theirs | ours / theirs | floor "
+        "(first step + read) | ours / floor | fit() start to the end of "
+        "on_train_begin: ours / theirs |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in all_rows:
+        print(
+            f"| {r['model']} | {r['cache']} | {1000 * r['ours']:.0f} | "
+            f"{1000 * r['theirs']:.0f} | {r['ours'] / r['theirs']:.2f}x | "
+            f"{1000 * r['floor']:.0f} ({1000 * r['none']:.0f} + "
+            f"{1000 * r['read']:.0f}) | {r['ours'] / r['floor']:.2f}x | "
+            f"{1000 * r['ours_hook']:.0f} / {1000 * r['theirs_hook']:.0f} |"
+        )
+    for r in all_rows:
+        print(f"  {r['model']} {r['cache']}, per repetition: {r['detail']}")
