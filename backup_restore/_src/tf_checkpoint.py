@@ -166,6 +166,20 @@ def _value(value):
     raise _NotPlain(type(value).__name__)
 
 
+def serialized_tensors(checkpoint):
+    """{trackable: tensor dict} of `checkpoint` (a tf.train.Checkpoint), as
+    TensorFlow's saver gathers them; None where only TensorFlow's saver will
+    do: not eager, an object map, registered savers, or a TensorFlow whose
+    variables no longer serialize as the contract test expects."""
+    if not context.executing_eagerly() or _VARIABLE_READ is None:
+        return None
+    saver = getattr(checkpoint, "_saver", None)  # a tf.train.Checkpoint's
+    if saver is None or getattr(saver, "_object_map", None) is not None:
+        return None
+    serialized, _, registered_savers, _ = saver._gather_serialized_tensors(None)  # pylint: disable=protected-access
+    return None if registered_savers else serialized
+
+
 def write_single_shard(checkpoint, file_prefix: str) -> bool:
     """Writes `checkpoint` as `Checkpoint.write(file_prefix)` would, in one
     SaveV2 on this thread; returns False (having written nothing) when it
@@ -188,13 +202,8 @@ def write_single_shard(checkpoint, file_prefix: str) -> bool:
     the contract test expects. An uninitialised variable is left out, as
     TensorFlow's saver leaves it out.
     """
-    if not context.executing_eagerly() or _VARIABLE_READ is None:
-        return False
-    saver = getattr(checkpoint, "_saver", None)  # a tf.train.Checkpoint's
-    if saver is None or getattr(saver, "_object_map", None) is not None:
-        return False
-    serialized, _, registered_savers, _ = saver._gather_serialized_tensors(None)  # pylint: disable=protected-access
-    if registered_savers:
+    serialized = serialized_tensors(checkpoint)
+    if serialized is None:
         return False
     names, slices, tensors = [], [], []
     try:

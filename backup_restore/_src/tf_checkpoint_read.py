@@ -25,7 +25,6 @@ of `BaseResourceVariable._serialize_to_tensors`.
 
 import tensorflow as tf
 from tensorflow.python.checkpoint import tensor_callable
-from tensorflow.python.eager import context
 from tensorflow.python.ops import gen_resource_variable_ops
 from tensorflow.python.ops import io_ops
 
@@ -68,15 +67,8 @@ def _plain_variable(value):
 def targets(checkpoint):
     """[(checkpoint key, variable)] of every entry `checkpoint` restores, or
     None when one is not a plain resource variable of this process."""
-    if (
-        not context.executing_eagerly() or tf_checkpoint._VARIABLE_READ is None  # pylint: disable=protected-access
-    ):
-        return None
-    saver = getattr(checkpoint, "_saver", None)  # a tf.train.Checkpoint's
-    if saver is None or getattr(saver, "_object_map", None) is not None:
-        return None
-    serialized, _, registered_savers, _ = saver._gather_serialized_tensors(None)  # pylint: disable=protected-access
-    if registered_savers:
+    serialized = tf_checkpoint.serialized_tensors(checkpoint)
+    if serialized is None:
         return None
     found = []
     for trackable, tensor_dict in serialized.items():
