@@ -119,15 +119,20 @@ def read_single_shard(checkpoint, file_prefix: str, reader):
         # Objects not made yet (an optimizer's slots before its build):
         # Checkpoint.read restores them when they are made.
         return None
+    # The object graph and the save counter are read too, unused: every
+    # tensor of the checkpoint has its CRC-32C checked, as Checkpoint.read
+    # checks them.
+    others = [k for k in (_GRAPH_KEY, _SAVE_COUNTER_KEY) if k in shapes]
     with tf.device("CPU:0"):
         values = io_ops.restore_v2(
             file_prefix,
-            keys,
-            [""] * len(keys),
-            [variable.dtype for _, variable in found],
+            keys + others,
+            [""] * (len(keys) + len(others)),
+            [variable.dtype for _, variable in found]
+            + [dtypes[k] for k in others],
         )
     # Every tensor was read and checked: nothing below can fail on the data.
-    for (_, variable), value in zip(found, values, strict=True):
+    for (_, variable), value in zip(found, values[: len(found)], strict=True):
         gen_resource_variable_ops.assign_variable_op(variable.handle, value)
     return Restored()
 

@@ -82,6 +82,21 @@ class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
         np.testing.assert_array_equal(target.a.numpy(), 0)
         np.testing.assert_array_equal(target.b.numpy(), 0)
 
+    def test_every_tensor_is_checked_the_unused_ones_too(self):
+        # The data file ends with the object graph (read, not assigned):
+        # damage there is caught as Checkpoint.read would catch it.
+        source = tf.train.Checkpoint(a=tf.Variable(np.arange(1000.0)))
+        prefix = source.write(os.path.join(self.tmp, "ckpt"))
+        data = prefix + ".data-00000-of-00001"
+        raw = bytearray(open(data, "rb").read())
+        raw[-5] ^= 0xFF
+        with open(data, "wb") as f:
+            f.write(raw)
+        target = tf.train.Checkpoint(a=tf.Variable(np.zeros(1000)))
+        with self.assertRaises(tf.errors.DataLossError):
+            _read(prefix, target)
+        np.testing.assert_array_equal(target.a.numpy(), 0)
+
     def test_leaves_what_is_not_plain_to_checkpoint_read(self):
         variable = tf.Variable(np.ones(3, dtype=np.float32))
         dataset = tf.data.Dataset.range(10)
