@@ -299,7 +299,12 @@ class GcsManagerTest(GcsCase):
             _COUNTER,
             self.dir,
             _SERVER.control_port,
-            env={"GCS_STAT_CACHE_MAX_AGE": "0"},
+            # A lease renewed every 20 min: no renewal's read falls into
+            # a phase however slow the machine is.
+            env={
+                "GCS_STAT_CACHE_MAX_AGE": "0",
+                ownership.FORCE_LEASE_ENV: "3600",
+            },
         )
         stdout, stderr = proc.communicate(timeout=600)
         line = [x for x in stdout.splitlines() if x.startswith("REQUESTS ")]
