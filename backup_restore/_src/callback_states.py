@@ -26,7 +26,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from backup_restore._src import keras_state
+from backup_restore._src import model_fingerprint
 
 GET_STATE = "get_backup_state"
 SET_STATE = "set_backup_state"
@@ -73,7 +73,7 @@ def collect(callbacks, adapter) -> tuple[dict, dict]:
         attrs = _builtin_attrs(callback, adapter)
         if attrs is not None:
             states[key] = {
-                "attrs": keras_state.to_json_value(
+                "attrs": model_fingerprint.to_json_value(
                     {a: getattr(callback, a, None) for a in attrs}
                 )
             }
