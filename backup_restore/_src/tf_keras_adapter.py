@@ -92,12 +92,6 @@ class _InitialCounters:
         return self._epoch, self._step
 
 
-def accept_tensor_logs(callback: tf_keras.callbacks.Callback) -> None:
-    """Lets fit() hand `callback` unconverted logs (and run its batch hooks
-    under ParameterServerStrategy). The callback must not read batch logs."""
-    callback._supports_tf_logs = True
-
-
 def start_at(model, context, epoch: int, step: int, drawn: int) -> None:
     """Makes the running `fit()` start at batch `step` of `epoch`."""
     del context, drawn  # tf-keras's fit() skips nothing itself
