@@ -150,6 +150,7 @@ set_counted_epoch_steps = tf_keras_data.set_counted_epoch_steps
 
 # The state a backup holds (tf_keras_state.py).
 BUILTIN_CALLBACK_STATE = tf_keras_state.BUILTIN_CALLBACK_STATE
+BUILTIN_CALLBACK_TENSORS = tf_keras_state.BUILTIN_CALLBACK_TENSORS
 train_counter = tf_keras_state.train_counter
 set_train_counter = tf_keras_state.set_train_counter
 CSV_LOGGER = tf_keras_state.CSV_LOGGER
