@@ -35,17 +35,6 @@ _VERIFY = flags.DEFINE_bool(
 )
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of text.")
 
-# Top-level checkpoint names -> what they hold, for the summary.
-_KINDS = {
-    "model": "model weights",
-    "optimizer": "optimizer state",
-    # A Keras 3 model's backup holds the variables themselves.
-    "model_variables": "model weights and layer RNG state",
-    "optimizer_variables": "optimizer state",
-    "layer_random_generators": "layer RNG state",
-    "callback_tensors": "callback tensors",
-}
-
 
 def _holds(tf, prefix):
     """What a checkpoint holds: top-level name -> number of saved values."""
@@ -86,53 +75,19 @@ def _describe(tf, errors, s, path, verify):
         entry["corrupt"] = True
         return entry
     entry["size_bytes"] = info.size_bytes
-    entry["written_at"] = datetime.datetime.fromtimestamp(
-        meta.get("written_at", 0)
-    ).isoformat(sep=" ", timespec="seconds")
     if backup_metadata.is_fit_backup(meta):
-        pos = meta["position"]
-        entry["kind"] = f"Model.fit (BackupAndRestore, {meta['keras']} model)"
-        call = meta.get("fit_call")
-        if call:
-            # Each fit() call of a job restores only its own backups.
-            entry["kind"] += (
-                f", fit() call #{call['index']} of the job (epochs="
-                f"{call['epochs']}, initial_epoch={call['initial_epoch']})"
-            )
-        entry["resumes_at"] = {"epoch": pos["epoch"], "batch": pos["step"]}
-        entry["data"] = meta.get("data", {})
-        fp = meta["fingerprint"]
-        params = 0
-        for v in fp["variables"]:
-            n = 1
-            for d in v["shape"]:
-                n *= d or 1
-            params += n
-        entry["fingerprint"] = {
-            "model": fp["model_class"],
-            "weights": len(fp["variables"]),
-            "parameters": params,
-            "optimizer": fp["optimizer"]["class"],
-            "layer_random_generators": fp["random_generators"],
-        }
-        held = fp.get("held")  # absent in backups of earlier versions
-        if held is not None:
-            entry["fingerprint"]["optimizers_held"] = [
-                o["path"] for o in held["optimizers"]
-            ]
-            entry["fingerprint"]["variables_held_outside_the_weights"] = [
-                e["path"] for e in held["extra_variables"]
-            ]
-        entry["history_epochs"] = len(meta["history"]["epoch"])
-        entry["callbacks"] = sorted(meta.get("callbacks", {}))
-        entry["mid_epoch_metrics"] = bool(meta.get("metrics"))
+        entry.update(backup_metadata.describe(meta))
     else:
-        entry["kind"] = "custom loop (BackupManager)"
-        entry["resumes_at"] = {"step": meta.get("step")}
-        entry["fingerprint"] = {"variables": len(meta.get("variables", {}))}
+        entry.update(manager_metadata.describe(meta))
+    entry["written_at"] = datetime.datetime.fromtimestamp(
+        entry["written_at"]
+    ).isoformat(sep=" ", timespec="seconds")
     try:
         holds = _holds(tf, info.checkpoint_prefix)
-        entry["holds"] = {_KINDS.get(k, k): n for k, n in sorted(holds.items())}
+        entry["holds"] = {
+            backup_metadata.checkpoint_part(k): n
+            for k, n in sorted(holds.items())
+        }
     except tf.errors.OpError as e:
         entry["holds"] = {"unreadable": str(e).splitlines()[0]}
     return entry

@@ -307,14 +307,15 @@ def _strategy(tf):
 
 
 def _failure_callback(keras, at_step: int, how: str, backup):
-    from backup_restore._src import tf_keras_adapter
-
     class Fail(keras.callbacks.Callback):
+        # Reads no logs: tf-keras's fit() may hand it logs as tensors, and
+        # runs its batch hooks under ParameterServerStrategy (whose batch
+        # logs are RemoteValues) only then.
+        _supports_tf_logs = True
+
         def __init__(self):
             super().__init__()
             self._batches = 0
-            # Reads no logs; lets fit() run it under ParameterServerStrategy.
-            tf_keras_adapter.accept_tensor_logs(self)
 
         def on_train_batch_end(self, batch, logs=None):
             self._batches += 1

@@ -1,9 +1,11 @@
 """The private names of other packages that modules use: what an adapter's
 contract test must cover (`*_adapter_test.py` checks its table against
-it)."""
+it with `check_contract`), and the built-in callbacks' attributes an
+adapter's tables name (`check_callback_tables`)."""
 
 import ast
 import inspect
+import os
 import re
 
 
@@ -58,3 +60,50 @@ def _private_members(cls: ast.ClassDef) -> set:
         elif isinstance(node, ast.Assign):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return {n for n in names if re.fullmatch(r"_[a-z]\w*", n)}
+
+
+def check_contract(test, contract: dict, *modules, own=()) -> None:
+    """Asserts that `contract` (private name -> the tests of it) names
+    exactly the private names the code of `modules` uses (`own`: as in
+    `private_names`), and that every test it names is a method of `test`.
+    """
+    test.assertEqual(
+        private_names(*modules, own=own),
+        set(contract),
+        "add the new private name, and a test of it, to CONTRACT",
+    )
+    for name, tests in contract.items():
+        for name_of_test in tests:
+            test.assertTrue(hasattr(test, name_of_test), (name, name_of_test))
+
+
+def check_callback_tables(test, callbacks, adapter, fit) -> None:
+    """Asserts that the adapter's tables of built-in callbacks' state
+    (BUILTIN_CALLBACK_STATE, BUILTIN_CALLBACK_TENSORS) name the callbacks
+    `callbacks` (the flavour's `callbacks` module) offers, and that each
+    attribute they name, and those of CSV_LOGGER that callback_states
+    reads, exist once `fit(callback_list)` has trained with them.
+    """
+    tmp = test.create_tempdir().full_path
+    arguments = {
+        callbacks.EarlyStopping: dict(monitor="loss"),
+        callbacks.ReduceLROnPlateau: dict(monitor="loss"),
+        callbacks.ModelCheckpoint: dict(
+            filepath=os.path.join(tmp, "best.weights.h5"),
+            save_weights_only=True,
+        ),
+        callbacks.TensorBoard: dict(log_dir=os.path.join(tmp, "logs")),
+    }
+    test.assertEqual(set(arguments), set(adapter.BUILTIN_CALLBACK_STATE))
+    test.assertLessEqual(set(adapter.BUILTIN_CALLBACK_TENSORS), set(arguments))
+    made = [cls(**kwargs) for cls, kwargs in arguments.items()]
+    csv_logger = adapter.CSV_LOGGER(os.path.join(tmp, "log.csv"))
+    fit([*made, csv_logger])
+    for callback in made:
+        attrs = list(adapter.BUILTIN_CALLBACK_STATE[type(callback)])
+        if type(callback) in adapter.BUILTIN_CALLBACK_TENSORS:
+            attrs.append(adapter.BUILTIN_CALLBACK_TENSORS[type(callback)])
+        for attr in attrs:
+            test.assertTrue(hasattr(callback, attr), (callback, attr))
+    for attr in ("csv_file", "append", "filename"):
+        test.assertTrue(hasattr(csv_logger, attr), (csv_logger, attr))

@@ -12,7 +12,7 @@ A backup holds JSON metadata beside its checkpoint (see manifest.py):
   steps trained, the step of TensorBoard's batch summaries).
 - `fit_call`, `data`: which fit() call of the job, and what its positions
   mean (checked on resume).
-- `fingerprint`, `build_config`: the model and optimizer (keras_state.py).
+- `fingerprint`, `build_config`: the model and optimizer (model_fingerprint.py).
 - `history`, `metrics`, `callbacks`, `callback_tensors`: the rest of the
   training state.
 - `written_at` (seconds since the epoch) and `scope` (which run of the job
@@ -21,16 +21,36 @@ A backup holds JSON metadata beside its checkpoint (see manifest.py):
 The manifest's checksum only detects accidents: anyone can edit a manifest
 and compute its CRC-32 again. So every field is checked against the schema
 (`problem`) before any of it is used: its type, its range, and that the
-position lies within the data it describes. BackupManager's metadata has a
-schema of its own (manager_metadata.py).
+position lies within the data it describes (backup_metadata_checks.py).
+BackupManager's metadata has a schema of its own (manager_metadata.py).
+
+`describe` and `checkpoint_part` say what a backup holds in words, for the
+inspect CLI: nothing outside this module reads the fields by name.
 """
 
 import time
 
+from backup_restore._src import backup_metadata_checks
 from backup_restore._src import schema_fields as fields
 
 FORMAT = "backup_restore.fit"
 FORMAT_VERSION = 2
+
+# The top-level objects of a fit() backup's tf.train.Checkpoint (each
+# adapter's checkpoint_objects, and the callbacks' tensors) -> what they
+# hold.
+CHECKPOINT_PARTS = {
+    # A tf-keras model's backup holds the model and its optimizer.
+    "model": "model weights",
+    "optimizer": "optimizer state",
+    "layer_random_generators": "layer RNG state",
+    # A Keras 3 model's backup holds the variables themselves.
+    "model_variables": "model weights and layer RNG state",
+    "optimizer_variables": "optimizer state",
+    "held_optimizers": "state of the other optimizers the model holds",
+    "held_variables": "variables held outside the model's weights",
+    "callback_tensors": "callback tensors",
+}
 
 
 def static_part(
@@ -119,263 +139,6 @@ def _header(metadata) -> bool:
     )
 
 
-def _position(metadata) -> dict:
-    position = fields.member(metadata, "position", fields.as_dict)
-    for key in ("epoch", "step", "iterators_done", "drawn"):
-        fields.member(position, key, fields.as_int, "position")
-    for key in ("stop_training", "epoch_trained"):
-        fields.member(position, key, fields.as_bool, "position")
-    fields.member(
-        position,
-        "counted_steps_per_epoch",
-        fields.optional_int,
-        parent="position",
-        minimum=1,
-    )
-    if "train_counter" in position:  # not in backups of older releases
-        fields.member(
-            position, "train_counter", fields.optional_int, parent="position"
-        )
-    return position
-
-
-def _fit_call(metadata) -> dict:
-    fit_call = fields.member(metadata, "fit_call", fields.as_dict)
-    for key in ("index", "epochs", "initial_epoch"):
-        fields.member(fit_call, key, fields.as_int, "fit_call")
-    if "arguments" in fit_call:  # not in backups of earlier releases
-        _arguments(fit_call["arguments"], "fit_call.arguments")
-    return fit_call
-
-
-def _arguments(arguments, field: str) -> None:
-    fields.as_dict(arguments, field)
-    shuffle = fields.member(arguments, "shuffle", parent=field)
-    if shuffle is not None and not isinstance(shuffle, str):
-        fields.as_bool(shuffle, f"{field}.shuffle")
-    for key in ("class_weight", "sample_weight", "validation"):
-        fields.member(arguments, key, fields.as_bool, field)
-    for key in ("steps_per_epoch", "validation_steps"):
-        fields.member(arguments, key, fields.optional_int, field)
-    freq = fields.member(arguments, "validation_freq", parent=field)
-    if isinstance(freq, list):
-        for i, epoch in enumerate(freq):
-            fields.as_int(epoch, f"{field}.validation_freq[{i}]")
-    else:
-        fields.optional_int(freq, f"{field}.validation_freq")
-
-
-def _data(metadata) -> dict:
-    data = fields.member(metadata, "data", fields.as_dict)
-    for key in ("steps_per_epoch", "batch_size", "num_samples"):
-        fields.member(data, key, fields.optional_int, "data")
-    spec = fields.get(data, "element_spec", "data.element_spec")
-    if spec is not None:
-        for i, component in enumerate(
-            fields.as_list(spec, "data.element_spec")
-        ):
-            fields.shape_and_dtype(
-                component, f"data.element_spec[{i}]", unknown_dims=True
-            )
-    return data
-
-
-def _fingerprint(metadata) -> None:
-    fp = fields.member(metadata, "fingerprint", fields.as_dict)
-    fields.member(fp, "model_class", fields.as_str, "fingerprint")
-    variables = fields.member(fp, "variables", fields.as_list, "fingerprint")
-    for i, variable in enumerate(variables):
-        field = f"fingerprint.variables[{i}]"
-        fields.as_dict(variable, field)
-        fields.member(variable, "name", fields.as_str, field)
-        fields.member(
-            variable,
-            "shape",
-            fields.shape,
-            parent=field,
-            unknown_dims=True,
-        )
-        fields.member(variable, "dtype", fields.as_str, field)
-    optimizer = fields.member(fp, "optimizer", fields.as_dict, "fingerprint")
-    cls = fields.get(optimizer, "class", "fingerprint.optimizer.class")
-    if cls is not None:
-        fields.as_str(cls, "fingerprint.optimizer.class")
-    config = fields.get(optimizer, "config", "fingerprint.optimizer.config")
-    if config is not None:
-        # Opaque beyond its keys: compared, never used.
-        fields.as_dict(config, "fingerprint.optimizer.config")
-    fields.member(fp, "random_generators", fields.as_int, "fingerprint")
-    if "held" in fp:  # absent in backups of earlier versions
-        _held(fields.member(fp, "held", fields.as_dict, "fingerprint"))
-
-
-def _held(held) -> None:
-    """keras_state.held_fingerprint: what the model holds beyond its
-    weights (the built_on positions index the model's variables)."""
-    parent = "fingerprint.held"
-    count = fields.member(held, "variable_count", fields.as_int, parent)
-    optimizers = fields.member(held, "optimizers", fields.as_list, parent)
-    for i, optimizer in enumerate(optimizers):
-        field = f"{parent}.optimizers[{i}]"
-        fields.as_dict(optimizer, field)
-        fields.member(optimizer, "path", fields.as_str, field)
-        cls = fields.member(optimizer, "class", parent=field)
-        if cls is not None:
-            fields.as_str(cls, f"{field}.class")
-        config = fields.member(optimizer, "config", parent=field)
-        if config is not None:
-            fields.as_dict(config, f"{field}.config")  # compared, never used
-        built = fields.member(optimizer, "built", parent=field)
-        if built is not None:
-            fields.as_bool(built, f"{field}.built")
-        built_on = fields.member(optimizer, "built_on", parent=field)
-        if built_on is not None:
-            for j, item in enumerate(
-                fields.as_list(built_on, f"{field}.built_on")
-            ):
-                position = fields.as_int(item, f"{field}.built_on[{j}]")
-                if position >= count:
-                    fields.fail(
-                        f"{field}.built_on[{j}]",
-                        position,
-                        f"not below variable_count {count}",
-                    )
-        variables = fields.member(optimizer, "variables", parent=field)
-        if variables is not None:
-            for j, entry in enumerate(
-                fields.as_list(variables, f"{field}.variables")
-            ):
-                fields.as_str(entry, f"{field}.variables[{j}]")
-    extra = fields.member(held, "extra_variables", fields.as_list, parent)
-    for i, entry in enumerate(extra):
-        field = f"{parent}.extra_variables[{i}]"
-        fields.as_dict(entry, field)
-        fields.member(entry, "path", fields.as_str, field)
-        fields.member(entry, "variable", fields.as_str, field)
-
-
-def _history(metadata) -> None:
-    history = fields.member(metadata, "history", fields.as_dict)
-    for i, epoch in enumerate(
-        fields.member(history, "epoch", fields.as_list, "history")
-    ):
-        fields.as_int(epoch, f"history.epoch[{i}]")
-    logs = fields.member(history, "history", fields.as_dict, "history")
-    for key, values in logs.items():
-        # The logged values are passed through to History as they are.
-        fields.as_list(values, f"history.history.{key}")
-    keys = fields.member(history, "keys", fields.as_list, "history")
-    for i, key in enumerate(keys):
-        fields.as_str(key, f"history.keys[{i}]")
-    if sorted(keys) != sorted(logs):
-        fields.fail(
-            "history.keys",
-            keys,
-            f"not the keys of history.history ({sorted(logs)})",
-        )
-
-
-def _metrics(metadata) -> None:
-    metrics = fields.member(metadata, "metrics", fields.as_list)
-    for i, metric in enumerate(metrics):
-        field = f"metrics[{i}]"
-        fields.as_dict(metric, field)
-        fields.member(metric, "name", fields.as_str, field)
-        variables = fields.member(metric, "variables", fields.as_list, field)
-        for j, replicas in enumerate(variables):
-            # One value per replica.
-            for k, value in enumerate(
-                fields.as_list(replicas, f"{field}.variables[{j}]")
-            ):
-                fields.numbers(value, f"{field}.variables[{j}][{k}]")
-
-
-def _callbacks(metadata) -> None:
-    callbacks = fields.member(metadata, "callbacks", fields.as_dict)
-    for key, state in callbacks.items():
-        field = f"callbacks[{key!r}]"
-        fields.as_dict(state, field)
-        if "user" in state:
-            continue  # a user callback's own JSON, given back to it
-        if "attrs" in state:
-            fields.as_dict(state["attrs"], f"{field}.attrs")
-        elif "csv_append" in state:
-            fields.as_bool(state["csv_append"], f"{field}.csv_append")
-            fields.member(state, "csv_size", fields.as_int, field)
-        else:
-            fields.fail(
-                field, state, "no state of a known kind (user, attrs, csv)"
-            )
-
-
-def _callback_tensors(metadata) -> None:
-    tensors = fields.member(metadata, "callback_tensors", fields.as_dict)
-    for key, arrays in tensors.items():
-        field = f"callback_tensors[{key!r}]"
-        for i, array in enumerate(fields.as_list(arrays, field)):
-            fields.shape_and_dtype(array, f"{field}[{i}]")
-
-
-def _position_in_data(metadata, geometry) -> None:
-    """The position lies within the fit() call and the data it records.
-
-    `geometry`: this fit()'s data geometry, for the batches per epoch when
-    the backup does not know them.
-    """
-    position = metadata["position"]
-    fit_call = metadata["fit_call"]
-    epoch, step = position["epoch"], position["step"]
-    first, epochs = fit_call["initial_epoch"], fit_call["epochs"]
-    if epoch < first:
-        fields.fail(
-            "position.epoch",
-            epoch,
-            f"before the first epoch of its fit() call (initial_epoch={first})",
-        )
-    if epoch > epochs or (epoch == epochs and step > 0):
-        fields.fail(
-            "position",
-            {"epoch": epoch, "step": step},
-            f"past the end of its fit() call (epochs={epochs})",
-        )
-    if position["epoch_trained"] and step == 0:
-        fields.fail(
-            "position.step",
-            step,
-            "but position.epoch_trained says the epoch's batches are trained",
-        )
-    steps = metadata["data"]["steps_per_epoch"]
-    if steps is None:
-        steps = position["counted_steps_per_epoch"]
-    if steps is None and geometry is not None:
-        steps = geometry.get("steps_per_epoch")
-    if steps is not None and step > steps:
-        fields.fail(
-            "position.step", step, f"past the {steps} batches of an epoch"
-        )
-    if steps is None and epoch > first:
-        return  # how many batches were trained is not known
-    # Batches trained in this fit() call up to the position; `drawn` counts
-    # those drawn from the current iterator, so it cannot be more.
-    trained = (epoch - first) * (steps or 0) + step
-    if position["drawn"] > trained:
-        fields.fail(
-            "position.drawn",
-            position["drawn"],
-            f"more batches than the {trained} trained up to epoch {epoch}, "
-            f"batch {step}",
-        )
-    # Each iterator used up gave a batch or ended an epoch.
-    most = trained + (epoch - first) + 1
-    if position["iterators_done"] > most:
-        fields.fail(
-            "position.iterators_done",
-            position["iterators_done"],
-            f"more iterators than the {trained} batches trained up to epoch "
-            f"{epoch}, batch {step} can have used up",
-        )
-
-
 def problem(metadata, geometry: dict | None = None) -> str | None:
     """What makes a fit() backup's metadata invalid; None if it is valid.
 
@@ -396,21 +159,58 @@ def problem(metadata, geometry: dict | None = None) -> str | None:
     try:
         if not _header(metadata):
             return None
-        _position(metadata)
-        _fit_call(metadata)
-        _data(metadata)
-        _fingerprint(metadata)
-        build_config = fields.get(metadata, "build_config", "build_config")
-        if build_config is not None:
-            # Keras's own build configuration, handed to build_from_config.
-            fields.as_dict(build_config, "build_config")
-        _history(metadata)
-        _metrics(metadata)
-        _callbacks(metadata)
-        _callback_tensors(metadata)
-        fields.member(metadata, "written_at", fields.time)
-        fields.member(metadata, "scope", fields.as_str)
-        _position_in_data(metadata, geometry)
+        backup_metadata_checks.check_fields(metadata, geometry)
     except fields.Invalid as e:
         return str(e)
     return None
+
+
+def checkpoint_part(name: str) -> str:
+    """What the checkpoint's top-level object `name` holds, in words (the
+    name itself when it is none of CHECKPOINT_PARTS)."""
+    return CHECKPOINT_PARTS.get(name, name)
+
+
+def describe(metadata: dict) -> dict:
+    """What a valid fit() backup holds (`problem` found nothing), for a
+    reader: which kind of backup, when it was written (seconds since the
+    epoch), where it resumes, its data, a summary of its fingerprint and of
+    the rest of the training state."""
+    position = metadata["position"]
+    kind = f"Model.fit (BackupAndRestore, {metadata['keras']} model)"
+    call = metadata["fit_call"]
+    # Each fit() call of a job restores only its own backups.
+    kind += (
+        f", fit() call #{call['index']} of the job (epochs="
+        f"{call['epochs']}, initial_epoch={call['initial_epoch']})"
+    )
+    fp = metadata["fingerprint"]
+    parameters = 0
+    for variable in fp["variables"]:
+        count = 1
+        for dim in variable["shape"]:
+            count *= dim or 1
+        parameters += count
+    fingerprint = {
+        "model": fp["model_class"],
+        "weights": len(fp["variables"]),
+        "parameters": parameters,
+        "optimizer": fp["optimizer"]["class"],
+        "layer_random_generators": fp["random_generators"],
+    }
+    held = fp.get("held")  # absent in backups of earlier versions
+    if held is not None:
+        fingerprint["optimizers_held"] = [o["path"] for o in held["optimizers"]]
+        fingerprint["variables_held_outside_the_weights"] = [
+            e["path"] for e in held["extra_variables"]
+        ]
+    return {
+        "kind": kind,
+        "written_at": metadata["written_at"],
+        "resumes_at": {"epoch": position["epoch"], "batch": position["step"]},
+        "data": metadata["data"],
+        "fingerprint": fingerprint,
+        "history_epochs": len(metadata["history"]["epoch"]),
+        "callbacks": sorted(metadata["callbacks"]),
+        "mid_epoch_metrics": bool(metadata["metrics"]),
+    }

@@ -12,6 +12,7 @@ from absl import logging
 from backup_restore._src import engine
 from backup_restore._src import fit_run
 from backup_restore._src import flavours
+from backup_restore._src import front_end
 from backup_restore._src import policy
 from backup_restore._src import preemption
 from backup_restore._src import tf_keras_callback
@@ -36,7 +37,7 @@ def _check_unknown_kwargs(kwargs):
     """A near miss of an argument we take is a typo: a TypeError that names
     the argument. Anything else is accepted (forward compatibility with
     future tf-keras arguments) and named in one warning."""
-    engine.reject_near_misses("BackupAndRestore", kwargs, _ARGS)
+    front_end.reject_near_misses("BackupAndRestore", kwargs, _ARGS)
     if kwargs:
         logging.warning(
             "BackupAndRestore ignores unknown argument(s) %s (accepted for "
@@ -47,7 +48,7 @@ def _check_unknown_kwargs(kwargs):
 
 
 class BackupAndRestore(
-    keras.callbacks.Callback, tf_keras_callback.Hooks, engine.FrontEnd
+    keras.callbacks.Callback, tf_keras_callback.Hooks, front_end.FrontEnd
 ):
     """Backs up the training state of `Model.fit()` and resumes from it.
 
@@ -193,7 +194,7 @@ class BackupAndRestore(
         **kwargs,
     ):
         super().__init__()
-        engine.check_eager("BackupAndRestore", "train with Model.fit()")
+        front_end.check_eager("BackupAndRestore", "train with Model.fit()")
         _check_unknown_kwargs(kwargs)
         self._policy = policy.from_arguments(
             save_freq, save_before_preemption, overhead_budget

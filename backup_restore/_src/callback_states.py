@@ -25,8 +25,9 @@ import json
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from backup_restore._src import keras_state
+from backup_restore._src import model_fingerprint
 
 GET_STATE = "get_backup_state"
 SET_STATE = "set_backup_state"
@@ -41,11 +42,55 @@ def _keys(callbacks):
         yield f"{name}#{index}", callback
 
 
-def _builtin_attrs(callback, adapter):
+def _builtin_attrs(callback, adapter) -> tuple:
+    """The attributes of a built-in callback's JSON state (the adapter's
+    BUILTIN_CALLBACK_STATE); () for another callback."""
     for cls, attrs in adapter.BUILTIN_CALLBACK_STATE.items():
         if isinstance(callback, cls):
             return attrs
+    return ()
+
+
+def _tensors_attr(callback, adapter) -> str | None:
+    """The attribute holding a built-in callback's tensors (the adapter's
+    BUILTIN_CALLBACK_TENSORS); None if it holds none."""
+    for cls, attr in adapter.BUILTIN_CALLBACK_TENSORS.items():
+        if isinstance(callback, cls):
+            return attr
     return None
+
+
+_WARNED = set()  # (class, attribute) pairs warned about
+
+
+def _read(callback, attrs, adapter) -> dict:
+    """The attributes `attrs` of a built-in callback, by name.
+
+    One the installed Keras's callback does not have (another release
+    than the adapter was verified with renamed or dropped it) is left out,
+    with one warning per class and attribute: a resumed run starts that
+    part of the callback's state afresh.
+    """
+    values = {}
+    for attr in attrs:
+        try:
+            values[attr] = getattr(callback, attr)
+        except AttributeError:
+            cls = type(callback)
+            if (cls, attr) not in _WARNED:
+                _WARNED.add((cls, attr))
+                logging.warning(
+                    "%s of %s has no attribute %r, part of the state "
+                    "backup_restore backs up for it (verified with %s %s): "
+                    "a resumed run starts that part afresh. Use the "
+                    "verified release for an exact resume.",
+                    cls.__name__,
+                    adapter.NAME,
+                    attr,
+                    adapter.NAME.split(" ")[0],
+                    adapter.VERIFIED_VERSION,
+                )
+    return values
 
 
 def _file_size(path):
@@ -71,17 +116,19 @@ def collect(callbacks, adapter) -> tuple[dict, dict]:
             states[key] = {"user": state}
             continue
         attrs = _builtin_attrs(callback, adapter)
-        if attrs is not None:
+        if attrs:
             states[key] = {
-                "attrs": keras_state.to_json_value(
-                    {a: getattr(callback, a, None) for a in attrs}
+                "attrs": model_fingerprint.to_json_value(
+                    _read(callback, attrs, adapter)
                 )
             }
-            best_weights = getattr(callback, "best_weights", None)
-            if best_weights is not None:
-                tensors[key] = [np.asarray(w) for w in best_weights]
+            attr = _tensors_attr(callback, adapter)
+            held = _read(callback, (attr,) if attr else (), adapter)
+            if held.get(attr) is not None:
+                tensors[key] = [np.asarray(w) for w in held[attr]]
         elif isinstance(callback, adapter.CSV_LOGGER):
-            if getattr(callback, "csv_file", None) is not None:
+            # None before its on_train_begin opens the file (Keras 3).
+            if callback.csv_file is not None:
                 callback.csv_file.flush()
             states[key] = {
                 "csv_append": bool(callback.append),
@@ -107,7 +154,11 @@ def restore(callbacks, adapter, states, tensors, history) -> list[str]:
             for attr, value in state["attrs"].items():
                 setattr(callback, attr, value)
             if key in tensors:
-                callback.best_weights = [t.numpy() for t in tensors[key]]
+                setattr(
+                    callback,
+                    _tensors_attr(callback, adapter),
+                    [t.numpy() for t in tensors[key]],
+                )
         elif "csv_append" in state:
             _restore_csv(callback, adapter, state, history)
     return sorted(unmatched)

@@ -1,12 +1,14 @@
 """Other callbacks' state survives an interruption (in-process fit)."""
 
 import os
+import types
 
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from backup_restore._src import callback_states
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
@@ -197,6 +199,35 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
 
         with self.assertRaisesRegex(TypeError, "JSON-serializable"):
             _run(self.FLAVOUR, lambda: [Bad()], 2, self.dir)
+
+    def test_an_attribute_the_installed_keras_lacks_is_named_and_left_out(self):
+        class Stopping(self.keras.callbacks.EarlyStopping):
+            pass
+
+        adapter = types.SimpleNamespace(
+            BUILTIN_CALLBACK_STATE={Stopping: ("wait", "renamed")},
+            BUILTIN_CALLBACK_TENSORS={Stopping: "best_weights"},
+            CSV_LOGGER=self.keras.callbacks.CSVLogger,
+            NAME="Keras 9.0.0",
+            VERIFIED_VERSION="3.15.1",
+        )
+        stopping = Stopping(monitor="loss")
+        stopping.wait = 2
+        with self.assertLogs(level="WARNING") as logs:
+            states, tensors = callback_states.collect([stopping], adapter)
+        self.assertEqual(list(states.values()), [{"attrs": {"wait": 2}}])
+        self.assertEqual(tensors, {})  # no best weights yet
+        (warning,) = logs.output
+        self.assertIn(
+            "Stopping of Keras 9.0.0 has no attribute 'renamed'", warning
+        )
+        self.assertIn("verified with Keras 3.15.1", warning)
+        with self.assertNoLogs(level="WARNING"):  # once per attribute
+            callback_states.collect([stopping], adapter)
+        resumed = Stopping(monitor="loss")
+        callback_states.restore([resumed], adapter, states, {}, None)
+        self.assertEqual(resumed.wait, 2)
+        self.assertFalse(hasattr(resumed, "renamed"))
 
 
 CallbackStatesTfKerasTest = test_case.tf_keras_variant(CallbackStatesTest)

@@ -13,6 +13,7 @@ from absl import logging
 from backup_restore._src import backup_metadata
 from backup_restore._src import callback_states
 from backup_restore._src import keras_state
+from backup_restore._src import model_fingerprint
 
 
 class Content:
@@ -26,12 +27,12 @@ class Content:
     def __init__(self, model, adapter):
         self.model = model
         self.adapter = adapter
-        self.optimizer_fp = keras_state.optimizer_fingerprint(
+        self.optimizer_fp = model_fingerprint.optimizer_fingerprint(
             model.optimizer, adapter
         )
         # Configurations before training changes them, as optimizer_fp.
         self.held_configs = {
-            path: keras_state.optimizer_fingerprint(optimizer, adapter)
+            path: model_fingerprint.optimizer_fingerprint(optimizer, adapter)
             for path, optimizer in keras_state.held_state(
                 model, adapter
             ).optimizers
@@ -122,12 +123,14 @@ class Content:
     def fingerprint(self, held=None) -> dict:
         if held is None:
             held = self._held if self._held is not None else self.held_state()
-        return keras_state.fingerprint(
+        return model_fingerprint.fingerprint(
             self.model,
             self.adapter,
             self.optimizer_fp,
             len(self.random_generators),
-            keras_state.held_fingerprint(held, self.adapter, self.held_configs),
+            model_fingerprint.held_fingerprint(
+                held, self.adapter, self.held_configs
+            ),
         )
 
     def static_metadata(self) -> dict:
@@ -142,6 +145,6 @@ class Content:
                     adapter.FLAVOUR: adapter.VERSION,
                 },
                 self.fingerprint(),
-                keras_state.build_config(self.model),
+                model_fingerprint.build_config(self.model),
             )
         return self._static

@@ -22,6 +22,7 @@ from backup_restore._src import errors
 from backup_restore._src import fit_call_checks
 from backup_restore._src import flavours
 from backup_restore._src import keras_state
+from backup_restore._src import model_fingerprint
 from backup_restore._src import position as position_lib
 from backup_restore._src import tf_checkpoint_read
 
@@ -104,7 +105,7 @@ class Resume:
         held = run.held_state()
         self._check_fingerprint(
             info,
-            keras_state.diff(backup_fp, run.fingerprint(held), True),
+            model_fingerprint.diff(backup_fp, run.fingerprint(held), True),
         )
         # Slot variables are made now so that they are restored here, not
         # lazily at the first step: each optimizer the backup holds built
@@ -115,7 +116,7 @@ class Resume:
             )
             held = run.held_state()
             self._check_fingerprint(
-                info, keras_state.diff(backup_fp, run.fingerprint(held))
+                info, model_fingerprint.diff(backup_fp, run.fingerprint(held))
             )
         else:
             # Written by an earlier version: the compiled optimizer, built

@@ -19,6 +19,7 @@ from backup_restore._src import fit_content
 from backup_restore._src import fit_hooks
 from backup_restore._src import fit_resume
 from backup_restore._src import keras_state
+from backup_restore._src import model_fingerprint
 from backup_restore._src import paths
 from backup_restore._src import policy as policy_lib
 from backup_restore._src import position as position_lib
@@ -360,7 +361,7 @@ class FitRun:
             fit_call=self.fit_call,
             data=self.data_geometry,
             static=self.content.static_metadata(),
-            history=keras_state.to_json_value(
+            history=model_fingerprint.to_json_value(
                 {
                     "epoch": history.epoch,
                     "history": history.history,

@@ -9,6 +9,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from backup_restore._src import backup_metadata
+from backup_restore._src import store
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
@@ -122,6 +124,27 @@ class HeldStateTest(fit_test_case.FitTestCase):
         self.assertEqual(int(model.g_optimizer.iterations.numpy()), 12)
         # The compiled default optimizer is never used: still unbuilt.
         self.assertEqual(int(model.optimizer.iterations.numpy()), 0)
+
+    @parameterized.named_parameters(("gan", "gan"), ("raw", "raw_variable"))
+    def test_every_part_of_the_checkpoint_is_described(self, kind):
+        model = self._model(kind)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self._fit(
+                kind,
+                model,
+                [
+                    backup_restore.BackupAndRestore(self.dir, 3),
+                    keras_callbacks.InterruptAt(7),
+                ],
+            )
+        info = store.BackupStore(self.dir, writable=False).latest()
+        parts = {
+            name.split("/", 1)[0]
+            for name, _ in tf.train.list_variables(info.checkpoint_prefix)
+            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
+        }
+        undescribed = parts - set(backup_metadata.CHECKPOINT_PARTS)
+        self.assertEmpty(undescribed, f"of {sorted(parts)}")
 
     def test_raw_variable_is_restored(self):
         model, _, _ = self._interrupted_then_resumed("raw_variable")

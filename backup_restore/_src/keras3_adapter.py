@@ -173,6 +173,7 @@ checkpoint_objects = keras3_state.checkpoint_objects
 layer_random_generators = keras3_state.layer_random_generators
 random_generators_of = keras3_state.random_generators_of
 BUILTIN_CALLBACK_STATE = keras3_state.BUILTIN_CALLBACK_STATE
+BUILTIN_CALLBACK_TENSORS = keras3_state.BUILTIN_CALLBACK_TENSORS
 CSV_LOGGER = keras3_state.CSV_LOGGER
 train_counter = keras3_state.train_counter
 set_train_counter = keras3_state.set_train_counter

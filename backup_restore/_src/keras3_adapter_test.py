@@ -121,21 +121,15 @@ class Keras3AdapterContractTest(test_case.TestCase):
         return probe
 
     def test_every_private_name_has_a_contract_test(self):
-        used = private_names.private_names(
+        private_names.check_contract(
+            self,
+            CONTRACT,
             keras3_adapter,
             keras3_data,
             keras3_state,
             fit_frames,
             own={"_model"},  # keras3_adapter._OneShotEpoch's
         )
-        self.assertEqual(
-            used,
-            set(CONTRACT),
-            "add the new private name, and a test of it, to CONTRACT",
-        )
-        for name, tests in CONTRACT.items():
-            for test in tests:
-                self.assertTrue(hasattr(self, test), (name, test))
 
     def test_enumerate_from_is_keras_loop_from_its_source(self):
         # enumerate_from is Keras's loop with a start step and a count of
@@ -498,25 +492,14 @@ class Keras3AdapterContractTest(test_case.TestCase):
         keras3_adapter.check_strategy(tf.distribute.get_strategy())
 
     def test_callback_state_attributes_exist(self):
-        callbacks = {
-            keras.callbacks.EarlyStopping: dict(monitor="loss"),
-            keras.callbacks.ReduceLROnPlateau: dict(monitor="loss"),
-            keras.callbacks.ModelCheckpoint: dict(
-                filepath=self.create_tempfile().full_path + ".weights.h5",
-                save_weights_only=True,
+        private_names.check_callback_tables(
+            self,
+            keras.callbacks,
+            keras3_adapter,
+            lambda made: self.model.fit(
+                _dataset(), epochs=1, verbose=0, callbacks=made
             ),
-            keras.callbacks.TensorBoard: dict(
-                log_dir=self.create_tempdir().full_path
-            ),
-        }
-        self.assertEqual(
-            set(callbacks), set(keras3_adapter.BUILTIN_CALLBACK_STATE)
         )
-        made = [cls(**kwargs) for cls, kwargs in callbacks.items()]
-        self.model.fit(_dataset(), epochs=1, verbose=0, callbacks=made)
-        for callback in made:
-            for attr in keras3_adapter.BUILTIN_CALLBACK_STATE[type(callback)]:
-                self.assertTrue(hasattr(callback, attr), (callback, attr))
 
     def test_tensorboard_counts_its_batch_step_in_global_train_batch(self):
         board = keras.callbacks.TensorBoard(self.create_tempdir().full_path)

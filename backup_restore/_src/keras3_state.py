@@ -177,6 +177,10 @@ BUILTIN_CALLBACK_STATE = {
 }
 
 
+# The attribute holding the tensors of a built-in callback's state, backed
+# up in the checkpoint (None until it has some).
+BUILTIN_CALLBACK_TENSORS = {keras.callbacks.EarlyStopping: "best_weights"}
+
 CSV_LOGGER = keras.callbacks.CSVLogger
 
 

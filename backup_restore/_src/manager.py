@@ -17,6 +17,7 @@ from absl import logging
 from backup_restore._src import engine
 from backup_restore._src import errors
 from backup_restore._src import flavours
+from backup_restore._src import front_end
 from backup_restore._src import manager_metadata
 from backup_restore._src import policy
 from backup_restore._src import preemption
@@ -79,7 +80,7 @@ _ARGS = (
 )
 
 
-class BackupManager(engine.FrontEnd):
+class BackupManager(front_end.FrontEnd):
     """Backs up and restores the state of a custom training loop.
 
     Example:
@@ -161,8 +162,8 @@ class BackupManager(engine.FrontEnd):
         preemption_exit_code=preemption.RESTART_EXIT_CODE,
         **trackables,
     ):
-        engine.check_eager("BackupManager", "run the training loop")
-        engine.reject_near_misses("BackupManager", trackables, _ARGS)
+        front_end.check_eager("BackupManager", "run the training loop")
+        front_end.reject_near_misses("BackupManager", trackables, _ARGS)
         for name, value in trackables.items():
             if not isinstance(value, tf.__internal__.tracking.Trackable):
                 raise TypeError(

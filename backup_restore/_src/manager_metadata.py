@@ -34,3 +34,15 @@ def problem(metadata) -> str | None:
     except fields.Invalid as e:
         return str(e)
     return None
+
+
+def describe(metadata: dict) -> dict:
+    """What a valid BackupManager backup holds (`problem` found nothing),
+    for a reader: its kind, when it was written (seconds since the epoch),
+    the step it resumes at, how many variables."""
+    return {
+        "kind": "custom loop (BackupManager)",
+        "written_at": metadata["written_at"],
+        "resumes_at": {"step": metadata["step"]},
+        "fingerprint": {"variables": len(metadata["variables"])},
+    }

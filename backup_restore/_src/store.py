@@ -5,7 +5,8 @@ metadata dict. Its one user is engine.py, which both front ends (the Keras
 callback, BackupManager) share. The commit protocol lives in atomicity.py,
 the integrity format in manifest.py, what the store knows of backup_dir's
 entries (listed once, each manifest parsed once) in catalog.py, the checks
-of backup_dir itself in store_dir.py, the three ways one backup is written in
+of backup_dir itself in store_dir.py, what is deleted and what kept in
+store_delete.py, the three ways one backup is written in
 store_write.py, loading and the fallback past corrupt backups in
 store_read.py, the background writer, its priority rule and the backup in
 flight in background.py, what TensorFlow's checkpoint writer needs in
@@ -18,7 +19,6 @@ in flight"); every other method first waits for it. Readers never see a
 partial backup (see atomicity.py).
 """
 
-import os
 import time
 
 import tensorflow as tf
@@ -28,8 +28,7 @@ from backup_restore._src import atomicity
 from backup_restore._src import background
 from backup_restore._src import catalog
 from backup_restore._src import errors
-from backup_restore._src import faults
-from backup_restore._src import paths
+from backup_restore._src import store_delete
 from backup_restore._src import store_dir
 from backup_restore._src import store_read
 from backup_restore._src import store_write
@@ -150,26 +149,12 @@ class BackupStore:
 
     def leftovers(self) -> list[str]:
         """What interrupted writes, deletions or writability checks left."""
-        listing = self._catalog.list_now()
-        unfinished = self._catalog.unfinished()
-        return listing.temporaries + unfinished + listing.probes
+        return store_delete.leftovers(self._catalog)
 
     def cleanup(self) -> list[str]:
         """Removes what interrupted writes left behind; returns the paths."""
         self.wait()
-        removed = self.leftovers()
-        for path in removed:
-            logging.info("Removing an interrupted backup write: %s", path)
-            self._remove(path)
-        return removed
-
-    def _remove(self, path: str) -> None:
-        """Deletes one of our leftovers (a directory, or a probe file)."""
-        if atomicity.is_probe(os.path.basename(path)):
-            paths.remove_file(path)
-        else:
-            paths.remove_tree(path)
-        self._catalog.removed(path)
+        return store_delete.remove_leftovers(self._catalog)
 
     def _discard(self, work: str) -> None:
         """Removes the work directory of a failed write."""
@@ -177,18 +162,8 @@ class BackupStore:
         self._catalog.removed(work)
 
     def _retire(self, path: str) -> None:
-        """Deletes a committed backup (CommitStrategy.retire).
-
-        One that is gone already counts as deleted; one a failure left
-        half deleted makes the catalog list the directory again.
-        """
-        try:
-            self.commit.retire(path)
-        except (tf.errors.OpError, OSError):
-            if paths.kind(path) is not None:
-                self._catalog.refresh()
-                raise
-        self._catalog.removed(path)
+        """Deletes a committed backup (store_delete.retire)."""
+        store_delete.retire(self.commit, self._catalog, path)
 
     def load(self, path: str, full_verify: bool = True) -> catalog.BackupInfo:
         """Reads and verifies one committed backup.
@@ -385,18 +360,12 @@ class BackupStore:
         for a restore to fall back to should `seq` fail its checks later."""
         kept = None
         if self.keep_previous:
-            previous = [
-                path
-                for s, path in self._catalog.committed()
-                if s < seq
-                and self._in_scope(path)
-                and path not in self._failed_checks
-            ]
-            kept = previous[-1] if previous else None  # oldest first
-        for s, path in self._catalog.named():
-            if s < seq and path != kept and self._in_scope(path):
-                faults.point(faults.DELETE_OLDER, path)
-                self._retire(path)
+            kept = store_delete.previous_kept(
+                self._catalog, seq, self._in_scope, self._failed_checks
+            )
+        store_delete.delete_older_than(
+            self.commit, self._catalog, seq, self._in_scope, kept
+        )
 
     def delete_all(self) -> None:
         """Deletes every backup of this scope and every leftover of this
@@ -407,13 +376,7 @@ class BackupStore:
         Then removes `created_dirs` (remove_created_dirs).
         """
         self.wait()
-        listing = self._catalog.list_now()
-        for path in listing.temporaries + listing.probes:
-            self._remove(path)
-        # Newest last: a kill midway leaves it, and a restart resumes there.
-        for _, path in listing.named:
-            if self._in_scope(path):
-                self._retire(path)
+        store_delete.delete_all(self.commit, self._catalog, self._in_scope)
         self.remove_created_dirs()
 
     def remove_created_dirs(self) -> None:

@@ -17,6 +17,7 @@ from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
 from backup_restore._src import ownership
+from backup_restore._src import paths
 from backup_restore._src import store
 from backup_restore._src import tf_checkpoint
 from testing import dirs
@@ -342,13 +343,13 @@ class StoreTest(test_case.TestCase):
     def test_a_created_directory_is_fsynced_into_its_parent(self):
         nested = os.path.join(self.tmp, "a", "b")
         synced = []
-        real_fsync = store.paths.fsync
+        real_fsync = paths.fsync
 
         def spy(path, follow=False):
             synced.append(path)
             real_fsync(path, follow)
 
-        with mock.patch.object(store.paths, "fsync", spy):
+        with mock.patch.object(paths, "fsync", spy):
             store.BackupStore(nested)
         self.assertIn(self.tmp, synced)  # holds the new "a"
         self.assertIn(os.path.join(self.tmp, "a"), synced)  # holds "b"

@@ -92,12 +92,6 @@ class _InitialCounters:
         return self._epoch, self._step
 
 
-def accept_tensor_logs(callback: tf_keras.callbacks.Callback) -> None:
-    """Lets fit() hand `callback` unconverted logs (and run its batch hooks
-    under ParameterServerStrategy). The callback must not read batch logs."""
-    callback._supports_tf_logs = True
-
-
 def start_at(model, context, epoch: int, step: int, drawn: int) -> None:
     """Makes the running `fit()` start at batch `step` of `epoch`."""
     del context, drawn  # tf-keras's fit() skips nothing itself
@@ -156,6 +150,7 @@ set_counted_epoch_steps = tf_keras_data.set_counted_epoch_steps
 
 # The state a backup holds (tf_keras_state.py).
 BUILTIN_CALLBACK_STATE = tf_keras_state.BUILTIN_CALLBACK_STATE
+BUILTIN_CALLBACK_TENSORS = tf_keras_state.BUILTIN_CALLBACK_TENSORS
 train_counter = tf_keras_state.train_counter
 set_train_counter = tf_keras_state.set_train_counter
 CSV_LOGGER = tf_keras_state.CSV_LOGGER

@@ -62,6 +62,10 @@ def set_train_counter(model: tf_keras.Model, value) -> None:
         model._train_counter.assign(value)
 
 
+# The attribute holding the tensors of a built-in callback's state, backed
+# up in the checkpoint (None until it has some).
+BUILTIN_CALLBACK_TENSORS = {tf_keras.callbacks.EarlyStopping: "best_weights"}
+
 CSV_LOGGER = tf_keras.callbacks.CSVLogger
 
 
