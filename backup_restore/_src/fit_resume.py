@@ -62,6 +62,9 @@ class Resume:
         self._learning_rate = None
         self._metadata = None
         self._started = None
+        # Optimizer slots prepare() made unfilled (unfilled_slots.py), for
+        # the read to fill; zero-filled if the restore fails.
+        self.unfilled = []
 
     def prepare(self, info):
         """Checks a candidate backup; returns the checkpoint to read it into.
@@ -111,7 +114,7 @@ class Resume:
         # lazily at the first step: each optimizer the backup holds built
         # is built on the same variables; the others stay unbuilt.
         if "held" in backup_fp:
-            keras_state.build_held_optimizers(
+            self.unfilled += keras_state.build_held_optimizers(
                 backup_fp["held"], held, run.adapter
             )
             held = run.held_state()

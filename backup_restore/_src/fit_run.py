@@ -23,6 +23,7 @@ from backup_restore._src import model_fingerprint
 from backup_restore._src import paths
 from backup_restore._src import policy as policy_lib
 from backup_restore._src import position as position_lib
+from backup_restore._src import unfilled_slots
 
 # backup_dir -> how many fit() calls with a BackupAndRestore on it completed
 # in this process. A job that calls fit() several times (two phases, say)
@@ -103,7 +104,12 @@ class FitRun:
             keras_state.held_state(model, self.adapter)
         )
         resume = fit_resume.Resume(self)
-        restored = self.engine.restore(resume.prepare)
+        try:
+            restored = self.engine.restore(resume.prepare)
+        except BaseException:
+            # The optimizer is left as a build with zeros would leave it.
+            unfilled_slots.zero_fill(resume.unfilled)
+            raise
         if restored is None:
             self.random_generators = self.adapter.layer_random_generators(model)
         else:

@@ -2,6 +2,10 @@
 held as attributes (a GAN's), an optimizer built on a subset of the
 variables, raw tf.Variables; in-process interruptions, both flavours."""
 
+import glob
+import os
+from unittest import mock
+
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -11,6 +15,7 @@ from absl.testing import parameterized
 import backup_restore
 from backup_restore._src import backup_metadata
 from backup_restore._src import store
+from backup_restore._src import unfilled_slots
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
@@ -298,6 +303,50 @@ class HeldStateTest(fit_test_case.FitTestCase):
         warned = [r for r in logs.output if "side_optimizer" in r]
         self.assertLen(warned, 1, logs.output)
         self.assertIn("does not hold", warned[0])
+
+    def test_a_failed_restore_leaves_the_slots_as_a_build_with_zeros(self):
+        # The restore makes the optimizers' slots without filling them (the
+        # read fills them). Here every backup fails its checksums: the slots
+        # are then zeros, as Keras's own build leaves them, and the model is
+        # unchanged. Unfilled slots are made to hold 7s, so that leftover
+        # bytes show.
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self._fit(
+                "gan",
+                self._model("gan"),
+                [
+                    backup_restore.BackupAndRestore(self.dir, 3),
+                    keras_callbacks.InterruptAt(7),
+                ],
+            )
+        backups = tamper.committed(self.dir)
+        self.assertNotEmpty(backups)
+        for backup in backups:
+            for path in glob.glob(os.path.join(backup, "*.data-*")):
+                with open(path, "r+b") as f:
+                    f.seek(os.path.getsize(path) // 2)
+                    byte = f.read(1)
+                    f.seek(-1, os.SEEK_CUR)
+                    f.write(bytes([byte[0] ^ 0xFF]))
+        keras_callbacks.simulate_restart()
+        model = self._model("gan")
+        weights = [w.numpy() for w in model.weights]
+        optimizers = (model.d_optimizer, model.g_optimizer)
+        before = {id(v) for o in optimizers for v in o.variables}
+        sevens = lambda shape, dtype: tf.cast(tf.fill(shape, 7), dtype)  # noqa: E731
+        with mock.patch.object(unfilled_slots, "empty", side_effect=sevens):
+            with self.assertRaises(backup_restore.BackupCorruptError):
+                self._fit(
+                    "gan", model, [backup_restore.BackupAndRestore(self.dir, 3)]
+                )
+        slots = [
+            v for o in optimizers for v in o.variables if id(v) not in before
+        ]
+        self.assertNotEmpty(slots)
+        for slot in slots:
+            np.testing.assert_array_equal(np.asarray(slot), 0)
+        for got, want in zip(model.weights, weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want)
 
 
 HeldStateTfKerasTest = fit_test_case.tf_keras_variant(HeldStateTest)

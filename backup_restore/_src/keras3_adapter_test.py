@@ -472,6 +472,72 @@ class Keras3AdapterContractTest(test_case.TestCase):
             (True, None),
         )
 
+    def test_unfilled_build_makes_the_slots_through_add_variable_from_reference(
+        self,
+    ):
+        # The optimizers make their zero-initialised slots through
+        # add_variable_from_reference (replaced on the instance during the
+        # build): the same variables a plain build makes, none filled.
+        held = [
+            keras.Variable(np.ones(shape, "float32"))
+            for shape in ((2, 3), (3,))
+        ]
+
+        def variables():
+            return list(held)
+
+        def layout(optimizer):
+            # The name without the optimizer's own (adam_1, adam_2, ...).
+            return [
+                (v.path.split("/", 1)[-1], v.shape, v.dtype)
+                for v in optimizer.variables
+            ]
+
+        for make, slot_count in (
+            (keras.optimizers.Adam, 4),
+            (lambda: keras.optimizers.SGD(momentum=0.9), 2),
+            (
+                lambda: keras.optimizers.LossScaleOptimizer(
+                    keras.optimizers.Adam()
+                ),
+                4,
+            ),
+        ):
+            plain = make()
+            plain.build(variables())
+            optimizer = make()
+            before = {id(v) for v in optimizer.variables}
+            with mock.patch.object(
+                keras3_state.unfilled_slots,
+                "empty",
+                wraps=keras3_state.unfilled_slots.empty,
+            ) as empty:
+                made = keras3_adapter.build_optimizer(
+                    optimizer, variables(), unfilled=True
+                )
+            slots = [v for v in optimizer.variables if id(v) not in before]
+            # A LossScaleOptimizer's own scale and counter are made too.
+            self.assertContainsSubset(
+                [id(v) for v in made], [id(v) for v in slots]
+            )
+            self.assertLen(made, slot_count)
+            self.assertEqual(empty.call_count, slot_count)
+            self.assertEqual(layout(optimizer), layout(plain))
+            inner = getattr(optimizer, "inner_optimizer", optimizer)
+            for each in (optimizer, inner):
+                self.assertNotIn("add_variable_from_reference", vars(each))
+        # A slot that starts at another value than zero is made filled.
+        optimizer = keras.optimizers.Adagrad(initial_accumulator_value=0.5)
+        made = keras3_adapter.build_optimizer(
+            optimizer, variables(), unfilled=True
+        )
+        self.assertEqual(made, [])
+        np.testing.assert_array_equal(optimizer.variables[-1], [0.5] * 3)
+        # Without unfilled, Keras's own build.
+        optimizer = keras.optimizers.Adam()
+        self.assertEqual(keras3_adapter.build_optimizer(optimizer, []), [])
+        self.assertTrue(optimizer.built)
+
     def test_objects_saving_state_of_their_own_are_told_apart(self):
         # Trackable._serialize_to_tensors: overridden by a MutableHashTable.
         table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, -1)

@@ -26,11 +26,14 @@
   CSVLogger appends to (`keras.src.utils.file_utils.File`).
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras.src.utils import file_utils
 
 from backup_restore._src import fit_frames
+from backup_restore._src import unfilled_slots
 
 
 def build_compiled_metrics(model, context) -> None:
@@ -267,7 +270,58 @@ def optimizer_built_on(optimizer, candidates):
     return True, None if None in indices else indices
 
 
-def build_optimizer(optimizer, variables) -> None:
+def build_optimizer(optimizer, variables, unfilled=False) -> list:
     """Creates the optimizer's slot variables now (so that a restore fills
-    them), as its first step would."""
-    optimizer.build(variables)
+    them), as its first step would.
+
+    With `unfilled`, the slots Keras would fill with zeros are made from
+    `unfilled_slots.empty` instead (a restore is about to assign them);
+    returns those variables. `add_variable_from_reference` is the method
+    through which Keras 3 optimizers make their slots (`add_optimizer_
+    variables` calls it); it is replaced on the instance, and on the
+    optimizers it wraps (a LossScaleOptimizer builds its inner one), for
+    the duration of the build.
+    """
+    if not unfilled or not unfilled_slots.wanted():
+        optimizer.build(variables)
+        return []
+    made = []
+
+    def wrap(original):
+        def add_variable_from_reference(
+            reference_variable, name=None, initializer="zeros"
+        ):
+            shape = tf.TensorShape(reference_variable.shape)
+            if not (
+                isinstance(
+                    keras.initializers.get(initializer),
+                    keras.initializers.Zeros,
+                )
+                and shape.is_fully_defined()
+            ):
+                return original(
+                    reference_variable, name=name, initializer=initializer
+                )
+            variable = original(
+                reference_variable,
+                name=name,
+                initializer=lambda shape, dtype=None: unfilled_slots.empty(
+                    shape, dtype
+                ),
+            )
+            made.append(variable)
+            return variable
+
+        return add_variable_from_reference
+
+    with contextlib.ExitStack() as stack:
+        inner = optimizer
+        while inner is not None:
+            stack.enter_context(
+                unfilled_slots.method_replaced(
+                    inner, "add_variable_from_reference", wrap
+                )
+            )
+            inner = getattr(inner, "inner_optimizer", None)
+        optimizer.build(variables)
+    return made

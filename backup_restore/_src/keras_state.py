@@ -109,21 +109,28 @@ def unsaved_optimizers(held: HeldState, adapter: Adapter) -> list[str]:
     ]
 
 
-def build_held_optimizers(backup: dict, held: HeldState, adapter) -> None:
+def build_held_optimizers(backup: dict, held: HeldState, adapter) -> list:
     """Builds each optimizer that was built when the backup was written,
     on the same variables, so that the restore fills its state; leaves
     the others (an unused default optimizer) unbuilt, as the backup has
     them. `backup` is the backup's held_fingerprint; diff() has checked
-    that it lines up with `held`."""
+    that it lines up with `held`.
+
+    The slots are made unfilled (unfilled_slots.py): returns them, for
+    `unfilled_slots.zero_fill` should the restore not fill them."""
+    unfilled = []
     for entry, (_, optimizer) in zip(
         backup["optimizers"], held.optimizers, strict=True
     ):
         if entry["built"] and entry["built_on"] is not None:
             built, _ = adapter.optimizer_built_on(optimizer, held.variables)
             if not built:
-                adapter.build_optimizer(
-                    optimizer, [held.variables[i] for i in entry["built_on"]]
+                unfilled += adapter.build_optimizer(
+                    optimizer,
+                    [held.variables[i] for i in entry["built_on"]],
+                    unfilled=True,
                 )
+    return unfilled
 
 
 def metric_states(model, adapter: Adapter) -> list:

@@ -360,6 +360,69 @@ class AdapterContractTest(test_case.TestCase):
         self.assertEqual(probe.seen["names"], ["loss", "mae"])
         self.assertEqual(probe.seen["variables"], 4)
 
+    def test_unfilled_build_makes_the_slots_through_add_variable_from_reference(
+        self,
+    ):
+        # The optimizers make their zero-initialised slots through
+        # add_variable_from_reference (replaced on the instance during the
+        # build): the same variables a plain build makes, none filled.
+        held = [
+            tf.Variable(np.ones(shape, "float32")) for shape in ((2, 3), (3,))
+        ]
+
+        def layout(optimizer):
+            # The name without the optimizer's own prefix.
+            return [
+                (v.name.split("/", 1)[-1], v.shape, v.dtype)
+                for v in optimizer.variables
+            ]
+
+        for make, slot_count in (
+            (tf_keras.optimizers.Adam, 4),
+            (lambda: tf_keras.optimizers.SGD(momentum=0.9), 2),
+            (
+                lambda: tf_keras.mixed_precision.LossScaleOptimizer(
+                    tf_keras.optimizers.Adam()
+                ),
+                4,
+            ),
+        ):
+            plain = make()
+            plain.build(list(held))
+            optimizer = make()
+            before = {id(v) for v in optimizer.variables}
+            with mock.patch.object(
+                tf_keras_state.unfilled_slots,
+                "empty",
+                wraps=tf_keras_state.unfilled_slots.empty,
+            ) as empty:
+                made = keras_adapter.build_optimizer(
+                    optimizer, list(held), unfilled=True
+                )
+            slots = [v for v in optimizer.variables if id(v) not in before]
+            self.assertLen(made, slot_count)
+            self.assertEqual(empty.call_count, slot_count)
+            self.assertContainsSubset(
+                [id(v) for v in made], [id(v) for v in slots]
+            )
+            self.assertEqual(layout(optimizer), layout(plain))
+            inner = getattr(optimizer, "inner_optimizer", optimizer)
+            for each in (optimizer, inner):
+                self.assertNotIn("add_variable_from_reference", vars(each))
+        # A slot given another initial value is made filled.
+        optimizer = tf_keras.optimizers.Adagrad(initial_accumulator_value=0.5)
+        made = keras_adapter.build_optimizer(
+            optimizer, list(held), unfilled=True
+        )
+        self.assertEqual(made, [])
+        np.testing.assert_array_equal(optimizer.variables[-1], [0.5] * 3)
+        # A legacy optimizer makes its slots lazily: nothing is built.
+        legacy = tf_keras.optimizers.legacy.Adam()
+        self.assertEqual(
+            keras_adapter.build_optimizer(legacy, list(held), unfilled=True),
+            [],
+        )
+
     def test_optimizer_records_the_variables_it_was_built_on(self):
         # Optimizer._built, _index_dict and _var_key: what build() records.
         variables = [tf.Variable(np.zeros((n,), "float32")) for n in (2, 3)]

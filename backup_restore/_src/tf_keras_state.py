@@ -23,11 +23,14 @@
   learning rate is a schedule (then it cannot be set, and need not be).
 """
 
+import contextlib
+
 import tensorflow as tf
 import tf_keras
 from tf_keras.src.engine import data_adapter
 
 from backup_restore._src import fit_frames
+from backup_restore._src import unfilled_slots
 
 # Attributes that make up the state of tf-keras's built-in callbacks.
 BUILTIN_CALLBACK_STATE = {
@@ -279,8 +282,61 @@ def optimizer_built_on(optimizer, candidates):
     return True, [found[position] for position in range(len(index))]
 
 
-def build_optimizer(optimizer, variables) -> None:
+def build_optimizer(optimizer, variables, unfilled=False) -> list:
     """Creates the optimizer's slot variables now (so that a restore fills
-    them), as its first step would. Legacy optimizers make them lazily."""
-    if hasattr(optimizer, "build"):
+    them), as its first step would. Legacy optimizers make them lazily.
+
+    With `unfilled`, the slots tf-keras would fill with zeros (no
+    `initial_value` given) are made from `unfilled_slots.empty` instead (a
+    restore is about to assign them); returns those variables.
+    `Optimizer.add_variable_from_reference` is the method through which
+    tf-keras optimizers make their slots; it is replaced on the instance,
+    and on the optimizers it wraps (a LossScaleOptimizer builds its inner
+    one), for the duration of the build.
+    """
+    if not hasattr(optimizer, "build"):
+        return []
+    if not unfilled or not unfilled_slots.wanted():
         optimizer.build(variables)
+        return []
+    made = []
+
+    def wrap(original):
+        def add_variable_from_reference(
+            model_variable, variable_name, shape=None, initial_value=None
+        ):
+            full = tf.TensorShape(
+                model_variable.shape if shape is None else shape
+            )
+            if initial_value is not None or not full.is_fully_defined():
+                return original(
+                    model_variable,
+                    variable_name,
+                    shape=shape,
+                    initial_value=initial_value,
+                )
+            # Under mixed precision a variable reports its compute dtype;
+            # slots take the one it is stored in, as tf-keras's do.
+            dtype = getattr(model_variable, "true_dtype", model_variable.dtype)
+            variable = original(
+                model_variable,
+                variable_name,
+                shape=shape,
+                initial_value=unfilled_slots.empty(full, dtype),
+            )
+            made.append(variable)
+            return variable
+
+        return add_variable_from_reference
+
+    with contextlib.ExitStack() as stack:
+        inner = optimizer
+        while inner is not None and hasattr(inner, "build"):
+            stack.enter_context(
+                unfilled_slots.method_replaced(
+                    inner, "add_variable_from_reference", wrap
+                )
+            )
+            inner = getattr(inner, "inner_optimizer", None)
+        optimizer.build(variables)
+    return made

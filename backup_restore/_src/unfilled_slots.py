@@ -1,0 +1,66 @@
+"""Optimizer slots made for a restore to fill, without filling them first.
+
+A restore builds each optimizer the backup holds built, then reads the
+backup into its slots. Zero-filling the slots first would be wasted work:
+the read replaces every value. On a machine where first touching memory is
+slow (a VM: about 3 s per GB measured here), the fill of Adam's two slots
+per parameter cost more than the read itself. So the adapters build the
+slots from `empty()` tensors (memory allocated, never written), and the
+read assigns the restored tensors to them (the variable takes the read's
+buffer; the empty one is freed untouched).
+
+Until the read has succeeded such a slot holds arbitrary bytes: a restore
+that fails (a corrupt backup, a mismatch found after the build) calls
+`zero_fill` on them, which leaves the optimizer as a build with zeros
+would have, so that a failed restore still changes nothing a fresh start
+can see. Under a distribution strategy the adapters fill as Keras does
+(its variables copy the initial value per replica).
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+
+def wanted() -> bool:
+    """Whether slots may be made unfilled here: not under a distribution
+    strategy."""
+    return not tf.distribute.has_strategy()
+
+
+def empty(shape, dtype) -> tf.Tensor:
+    """A tensor of `shape` and `dtype` whose memory is allocated but not
+    written (not read either, until something is assigned over it)."""
+    with tf.init_scope():
+        return tf.raw_ops.Empty(
+            shape=tf.TensorShape(shape).as_list(),
+            dtype=tf.as_dtype(dtype),
+            init=False,
+        )
+
+
+@contextlib.contextmanager
+def method_replaced(obj, name: str, wrap):
+    """Within the block, `obj.name` is `wrap(the original bound method)`.
+
+    Set in the instance's own `__dict__`, not through `setattr`, so that
+    the trackable machinery of Keras objects does not see (or track) it.
+    """
+    original = getattr(obj, name)
+    own = vars(obj)
+    had, previous = name in own, own.get(name)
+    own[name] = wrap(original)
+    try:
+        yield
+    finally:
+        if had:
+            own[name] = previous
+        else:
+            del own[name]
+
+
+def zero_fill(variables) -> None:
+    """Fills slots made unfilled with zeros, as Keras's build would have
+    (the restore that was to fill them failed)."""
+    for variable in variables:
+        variable.assign(tf.zeros(variable.shape, variable.dtype))
