@@ -127,8 +127,9 @@ class BackupAndRestore(
       double_checkpoint: (Keras 3's argument) `True` keeps the previous
         intact backup beside the newest at all times (about twice the disk
         space): when the newest one fails its checks at the restart (a
-        corrupted file), the restore falls back to the previous one and retrains from its position, to the same result.
-        `False` (the default) keeps only the newest backup once it is
+        corrupted file), the restore falls back to the previous one and
+        retrains from its position, to the same result. `False` (the
+        default) keeps only the newest backup once it is
         durable: the previous one is deleted only after the new one is
         committed and fsync'd, so a kill or a failed write at any instant
         still leaves an intact backup, but damage to the newest one after
