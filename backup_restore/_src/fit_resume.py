@@ -26,31 +26,6 @@ from backup_restore._src import position as position_lib
 from backup_restore._src import tf_checkpoint_read
 
 
-def warn_about_unsaved_state(adapter, model) -> None:
-    """One warning at the start of fit() for state no backup can hold."""
-    legacy_rng = adapter.legacy_rng_layers(model)
-    if legacy_rng:
-        logging.warning(
-            "Layer(s) %s draw random numbers from tf-keras's legacy "
-            "stateful RNG, whose state cannot be backed up: after a "
-            "resume they draw different values than an uninterrupted run "
-            "would. For an exact resume, call tf_keras.backend."
-            "experimental.enable_tf_random_generator() before building "
-            "the model.",
-            ", ".join(legacy_rng),
-        )
-    unsaved = adapter.layers_with_unsaved_state(model)
-    if unsaved:
-        logging.warning(
-            "Layer(s) %s keep state that tf.train.Checkpoint does not "
-            "save (a vocabulary, bin boundaries): backups do not hold it. "
-            "A resumed run uses whatever the code gives these layers, so "
-            "build them the same way in every run (the same vocabulary= "
-            "or adapt() on the same data, before fit()).",
-            ", ".join(unsaved),
-        )
-
-
 class Resume:
     """The restore of one backup into a fit_run.FitRun."""
 

@@ -276,6 +276,66 @@ class HeldStateTest(fit_test_case.FitTestCase):
         self.assertLen(warned, 1, logs.output)
         self.assertIn("does not hold", warned[0])
 
+    def test_optimizer_built_in_the_first_step_is_named_before_training_on(
+        self,
+    ):
+        # Built lazily, as a train_step building it at its first apply: the
+        # warning comes after that first step, not at the first backup
+        # (here the end of epoch 0).
+        model = self._model("raw_variable")
+        outside = tf.Variable(np.zeros((2,), "float32"))
+        model.side_optimizer = self.keras.optimizers.SGD(0.1)
+
+        class BuildInFirstStep(keras_callbacks.Callback):
+            built = False
+
+            def on_train_batch_begin(self, batch, logs=None):
+                if not self.built:
+                    self.built = True
+                    self.model.side_optimizer.build([outside])
+
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 1:
+                    logging.warning("marker: second batch trained")
+
+        with self.assertLogs(level=logging.WARNING) as logs:
+            self._fit(
+                "raw_variable",
+                model,
+                [
+                    backup_restore.BackupAndRestore(self.dir, "epoch"),
+                    BuildInFirstStep(),
+                ],
+            )
+        warned = [i for i, r in enumerate(logs.output) if "side_optimizer" in r]
+        marker = [i for i, r in enumerate(logs.output) if "marker" in r]
+        self.assertLen(warned, 1, logs.output)
+        self.assertLess(warned[0], marker[0], logs.output)
+
+    def test_what_cannot_be_backed_up_is_one_warning(self):
+        model = self._model("raw_variable")
+        model.table = tf.lookup.experimental.MutableHashTable(
+            tf.string, tf.int64, -1
+        )
+        outside = tf.Variable(np.zeros((2,), "float32"))
+        model.side_optimizer = self.keras.optimizers.SGD(0.1)
+        model.side_optimizer.build([outside])
+        with self.assertLogs(level=logging.WARNING) as logs:
+            self._fit(
+                "raw_variable",
+                model,
+                [backup_restore.BackupAndRestore(self.dir, 3)],
+            )
+        warned = [
+            r
+            for r in logs.output
+            if "side_optimizer" in r or "MutableHashTable" in r
+        ]
+        self.assertLen(warned, 1, logs.output)
+        self.assertIn("side_optimizer", warned[0])
+        if self.FLAVOUR == "keras3":
+            self.assertIn("table (MutableHashTable)", warned[0])
+
 
 HeldStateTfKerasTest = fit_test_case.tf_keras_variant(HeldStateTest)
 
