@@ -26,6 +26,13 @@ from backup_restore._src import position as position_lib
 from backup_restore._src import tf_checkpoint_read
 
 
+def _has_weights(model) -> bool:
+    try:
+        return bool(model.weights)
+    except ValueError:  # an unbuilt tf-keras Sequential
+        return False
+
+
 class Resume:
     """The restore of one backup into a fit_run.FitRun."""
 
@@ -66,14 +73,18 @@ class Resume:
         self._check_fit_call(info)
         if not model.built:
             config = metadata.get("build_config")
-            if config is None:
+            if config is not None:
+                model.build_from_config(config)
+            elif not _has_weights(model):
                 raise ValueError(
                     f"The model is not built, and the backup {info.path} does "
                     "not record how to build it, so its weights cannot be "
                     "restored. Build the model before fit(): give it an "
                     "Input/input_shape, or call model.build(input_shape)."
                 )
-            model.build_from_config(config)
+            # Else never built itself but made of built parts (a GAN of two
+            # built models, with no call()): its weights exist, and the
+            # fingerprint below compares them with the backup's.
         run.random_generators = run.adapter.layer_random_generators(model)
         backup_fp = metadata["fingerprint"]
         held = run.held_state()
