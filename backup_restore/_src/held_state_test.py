@@ -336,6 +336,95 @@ class HeldStateTest(fit_test_case.FitTestCase):
         if self.FLAVOUR == "keras3":
             self.assertIn("table (MutableHashTable)", warned[0])
 
+    def _keras_io_gan(self):
+        """keras.io's DCGAN pattern: a Model holding two built models, no
+        call() of its own (never built itself), compile(d_optimizer,
+        g_optimizer, loss_fn) with no loss or metrics of Keras's."""
+        keras = self.keras
+        keras.utils.set_random_seed(5)
+
+        class GAN(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.discriminator = keras.Sequential(
+                    [keras.Input((6,)), keras.layers.Dense(1)]
+                )
+                self.generator = keras.Sequential(
+                    [keras.Input((4,)), keras.layers.Dense(6)]
+                )
+
+            def compile(self, d_optimizer, g_optimizer, loss_fn):
+                super().compile()
+                self.d_optimizer = d_optimizer
+                self.g_optimizer = g_optimizer
+                self.loss_fn = loss_fn
+
+            def train_step(self, data):
+                real, noise = data
+                n = tf.shape(real)[0]
+                labels = tf.concat([tf.ones((n, 1)), tf.zeros((n, 1))], 0)
+                d_vars = self.discriminator.trainable_weights
+                with tf.GradientTape() as tape:
+                    x = tf.concat([self.generator(noise), real], 0)
+                    d_loss = self.loss_fn(labels, self.discriminator(x))
+                grads = tape.gradient(d_loss, d_vars)
+                self.d_optimizer.apply_gradients(
+                    zip(grads, d_vars, strict=True)
+                )
+                g_vars = self.generator.trainable_weights
+                with tf.GradientTape() as tape:
+                    fake = self.discriminator(self.generator(noise))
+                    g_loss = self.loss_fn(tf.zeros((n, 1)), fake)
+                grads = tape.gradient(g_loss, g_vars)
+                self.g_optimizer.apply_gradients(
+                    zip(grads, g_vars, strict=True)
+                )
+                return {"d_loss": d_loss, "g_loss": g_loss}
+
+        gan = GAN()
+        gan.compile(
+            keras.optimizers.Adam(1e-3),
+            keras.optimizers.Adam(2e-3),
+            keras.losses.BinaryCrossentropy(from_logits=True),
+        )
+        return gan
+
+    def test_keras_io_gan_resumes_mid_epoch_exactly(self):
+        rng = np.random.RandomState(0)
+        real = rng.rand(SAMPLES, 6).astype("float32")
+        noise = rng.rand(SAMPLES, 4).astype("float32")
+
+        def fit(model, callbacks):
+            model.fit(
+                real,
+                noise,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=callbacks,
+            )
+
+        expected = self._keras_io_gan()
+        fit(expected, [])
+        interrupted = self._keras_io_gan()
+        with self.assertRaises(keras_callbacks.Interrupted):
+            fit(
+                interrupted,
+                [
+                    backup_restore.BackupAndRestore(self.dir, save_freq=3),
+                    keras_callbacks.InterruptAt(7),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        resumed = self._keras_io_gan()
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=3)
+        fit(resumed, [callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
+        got, want = _state(resumed), _state(expected)
+        self.assertEqual(sorted(got), sorted(want))
+        for name, value in want.items():
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+
 
 HeldStateTfKerasTest = fit_test_case.tf_keras_variant(HeldStateTest)
 
