@@ -9,6 +9,7 @@ only through its adapter (flavours.py).
 import keras
 from absl import logging
 
+from backup_restore._src import callback_args
 from backup_restore._src import engine
 from backup_restore._src import fit_run
 from backup_restore._src import flavours
@@ -115,16 +116,21 @@ class BackupAndRestore(
       save_freq: `"epoch"` to back up at the end of every epoch, or a positive
         int to back up every that many batches. `False` (never) is only valid
         with `save_before_preemption=True`.
+      *flavoured: the third and fourth positional arguments, in the order
+        of the model's Keras, bound when `fit()` (or `set_model`) gives the
+        model: Keras 3's `double_checkpoint, delete_checkpoint`, tf-keras's
+        `delete_checkpoint, save_before_preemption`. Until then, attributes
+        read them in tf-keras's order once tf-keras is imported, else in
+        Keras 3's. Keywords bind at once.
       delete_checkpoint: delete the backup when `fit()` completes. The
         backup due at the very end of training is then not written (it
         would be deleted unread at once).
-      double_checkpoint: (Keras 3's argument; keyword only here, since the
-        third positional argument is tf-keras's `delete_checkpoint`) `True`
-        keeps the previous intact backup beside the newest at all times
-        (about twice the disk space): when the newest one fails its checks
-        at the restart (a corrupted file), the restore falls back to the
-        previous one and retrains from its position, to the same result.
-        `False` (the default) keeps only the newest backup once it is
+      double_checkpoint: (Keras 3's argument) `True` keeps the previous
+        intact backup beside the newest at all times (about twice the disk
+        space): when the newest one fails its checks at the restart (a
+        corrupted file), the restore falls back to the previous one and
+        retrains from its position, to the same result. `False` (the
+        default) keeps only the newest backup once it is
         durable: the previous one is deleted only after the new one is
         committed and fsync'd, so a kill or a failed write at any instant
         still leaves an intact backup, but damage to the newest one after
@@ -154,7 +160,10 @@ class BackupAndRestore(
       ValueError: eager execution is disabled; `backup_dir` is empty, an
         existing file or not writable; `save_freq` is invalid.
       TypeError: `backup_dir` is not a str or os.PathLike; a keyword
-        argument is a near miss of one of ours (`asnyc_backup`).
+        argument is a near miss of one of ours (`asnyc_backup`); more than
+        4 positional arguments; an argument given both positionally and by
+        keyword in both flavours' orders (in the model's order only: at
+        `fit()`).
       RuntimeError: `save_before_preemption=True` outside the main thread.
 
     During `fit()`:
@@ -182,10 +191,10 @@ class BackupAndRestore(
         self,
         backup_dir,
         save_freq="epoch",
-        delete_checkpoint=True,
-        save_before_preemption=False,
-        *,
-        double_checkpoint=False,
+        *flavoured,
+        double_checkpoint=callback_args.DOUBLE_CHECKPOINT,
+        delete_checkpoint=callback_args.DELETE_CHECKPOINT,
+        save_before_preemption=callback_args.SAVE_BEFORE_PREEMPTION,
         async_backup=True,
         preemption_signals=preemption.DEFAULT_SIGNALS,
         exit_on_preemption=True,
@@ -196,23 +205,29 @@ class BackupAndRestore(
         super().__init__()
         front_end.check_eager("BackupAndRestore", "train with Model.fit()")
         _check_unknown_kwargs(kwargs)
-        self._policy = policy.from_arguments(
-            save_freq, save_before_preemption, overhead_budget
+        self._args = callback_args.Arguments(
+            flavoured,
+            double_checkpoint=double_checkpoint,
+            delete_checkpoint=delete_checkpoint,
+            save_before_preemption=save_before_preemption,
         )
+        self.save_freq = save_freq
+        self._overhead_budget = overhead_budget
+        values, self._policy = self._first_binding()
+        # Positional values are bound for good by set_model, in the order
+        # of the model's flavour; until then in the likelier one's.
+        self._bound_flavour = None if self._args.pending else "any"
         self._engine = engine.Engine(
             backup_dir,
             async_backup=async_backup,
-            save_before_preemption=save_before_preemption,
+            save_before_preemption=values["save_before_preemption"],
             preemption_signals=preemption_signals,
             exit_on_preemption=exit_on_preemption,
             preemption_exit_code=preemption_exit_code,
-            double_checkpoint=double_checkpoint,
+            double_checkpoint=values["double_checkpoint"],
         )
         self.backup_dir = self._engine.backup_dir
-        self.save_freq = save_freq
-        self.double_checkpoint = bool(double_checkpoint)
-        self.delete_checkpoint = delete_checkpoint
-        self.save_before_preemption = save_before_preemption
+        self._set_values(values)
         self.async_backup = bool(async_backup)
         self._resumed_from = None
         self._adapter = None
@@ -220,7 +235,55 @@ class BackupAndRestore(
         # From now on a preemption signal ends the process in the restart
         # status: fit() does much before its first hook (its data adapter
         # draws from a generator, say), and nothing is trained until then.
-        self._engine.watch_for_preemption_early()
+        # Positional values may still change meaning: set_model installs.
+        if not self._args.pending:
+            self._engine.watch_for_preemption_early()
+
+    def _first_binding(self):
+        """The three arguments' values and the save policy, in the likelier
+        flavour's order, else the other's: raises (TypeError, ValueError)
+        only when the arguments are invalid in both."""
+        likely = self._args.likely_flavour()
+        order = [likely] + [
+            f
+            for f in callback_args.ORDERS
+            if self._args.pending and f != likely
+        ]
+        error = None
+        for flavour in order:
+            try:
+                return self._values_and_policy(flavour)
+            except (TypeError, ValueError) as e:
+                error = error or e
+        raise error
+
+    def _values_and_policy(self, flavour):
+        values = self._args.bind(flavour)
+        return values, policy.from_arguments(
+            self.save_freq,
+            values["save_before_preemption"],
+            self._overhead_budget,
+        )
+
+    def _set_values(self, values):
+        self.double_checkpoint = bool(values["double_checkpoint"])
+        self.delete_checkpoint = values["delete_checkpoint"]
+        self.save_before_preemption = values["save_before_preemption"]
+
+    def _bind(self, flavour):
+        """Gives positional arguments the meaning of `flavour`'s order.
+
+        Raises:
+          TypeError: a value given both positionally and by keyword there.
+          ValueError: `save_freq=False` without save_before_preemption there.
+        """
+        values, self._policy = self._values_and_policy(flavour)
+        self._engine.configure(
+            double_checkpoint=values["double_checkpoint"],
+            save_before_preemption=values["save_before_preemption"],
+        )
+        self._set_values(values)
+        self._bound_flavour = flavour
 
     @property
     def resumed_from(self) -> tuple[int, int] | None:
@@ -234,6 +297,8 @@ class BackupAndRestore(
     def set_model(self, model):
         # Called by fit() (and evaluate/predict) before any other hook.
         self._adapter = flavours.for_model(model)
+        if self._args.pending and self._adapter.FLAVOUR != self._bound_flavour:
+            self._bind(self._adapter.FLAVOUR)
         super().set_model(model)
         # Again for a later fit() with this callback (each fit() ends by
         # uninstalling the handler).

@@ -515,7 +515,8 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.assertIsInstance(callback, flavour.callbacks.Callback)
         self.assertEqual(callback.save_freq, 2)
         self.assertFalse(callback.delete_checkpoint)
-        # Positional order is tf-keras's.
+        # (3, False, False): delete_checkpoint=False in both flavours'
+        # positional orders (positional_args_test tells them apart).
         positional = backup_restore.BackupAndRestore(self.dir, 3, False, False)
         self.assertEqual(positional.save_freq, 3)
         self.assertFalse(positional.delete_checkpoint)

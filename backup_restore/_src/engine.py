@@ -69,13 +69,14 @@ class Engine:
         )
         tf_logs.quiet_checkpoint_chatter()
         self.async_backup = bool(async_backup)
+        # Made (its signals validated) even when not watching yet:
+        # `configure` may turn watching on later.
+        self._preemption_watcher = preemption.PreemptionWatcher(
+            preemption_signals,
+            preemption_exit_code if exit_on_preemption else None,
+        )
         self._watcher = (
-            preemption.PreemptionWatcher(
-                preemption_signals,
-                preemption_exit_code if exit_on_preemption else None,
-            )
-            if save_before_preemption
-            else None
+            self._preemption_watcher if save_before_preemption else None
         )
         self._exit_on_preemption = exit_on_preemption
         self._exit_code = preemption_exit_code
@@ -89,6 +90,16 @@ class Engine:
         # this backup.
         self._last_mark = None
         self._ownership = None  # held by the chief from start() to finish()
+
+    def configure(self, *, double_checkpoint, save_before_preemption):
+        """Sets `double_checkpoint` and `save_before_preemption` after the
+        engine was made (a front end learns them late), between runs."""
+        self.store.keep_previous = bool(double_checkpoint)
+        if not save_before_preemption and self._watcher is not None:
+            self._watcher.uninstall()
+        self._watcher = (
+            self._preemption_watcher if save_before_preemption else None
+        )
 
     @property
     def backup_dir(self) -> str:

@@ -66,17 +66,20 @@ class Content:
             callback_tensors=callback_tensors,
         )
 
-    def warn_about_unsaved(self, held) -> None:
-        """Names, once each, what `held` has that a backup cannot hold."""
+    def warn_about_unsaved(self, held, at_start=False) -> None:
+        """Names in one warning what `held` (and, `at_start`, the model's
+        layers) has that a backup cannot hold and was not named yet."""
+        notes = (
+            unsaved_layer_notes(self.adapter, self.model) if at_start else []
+        )
         objects = [o for o in held.unsaved if o not in self._warned_unsaved]
         if objects:
             self._warned_unsaved.update(objects)
-            logging.warning(
-                "The model holds %s, whose state a backup of a Keras 3 "
-                "model does not hold (it holds variables): a resumed run "
-                "starts from what the code gives it. Keep such state in "
-                "tf.Variables, or build it the same way in every run.",
-                ", ".join(objects),
+            notes.append(
+                f"The model holds {', '.join(objects)}, whose state a backup "
+                "of a Keras 3 model does not hold (it holds variables): a "
+                "resumed run starts from what the code gives it. Keep such "
+                "state in tf.Variables, or build it the same way in every run."
             )
         unsaved = [
             path
@@ -85,15 +88,26 @@ class Content:
         ]
         if unsaved:
             self._warned_unsaved.update(unsaved)
-            logging.warning(
-                "Optimizer(s) %s were built on variables the model does not "
-                "hold (neither its weights nor a tf.Variable it tracks): a "
-                "restore cannot build them on those variables again, so "
-                "their state is not restored. Keep the variables an "
-                "optimizer updates in the model (as layers or tf.Variable "
-                "attributes).",
-                ", ".join(unsaved),
+            notes.append(
+                f"Optimizer(s) {', '.join(unsaved)} were built on variables "
+                "the model does not hold (neither its weights nor a "
+                "tf.Variable it tracks): a restore cannot build them on those "
+                "variables again, so their state is not restored. Keep the "
+                "variables an optimizer updates in the model (as layers or "
+                "tf.Variable attributes)."
             )
+        if notes:
+            logging.warning(
+                "What backups of this fit() cannot hold:\n- %s",
+                "\n- ".join(notes),
+            )
+
+    def warn_after_first_step(self) -> None:
+        """Optimizers are built at their first step: names those built
+        then on variables the model does not hold, before any backup."""
+        self.warn_about_unsaved(
+            keras_state.held_state(self.model, self.adapter)
+        )
 
     def checkpoint_for(self, tensors):
         """The checkpoint for a backup, the same object while possible.
@@ -148,3 +162,29 @@ class Content:
                 model_fingerprint.build_config(self.model),
             )
         return self._static
+
+
+def unsaved_layer_notes(adapter, model) -> list:
+    """What the model's layers keep that no backup can hold, in sentences
+    of the warning at the start of fit()."""
+    notes = []
+    legacy_rng = adapter.legacy_rng_layers(model)
+    if legacy_rng:
+        notes.append(
+            f"Layer(s) {', '.join(legacy_rng)} draw random numbers from "
+            "tf-keras's legacy stateful RNG, whose state cannot be backed "
+            "up: after a resume they draw different values than an "
+            "uninterrupted run would. For an exact resume, call tf_keras."
+            "backend.experimental.enable_tf_random_generator() before "
+            "building the model."
+        )
+    unsaved = adapter.layers_with_unsaved_state(model)
+    if unsaved:
+        notes.append(
+            f"Layer(s) {', '.join(unsaved)} keep state that tf.train."
+            "Checkpoint does not save (a vocabulary, bin boundaries): "
+            "backups do not hold it. A resumed run uses whatever the code "
+            "gives these layers, so build them the same way in every run "
+            "(the same vocabulary= or adapt() on the same data, before fit())."
+        )
+    return notes

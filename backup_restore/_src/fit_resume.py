@@ -27,29 +27,11 @@ from backup_restore._src import position as position_lib
 from backup_restore._src import tf_checkpoint_read
 
 
-def warn_about_unsaved_state(adapter, model) -> None:
-    """One warning at the start of fit() for state no backup can hold."""
-    legacy_rng = adapter.legacy_rng_layers(model)
-    if legacy_rng:
-        logging.warning(
-            "Layer(s) %s draw random numbers from tf-keras's legacy "
-            "stateful RNG, whose state cannot be backed up: after a "
-            "resume they draw different values than an uninterrupted run "
-            "would. For an exact resume, call tf_keras.backend."
-            "experimental.enable_tf_random_generator() before building "
-            "the model.",
-            ", ".join(legacy_rng),
-        )
-    unsaved = adapter.layers_with_unsaved_state(model)
-    if unsaved:
-        logging.warning(
-            "Layer(s) %s keep state that tf.train.Checkpoint does not "
-            "save (a vocabulary, bin boundaries): backups do not hold it. "
-            "A resumed run uses whatever the code gives these layers, so "
-            "build them the same way in every run (the same vocabulary= "
-            "or adapt() on the same data, before fit()).",
-            ", ".join(unsaved),
-        )
+def _has_weights(model) -> bool:
+    try:
+        return bool(model.weights)
+    except ValueError:  # an unbuilt tf-keras Sequential
+        return False
 
 
 class Resume:
@@ -95,14 +77,18 @@ class Resume:
         self._check_fit_call(info)
         if not model.built:
             config = metadata.get("build_config")
-            if config is None:
+            if config is not None:
+                model.build_from_config(config)
+            elif not _has_weights(model):
                 raise ValueError(
                     f"The model is not built, and the backup {info.path} does "
                     "not record how to build it, so its weights cannot be "
                     "restored. Build the model before fit(): give it an "
                     "Input/input_shape, or call model.build(input_shape)."
                 )
-            model.build_from_config(config)
+            # Else never built itself but made of built parts (a GAN of two
+            # built models, with no call()): its weights exist, and the
+            # fingerprint below compares them with the backup's.
         run.random_generators = run.adapter.layer_random_generators(model)
         backup_fp = metadata["fingerprint"]
         held = run.held_state()

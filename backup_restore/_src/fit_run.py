@@ -99,9 +99,8 @@ class FitRun:
         self.engine.start(
             model.distribute_strategy, scope=f"fit#{self.fit_call['index']}"
         )
-        fit_resume.warn_about_unsaved_state(self.adapter, model)
         self.content.warn_about_unsaved(
-            keras_state.held_state(model, self.adapter)
+            keras_state.held_state(model, self.adapter), at_start=True
         )
         resume = fit_resume.Resume(self)
         try:
@@ -141,6 +140,7 @@ class FitRun:
         if not self._first_step_done:
             self._first_step_done = True
             self.engine.first_step_done()
+            self.content.warn_after_first_step()
             if isinstance(self.policy, policy_lib.BudgetPolicy):
                 # The optimizer's slots exist now: the whole state does.
                 self.policy.set_prior_cost(

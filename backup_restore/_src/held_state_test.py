@@ -348,6 +348,155 @@ class HeldStateTest(fit_test_case.FitTestCase):
         for got, want in zip(model.weights, weights, strict=True):
             np.testing.assert_array_equal(got.numpy(), want)
 
+    def test_optimizer_built_in_the_first_step_is_named_before_training_on(
+        self,
+    ):
+        # Built lazily, as a train_step building it at its first apply: the
+        # warning comes after that first step, not at the first backup
+        # (here the end of epoch 0).
+        model = self._model("raw_variable")
+        outside = tf.Variable(np.zeros((2,), "float32"))
+        model.side_optimizer = self.keras.optimizers.SGD(0.1)
+
+        class BuildInFirstStep(keras_callbacks.Callback):
+            built = False
+
+            def on_train_batch_begin(self, batch, logs=None):
+                if not self.built:
+                    self.built = True
+                    self.model.side_optimizer.build([outside])
+
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 1:
+                    logging.warning("marker: second batch trained")
+
+        with self.assertLogs(level=logging.WARNING) as logs:
+            self._fit(
+                "raw_variable",
+                model,
+                [
+                    backup_restore.BackupAndRestore(self.dir, "epoch"),
+                    BuildInFirstStep(),
+                ],
+            )
+        warned = [i for i, r in enumerate(logs.output) if "side_optimizer" in r]
+        marker = [i for i, r in enumerate(logs.output) if "marker" in r]
+        self.assertLen(warned, 1, logs.output)
+        self.assertLess(warned[0], marker[0], logs.output)
+
+    def test_what_cannot_be_backed_up_is_one_warning(self):
+        model = self._model("raw_variable")
+        model.table = tf.lookup.experimental.MutableHashTable(
+            tf.string, tf.int64, -1
+        )
+        outside = tf.Variable(np.zeros((2,), "float32"))
+        model.side_optimizer = self.keras.optimizers.SGD(0.1)
+        model.side_optimizer.build([outside])
+        with self.assertLogs(level=logging.WARNING) as logs:
+            self._fit(
+                "raw_variable",
+                model,
+                [backup_restore.BackupAndRestore(self.dir, 3)],
+            )
+        warned = [
+            r
+            for r in logs.output
+            if "side_optimizer" in r or "MutableHashTable" in r
+        ]
+        self.assertLen(warned, 1, logs.output)
+        self.assertIn("side_optimizer", warned[0])
+        if self.FLAVOUR == "keras3":
+            self.assertIn("table (MutableHashTable)", warned[0])
+
+    def _keras_io_gan(self):
+        """keras.io's DCGAN pattern: a Model holding two built models, no
+        call() of its own (never built itself), compile(d_optimizer,
+        g_optimizer, loss_fn) with no loss or metrics of Keras's."""
+        keras = self.keras
+        keras.utils.set_random_seed(5)
+
+        class GAN(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.discriminator = keras.Sequential(
+                    [keras.Input((6,)), keras.layers.Dense(1)]
+                )
+                self.generator = keras.Sequential(
+                    [keras.Input((4,)), keras.layers.Dense(6)]
+                )
+
+            def compile(self, d_optimizer, g_optimizer, loss_fn):
+                super().compile()
+                self.d_optimizer = d_optimizer
+                self.g_optimizer = g_optimizer
+                self.loss_fn = loss_fn
+
+            def train_step(self, data):
+                real, noise = data
+                n = tf.shape(real)[0]
+                labels = tf.concat([tf.ones((n, 1)), tf.zeros((n, 1))], 0)
+                d_vars = self.discriminator.trainable_weights
+                with tf.GradientTape() as tape:
+                    x = tf.concat([self.generator(noise), real], 0)
+                    d_loss = self.loss_fn(labels, self.discriminator(x))
+                grads = tape.gradient(d_loss, d_vars)
+                self.d_optimizer.apply_gradients(
+                    zip(grads, d_vars, strict=True)
+                )
+                g_vars = self.generator.trainable_weights
+                with tf.GradientTape() as tape:
+                    fake = self.discriminator(self.generator(noise))
+                    g_loss = self.loss_fn(tf.zeros((n, 1)), fake)
+                grads = tape.gradient(g_loss, g_vars)
+                self.g_optimizer.apply_gradients(
+                    zip(grads, g_vars, strict=True)
+                )
+                return {"d_loss": d_loss, "g_loss": g_loss}
+
+        gan = GAN()
+        gan.compile(
+            keras.optimizers.Adam(1e-3),
+            keras.optimizers.Adam(2e-3),
+            keras.losses.BinaryCrossentropy(from_logits=True),
+        )
+        return gan
+
+    def test_keras_io_gan_resumes_mid_epoch_exactly(self):
+        rng = np.random.RandomState(0)
+        real = rng.rand(SAMPLES, 6).astype("float32")
+        noise = rng.rand(SAMPLES, 4).astype("float32")
+
+        def fit(model, callbacks):
+            model.fit(
+                real,
+                noise,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=callbacks,
+            )
+
+        expected = self._keras_io_gan()
+        fit(expected, [])
+        interrupted = self._keras_io_gan()
+        with self.assertRaises(keras_callbacks.Interrupted):
+            fit(
+                interrupted,
+                [
+                    backup_restore.BackupAndRestore(self.dir, save_freq=3),
+                    keras_callbacks.InterruptAt(7),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        resumed = self._keras_io_gan()
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=3)
+        fit(resumed, [callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
+        got, want = _state(resumed), _state(expected)
+        self.assertEqual(sorted(got), sorted(want))
+        for name, value in want.items():
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+
 
 HeldStateTfKerasTest = fit_test_case.tf_keras_variant(HeldStateTest)
 

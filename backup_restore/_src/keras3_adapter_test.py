@@ -82,6 +82,14 @@ CONTRACT = {
         "test_metrics_can_be_built_before_the_first_step",
         "test_metrics_build_leaves_an_unbuilt_optimizer_unbuilt",
     ),
+    "_compile_metrics": (
+        "test_metrics_can_be_built_before_the_first_step",
+        "test_metrics_build_skips_a_model_without_compiled_metrics",
+    ),
+    "_compile_loss": (
+        "test_metrics_can_be_built_before_the_first_step",
+        "test_metrics_build_skips_a_model_without_compiled_metrics",
+    ),
     "_trainable_variables": (
         "test_optimizer_records_the_variables_it_was_built_on",
     ),
@@ -453,6 +461,24 @@ class Keras3AdapterContractTest(test_case.TestCase):
         self.assertFalse(probe.seen["built"])
         self.assertEqual(probe.seen["variables"], unbuilt)
         self.assertFalse(model.optimizer.built)
+
+    def test_metrics_build_skips_a_model_without_compiled_metrics(self):
+        # keras.io's DCGAN: a Model holding two built models, no call(),
+        # compile() without loss or metrics: nothing to build, and tracing
+        # it symbolically would raise.
+        class Holder(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.inner = keras.Sequential(
+                    [keras.Input((3,)), keras.layers.Dense(1)]
+                )
+
+        model = Holder()
+        model.compile()
+        self.assertIsNone(model._compile_metrics)
+        self.assertIsNone(model._compile_loss)
+        keras3_adapter.build_compiled_metrics(model, None)
+        self.assertFalse(model.built)
 
     def test_optimizer_records_the_variables_it_was_built_on(self):
         # BaseOptimizer._trainable_variables: the list build() was given.

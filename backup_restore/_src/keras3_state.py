@@ -43,6 +43,11 @@ def build_compiled_metrics(model, context) -> None:
     `Trainer._symbolic_build` traces the model symbolically on one
     replica's batch spec; no state changes.
     """
+    compiled = [model._compile_metrics, model._compile_loss]
+    if all(c is None or c.built for c in compiled):
+        # Nothing to build; a model with no call() of its own (a GAN that
+        # only holds built models) could not be traced symbolically.
+        return
     spec = fit_frames.one_replica_spec(
         context._distributed_dataset.element_spec
     )
