@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 
 from testing import procs
+from testing import scenario_setup
 
 _BACKUP_DIR = flags.DEFINE_string("backup_dir", None, "Backup directory.")
 _RESULT_FILE = flags.DEFINE_string("result_file", None, "Outcome as JSON.")
@@ -42,21 +43,14 @@ _PHASES = flags.DEFINE_list(
 _OPTIMIZER = flags.DEFINE_enum(
     "optimizer",
     "adam",
-    [
-        "adam",
-        "exponential_decay",
-        "warmup_cosine",
-        "legacy_adam",
-        "legacy_sgd_decay",
-        "loss_scale",
-    ],
+    scenario_setup.OPTIMIZERS,
     "Optimizer / learning-rate schedule; loss_scale: mixed_float16 policy "
     "and LossScaleOptimizer.",
 )
 _MODEL = flags.DEFINE_enum(
     "model",
     "mlp",
-    ["mlp", "string_lookup", "normalization", "batch_norm_dropout"],
+    scenario_setup.MODELS,
     "mlp; string_lookup: adapted StringLookup + Embedding; normalization: "
     "an adapted Normalization layer; batch_norm_dropout: BatchNormalization "
     "and Dropout.",
@@ -64,7 +58,7 @@ _MODEL = flags.DEFINE_enum(
 _INPUT = flags.DEFINE_enum(
     "input",
     "numpy",
-    ["numpy", "filtered_dataset"],
+    scenario_setup.INPUTS,
     "numpy arrays, or a shuffled tf.data.Dataset of unknown size (filter()).",
 )
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Training samples.")
@@ -77,73 +71,6 @@ _KILL_AFTER = flags.DEFINE_integer("kill_after_batches", None, "See above.")
 _PAUSE_AFTER = flags.DEFINE_integer("pause_after_batches", None, "")
 _PAUSE_IN_VALIDATION = flags.DEFINE_integer("pause_in_validation", None, "")
 _PAUSE_AT = flags.DEFINE_string("pause_at", None, "A faults stage.")
-
-
-def _optimizer(tf, tf_keras):
-    schedules = tf_keras.optimizers.schedules
-    name = _OPTIMIZER.value
-    if name == "exponential_decay":
-        return tf_keras.optimizers.Adam(
-            schedules.ExponentialDecay(0.01, 5, 0.9)
-        )
-    if name == "warmup_cosine":
-
-        class WarmupCosine(schedules.LearningRateSchedule):
-            """A user-defined schedule, without get_config()."""
-
-            def __call__(self, step):
-                step = tf.cast(step, tf.float32)
-                cosine = 0.005 * (1 + tf.cos(3.14159 * (step - 4) / 40))
-                return tf.where(step < 4, 0.01 * step / 4, cosine)
-
-        return tf_keras.optimizers.Adam(WarmupCosine())
-    if name == "legacy_adam":
-        return tf_keras.optimizers.legacy.Adam(0.01)
-    if name == "legacy_sgd_decay":
-        return tf_keras.optimizers.legacy.SGD(
-            schedules.ExponentialDecay(0.01, 5, 0.9), momentum=0.9
-        )
-    if name == "loss_scale":
-        scaler = getattr(tf_keras.mixed_precision, "LossScaleOptimizer", None)
-        scaler = scaler or tf_keras.optimizers.LossScaleOptimizer  # Keras 3
-        return scaler(tf_keras.optimizers.Adam(0.01))
-    return tf_keras.optimizers.Adam(0.01)
-
-
-def _data(np):
-    rng = np.random.RandomState(0)
-    x = rng.normal(size=(_NUM_SAMPLES.value, 4)).astype("float32")
-    y = x.sum(axis=1, keepdims=True)
-    if _MODEL.value == "string_lookup":
-        words = np.array(["red", "green", "blue", "gold", "grey", "teal"])
-        x = words[rng.randint(0, len(words), size=(_NUM_SAMPLES.value, 1))]
-        y = (x == "red").astype("float32") + (x == "gold").astype("float32")
-
-    return x, y
-
-
-def _model(tf, tf_keras, x):
-    layers = tf_keras.layers
-    if _MODEL.value == "string_lookup":
-        lookup = layers.StringLookup()
-        lookup.adapt(x)
-        inputs = tf_keras.Input((1,), dtype=tf.string)
-        h = layers.Embedding(lookup.vocabulary_size(), 4)(lookup(inputs))
-        h = layers.Flatten()(h)
-    else:
-        inputs = tf_keras.Input((4,))
-        h = inputs
-        if _MODEL.value == "normalization":
-            norm = layers.Normalization()
-            norm.adapt(x)
-            h = norm(h)
-        h = layers.Dense(8, activation="relu")(h)
-        if _MODEL.value == "batch_norm_dropout":
-            h = layers.Dropout(0.3)(layers.BatchNormalization()(h))
-    outputs = layers.Dense(1, dtype="float32")(h)
-    model = tf_keras.Model(inputs, outputs)
-    model.compile(optimizer=_optimizer(tf, tf_keras), loss="mse")
-    return model
 
 
 def _wait_for_signal(callback):
@@ -187,25 +114,30 @@ def _pause_in_callback(backup):
 
 def main(argv):
     del argv
-    import numpy as np
     import tensorflow as tf
 
     import backup_restore
     from testing import synthetic
 
-    tf_keras = synthetic.KERAS[_KERAS.value]  # either flavour
-    if _KERAS.value == "keras3" and _OPTIMIZER.value.startswith("legacy"):
-        raise app.UsageError("Keras 3 has no legacy optimizers.")
-    if _OPTIMIZER.value == "loss_scale":
-        tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        scenario = scenario_setup.Scenario(
+            keras=_KERAS.value,
+            optimizer=_OPTIMIZER.value,
+            model=_MODEL.value,
+            input=_INPUT.value,
+            num_samples=_NUM_SAMPLES.value,
+            batch_size=_BATCH_SIZE.value,
+            validation=_VALIDATION.value,
+        )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    scenario.set_policy()
     if _KERAS.value == "tf_keras":
-        tf_keras.backend.experimental.enable_tf_random_generator()
-    tf_keras.utils.set_random_seed(1)
+        synthetic.KERAS[
+            "tf_keras"
+        ].backend.experimental.enable_tf_random_generator()
     tf.config.experimental.enable_op_determinism()
-    x, y = _data(np)
-    if _KERAS.value == "keras3" and x.dtype.kind == "U":
-        x = tf.constant(x)  # Keras 3's fit() takes no numpy string arrays
-    model = _model(tf, tf_keras, x)
+    model = scenario.build_model()
     save_freq = _SAVE_FREQ.value
     save_freq = save_freq if save_freq == "epoch" else int(save_freq)
     backup = backup_restore.BackupAndRestore(
@@ -216,48 +148,16 @@ def main(argv):
     )
     if _PAUSE_AT.value:
         _pause_in_callback(backup)
-    kill_points = _kill_points(backup)
-    validation = (x[:16], y[:16]) if _VALIDATION.value else None
-    inputs = dict(x=x, y=y, batch_size=_BATCH_SIZE.value)
-    if _INPUT.value == "filtered_dataset":
-        dataset = (
-            tf.data.Dataset.from_tensor_slices((x, y))
-            .filter(lambda features, label: True)  # size unknown to fit()
-            .shuffle(len(x), seed=3, reshuffle_each_iteration=True)
-            .batch(_BATCH_SIZE.value)
-        )
-        inputs = dict(x=dataset)
-    phases = []
-    for phase in _PHASES.value:
-        epochs, _, initial_epoch = phase.partition(":")
-        history = model.fit(
-            **inputs,
-            epochs=int(epochs),
-            initial_epoch=int(initial_epoch or 0),
-            validation_data=validation,
-            callbacks=[backup, kill_points],
-            verbose=0,
-        )
-        resumed = backup.resumed_from
-        phases.append(
-            {
-                "history_epochs": history.epoch,
-                "history": history.history,
-                "resumed_from": list(resumed) if resumed else None,
-                "iterations": int(model.optimizer.iterations.numpy()),
-            }
-        )
+    phases = scenario_setup.run_job(
+        scenario,
+        model,
+        backup,
+        scenario_setup.parse_phases(_PHASES.value),
+        callbacks=[_kill_points(backup)],
+    )
     result = {
         "phases": phases,
-        "weights_sha256": synthetic.weights_sha256(
-            [
-                w
-                for w in model.weights
-                if isinstance(
-                    w, (tf.Variable, synthetic.KERAS["keras3"].Variable)
-                )
-            ]
-        ),
+        "weights_sha256": scenario_setup.weights_sha256(model),
         "preempted": backup.preempted,
         "backup_dir_exists": os.path.isdir(_BACKUP_DIR.value),
     }

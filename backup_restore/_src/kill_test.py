@@ -1,9 +1,19 @@
-"""Crash safety with real processes and real signals.
+"""Crash safety: where a killed run resumes, and real kills of real processes.
 
-Each case runs the example trainer in a child process, kills it (SIGKILL or
+Where training resumes after a crash at a chosen batch is the callback's
+bookkeeping: KillPositionTest (and its tf-keras variant) interrupts fit() in
+process at each chosen batch and restarts it as a new job would (a fresh
+model and callback, the count of completed fit() calls reset).
+
+KillTest runs the test trainer in a child process, kills it (SIGKILL or
 SIGTERM) at a chosen batch or at a chosen stage of a backup write, then runs
-the same command again to completion. The rerun must resume from the last
-committed backup and end with the weights and History of an uninterrupted run.
+the same command again to completion: one real SIGKILL at a batch per
+flavour; the kills during a backup write, right after the backup hook and by
+an external signal exercise the store's and the engine's code, the same
+under both flavours, so they run with Keras 3 models only.
+
+Either way the rerun must resume from the last committed backup and end with
+the weights, optimizer steps and History of an uninterrupted run.
 """
 
 import os
@@ -13,12 +23,96 @@ import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import backup_restore
+from testing import fit_setup
+from testing import fit_test_case
+from testing import keras_callbacks
 from testing import procs
+from testing import synthetic
 from testing import test_case
 from testing import trainers
 
 # 64 samples / batch 16 = 4 batches per epoch, 3 epochs.
 _ARGS = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=5"]
+
+
+# The kills at chosen batches: (name, save_freq, the batches each run
+# trains before it is interrupted, where the last run resumes or None).
+POSITIONS = [
+    # Killed after 8 batches: the end-of-epoch-1 backup was not yet written
+    # (on_epoch_end comes after the last batch).
+    ("epoch_saves_at_epoch_boundary", "epoch", [8], (1, 0)),
+    ("epoch_saves_mid_epoch", "epoch", [6], (1, 0)),
+    ("step_saves_mid_epoch", "3", [7], (1, 2)),
+    ("step_saves_just_after_a_save", "3", [10], (2, 1)),
+    ("during_first_epoch_nothing_saved", "epoch", [2], None),
+    # Run 1: backup after batch 3 = (0, 3); interrupted after batch 5. Run
+    # 2 resumes at overall batch 3, backs up 3 batches later (overall batch
+    # 6 = (1, 2)) and is interrupted 4 batches in (overall batch 7).
+    ("killed_twice", "3", [5, 4], (1, 2)),
+]
+
+
+class KillPositionTest(fit_test_case.FitTestCase):
+    """In process, with Keras 3 models; KillPositionTfKerasTest: tf-keras."""
+
+    SETUP = dict(num_samples=64, batch_size=16, seed=5)
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls._reference = None
+
+    def _job(self, backup_dir, save_freq, interrupt_at=None):
+        keras_callbacks.simulate_restart()
+        setup = fit_setup.FitSetup(keras=self.FLAVOUR, **self.SETUP)
+        self.keras.utils.set_random_seed(setup.seed)
+        model = setup.build_model()
+        backup = backup_restore.BackupAndRestore(
+            backup_dir,
+            save_freq=save_freq if save_freq == "epoch" else int(save_freq),
+        )
+        callbacks = [backup]
+        if interrupt_at is not None:
+            callbacks.append(keras_callbacks.InterruptAt(interrupt_at, backup))
+        kwargs = dict(
+            **setup.fit_kwargs(), epochs=3, callbacks=callbacks, verbose=0
+        )
+        if interrupt_at is not None:
+            with self.assertRaises(keras_callbacks.Interrupted):
+                model.fit(**kwargs)
+            return None
+        history = model.fit(**kwargs)
+        return {
+            "resumed_from": backup.resumed_from,
+            "weights_sha256": synthetic.weights_sha256(model.weights),
+            "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+            "history_epochs": history.epoch,
+            "history": history.history,
+        }
+
+    @parameterized.named_parameters(*POSITIONS)
+    def test_interrupted_at_batch_resumes_from_the_last_backup(
+        self, save_freq, interrupts, expected
+    ):
+        if self._reference is None:
+            ref_dir = self.create_tempdir().full_path + "/ref"
+            type(self)._reference = self._job(ref_dir, "epoch")
+        for batches in interrupts:
+            self._job(self.dir, save_freq, interrupt_at=batches)
+        if expected is None:
+            self.assertFalse(
+                keras_callbacks.backup_entries(self.dir), "no backup yet"
+            )
+        result = self._job(self.dir, save_freq)
+        self.assertEqual(result["resumed_from"], expected)
+        for key in ("weights_sha256", "optimizer_iterations", "history"):
+            self.assertEqual(result[key], self._reference[key], key)
+        self.assertEqual(result["history_epochs"], [0, 1, 2])
+        self.assertFalse(os.path.exists(self.dir), "deleted on completion")
+
+
+KillPositionTfKerasTest = test_case.tf_keras_variant(KillPositionTest)
 
 
 class KillTest(procs.FlavouredRuns, test_case.TestCase):
@@ -81,45 +175,29 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
             if not n.startswith(".backup_restore.")
         )
 
-    # -- kills at chosen batches --------------------------------------------
-
-    @parameterized.named_parameters(
-        # Killed after 8 batches: the end-of-epoch-1 backup was not yet
-        # written (on_epoch_end comes after the last batch).
-        ("epoch_saves_at_epoch_boundary", "epoch", 8, (1, 0)),
-        ("epoch_saves_mid_epoch", "epoch", 6, (1, 0)),
-        ("step_saves_mid_epoch", "3", 7, (1, 2)),
-        # BackupAndRestore runs after every other callback, so a crash in
-        # another callback's on_train_batch_end(9) comes before the backup
-        # due at batch 9.
-        ("step_saves_just_before_a_save", "3", 9, (1, 2)),
-        ("step_saves_just_after_a_save", "3", 10, (2, 1)),
-        ("during_first_epoch_nothing_saved", "epoch", 2, None),
-    )
-    def test_sigkill_at_batch(self, save_freq, batch, expected):
-        self._killed(save_freq, f"--fail_at_step={batch}")
-        if expected is None:
-            self.assertFalse(
-                os.path.exists(self.dir) and self._names(), "no backup yet"
+    def _in_one_flavour(self):
+        if self.FLAVOUR != "keras3":
+            self.skipTest(
+                "the store's and the engine's code, the same under both "
+                "flavours: one real process, with Keras 3 models"
             )
-            run = self.run_child(trainers.fit_trainer(), self._args(save_freq))
-            self.assertEqual(run.returncode, 0, run.describe())
-            self.assertIsNone(run.result["resumed_from"])
-            return
-        self._finish(save_freq, expected)
 
-    def test_killed_twice(self):
-        # Run 1: backup after batch 3 = (0, 3); killed after batch 5.
-        self._killed("3", "--fail_at_step=5")
-        # Run 2 resumes at overall batch 3, backs up 3 batches later (overall
-        # batch 6 = (1, 2)) and is killed 4 batches in (overall batch 7).
-        self._killed("3", "--fail_at_step=4")
+    # -- a real SIGKILL at a chosen batch, in each flavour -------------------
+
+    def test_sigkill_just_before_a_save(self):
+        # BackupAndRestore runs after every other callback, so a SIGKILL in
+        # another callback's on_train_batch_end(9) comes before the backup
+        # due at batch 9 (backups every 3 batches): the last is (1, 2).
+        # (An exception raised there instead, as in KillPositionTest, still
+        # lets fit() run the backup due at that batch.)
+        self._killed("3", "--fail_at_step=9")
         self._finish("3", (1, 2))
 
     @parameterized.named_parameters(
         ("sigkill", signal.SIGKILL), ("sigterm", signal.SIGTERM)
     )
     def test_external_signal_at_a_paused_step(self, sig):
+        self._in_one_flavour()
         run = self.run_child_and_signal(
             trainers.fit_trainer(),
             self._args("3", "--fail_at_step=7", "--fail_with=pause"),
@@ -151,6 +229,7 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
     def test_sigkill_during_backup_write(
         self, stage, expected, leftover, asynchronous
     ):
+        self._in_one_flavour()
         run = self._killed(
             "epoch",
             f"--kill_at_backup_stage={stage}",
@@ -169,6 +248,7 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
 
     @parameterized.named_parameters(("async", True), ("sync", False))
     def test_sigkill_right_after_the_backup_hook_returned(self, asynchronous):
+        self._in_one_flavour()
         # The epoch-0 backup's hook returned at batch 4; SIGKILL one batch
         # later. Asynchronously its background part (fsync, then deleting
         # the older backup) is held for 60 s, so the kill surely lands
@@ -186,6 +266,7 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
         self._finish("epoch", (1, 0))
 
     def test_ram_filesystem_survives_an_in_process_restart_only(self):
+        self._in_one_flavour()
         # ram:// lives in the process: a killed process loses it. This is a
         # property of that filesystem, asserted so that nobody relies on it.
         run = self.run_child(
