@@ -11,10 +11,10 @@ from absl import logging
 
 from backup_restore._src import callback_args
 from backup_restore._src import engine
+from backup_restore._src import fit_call_checks
 from backup_restore._src import fit_run
 from backup_restore._src import flavours
 from backup_restore._src import front_end
-from backup_restore._src import policy
 from backup_restore._src import preemption
 from backup_restore._src import tf_keras_callback
 
@@ -213,7 +213,9 @@ class BackupAndRestore(
         )
         self.save_freq = save_freq
         self._overhead_budget = overhead_budget
-        values, self._policy = self._first_binding()
+        values, self._policy = callback_args.first_binding(
+            self._args, save_freq, overhead_budget
+        )
         # Positional values are bound for good by set_model, in the order
         # of the model's flavour; until then in the likelier one's.
         self._bound_flavour = None if self._args.pending else "any"
@@ -239,32 +241,6 @@ class BackupAndRestore(
         if not self._args.pending:
             self._engine.watch_for_preemption_early()
 
-    def _first_binding(self):
-        """The three arguments' values and the save policy, in the likelier
-        flavour's order, else the other's: raises (TypeError, ValueError)
-        only when the arguments are invalid in both."""
-        likely = self._args.likely_flavour()
-        order = [likely] + [
-            f
-            for f in callback_args.ORDERS
-            if self._args.pending and f != likely
-        ]
-        error = None
-        for flavour in order:
-            try:
-                return self._values_and_policy(flavour)
-            except (TypeError, ValueError) as e:
-                error = error or e
-        raise error
-
-    def _values_and_policy(self, flavour):
-        values = self._args.bind(flavour)
-        return values, policy.from_arguments(
-            self.save_freq,
-            values["save_before_preemption"],
-            self._overhead_budget,
-        )
-
     def _set_values(self, values):
         self.double_checkpoint = bool(values["double_checkpoint"])
         self.delete_checkpoint = values["delete_checkpoint"]
@@ -277,7 +253,9 @@ class BackupAndRestore(
           TypeError: a value given both positionally and by keyword there.
           ValueError: `save_freq=False` without save_before_preemption there.
         """
-        values, self._policy = self._values_and_policy(flavour)
+        values, self._policy = callback_args.values_and_policy(
+            self._args, flavour, self.save_freq, self._overhead_budget
+        )
         self._engine.configure(
             double_checkpoint=values["double_checkpoint"],
             save_before_preemption=values["save_before_preemption"],
@@ -321,40 +299,14 @@ class BackupAndRestore(
             )
         # Checked before anything is changed: two backup callbacks in one
         # fit() would each restore and each skip the trained batches again.
-        self._refuse_other_backup_callbacks()
+        fit_call_checks.refuse_other_backup_callbacks(
+            self, adapter.fit_callback_list().callbacks, BackupAndRestore
+        )
         adapter.check_strategy(model.distribute_strategy)
         run = fit_run.FitRun(self, adapter, self._engine, self._policy)
         run.start()
         self._run = run
         self._resumed_from = run.resumed_at
-
-    def _refuse_other_backup_callbacks(self):
-        others = [
-            c
-            for c in self._adapter.fit_callback_list().callbacks
-            if c is not self
-            and (
-                isinstance(c, BackupAndRestore)
-                or any(
-                    a.is_builtin_backup_callback(c) for a in flavours.loaded()
-                )
-            )
-        ]
-        if others:
-            names = ", ".join(
-                f"{type(c).__module__}.{type(c).__name__}"
-                f"({getattr(c, 'backup_dir', '?')!r})"
-                for c in others
-            )
-            raise ValueError(
-                f"This fit() has more than one backup callback: "
-                f"BackupAndRestore({self.backup_dir!r}) and {names}. Each "
-                "would restore and skip the trained batches again, so "
-                "resuming would go wrong. Pass one BackupAndRestore; to keep "
-                "a second copy of the backups, copy its backup_dir (e.g. "
-                "after each epoch, or with your storage's replication). "
-                "Nothing was restored, written or deleted."
-            )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._run.epoch_begin(epoch)

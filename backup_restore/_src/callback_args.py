@@ -12,6 +12,8 @@ flavour is known (the callback's `set_model`); keywords bind at once.
 
 import sys
 
+from backup_restore._src import policy
+
 # The names the third and fourth positional arguments bind to, per flavour
 # (the adapters' FLAVOUR tags).
 ORDERS = {
@@ -96,6 +98,35 @@ class Arguments:
         """The flavour to bind by before a model is known: tf-keras's once
         this process has imported tf-keras, else Keras 3's."""
         return "tf_keras" if sys.modules.get("tf_keras") else "keras3"
+
+
+def values_and_policy(args: Arguments, flavour, save_freq, overhead_budget):
+    """The three arguments' values in `flavour`'s order, and the save policy
+    they make with `save_freq` and `overhead_budget`.
+
+    Raises:
+      TypeError: a value given both positionally and by keyword there.
+      ValueError: `save_freq=False` without save_before_preemption there.
+    """
+    values = args.bind(flavour)
+    return values, policy.from_arguments(
+        save_freq, values["save_before_preemption"], overhead_budget
+    )
+
+
+def first_binding(args: Arguments, save_freq, overhead_budget):
+    """`values_and_policy` in the likelier flavour's order, else the other's
+    (positional values only): raises (TypeError, ValueError) only when the
+    arguments are invalid in both."""
+    likely = args.likely_flavour()
+    order = [likely] + [f for f in ORDERS if args.pending and f != likely]
+    error = None
+    for flavour in order:
+        try:
+            return values_and_policy(args, flavour, save_freq, overhead_budget)
+        except (TypeError, ValueError) as e:
+            error = error or e
+    raise error
 
 
 _NAMES = {"keras3": "Keras 3", "tf_keras": "tf-keras"}

@@ -6,6 +6,8 @@ The backup's metadata has passed its schema (backup_metadata.problem). A
 field an earlier release did not record is not compared.
 """
 
+from backup_restore._src import flavours
+
 # What a data position depends on, and how a message names it.
 _GEOMETRY = (
     ("steps_per_epoch", "batches per epoch"),
@@ -88,3 +90,34 @@ def problems(metadata: dict, fit_call: dict, geometry: dict) -> list:
             f"(epochs={epochs})"
         )
     return found
+
+
+def refuse_other_backup_callbacks(callback, callbacks, ours: type) -> None:
+    """Raises ValueError when `callbacks` (fit()'s list) holds a backup
+    callback besides `callback`: another of `ours`, or a Keras flavour's own
+    BackupAndRestore. Each would restore and skip the trained batches again.
+    """
+    others = [
+        c
+        for c in callbacks
+        if c is not callback
+        and (
+            isinstance(c, ours)
+            or any(a.is_builtin_backup_callback(c) for a in flavours.loaded())
+        )
+    ]
+    if others:
+        names = ", ".join(
+            f"{type(c).__module__}.{type(c).__name__}"
+            f"({getattr(c, 'backup_dir', '?')!r})"
+            for c in others
+        )
+        raise ValueError(
+            f"This fit() has more than one backup callback: "
+            f"BackupAndRestore({callback.backup_dir!r}) and {names}. Each "
+            "would restore and skip the trained batches again, so "
+            "resuming would go wrong. Pass one BackupAndRestore; to keep "
+            "a second copy of the backups, copy its backup_dir (e.g. "
+            "after each epoch, or with your storage's replication). "
+            "Nothing was restored, written or deleted."
+        )
