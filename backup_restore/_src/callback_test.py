@@ -13,6 +13,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from backup_restore._src import faults
 from testing import dirs
 from testing import fit_test_case
 from testing import keras_callbacks
@@ -144,17 +145,18 @@ class CallbackTest(fit_test_case.FitTestCase):
         # TensorFlow's async checkpointing allocates a host copy of the whole
         # state per Checkpoint object: one per backup ran out of memory.
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
-        seen = []
-        original = callback._engine.store.write_async
+        backups = keras_callbacks.BackupPositions(self)
+        made = []
+        checkpoint_class = tf.train.Checkpoint
 
-        def spy(checkpoint, metadata, **kwargs):
-            seen.append(checkpoint)
-            return original(checkpoint, metadata, **kwargs)
+        def counting(*args, **kwargs):
+            made.append(1)
+            return checkpoint_class(*args, **kwargs)
 
-        callback._engine.store.write_async = spy
-        self.fit_tiny(self.tiny_model(), [callback])
-        self.assertLen(seen, EPOCHS * 4 - 1)
-        self.assertLen({id(c) for c in seen}, 1)
+        with mock.patch.object(tf.train, "Checkpoint", counting):
+            self.fit_tiny(self.tiny_model(), [callback, backups])
+        self.assertLen(backups.positions, EPOCHS * 4 - 1)
+        self.assertLen(made, 1)
 
     @parameterized.parameters(
         # (save_freq, delete_checkpoint, backups written): the backup due at
@@ -388,16 +390,18 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, save_freq=1, double_checkpoint=True
         )
         # Batch backups from here on: the corrupt backup is never the one
-        # kept beside the newest.
-        original = callback._engine.store.delete_older_than
+        # kept beside the newest. What stays after each deletion:
         kept = []
 
-        def spy(seq):
-            original(seq)
-            kept.append(keras_callbacks.backup_entries(self.dir))
+        def observe(stage, path):
+            if stage == faults.DELETE_OLDER:
+                entries = keras_callbacks.backup_entries(self.dir)
+                kept.append([e for e in entries if e != os.path.basename(path)])
 
-        callback._engine.store.delete_older_than = spy
+        faults.set_hook(observe)
+        self.addCleanup(faults.set_hook, None)
         history = self.fit_tiny(model, [callback])
+        faults.set_hook(None)
         self.assertEqual(callback.resumed_from, (1, 0))  # epoch 0's backup
         self.assertEqual(
             kept[0], ["backup-00000001", "backup-00000003"], "intact kept"
@@ -492,7 +496,15 @@ class CallbackTest(fit_test_case.FitTestCase):
             double_checkpoint=True,
         )
         self.assertTrue(callback.double_checkpoint)
-        self.assertTrue(callback._engine.store.keep_previous)
+        backups = keras_callbacks.BackupPositions(self)
+        self.fit_tiny(self.tiny_model(), [callback, backups], epochs=1)
+        # Every 2 batches of 4, the last kept at the end (delete_checkpoint
+        # False) with the previous one beside it (double_checkpoint).
+        self.assertLen(backups.positions, 2)
+        self.assertEqual(
+            keras_callbacks.backup_entries(self.dir),
+            ["backup-00000001", "backup-00000002"],
+        )
         self.assertFalse(
             backup_restore.BackupAndRestore(self.dir).double_checkpoint
         )
@@ -526,8 +538,6 @@ class CallbackTest(fit_test_case.FitTestCase):
         # Each backup's fsync is held 0.4 s: in the hook when synchronous;
         # asynchronously the next backup's hook waits for it (a backup per
         # batch). The log line must report that wait, not the snapshot.
-        from backup_restore._src import faults
-
         def hold(stage, path):
             del path
             if stage == faults.PUBLISHED:
@@ -553,7 +563,6 @@ class CallbackTest(fit_test_case.FitTestCase):
         # A state written in background whose publication is held 1.5 s
         # (a writer starved by training): past the deadline the next batch
         # waits until the backup is kill-safe.
-        from backup_restore._src import faults
         from backup_restore._src import store
 
         self.enter_context(mock.patch.object(store, "KILL_SAFE_MAX_BYTES", 0))
