@@ -7,10 +7,11 @@ model and callback, the count of completed fit() calls reset).
 
 KillTest runs the test trainer in a child process, kills it (SIGKILL or
 SIGTERM) at a chosen batch or at a chosen stage of a backup write, then runs
-the same command again to completion: one real SIGKILL at a batch per
-flavour; the kills during a backup write, right after the backup hook and by
-an external signal exercise the store's and the engine's code, the same
-under both flavours, so they run with Keras 3 models only.
+the same training again to completion in this process, as a restarted
+job: one real SIGKILL at a batch per flavour; the kills during a backup
+write, right after the backup hook and by an external signal exercise the
+store's and the engine's code, the same under both flavours, so they run
+with Keras 3 models only.
 
 Either way the rerun must resume from the last committed backup and end with
 the weights, optimizer steps and History of an uninterrupted run.
@@ -34,6 +35,7 @@ from testing import trainers
 
 # 64 samples / batch 16 = 4 batches per epoch, 3 epochs.
 _ARGS = ["--epochs=3", "--num_samples=64", "--batch_size=16", "--seed=5"]
+_SETUP = dict(num_samples=64, batch_size=16, seed=5)
 
 
 # The kills at chosen batches: (name, save_freq, the batches each run
@@ -56,7 +58,7 @@ POSITIONS = [
 class KillPositionTest(fit_test_case.FitTestCase):
     """In process, with Keras 3 models; KillPositionTfKerasTest: tf-keras."""
 
-    SETUP = dict(num_samples=64, batch_size=16, seed=5)
+    SETUP = _SETUP
 
     @classmethod
     def setUpClass(cls):
@@ -123,15 +125,39 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
         super().setUpClass()
         cls.references = {}
 
+    def _job(self, save_freq, backup_dir):
+        """The trainer's fit() of `_ARGS`, run to completion in this process
+        as a restarted job would run it (the rerun after a kill needs no
+        process of its own: what the kill left is on disk)."""
+        keras = synthetic.KERAS[self.FLAVOUR]
+        keras_callbacks.simulate_restart()
+        keras.backend.clear_session()  # a new process's layer names
+        setup = fit_setup.FitSetup(keras=self.FLAVOUR, **_SETUP)
+        keras.utils.set_random_seed(_SETUP["seed"])
+        model = setup.build_model()
+        backup = backup_restore.BackupAndRestore(
+            backup_dir,
+            save_freq=save_freq if save_freq == "epoch" else int(save_freq),
+        )
+        history = model.fit(
+            **setup.fit_kwargs(), epochs=3, callbacks=[backup], verbose=0
+        )
+        resumed = backup.resumed_from
+        return {
+            "resumed_from": list(resumed) if resumed else None,
+            "weights_sha256": synthetic.weights_sha256(model.weights),
+            "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+            "history_epochs": history.epoch,
+            "history": history.history,
+        }
+
     def _reference(self, save_freq):
         # Backups do not change training, but cache per save_freq anyway so a
-        # difference would show up as a mismatch, not be hidden.
+        # difference would show up as a mismatch, not be hidden. The killed
+        # runs train in the trainer's process: the same code and seed give
+        # the same bits here.
         if save_freq not in self.references:
-            run = self.run_child(
-                trainers.fit_trainer(), [*_ARGS, f"--backup_dir={self.dir}-ref"]
-            )
-            self.assertEqual(run.returncode, 0, run.describe())
-            self.references[save_freq] = run.result
+            self.references[save_freq] = self._job(save_freq, f"{self.dir}-ref")
         return self.references[save_freq]
 
     def _args(self, save_freq, *extra):
@@ -152,12 +178,8 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
 
     def _finish(self, save_freq, expected_resume):
         reference = self._reference(save_freq)
-        run = self.run_child(trainers.fit_trainer(), self._args(save_freq))
-        self.assertEqual(run.returncode, 0, run.describe())
-        result = run.result
-        self.assertEqual(
-            result["resumed_from"], list(expected_resume), run.describe()
-        )
+        result = self._job(save_freq, self.dir)
+        self.assertEqual(result["resumed_from"], list(expected_resume))
         self.assertEqual(result["weights_sha256"], reference["weights_sha256"])
         self.assertEqual(
             result["optimizer_iterations"], reference["optimizer_iterations"]
@@ -165,7 +187,6 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
         self.assertEqual(result["history"], reference["history"])
         self.assertEqual(result["history_epochs"], [0, 1, 2])
         self.assertFalse(os.path.exists(self.dir), "deleted on completion")
-        return run
 
     def _names(self):
         # Without the owner's lock file, which a SIGKILL leaves behind.
