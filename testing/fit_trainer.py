@@ -308,14 +308,14 @@ def _strategy(tf):
 
 def _failure_callback(keras, at_step: int, how: str, backup):
     class Fail(keras.callbacks.Callback):
-        # Reads no logs: tf-keras's fit() may hand it logs as tensors, and
-        # runs its batch hooks under ParameterServerStrategy (whose batch
-        # logs are RemoteValues) only then.
-        _supports_tf_logs = True
-
         def __init__(self):
             super().__init__()
             self._batches = 0
+            # Reads no logs: tf-keras's fit() may hand it logs as tensors,
+            # and runs its batch hooks under ParameterServerStrategy (whose
+            # batch logs are RemoteValues) only then. Set after Callback's
+            # __init__, which sets it False on the instance.
+            self._supports_tf_logs = True
 
         def on_train_batch_end(self, batch, logs=None):
             self._batches += 1
