@@ -14,7 +14,9 @@ backup_dir resumes it, in this process as in a new one (a notebook cell run
 again after Ctrl-C): nothing in the process needs resetting in between.
 
 With real SIGKILLs (SigkillTest): one configuration per kind of input
-(arrays, tf.data, a PyDataset, a distribution strategy, a custom loop) in
+(arrays, tf.data, a PyDataset, a distribution strategy, a custom loop), and
+the models holding state besides their layers (a GAN with optimizers as
+attributes, a raw tf.Variable) in both flavours, in
 child processes of the test trainers, killed twice mid-epoch and restarted.
 
 Final weights (SHA-256 of every variable, and of every variable the model
@@ -188,6 +190,19 @@ SIGKILLED = [
     ("dataset_keras3", "dataset_reshuffle", "keras3"),
     ("pydataset_keras3", "sequence", "keras3"),
     ("mirrored_keras3", "mirrored_two_cpus", "keras3"),
+    # What the model holds besides its layers and compiled optimizer: two
+    # optimizers as attributes (keras.io's DCGAN pattern), one of them also
+    # compiled (built on a subset of the variables), a raw tf.Variable.
+    ("gan_keras3", "gan", "keras3"),
+    ("gan_tf_keras", "gan", "tf_keras"),
+    ("gan_optimizer_in_compile_keras3", "gan_optimizer_in_compile", "keras3"),
+    (
+        "gan_optimizer_in_compile_tf_keras",
+        "gan_optimizer_in_compile",
+        "tf_keras",
+    ),
+    ("raw_variable_keras3", "raw_variable", "keras3"),
+    ("raw_variable_tf_keras", "raw_variable", "tf_keras"),
 ]
 
 

@@ -207,6 +207,12 @@ class FitCallsTest(fit_test_case.FitTestCase):
             dict(sample_weight=np.full(SAMPLES, 0.5, "float32")),
             r"fit\(sample_weight=...\) given: backup False, now True",
         ),
+        (
+            # The same 4 batches per epoch, only the argument differs.
+            "steps_per_epoch",
+            dict(steps_per_epoch=SAMPLES // BATCH),
+            r"fit\(steps_per_epoch=...\): backup None, now 4",
+        ),
     )
     def test_a_resume_with_other_data_or_arguments_is_refused(
         self, change, pattern
@@ -288,6 +294,37 @@ class FitCallsTest(fit_test_case.FitTestCase):
         self.assertIn("from epoch 1 on", warning)
         self.assertLen(history.history["loss"], 3)
         self.assertLen(history.history["val_loss"], 2)
+
+    @parameterized.named_parameters(
+        (
+            "validation_freq",
+            dict(validation_freq=1),
+            dict(validation_freq=2),
+            "fit(validation_freq=...): backup 1, now 2",
+        ),
+        (
+            "validation_steps",
+            dict(),
+            dict(validation_steps=1),
+            "fit(validation_steps=...): backup None, now 1",
+        ),
+    )
+    def test_a_resume_with_validation_changed_warns_and_resumes(
+        self, before, now, message
+    ):
+        validation = synthetic.regression_data(16, seed=5)
+        self._interrupted(validation_data=validation, **before)
+        model = self.tiny_model()
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        with self.assertLogs(level="WARNING") as logs:
+            self.fit_tiny(
+                model, [callback], epochs=3, validation_data=validation, **now
+            )
+        self.assertEqual(callback.resumed_from, (1, 2))
+        warnings = [o for o in logs.output if "validated differently" in o]
+        self.assertLen(warnings, 1)
+        self.assertIn(message, warnings[0])
+        self.assertEqual(_iterations(model), 3 * 4)
 
     def test_a_legacy_optimizer_runs_fit_again_after_an_interruption(self):
         if self.FLAVOUR != "tf_keras":
