@@ -5,10 +5,10 @@ bookkeeping: KillPositionTest (and its tf-keras variant) interrupts fit() in
 process at each chosen batch and restarts it as a new job would (a fresh
 model and callback, the count of completed fit() calls reset).
 
-KillTest runs the test trainer in a child process, kills it (SIGKILL or
-SIGTERM) at a chosen batch or at a chosen stage of a backup write, then runs
-the same training again to completion in this process, as a restarted
-job: one real SIGKILL at a batch per flavour; the kills during a backup
+KillAtBatchTest (per flavour) and KillDuringWriteTest run the test trainer
+in a child process, kill it (SIGKILL or SIGTERM) at a chosen batch or at a
+chosen stage of a backup write, then run the same training again to
+completion in this process, as a restarted job. The kills during a backup
 write, right after the backup hook and by an external signal exercise the
 store's and the engine's code, the same under both flavours, so they run
 with Keras 3 models only.
@@ -117,8 +117,8 @@ class KillPositionTest(fit_test_case.FitTestCase):
 KillPositionTfKerasTest = test_case.tf_keras_variant(KillPositionTest)
 
 
-class KillTest(procs.FlavouredRuns, test_case.TestCase):
-    """With Keras 3 models; KillTfKerasTest: the same with tf-keras."""
+class _KillRuns(procs.FlavouredRuns, test_case.TestCase):
+    """Runs of the test trainer killed for real, and their reruns."""
 
     @classmethod
     def setUpClass(cls):
@@ -196,14 +196,10 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
             if not n.startswith(".backup_restore.")
         )
 
-    def _in_one_flavour(self):
-        if self.FLAVOUR != "keras3":
-            self.skipTest(
-                "the store's and the engine's code, the same under both "
-                "flavours: one real process, with Keras 3 models"
-            )
 
-    # -- a real SIGKILL at a chosen batch, in each flavour -------------------
+class KillAtBatchTest(_KillRuns):
+    """A real SIGKILL at a chosen batch, with Keras 3 models;
+    KillAtBatchTfKerasTest: the same with tf-keras."""
 
     def test_sigkill_just_before_a_save(self):
         # BackupAndRestore runs after every other callback, so a SIGKILL in
@@ -214,11 +210,19 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
         self._killed("3", "--fail_at_step=9")
         self._finish("3", (1, 2))
 
+
+KillAtBatchTfKerasTest = test_case.tf_keras_variant(KillAtBatchTest)
+
+
+class KillDuringWriteTest(_KillRuns):
+    """Kills during a backup write, right after the backup hook and by an
+    external signal: the store's and the engine's code, the same under both
+    flavours, so with Keras 3 models only."""
+
     @parameterized.named_parameters(
         ("sigkill", signal.SIGKILL), ("sigterm", signal.SIGTERM)
     )
     def test_external_signal_at_a_paused_step(self, sig):
-        self._in_one_flavour()
         run = self.run_child_and_signal(
             trainers.fit_trainer(),
             self._args("3", "--fail_at_step=7", "--fail_with=pause"),
@@ -250,7 +254,6 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
     def test_sigkill_during_backup_write(
         self, stage, expected, leftover, asynchronous
     ):
-        self._in_one_flavour()
         run = self._killed(
             "epoch",
             f"--kill_at_backup_stage={stage}",
@@ -269,7 +272,6 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
 
     @parameterized.named_parameters(("async", True), ("sync", False))
     def test_sigkill_right_after_the_backup_hook_returned(self, asynchronous):
-        self._in_one_flavour()
         # The epoch-0 backup's hook returned at batch 4; SIGKILL one batch
         # later. Asynchronously its background part (fsync, then deleting
         # the older backup) is held for 60 s, so the kill surely lands
@@ -287,7 +289,6 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
         self._finish("epoch", (1, 0))
 
     def test_ram_filesystem_survives_an_in_process_restart_only(self):
-        self._in_one_flavour()
         # ram:// lives in the process: a killed process loses it. This is a
         # property of that filesystem, asserted so that nobody relies on it.
         run = self.run_child(
@@ -296,9 +297,6 @@ class KillTest(procs.FlavouredRuns, test_case.TestCase):
         )
         self.assertEqual(run.killed_by, signal.SIGKILL, run.describe())
         self.assertFalse(tf.io.gfile.exists("ram://kill_test/x"))
-
-
-KillTfKerasTest = test_case.tf_keras_variant(KillTest)
 
 
 if __name__ == "__main__":
