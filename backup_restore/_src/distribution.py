@@ -19,10 +19,17 @@ parameter_server_test.py):
 Anything else (a TF1 `tf.compat.v1.distribute` strategy, a home-made
 subclass of `tf.distribute.Strategy`) is refused with a ValueError: which
 process writes, and whether saving issues collective ops, is not known.
+
+A worker that is not the chief writes its scratch copies in a private
+directory of its own (`worker_scratch_dir`), never in `backup_dir`.
 """
 
 import dataclasses
 import functools
+import hashlib
+import os
+import stat
+import tempfile
 import threading
 
 import tensorflow as tf
@@ -133,3 +140,30 @@ def any_worker(strategy, flag: bool) -> bool:
     per_replica = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
     return bool(total.numpy() > 0)
+
+
+def worker_scratch_dir(backup_dir: str, task_id: int) -> str:
+    """A non-chief worker's private directory for its scratch writes.
+
+    Outside backup_dir, which only the chief touches (else its cleanup at
+    the end races with these writes); a fixed path per job, task and user,
+    so that a crash's leftover goes at the next start. The shared temporary
+    directory is anyone's to write in: a path that exists but is not a
+    directory of this user's, closed to others (a planted link, say), is
+    not used; a fresh private one is made instead.
+    """
+    job = hashlib.sha256(backup_dir.encode()).hexdigest()[:12]
+    name = f"backup_restore-{job}-worker{task_id}-uid{os.geteuid()}"
+    path = os.path.join(tempfile.gettempdir(), name)
+    try:
+        os.mkdir(path, 0o700)
+        return path
+    except FileExistsError:
+        st = os.lstat(path)
+        if (
+            stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.geteuid()
+            and not st.st_mode & 0o077
+        ):
+            return path
+    return tempfile.mkdtemp(prefix=f"{name}-")

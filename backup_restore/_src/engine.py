@@ -17,12 +17,9 @@ metadata) and when; the engine does the rest.
 """
 
 import contextlib
-import hashlib
 import os
 import signal
-import stat
 import sys
-import tempfile
 import threading
 import time
 
@@ -144,7 +141,9 @@ class Engine:
         self._scratch = None
         if not self._role.is_chief:
             self._scratch = store.BackupStore(
-                _scratch_dir(self.backup_dir, self._role.task_id),
+                distribution.worker_scratch_dir(
+                    self.backup_dir, self._role.task_id
+                ),
                 keep_directory=True,
             )
             self._scratch.delete_all()
@@ -377,30 +376,3 @@ class Engine:
         if self._ownership is not None:
             self._ownership.release(remove_empty_dir=remove_empty_dir)
             self._ownership = None
-
-
-def _scratch_dir(backup_dir: str, task_id: int) -> str:
-    """A non-chief worker's private directory for its scratch writes.
-
-    Outside backup_dir, which only the chief touches (else its cleanup at
-    the end races with these writes); a fixed path per job, task and user,
-    so that a crash's leftover goes at the next start. The shared temporary
-    directory is anyone's to write in: a path that exists but is not a
-    directory of this user's, closed to others (a planted link, say), is
-    not used; a fresh private one is made instead.
-    """
-    job = hashlib.sha256(backup_dir.encode()).hexdigest()[:12]
-    name = f"backup_restore-{job}-worker{task_id}-uid{os.geteuid()}"
-    path = os.path.join(tempfile.gettempdir(), name)
-    try:
-        os.mkdir(path, 0o700)
-        return path
-    except FileExistsError:
-        st = os.lstat(path)
-        if (
-            stat.S_ISDIR(st.st_mode)
-            and st.st_uid == os.geteuid()
-            and not st.st_mode & 0o077
-        ):
-            return path
-    return tempfile.mkdtemp(prefix=f"{name}-")
