@@ -238,3 +238,51 @@ def one_replica_spec(element_spec):
         lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
         element_spec,
     )
+
+
+def skip_batches(iterator, count: int) -> None:
+    """Draws `count` batches from fit()'s data iterator and drops them.
+
+    The iterator of a `tf.data.Dataset` (both fit()s train on one under
+    the default strategy) is advanced by its `IteratorGetNext` op alone,
+    about a third of `next()`'s cost: the batches are never packed into
+    their structure. Any other iterator, or eager execution that is not
+    synchronous, takes `next()`. Raises StopIteration where the data runs
+    out, as `next()` does.
+    """
+    resource = getattr(iterator, "_iterator_resource", None)
+    types = getattr(iterator, "_flat_output_types", None)
+    shapes = getattr(iterator, "_flat_output_shapes", None)
+    fast = (
+        isinstance(iterator, tf.data.Iterator)
+        and resource is not None
+        and types is not None
+        and shapes is not None
+        and tf.executing_eagerly()
+        and tf.config.experimental.get_synchronous_execution()
+    )
+    if not fast:
+        for _ in range(count):
+            next(iterator)
+        return
+    get_next = tf.raw_ops.IteratorGetNext
+    try:
+        for _ in range(count):
+            get_next(
+                iterator=resource, output_types=types, output_shapes=shapes
+            )
+    except tf.errors.OutOfRangeError:
+        raise StopIteration from None
+
+
+def skips_fast(iterator) -> bool:
+    """Whether skip_batches takes the IteratorGetNext path for `iterator`
+    (checked by the adapters' contract tests)."""
+    return all(
+        getattr(iterator, name, None) is not None
+        for name in (
+            "_iterator_resource",
+            "_flat_output_types",
+            "_flat_output_shapes",
+        )
+    ) and isinstance(iterator, tf.data.Iterator)

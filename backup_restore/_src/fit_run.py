@@ -16,6 +16,7 @@ from absl import logging
 from backup_restore._src import backup_metadata
 from backup_restore._src import callback_states
 from backup_restore._src import fit_content
+from backup_restore._src import fit_frames
 from backup_restore._src import fit_hooks
 from backup_restore._src import fit_resume
 from backup_restore._src import keras_state
@@ -391,8 +392,7 @@ class FitRun:
 def _skip(iterator, count):
     """Advances a fresh iterator past the batches trained before."""
     start = time.monotonic()
-    for _ in range(count):
-        next(iterator)
+    fit_frames.skip_batches(iterator, count)
     logging.info(
         "Skipped %d already-trained batches in %.2f s.",
         count,

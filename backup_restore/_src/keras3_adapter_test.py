@@ -105,6 +105,9 @@ CONTRACT = {
         "test_tensorboard_counts_its_batch_step_in_global_train_batch",
     ),
     "_value_specs": ("test_per_replica_specs_give_the_global_batch",),
+    "_iterator_resource": ("test_skip_batches_draws_by_the_iterators_op",),
+    "_flat_output_types": ("test_skip_batches_draws_by_the_iterators_op",),
+    "_flat_output_shapes": ("test_skip_batches_draws_by_the_iterators_op",),
     "keras.src.backend.tensorflow.trainer": (
         "test_fit_locals_and_train_function",
     ),
@@ -345,6 +348,34 @@ class Keras3AdapterContractTest(test_case.TestCase):
             keras3_adapter.fit_frames.WrappedTrainFunction,
         )
         self.assertIsNone(keras3_adapter.fit_context())
+
+    def test_skip_batches_draws_by_the_iterators_op(self):
+        calls = []
+
+        def check(model, seen):
+            keras3_adapter.wrap_train_function(
+                model, keras_callbacks.recording(calls)
+            )
+
+        self._fit(check, epochs=1)
+        keras3_adapter.unwrap_train_function(self.model)
+        # fit()'s iterator takes the IteratorGetNext path.
+        self.assertTrue(fit_frames.skips_fast(calls[0]))
+        dataset = tf.data.Dataset.range(10).map(lambda i: (i, 2 * i))
+        skipped, drawn = iter(dataset), iter(dataset)
+        fit_frames.skip_batches(skipped, 4)
+        for _ in range(4):
+            next(drawn)
+        self.assertEqual(
+            [int(t) for t in next(skipped)], [int(t) for t in next(drawn)]
+        )
+        with self.assertRaises(StopIteration):
+            fit_frames.skip_batches(skipped, 6)
+        # Any other iterator is advanced by next().
+        plain = iter([1, 2, 3])
+        self.assertFalse(fit_frames.skips_fast(plain))
+        fit_frames.skip_batches(plain, 2)
+        self.assertEqual(next(plain), 3)
 
     def test_iterators_are_counted_and_positions_recorded(self):
         def check(model, seen):

@@ -19,6 +19,7 @@ import tf_keras
 from absl.testing import absltest
 from tf_keras.src.engine import data_adapter
 
+from backup_restore._src import fit_frames
 from backup_restore._src import flavours
 from backup_restore._src import tf_keras_adapter as keras_adapter
 from backup_restore._src import tf_keras_callback
@@ -260,6 +261,8 @@ class AdapterContractTest(test_case.TestCase):
         self._fit(check)
         self.assertLen(calls, 12)  # 32 / 8 = 4 batches x 3 epochs
         self.assertTrue(all(hasattr(it, "get_next") for it in calls))
+        # skip_batches draws from them by their IteratorGetNext op.
+        self.assertTrue(all(fit_frames.skips_fast(it) for it in calls))
 
     def test_fit_data_handler_and_iterator_recreation(self):
         def check(model, seen):
