@@ -26,8 +26,6 @@
   CSVLogger appends to (`keras.src.utils.file_utils.File`).
 """
 
-import contextlib
-
 import keras
 import tensorflow as tf
 from keras.src.utils import file_utils
@@ -319,14 +317,5 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
 
         return add_variable_from_reference
 
-    with contextlib.ExitStack() as stack:
-        inner = optimizer
-        while inner is not None:
-            stack.enter_context(
-                unfilled_slots.method_replaced(
-                    inner, "add_variable_from_reference", wrap
-                )
-            )
-            inner = getattr(inner, "inner_optimizer", None)
-        optimizer.build(variables)
+    unfilled_slots.build_with_slot_maker(optimizer, variables, wrap)
     return made

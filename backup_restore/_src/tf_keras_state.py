@@ -23,8 +23,6 @@
   learning rate is a schedule (then it cannot be set, and need not be).
 """
 
-import contextlib
-
 import tensorflow as tf
 import tf_keras
 from tf_keras.src.engine import data_adapter
@@ -329,14 +327,5 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
 
         return add_variable_from_reference
 
-    with contextlib.ExitStack() as stack:
-        inner = optimizer
-        while inner is not None and hasattr(inner, "build"):
-            stack.enter_context(
-                unfilled_slots.method_replaced(
-                    inner, "add_variable_from_reference", wrap
-                )
-            )
-            inner = getattr(inner, "inner_optimizer", None)
-        optimizer.build(variables)
+    unfilled_slots.build_with_slot_maker(optimizer, variables, wrap)
     return made

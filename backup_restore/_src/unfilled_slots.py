@@ -59,6 +59,21 @@ def method_replaced(obj, name: str, wrap):
             del own[name]
 
 
+def build_with_slot_maker(optimizer, variables, wrap) -> None:
+    """Builds `optimizer` on `variables` with its `add_variable_from_
+    reference` (through which both flavours' optimizers make their slots)
+    replaced by `wrap(original)`, on it and on each optimizer it wraps
+    (`inner_optimizer`: a LossScaleOptimizer builds its inner one)."""
+    with contextlib.ExitStack() as stack:
+        inner = optimizer
+        while inner is not None and hasattr(inner, "build"):
+            stack.enter_context(
+                method_replaced(inner, "add_variable_from_reference", wrap)
+            )
+            inner = getattr(inner, "inner_optimizer", None)
+        optimizer.build(variables)
+
+
 def zero_fill(variables) -> None:
     """Fills slots made unfilled with zeros, as Keras's build would have
     (the restore that was to fill them failed)."""
