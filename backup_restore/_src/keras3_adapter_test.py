@@ -399,6 +399,10 @@ class Keras3AdapterContractTest(test_case.TestCase):
             keras3_adapter.data_position(context, spot, at_epoch_end=True),
             {"iterators_done": 6, "drawn": 0},
         )
+        # A replay counts the iterators it stands for, whether it makes them
+        # (a seeded shuffle) or not (these arrays: dataset_replay.py).
+        keras3_adapter.replay_epochs(context, iterators=3, epochs=0)
+        self.assertEqual(context._get_iterator().made, 9)
 
     def test_geometry_seed_states_and_schedule(self):
         def check(model, seen):

@@ -20,6 +20,7 @@ import random
 from keras.src.trainers.data_adapters import generator_data_adapter
 from keras.src.trainers.data_adapters import py_dataset_adapter
 
+from backup_restore._src import dataset_replay
 from backup_restore._src import fit_frames
 
 
@@ -82,6 +83,16 @@ class _CountingSource:
         self.made += 1
         return iterator
 
+    def replay(self, count: int) -> None:
+        """Stands for `count` iterators made and never read: makes them
+        where making one changes what later ones yield (dataset_replay.py),
+        and only counts them elsewhere."""
+        if dataset_replay.iterators_matter(self._dataset):
+            for _ in range(count):
+                iter(self)
+        else:
+            self.made += count
+
     def __getattr__(self, name):
         return getattr(self._dataset, name)
 
@@ -113,15 +124,16 @@ def data_position(context, position, at_epoch_end: bool) -> dict:
 def replay_epochs(context, iterators: int, epochs: int) -> None:
     """Brings fit()'s input to where the interrupted run had it, without
     reading it: makes `iterators` iterators (each `iter()` of a
-    `Dataset.shuffle(seed=...)` draws its next reshuffle seeds), and for
+    `Dataset.shuffle(seed=...)` draws its next reshuffle seeds; only
+    counted where making one changes nothing, see dataset_replay.py), and for
     each of the `epochs` completed epochs runs the data adapter's epoch
     hooks (a PyDataset's `on_epoch_end` may reorder it) and, for a shuffled
     PyDataset, the batch-order draw from Python's `random` that its
     generator makes when an epoch starts reading it."""
     source = context._get_iterator()
     adapter = context.data_adapter
-    for _ in range(iterators):
-        iter(source)
+    if iterators:
+        source.replay(iterators)
     shuffled = (
         isinstance(adapter, py_dataset_adapter.PyDatasetAdapter)
         and adapter.shuffle

@@ -19,6 +19,7 @@ import random
 
 from tf_keras.src.engine import data_adapter
 
+from backup_restore._src import dataset_replay
 from backup_restore._src import fit_frames
 
 
@@ -56,13 +57,17 @@ def replay_epochs(data_handler, iterators: int, epochs: int) -> None:
     `Dataset.shuffle(seed=...)` advances once per iterator created, fit's
     Sequence shuffle draws from Python's `random` once per epoch, and a
     Sequence may reorder itself in `on_epoch_end`. Doing the same for each
-    makes the resumed epoch see what the uninterrupted run saw.
+    makes the resumed epoch see what the uninterrupted run saw. An
+    iterator is made only where making one changes what later ones yield
+    (dataset_replay.py).
     """
     del epochs
     adapter = data_handler._adapter
     dataset = data_handler._dataset
+    make = dataset_replay.iterators_matter(dataset)
     for _ in range(iterators):
-        iter(dataset)  # draws the next reshuffle seeds; never read
+        if make:
+            iter(dataset)  # draws the next reshuffle seeds; never read
         if isinstance(adapter, data_adapter.KerasSequenceAdapter):
             if adapter._shuffle_sequence:
                 random.shuffle(list(range(len(adapter._keras_sequence))))
