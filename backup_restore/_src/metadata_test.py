@@ -200,6 +200,17 @@ class FitMetadataTest(fit_test_case.FitTestCase):
         )
         self.assertEqual(self._resume().resumed_from, POSITION)
 
+    def test_a_backup_of_another_format_version_is_refused_naming_it(self):
+        # A release that changes the schema raises FORMAT_VERSION; a backup
+        # of another version is not guessed at.
+        tamper.set_field(self._backups(older=False), "format_version", 3)
+        with self.assertRaisesRegex(
+            errors.BackupMismatchError,
+            r"format version 3, this version of backup_restore reads 2\b",
+        ):
+            self._resume()
+        self.assertLen(tamper.committed(self.dir), 1, "nothing is deleted")
+
     def test_whole_metadata_of_wrong_type_is_corrupt(self):
         tamper.set_field(self._backups(older=False), "", ["not", "a", "dict"])
         with self.assertRaisesRegex(
