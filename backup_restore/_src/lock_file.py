@@ -124,10 +124,12 @@ class Flock(registry.Held):
         raise RuntimeError(f"Could not lock {self._path}: it keeps changing.")
 
     def _write_record(self):
+        # Not synced: a refused process reads the record while its owner
+        # runs (from the page cache); after a crash the flock is gone with
+        # the owner, and a record cut short is read as "unknown owner".
         data = json.dumps(self.record).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
-        os.fsync(self._fd)
 
     def intact(self) -> bool:
         """Whether the lock file's name still names the file locked."""

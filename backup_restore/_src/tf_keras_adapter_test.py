@@ -75,6 +75,10 @@ CONTRACT = {
     ),
     "_train_counter": ("test_train_counter_counts_this_fits_steps_from_zero",),
     "_random_generator": ("test_layer_random_generators",),
+    "_flatten_layers": (
+        "test_layer_random_generators",
+        "test_layers_with_unsaved_state_are_named",
+    ),
     "_rng_type": ("test_layer_random_generators",),
     "_maybe_init": ("test_layer_random_generators",),
     "_generator": ("test_layer_random_generators",),
@@ -168,18 +172,37 @@ class AdapterContractTest(test_case.TestCase):
         self.assertEqual(random.getstate(), after_reading)
         self.assertEqual(Counted.ends, 2)
 
+    def test_layers_with_unsaved_state_are_named(self):
+        # Layer._flatten_layers: a lookup layer in a nested model is found; a
+        # TextVectorization's inner lookup layer is not named (the user made
+        # the outer one).
+        inputs = tf_keras.Input((1,), dtype="string")
+        words = tf_keras.layers.TextVectorization(name="words")(inputs)
+        inner = tf_keras.Sequential(
+            [
+                tf_keras.Input((1,), dtype="string"),
+                tf_keras.layers.StringLookup(vocabulary=["a"], name="lookup"),
+            ]
+        )
+        model = tf_keras.Model(inputs, [words, inner(inputs)])
+        self.assertEqual(
+            keras_adapter.layers_with_unsaved_state(model),
+            ["words (TextVectorization)", "lookup (StringLookup)"],
+        )
+
     def test_layer_random_generators(self):
         # A Dropout's RandomGenerator: legacy stateful ops by default (no
         # state to back up, named), a tf.random.Generator once
         # enable_tf_random_generator() was called.
         def model():
-            return tf_keras.Sequential(
+            # Layer._flatten_layers: a layer of a nested model is found.
+            inner = tf_keras.Sequential(
                 [
                     tf_keras.Input((4,)),
                     tf_keras.layers.Dropout(0.5, name="drop"),
-                    tf_keras.layers.Dense(1),
                 ]
             )
+            return tf_keras.Sequential([inner, tf_keras.layers.Dense(1)])
 
         legacy = model()
         self.assertEqual(keras_adapter.legacy_rng_layers(legacy), ["drop"])

@@ -3,9 +3,10 @@
 What a preempted job pays to resume: from the start of the restarted
 process's `fit()` to the end of its first training step (so work a restore
 defers to the first step counts wherever it happens), from a backup taken
-at an epoch boundary, with the files warm (just copied: in the page cache,
-as after a crash on the same machine) and cold (written back and evicted
-first, as after a reboot or on a new machine). Per repetition, interleaved:
+at an epoch boundary, with the files warm (just copied and written back:
+in the page cache, as after a crash on the same machine) and cold (written
+back and evicted, as after a reboot or on a new machine). Per repetition,
+interleaved:
 
 - ours: backup_restore's `BackupAndRestore`;
 - the flavour's own `BackupAndRestore` (tf-keras's or Keras 3's);
@@ -83,16 +84,21 @@ def child(mode, path, keras_module, model, data, *, ours_cls):
     }
 
 
-def _drop_from_page_cache(directory):
-    """Makes a directory's files cold: written back, then evicted."""
+def _settle(directory, cold):
+    """Writes a directory's files back to the disk, so that no write-back
+    of the copy competes with the restore timed next (a committed backup of
+    ours is synced already; the originals' are not, which this gives them),
+    and, `cold`, evicts them from the page cache."""
     for root, _, files in os.walk(directory):
         for name in files:
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                if cold:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+    os.sync()  # and whatever else is dirty (the previous copy's removal)
 
 
 def _run_child(args, mode, path):
@@ -138,8 +144,7 @@ def measure(args, backups, repeats):
                 work = source.rstrip("/") + "-run"
                 shutil.rmtree(work, ignore_errors=True)
                 shutil.copytree(source, work)
-                if cache == "cold":
-                    _drop_from_page_cache(work)
+                _settle(work, cold=cache == "cold")
                 path = work
                 if name == "read":
                     path = os.path.join(work, os.path.basename(backups[name]))
