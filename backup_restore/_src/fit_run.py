@@ -394,7 +394,7 @@ def _skip(iterator, count):
     start = time.monotonic()
     fit_frames.skip_batches(iterator, count)
     logging.info(
-        "Skipped %d already-trained batches in %.2f s.",
+        "Skipped %d already-trained batches in %.3f s.",
         count,
         time.monotonic() - start,
     )

@@ -107,8 +107,6 @@ class BackupStore:
         # Whether in-caller writes try tf_checkpoint.write_single_shard:
         # until it first falls back to TensorFlow's writer.
         self._single_shard_writes = True
-        # How long the last backup took to commit (the benchmark reads it).
-        self.last_persist_seconds = None
         # How long after write_async returned the last backup was published
         # (0.0: before it returned); None until known.
         self.last_kill_safe_seconds = None

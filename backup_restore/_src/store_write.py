@@ -291,7 +291,6 @@ class _Backup:
             )
         except _FAILURES as e:
             raise self.failed(e) from e
-        self.store.last_persist_seconds = time.monotonic() - self.start
         after_commit(self.store, info)
         # The one line per backup, once it is durable. Training waited
         # until write_async returned; when synchronous, for this too.

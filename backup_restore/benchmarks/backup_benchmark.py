@@ -9,8 +9,11 @@ with one backup per epoch and a frequent setting. Prints, per configuration:
 training overhead vs no callback, milliseconds the training loop is blocked
 per backup, process CPU time per backup against the physical floor measured
 in the same run (a copy, write and fsync of the same bytes), the time from
-the backup hook's return until the backup is kill-safe (p50/p95), bytes per
-backup, peak bytes in backup_dir, and persist speed relative to the floor.
+the backup hook's return until the backup is kill-safe (p50/p95: published
+under its final name, seen in the directory every 5 ms), bytes per backup,
+peak bytes in backup_dir, and persist speed relative to the floor. It reads
+nothing of backup_restore's internals: our figures come from the callback's
+hooks, backup_dir and the log (commit_log.py).
 Then restores, each in a fresh process (restore_timing.py): ours, the
 flavour's own and the floor (a no-callback fit()'s first step plus
 Checkpoint.read of the same state), warm and cold, from fit()'s start to the
@@ -33,6 +36,7 @@ import time
 from absl import app
 from absl import flags
 
+from backup_restore.benchmarks import commit_log
 from backup_restore.benchmarks import restore_timing
 
 _DIR = flags.DEFINE_string(
@@ -137,15 +141,25 @@ def _dir_bytes(path):
 
 
 class _PeakSampler:
-    """Samples the bytes in a directory every few ms; keeps the peak."""
+    """Samples a directory every few ms: keeps the peak of its bytes, and
+    when each of its entries was first seen (wall time, `first_seen`): a
+    backup of ours is kill-safe once it is published under its final name
+    (docs/design.md), which its commit line names."""
 
     def __init__(self, path):
         self._path, self.peak = path, 0
+        self.first_seen = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.wait(0.005):
+            now = time.time()
+            try:
+                for name in os.listdir(self._path):
+                    self.first_seen.setdefault(name, now)
+            except OSError:
+                pass  # not made yet, or removed
             self.peak = max(self.peak, _dir_bytes(self._path))
 
     def __enter__(self):
@@ -157,8 +171,10 @@ class _PeakSampler:
         self._thread.join()
 
 
-def _timed(tf_keras, inner):
-    """Wraps a callback; records how long each of its hook calls takes."""
+def _timed(tf_keras, inner, directory=None):
+    """Wraps a callback; records how long each of its hook calls takes, and
+    when each hook that may back up returned (with, given `directory`, the
+    names in it then)."""
     from testing import keras_callbacks
 
     class Timed(keras_callbacks.forwarding(tf_keras.callbacks.Callback, inner)):
@@ -183,11 +199,24 @@ def _timed(tf_keras, inner):
             start = time.perf_counter()
             if name == "on_train_begin":
                 self.began = start
+            elif name == "on_epoch_begin":
+                self.epoch = args[0]
             super().forward(name, *args, **kwargs)
             end = time.perf_counter()
             self.calls.append(end - start)
             if name in ("on_train_batch_end", "on_epoch_end"):
                 self.backup_hook_calls.append(end - start)
+                # The position a backup taken here is labelled with in our
+                # log: after `batch + 1` batches of the epoch, or at the
+                # start of the next epoch.
+                if name == "on_epoch_end":
+                    label = f"epoch {args[0] + 1}, batch 0"
+                else:
+                    label = f"epoch {self.epoch}, batch {args[0] + 1}"
+                self.hook_ends[label] = time.time()
+                if self.directory is not None:
+                    # What was published before the hook returned.
+                    self.listed[label] = set(os.listdir(self.directory))
             if name == "on_train_batch_end" and self.first_batch is None:
                 # From on_train_begin to the end of the first batch: the
                 # restore plus what it deferred to the first step (tf-keras
@@ -197,40 +226,13 @@ def _timed(tf_keras, inner):
                     self.model.stop_training = True
 
         began = first_batch = None
+        epoch = 0
         stop_after_first_batch = False
 
-    return Timed()
-
-
-def _instrument(store):
-    """Counts a store's backups and records, per backup, when write_async
-    returned and when the backup was published (kill-safe)."""
-    record = {"count": 0, "returned": [], "published": []}
-    write_async, publish = store.write_async, store._publish
-
-    def counted(*args, **kwargs):
-        record["count"] += 1
-        write_async(*args, **kwargs)
-        record["returned"].append(time.perf_counter())
-
-    def published(*args, **kwargs):
-        info = publish(*args, **kwargs)
-        record["published"].append(time.perf_counter())
-        return info
-
-    store.write_async = counted
-    store._publish = published
-    return record
-
-
-def _kill_safe_ms(record):
-    """Per backup: ms from the hook's return to kill-safe (0: before)."""
-    return [
-        1000 * max(0.0, published - returned)
-        for returned, published in zip(
-            record["returned"], record["published"], strict=False
-        )
-    ]
+    timed = Timed()
+    timed.hook_ends = {}  # position label -> wall time the hook returned
+    timed.directory, timed.listed = directory, {}
+    return timed
 
 
 def _physical_floor(directory, state, buffers):
@@ -256,16 +258,14 @@ def _physical_floor(directory, state, buffers):
 
 
 def _reset_after_reference(model, flavour):
-    """Undoes what the Keras flavour's own callback leaves on the model.
-
-    tf-keras's deletes `_training_state` at the end of fit(), which breaks
-    the next fit(); Keras 3's sets `_initial_epoch` when it restores, which
-    makes every later fit() of the model start at that epoch.
-    """
+    """Undoes what tf-keras's own callback leaves on the model: it deletes
+    the model's `_training_state` at the end of fit(), and the model's next
+    fit() reads it (an AttributeError). The one write of a private name
+    here, to tf-keras's model; Keras 3's callback leaves nothing (it sets
+    `_initial_epoch` only when it restores, and the parent never restores
+    with it)."""
     if flavour == "tf_keras":
         model._training_state = None
-    else:
-        model._initial_epoch = None
 
 
 def _percentile(values, q):
@@ -335,7 +335,6 @@ def main(argv):
         import tf_keras as keras_module
 
     import backup_restore
-    from backup_restore._src import store as store_lib
 
     if _THREADS.value:
         tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
@@ -438,15 +437,16 @@ def main(argv):
                             save_freq=save_freq,
                             async_backup=config == "ours_async",
                         )
-                    if config.startswith("ours"):
-                        record = _instrument(callback._engine.store)
-                    timed = _timed(keras_module, callback) if callback else None
+                    log = commit_log.CommitLog()
+                    timed = None
+                    if callback:
+                        timed = _timed(keras_module, callback, directory)
                     os.makedirs(directory, exist_ok=True)
                     # Every run starts with nothing dirty in the page cache:
                     # tf-keras never fsyncs, and the kernel writing its
                     # backups back later would slow whichever run came next.
                     os.sync()
-                    with _PeakSampler(directory) as sampler:
+                    with _PeakSampler(directory) as sampler, log:
                         start = time.perf_counter()
                         cpu = time.process_time()
                         model.fit(
@@ -466,7 +466,12 @@ def main(argv):
                     )
                     written = backups
                     if config.startswith("ours"):
-                        written = record["count"]
+                        written = len(log.committed)
+                        if not written and config != "ours_budget":
+                            raise RuntimeError(
+                                "No backup's commit line was logged: the "
+                                "line's format changed (commit_log.py)."
+                            )
                         backups = max(1, written)
                     r = results.setdefault(key, {})
                     r.setdefault("fit_s", []).append(seconds)
@@ -486,15 +491,19 @@ def main(argv):
                         )
                     if config.startswith("ours"):
                         r.setdefault("kill_safe_ms", []).extend(
-                            _kill_safe_ms(record)
+                            log.kill_safe_after_hook_ms(
+                                timed.hook_ends,
+                                sampler.first_seen,
+                                timed.listed,
+                            )
                         )
-                        store = callback._engine.store
-                        if store.last_persist_seconds is not None:
+                        if log.committed:
+                            # The last backup's, from its snapshot's start.
                             r.setdefault("persist_s", []).append(
-                                store.last_persist_seconds
+                                log.committed[-1][2]
                             )
                     if config == "ours_budget":
-                        chosen.append(callback._policy.chosen)
+                        chosen.append(log.chosen[-1] if log.chosen else None)
                     shutil.rmtree(directory, ignore_errors=True)
                     _reset_after_reference(model, ref)
 
@@ -516,25 +525,32 @@ def main(argv):
         backup_bytes = _dir_bytes(directory)
         shutil.rmtree(directory, ignore_errors=True)
 
-        # The engine's persist alone (snapshot, write + fsync + commit in the
-        # background as during training), with training not competing for
-        # the cores: what the store costs by itself.
+        # A backup alone (snapshot, write + fsync + commit, as during
+        # training), with training not competing for the cores: what the
+        # engine costs by itself, through BackupManager (the callback's
+        # engine, public).
         directory = os.path.join(root, f"{size}-engine")
-        engine_store = store_lib.BackupStore(directory)
-        engine_ckpt = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer
+        manager = backup_restore.BackupManager(
+            directory,
+            save_freq=None,
+            async_backup=True,
+            model=model,
+            optimizer=model.optimizer,
         )
+        manager.restore()
         # Process CPU too: with no training running, what a backup itself
         # costs, against the floor; the fits' CPU per backup adds what the
         # write and training cost each other on shared cores.
         engine_writes, engine_cpus = [], []
-        for _ in range(3):
+        for step in range(3):
             start, cpu = time.perf_counter(), time.process_time()
-            engine_store.write_async(engine_ckpt, {})
-            engine_store.wait()
+            manager.backup(step, wait=True)
             engine_writes.append(time.perf_counter() - start)
             engine_cpus.append(time.process_time() - cpu)
-        engine_store.delete_all()
+        manager.finish()
+        engine_ckpt = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer
+        )
         engine_s = statistics.median(engine_writes)
         engine_cpu_s = statistics.median(engine_cpus)
         # TensorFlow's own writer, no fsync, no commit: the floor under the
