@@ -65,6 +65,9 @@ _COMMITTED_RE = re.compile(r"^backup-(\d{8,})$")
 _TEMPORARY_RE = re.compile(r"^\.tmp-backup-(\d{8,})-[0-9a-f]+$")
 # The file BackupStore creates and removes to check that it may write.
 _PROBE_RE = re.compile(r"^\.tmp-backup-probe-[0-9a-f]+$")
+# The empty file that says a run of the job created backup_dir (so the end
+# of training may remove it), written into a local backup_dir it creates.
+CREATED = ".backup_restore.created"
 
 
 def committed_name(seq: int) -> str:
@@ -102,6 +105,7 @@ def is_ours(name: str) -> bool:
         or parse_temporary(name) is not None
         or is_probe(name)
         or name.rstrip("/") in ownership.FILES
+        or name.rstrip("/") == CREATED
     )
 
 

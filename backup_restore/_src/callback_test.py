@@ -214,6 +214,13 @@ class CallbackTest(fit_test_case.FitTestCase):
         self._interrupted_then_resumed("epoch", 6)
         self.assertFalse(os.path.exists(self.dir))
 
+    def test_a_directory_that_existed_is_kept_after_an_interrupted_run(self):
+        # The interrupted run left only its backups in the user's directory:
+        # the resumed run still keeps the directory.
+        os.makedirs(self.dir)
+        self._interrupted_then_resumed("epoch", 6)
+        self.assertEqual(os.listdir(self.dir), [])
+
     def test_foreign_files_survive_completion(self):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "notes.txt"), "w") as f:

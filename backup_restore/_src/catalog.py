@@ -77,6 +77,8 @@ class Listing:
     foreign: list = dataclasses.field(default_factory=list)  # (path, kind)
     others: int = 0  # entries not named like ours (the owner's file apart)
     owner_files: int = 0  # the owner's lock or lease file (ownership.py)
+    # atomicity.CREATED, a regular file: a run of the job created backup_dir.
+    created: bool = False
 
     def max_seq(self) -> int:
         """The highest sequence number any entry's name holds (foreign ones
@@ -115,7 +117,7 @@ def list_entries(directory: str) -> Listing:
         temporary = atomicity.parse_temporary(name)
         if seq is not None or temporary is not None:
             want = paths.DIRECTORY
-        elif atomicity.is_probe(name):
+        elif atomicity.is_probe(name) or name == atomicity.CREATED:
             want = paths.FILE
         else:  # not a backup's by name: never looked at
             if atomicity.is_ours(name):
@@ -132,6 +134,8 @@ def list_entries(directory: str) -> Listing:
             listing.named.append((seq, path))
         elif temporary is not None:
             listing.temporaries.append(path)
+        elif name == atomicity.CREATED:
+            listing.created = True
         else:
             listing.probes.append(path)
     listing.named.sort()

@@ -4,12 +4,15 @@ What `BackupStore` does with the path it is given before it keeps anything
 there: `prepare_directory` turns it into an absolute str, refuses what can
 never hold backups (nothing, a regular file), records which levels of the
 path do not exist yet and, for a local directory, creates them (each new
-level fsync'd into its parent) and checks for real that a file can be
-created in it. `remove_created` takes away again, when training completes,
-only those levels, each only if it is empty: a directory that existed before
-is never removed.
+level fsync'd into its parent), records in a local backup_dir it created
+that a run of the job made it (atomicity.CREATED, for the run that resumes
+the job after a kill), and checks for real that a file can be created in
+it. `remove_created` takes away again, when training completes, only those
+levels, each only if it is empty: a directory that existed before is never
+removed.
 """
 
+import contextlib
 import os
 
 import tensorflow as tf
@@ -79,7 +82,22 @@ def prepare_directory(
         missing = () if found else (directory,)
     if writable and paths.is_local(directory):
         _check_writable(directory)
+        if missing:
+            _record_created(paths.local(directory))
     return directory, missing
+
+
+def _record_created(local: str) -> None:
+    """Creates atomicity.CREATED in the backup_dir this process made. Not
+    synced: lost with a power loss, it only leaves the directory in place
+    at the end; a worker of the job that made it at the same moment has
+    written it already."""
+    try:
+        paths.create_file(
+            os.path.join(local, atomicity.CREATED), b"", durable=False
+        )
+    except FileExistsError:
+        pass
 
 
 def _missing_local(path: str) -> tuple[str, ...]:
@@ -134,6 +152,7 @@ def remove_created(levels) -> None:
     One already gone counts as removed."""
     for directory in levels:
         if paths.is_local(directory):
+            _remove_created_record(paths.local(directory))
             try:
                 os.rmdir(paths.local(directory))
             except FileNotFoundError:
@@ -152,13 +171,20 @@ def removable(directory: str, missing, listing, keep_directory: bool):
     """The directories the end of training may remove (each only if empty
     then), decided from what was there before the store created anything.
 
-    Those the store created (`missing`); else `directory` when it held
-    nothing but this library's entries (`listing`: backups or a former
-    owner's file, left by an earlier run of the same job, killed, that
-    created it), so that a resumed job leaves what an uninterrupted one
-    leaves. A directory that existed without any of them (the user's, empty
-    or not) is never removed, nor any with `keep_directory`.
+    Those the store created (`missing`); else `directory` when an earlier
+    run of the job, killed, created it, so that a resumed job leaves what
+    an uninterrupted one leaves: locally its atomicity.CREATED file says so
+    (`listing.created`); on an object store, where a directory is a prefix
+    that exists while something is below it, when it holds nothing but
+    this library's entries. Any other directory that existed (the user's,
+    empty or not) is never removed, nor any with `keep_directory`.
     """
+    if keep_directory:
+        return ()
+    if missing:
+        return missing
+    if paths.is_local(directory):
+        return (directory,) if listing.created else ()
     left_by_a_run = (
         (
             listing.named
@@ -169,10 +195,13 @@ def removable(directory: str, missing, listing, keep_directory: bool):
         and not listing.others
         and not listing.foreign
     )
-    if keep_directory:
-        return ()
-    if missing:
-        return missing
-    if left_by_a_run:
-        return (directory,)
-    return ()
+    return (directory,) if left_by_a_run else ()
+
+
+def _remove_created_record(local: str) -> None:
+    """Removes atomicity.CREATED from `local` if it is a regular file there
+    (anything else of that name is left alone)."""
+    record = os.path.join(local, atomicity.CREATED)
+    if paths.kind(record) == paths.FILE:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(record)

@@ -47,7 +47,13 @@ def _checkpoint(value):
 
 
 def _files(directory):
-    return sorted(n.rstrip("/") for n in tf.io.gfile.listdir(directory))
+    """The entries of `directory`, but the record that a store created it
+    (atomicity.CREATED: the tests of created directories look at it)."""
+    return sorted(
+        n.rstrip("/")
+        for n in tf.io.gfile.listdir(directory)
+        if n.rstrip("/") != atomicity.CREATED
+    )
 
 
 class StoreTest(test_case.TestCase):
@@ -308,14 +314,40 @@ class StoreTest(test_case.TestCase):
         self.assertEqual(os.listdir(os.path.join(parent, "a")), ["notes"])
 
     def test_delete_all_removes_a_directory_left_with_a_dead_owners_file(self):
-        # A job killed before its first backup leaves its lock file only.
+        # A job killed before its first backup leaves its lock file only
+        # (and the record that it made the directory).
         d = self._dir("local")
-        os.makedirs(d)
+        store.BackupStore(d)
         open(os.path.join(d, ownership.FILES[0]), "w").close()
         s = store.BackupStore(d)
         os.remove(os.path.join(d, ownership.FILES[0]))  # the owner's release
         s.delete_all()
         self.assertFalse(os.path.exists(d))
+
+    def test_a_directory_the_user_made_is_kept_after_a_killed_run(self):
+        # It held only a killed run's backup when the job resumed: still
+        # the user's directory, kept (emptied of ours).
+        d = self._dir("local")
+        os.makedirs(d)
+        self._write(store.BackupStore(d), [1.0])  # then killed
+        s = store.BackupStore(d)
+        self.assertEqual(s.latest().metadata["value"], [1.0])
+        s.delete_all()
+        self.assertEqual(os.listdir(d), [])
+
+    def test_a_created_record_that_is_not_a_file_is_left_alone(self):
+        # A link named like the record: not ours, never followed or
+        # removed, and the directory it is in is the user's.
+        d = self._dir("local")
+        os.makedirs(d)
+        target = os.path.join(self.tmp, "target")
+        open(target, "w").close()
+        os.symlink(target, os.path.join(d, atomicity.CREATED))
+        s = store.BackupStore(d)
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertEqual(os.listdir(d), [atomicity.CREATED])
+        self.assertTrue(os.path.exists(target))
 
     def test_delete_all_removes_a_directory_left_by_an_earlier_run(self):
         # A directory that held only this library's entries (a resumed job)
@@ -686,7 +718,8 @@ class StoreTest(test_case.TestCase):
         d = os.path.join(self.tmp, "a", "b")
         s = store.BackupStore(d)
         self.assertTrue(os.path.isdir(d))
-        self.assertEqual(os.listdir(d), [], "the probe file is removed")
+        # The probe file is removed; the record that it made d stays.
+        self.assertEqual(os.listdir(d), [atomicity.CREATED])
         # One left by a crash during the probe is this store's to remove.
         left = os.path.join(d, atomicity.probe_name())
         open(left, "w").close()
