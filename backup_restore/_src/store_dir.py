@@ -88,16 +88,15 @@ def prepare_directory(
 
 
 def _record_created(local: str) -> None:
-    """Creates atomicity.CREATED in the backup_dir this process made. Not
-    synced: lost with a power loss, it only leaves the directory in place
-    at the end; a worker of the job that made it at the same moment has
-    written it already."""
-    try:
+    """Creates atomicity.CREATED in the backup_dir this process made, at
+    best: without it (not synced and lost with a power loss, or not
+    created: the disk full, a worker of the job that made it at the same
+    moment has written it already) the directory is only left in place at
+    the end."""
+    with contextlib.suppress(OSError):
         paths.create_file(
             os.path.join(local, atomicity.CREATED), b"", durable=False
         )
-    except FileExistsError:
-        pass
 
 
 def _missing_local(path: str) -> tuple[str, ...]:

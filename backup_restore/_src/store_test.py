@@ -335,6 +335,24 @@ class StoreTest(test_case.TestCase):
         s.delete_all()
         self.assertEqual(os.listdir(d), [])
 
+    def test_a_created_record_that_cannot_be_written_keeps_the_directory(self):
+        # The record is best effort: without it (a full disk, say) the store
+        # works, and the end of training leaves the directory in place.
+        create_file = paths.create_file
+
+        def full_disk_for_the_record(path, *args, **kwargs):
+            if os.path.basename(path) == atomicity.CREATED:
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            return create_file(path, *args, **kwargs)
+
+        d = self._dir("local")
+        with mock.patch.object(paths, "create_file", full_disk_for_the_record):
+            store.BackupStore(d)  # then killed
+        s = store.BackupStore(d)
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertEqual(os.listdir(d), [])
+
     def test_a_created_record_that_is_not_a_file_is_left_alone(self):
         # A link named like the record: not ours, never followed or
         # removed, and the directory it is in is the user's.
