@@ -6,6 +6,8 @@ import uuid
 
 import tensorflow as tf
 
+from backup_restore._src import atomicity
+
 
 def backup_dir(test, fs="local"):
     """A fresh, not yet created backup_dir for `test` (an absltest case) on
@@ -18,6 +20,12 @@ def backup_dir(test, fs="local"):
         lambda: tf.io.gfile.exists(path) and tf.io.gfile.rmtree(path)
     )
     return path
+
+
+def entries(directory):
+    """The names in local `directory`, sorted, but the record that a run of
+    the job created it (atomicity.CREATED; store_test checks that one)."""
+    return sorted(n for n in os.listdir(directory) if n != atomicity.CREATED)
 
 
 def corrupt_data(backup, offset):

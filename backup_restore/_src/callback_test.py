@@ -116,7 +116,7 @@ class CallbackTest(fit_test_case.FitTestCase):
                 )
             ],
         )
-        self.assertEqual(os.listdir(self.dir), ["backup-00000003"])
+        self.assertEqual(dirs.entries(self.dir), ["backup-00000003"])
         # Running the same job again finds it complete: no epoch runs.
         keras_callbacks.simulate_restart()
         callback = backup_restore.BackupAndRestore(
@@ -470,7 +470,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.dir, save_freq=False, save_before_preemption=True
         )
         self.assertFalse(callback.save_freq)
-        self.assertEqual(os.listdir(self.dir), [], "probed, nothing left")
+        self.assertEqual(dirs.entries(self.dir), [], "probed, nothing left")
 
     def test_invalid_backup_dir(self):
         for bad, exc in [
@@ -691,7 +691,7 @@ class CallbackTest(fit_test_case.FitTestCase):
                 ValueError, "TensorFlow backend.*'jax'.*KERAS_BACKEND"
             ):
                 callback.set_model(model)
-        self.assertFalse(os.path.exists(self.dir) and os.listdir(self.dir))
+        self.assertFalse(os.path.exists(self.dir) and dirs.entries(self.dir))
 
     def test_a_model_of_no_keras_is_a_type_error(self):
         callback = backup_restore.BackupAndRestore(self.dir)

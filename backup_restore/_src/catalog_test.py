@@ -1,7 +1,6 @@
 """Tests of the store's catalog: one listing and one parse per manifest."""
 
 import errno
-import os
 import shutil
 from unittest import mock
 
@@ -88,7 +87,7 @@ class CatalogTest(test_case.TestCase):
         with self.assertNoLogs(level="WARNING"):
             self.assertEqual(self._write(s, [2.0]).seq, 2)
         self.assertEqual([seq for seq, _ in s.committed()], [2])
-        self.assertEqual(os.listdir(self.backups), ["backup-00000002"])
+        self.assertEqual(dirs.entries(self.backups), ["backup-00000002"])
 
 
 if __name__ == "__main__":

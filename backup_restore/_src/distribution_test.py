@@ -5,8 +5,6 @@ and TPUStrategy is tested end to end in exact_resume_test.py; multi-worker
 strategies in multi_worker_test.py and parameter_server_test.py.
 """
 
-import os
-
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -15,6 +13,7 @@ from absl.testing import absltest
 import backup_restore
 from backup_restore._src import distribution
 from testing import device
+from testing import dirs
 from testing import procs
 from testing import test_case
 from testing import trainers
@@ -64,8 +63,9 @@ class RoleTest(test_case.TestCase):
                 verbose=0,
                 callbacks=[backup_restore.BackupAndRestore(self.dir)],
             )
-        # The constructor created it (and checked it is writable).
-        self.assertEqual(os.listdir(self.dir), [], "nothing written")
+        # The constructor created it (with the record of that) and checked
+        # it is writable.
+        self.assertEqual(dirs.entries(self.dir), [], "nothing written")
 
 
 class TrainerFlagsTest(test_case.TestCase):

@@ -137,6 +137,7 @@ class Engine:
             # one owns it) changes nothing. Other workers only read the
             # chief's backups: the workers of one job are one owner.
             self._ownership = ownership.acquire(self.backup_dir)
+            self.store.record_created()
         self.preempted = False
         self._scratch = None
         if not self._role.is_chief:

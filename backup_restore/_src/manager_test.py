@@ -11,6 +11,7 @@ import tf_keras
 from absl.testing import absltest
 
 import backup_restore
+from testing import dirs
 from testing import synthetic
 from testing import test_case
 
@@ -176,7 +177,7 @@ class ManagerTest(test_case.TestCase):
             changed.restore()
         # Besides the lock file, held by this process until its next start.
         self.assertEqual(
-            sorted(os.listdir(self.dir)),
+            dirs.entries(self.dir),
             [".backup_restore.lock", "backup-00000001"],
             "nothing deleted",
         )
@@ -330,7 +331,7 @@ class ManagerTest(test_case.TestCase):
         self.assertEqual(calls, [signal.SIGTERM], "previous handler chained")
         self.assertTrue(manager.maybe_backup(2))
         manager.finish()
-        self.assertEqual(os.listdir(self.dir), ["backup-00000001"])
+        self.assertEqual(dirs.entries(self.dir), ["backup-00000001"])
         self.assertIs(signal.getsignal(signal.SIGTERM), handler_before)
         self.assertEqual(self._manager(_objects()).restore(), 2)
 
@@ -361,7 +362,7 @@ class CallbackPreemptionTest(test_case.TestCase):
         )
         self.assertTrue(callback.preempted)
         self.assertEqual(history.epoch, [0, 1])  # stopped during epoch 1
-        self.assertEqual(os.listdir(self.dir), ["backup-00000001"])
+        self.assertEqual(dirs.entries(self.dir), ["backup-00000001"])
         resumed = backup_restore.BackupAndRestore(self.dir)
         synthetic.regression_model("tiny").fit(
             x, y, batch_size=16, epochs=3, verbose=0, callbacks=[resumed]

@@ -16,6 +16,7 @@ import time
 from absl.testing import absltest
 
 from testing import cluster
+from testing import dirs
 from testing import procs
 from testing import test_case
 from testing import trainers
@@ -114,7 +115,7 @@ class MultiWorkerTest(test_case.TestCase):
             # Only the chief writes into backup_dir (and its lock file, which
             # its death left behind).
             self.assertEqual(
-                sorted(os.listdir(backup_dir)),
+                dirs.entries(backup_dir),
                 [".backup_restore.lock", "backup-00000001"],
             )
 
@@ -172,7 +173,7 @@ class MultiWorkerTest(test_case.TestCase):
         for i in range(1, n):
             self.assertIn(f"the chief backed up {where}", outputs[i])
         self.assertIn("Preemption (SIGTERM)", outputs[task])
-        self.assertLen(os.listdir(backup_dir), 1)
+        self.assertLen(dirs.entries(backup_dir), 1)
         self._finish(n, args, reference, expected)
 
     def test_sigterm_to_a_worker_backs_up_every_worker_at_that_batch(self):

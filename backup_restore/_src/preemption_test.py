@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from testing import dirs
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import procs
@@ -93,7 +94,7 @@ class PreemptionTest(procs.FlavouredRuns, test_case.TestCase):
         reference = self._reference(trainers.fit_trainer(), _FIT)
         args = self._job(_FIT, "--save_freq=False")
         self._preempt(trainers.fit_trainer(), [*args, "--fail_at_step=6"])
-        self.assertLen(os.listdir(self.dir), 1)
+        self.assertLen(dirs.entries(self.dir), 1)
         self._rerun(trainers.fit_trainer(), args, reference, [1, 2])
 
     def test_sigterm_while_a_backup_is_in_flight(self):

@@ -128,6 +128,15 @@ class BackupStore:
         have changed the directory since the store last looked."""
         self._catalog.refresh()
 
+    def record_created(self) -> None:
+        """Writes again the record that a run of the job created backup_dir
+        (store_dir.py) if this store decided so and the directory is back
+        without it: the end of a fit() removed it, and the next fit() of
+        the job made it again (taking ownership). For the owner, at the
+        start of a run."""
+        if self._dir in self.created_dirs:
+            store_dir.record_created(self._dir)
+
     def committed(self) -> list[tuple[int, str]]:
         """(seq, path) of every committed backup, oldest first (unverified)."""
         return self._catalog.committed()

@@ -83,19 +83,23 @@ def prepare_directory(
     if writable and paths.is_local(directory):
         _check_writable(directory)
         if missing:
-            _record_created(paths.local(directory))
+            record_created(directory)
     return directory, missing
 
 
-def _record_created(local: str) -> None:
-    """Creates atomicity.CREATED in the backup_dir this process made, at
-    best: without it (not synced and lost with a power loss, or not
-    created: the disk full, a worker of the job that made it at the same
-    moment has written it already) the directory is only left in place at
-    the end."""
+def record_created(directory: str) -> None:
+    """Creates atomicity.CREATED in the local backup_dir a run of the job
+    made, at best: without it (not synced and lost with a power loss, or
+    not created: the disk full) the directory is only left in place at the
+    end. One there already (a worker of the job made the directory at the
+    same moment), or anything else of that name, is left as it is."""
+    if not paths.is_local(directory):
+        return
     with contextlib.suppress(OSError):
         paths.create_file(
-            os.path.join(local, atomicity.CREATED), b"", durable=False
+            os.path.join(paths.local(directory), atomicity.CREATED),
+            b"",
+            durable=False,
         )
 
 
@@ -198,8 +202,15 @@ def removable(directory: str, missing, listing, keep_directory: bool):
 
 
 def _remove_created_record(local: str) -> None:
-    """Removes atomicity.CREATED from `local` if it is a regular file there
-    (anything else of that name is left alone)."""
+    """Removes atomicity.CREATED from `local` when it is the only entry
+    there and a regular file, so that `local` can go: while anything else
+    is there (the backups of the job's next fit() call, say) the record
+    stays, for the run that empties the directory."""
+    try:
+        if os.listdir(local) != [atomicity.CREATED]:
+            return
+    except OSError:
+        return  # gone, or not a directory any more
     record = os.path.join(local, atomicity.CREATED)
     if paths.kind(record) == paths.FILE:
         with contextlib.suppress(FileNotFoundError):

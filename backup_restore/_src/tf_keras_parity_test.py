@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from testing import dirs
 from testing import keras_callbacks
 from testing import synthetic
 from testing import test_case
@@ -150,7 +151,7 @@ class ParityTest(test_case.TestCase):
         self.assertTrue(os.listdir(tk_dir))
         # The first run completed 4 epochs (4 backups, the last one kept);
         # the second found it complete and trained nothing.
-        self.assertEqual(os.listdir(our_dir), ["backup-00000004"])
+        self.assertEqual(dirs.entries(our_dir), ["backup-00000004"])
 
 
 if __name__ == "__main__":
