@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import backup_restore
+from testing import dirs
 from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
@@ -459,7 +460,7 @@ class FitCallsTest(fit_test_case.FitTestCase):
                 epochs=3,
             )
         self.assertEqual(keras_callbacks.backup_entries(self.dir), before)
-        self.assertFalse(os.path.exists(other_dir) and os.listdir(other_dir))
+        self.assertFalse(os.path.exists(other_dir) and dirs.entries(other_dir))
         self.assertEqual(_iterations(model), 0)
 
     def test_one_callback_serves_two_models_one_after_the_other(self):
