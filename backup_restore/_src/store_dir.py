@@ -153,9 +153,10 @@ def remove_created(levels) -> None:
     `prepare_directory` returns them) while each is empty; stops at the
     first that is not (it, and every level above it, is left as it is).
     One already gone counts as removed."""
-    for directory in levels:
+    for level, directory in enumerate(levels):
         if paths.is_local(directory):
-            _remove_created_record(paths.local(directory))
+            if level == 0:  # backup_dir itself: the only one with a record
+                _remove_created_record(paths.local(directory))
             try:
                 os.rmdir(paths.local(directory))
             except FileNotFoundError:

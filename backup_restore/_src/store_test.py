@@ -313,6 +313,19 @@ class StoreTest(test_case.TestCase):
         self.assertEqual(os.listdir(parent), ["a"])
         self.assertEqual(os.listdir(os.path.join(parent, "a")), ["notes"])
 
+    def test_a_created_parent_keeps_a_file_named_like_the_record(self):
+        # Only backup_dir carries the record: a file of that name in a parent
+        # the store created is someone else's, and is left with its parent.
+        parent = self._dir("local")
+        s = store.BackupStore(os.path.join(parent, "a", "b"))
+        planted = os.path.join(parent, "a", atomicity.CREATED)
+        open(planted, "w").close()
+        self._write(s, [1.0])
+        s.delete_all()
+        self.assertEqual(
+            os.listdir(os.path.join(parent, "a")), [atomicity.CREATED]
+        )
+
     def test_delete_all_removes_a_directory_left_with_a_dead_owners_file(self):
         # A job killed before its first backup leaves its lock file only
         # (and the record that it made the directory).
