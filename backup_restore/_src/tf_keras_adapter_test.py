@@ -79,6 +79,12 @@ CONTRACT = {
         "test_layer_random_generators",
         "test_layers_with_unsaved_state_are_named",
     ),
+    "_flatten_modules": (
+        "test_layer_random_generators_wherever_a_layer_holds_them",
+    ),
+    "_auto_track_sub_layers": (
+        "test_layer_random_generators_wherever_a_layer_holds_them",
+    ),
     "_rng_type": ("test_layer_random_generators",),
     "_maybe_init": ("test_layer_random_generators",),
     "_generator": ("test_layer_random_generators",),
@@ -218,6 +224,65 @@ class AdapterContractTest(test_case.TestCase):
         self.assertEqual(
             keras_adapter.random_generators_of([stateful]), [generator]
         )
+
+    def test_layer_random_generators_wherever_a_layer_holds_them(self):
+        # A Dropout inside a plain tf.Module, inside a layer that does not
+        # track its sublayers and in a dict: `_flatten_modules` enters none
+        # of them, `Module.submodules` (and so the order backups keep)
+        # does. Each one alone must be found.
+        tf_keras.backend.experimental.enable_tf_random_generator()
+        self.addCleanup(
+            tf_keras.backend.experimental.disable_tf_random_generator
+        )
+
+        class Holder(tf.Module):
+            def __init__(self):
+                super().__init__()
+                self.drop = tf_keras.layers.Dropout(0.5)
+
+        class Untracked(tf_keras.layers.Layer):
+            def __init__(self):
+                super().__init__()
+                self._auto_track_sub_layers = False
+                self.drop = tf_keras.layers.Dropout(0.5)
+
+            def call(self, x):
+                return self.drop(x, training=True)
+
+        class Outer(tf_keras.layers.Layer):
+            def __init__(self, where):
+                super().__init__()
+                if where == "module":
+                    self.holder = Holder()
+                elif where == "untracked":
+                    self.inner = Untracked()
+                else:
+                    self.by_name = {"drop": tf_keras.layers.Dropout(0.5)}
+
+            def call(self, x):
+                if hasattr(self, "holder"):
+                    return self.holder.drop(x, training=True)
+                if hasattr(self, "inner"):
+                    return self.inner(x)
+                return self.by_name["drop"](x, training=True)
+
+        for where in ("module", "untracked", "dict"):
+            with self.subTest(where):
+                model = tf_keras.Sequential(
+                    [
+                        tf_keras.Input((4,)),
+                        Outer(where),
+                        tf_keras.layers.Dense(1),
+                    ]
+                )
+                found = keras_adapter.layer_random_generators(model)
+                self.assertLen(found, 1)
+                self.assertIsInstance(found[0], tf.random.Generator)
+                if where != "dict":
+                    self.assertNotIn(
+                        "Dropout",
+                        [type(m).__name__ for m in model._flatten_layers()],
+                    )
 
     def test_callback_lists_read_only_what_hooks_supplies(self):
         # tf-keras's CallbackList (and TF1's callback configuration) reads

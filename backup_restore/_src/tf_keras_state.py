@@ -18,8 +18,10 @@
   whether an optimizer made its slots and on which variables (a GAN's are
   built on a subset of the model's), so that a restore builds it on the
   same ones before filling them.
-- `Layer._flatten_layers`: a model's layers, nested ones included, where
-  the warnings at the start of fit() look for state a backup cannot hold
+- `Layer._flatten_layers` / `_flatten_modules` and
+  `Layer._auto_track_sub_layers`: a model's layers, nested ones included,
+  where the warnings at the start of fit() look for state a backup cannot
+  hold, and where `layer_random_generators` looks for a generator first
   (`Module.submodules` walks every attribute: 300 times slower on a model
   of 200 layers).
 - `Optimizer._learning_rate` (optimizer.Optimizer), `_hyper["learning_rate"]`
@@ -138,18 +140,36 @@ def layer_random_generators(model: tf_keras.Model) -> list:
 
     Only layers whose RandomGenerator is in "stateful" mode (the default once
     `enable_tf_random_generator()` was called) have one; it is created when
-    the layer is built.
+    the layer is built. The order is `Module.submodules`' (the order backups
+    hold them in); that walk visits every attribute of every layer, so it
+    runs only where a quicker walk of the layers found a generator.
     """
-    generators = []
-    for layer in model.submodules:
+    if not any(_generators(_tracked_layers(model))):
+        return []
+    return list(_generators(model.submodules))
+
+
+def _generators(layers):
+    for layer in layers:
         random_generator = getattr(layer, "_random_generator", None)
         if random_generator is None:
             continue
         random_generator._maybe_init()
         generator = getattr(random_generator, "_generator", None)
         if isinstance(generator, tf.random.Generator):
-            generators.append(generator)
-    return generators
+            yield generator
+
+
+def _tracked_layers(model):
+    """`model`'s layers, nested ones included, by the layers' own tracking,
+    and every module of what that tracking does not enter: a plain
+    tf.Module a layer holds, a layer that does not track its sublayers."""
+    for module in model._flatten_modules():
+        yield module
+        if not isinstance(module, tf_keras.layers.Layer) or not getattr(
+            module, "_auto_track_sub_layers", True
+        ):
+            yield from module.submodules
 
 
 def learning_rate_schedule(optimizer):
