@@ -199,9 +199,16 @@ class Resume:
             iterators_done = skip = epochs_done = 0
         # The iterators used up before: made (never read) again, since
         # making one advances its reshuffle seeds; then the batches drawn
-        # from the current one are skipped (FitRun's train function).
+        # from the current one are skipped, in the input pipeline where the
+        # adapter can, else by FitRun's train function.
         adapter.replay_epochs(context, iterators_done, epochs_done)
-        run.position = position_lib.Position(iterators_done, skip)
+        skipped = adapter.skip_in_input(context, skip)
+        if skipped:
+            logging.info(
+                "Skipping %d already-trained batches in the input pipeline.",
+                skip,
+            )
+        run.position = position_lib.Position(iterators_done, skip, skipped)
         if (
             skip
             and not adapter.recreates_iterator_per_epoch(context)

@@ -159,6 +159,7 @@ recreates_iterator_per_epoch = keras3_data.recreates_iterator_per_epoch
 track_iterators = keras3_data.track_iterators
 data_position = keras3_data.data_position
 replay_epochs = keras3_data.replay_epochs
+skip_in_input = keras3_data.skip_in_input
 is_python_generator_input = keras3_data.is_python_generator_input
 data_geometry = keras3_data.data_geometry
 completed_epoch_steps = keras3_data.completed_epoch_steps

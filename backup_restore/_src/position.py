@@ -12,7 +12,12 @@ creation advances reshuffle seeds) and skips the drawn batches.
 class Position:
     """The training thread's count of epochs, batches and iterators."""
 
-    def __init__(self, iterators_done: int = 0, skip: int = 0):
+    def __init__(
+        self, iterators_done: int = 0, skip: int = 0, skipped: bool = False
+    ):
+        """`skip` batches of the next iterator were trained before; it
+        starts after them if `skipped` (the input pipeline skips them),
+        else the first step draws them."""
         self.epoch = 0
         self.epoch_batches = 0  # batches of this epoch trained
         self.since_save = 0  # batches trained since the last backup
@@ -21,6 +26,7 @@ class Position:
         self.iterators_done = iterators_done
         self.iterator_batches = 0  # batches drawn from the current iterator
         self._pending_skip = skip
+        self._skipped = skipped
 
     def begin_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -50,7 +56,7 @@ class Position:
         self._iterator = iterator
         skip, self._pending_skip = self._pending_skip, 0
         self.iterator_batches = skip
-        return skip
+        return 0 if self._skipped else skip
 
     @property
     def iterator(self):

@@ -143,6 +143,7 @@ recreates_iterator_per_epoch = tf_keras_data.recreates_iterator_per_epoch
 track_iterators = tf_keras_data.track_iterators
 data_position = tf_keras_data.data_position
 replay_epochs = tf_keras_data.replay_epochs
+skip_in_input = tf_keras_data.skip_in_input
 is_python_generator_input = tf_keras_data.is_python_generator_input
 data_geometry = tf_keras_data.data_geometry
 completed_epoch_steps = tf_keras_data.completed_epoch_steps

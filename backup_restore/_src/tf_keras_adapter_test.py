@@ -64,6 +64,7 @@ CONTRACT = {
     ),
     "_dataset": (
         "test_fit_data_handler_and_iterator_recreation",
+        "test_skip_in_input_starts_fits_array_pipeline_later",
         "test_replay_draws_from_random_as_a_shuffled_sequence_epoch",
     ),
     "_inferred_steps": ("test_epoch_length_of_an_input_of_unknown_size",),
@@ -124,13 +125,18 @@ class AdapterContractTest(test_case.TestCase):
         self.x, self.y = synthetic.regression_data(32)
         self.model = synthetic.regression_model("tiny")
 
-    def _fit(self, check, **kwargs):
+    def _fit(self, check, callbacks_after=(), **kwargs):
         probe = _Probe(check)
         kwargs.setdefault("x", self.x)
         kwargs.setdefault("y", self.y)
         if isinstance(kwargs["x"], np.ndarray):
             kwargs.setdefault("batch_size", 8)
-        self.model.fit(epochs=3, verbose=0, callbacks=[probe], **kwargs)
+        self.model.fit(
+            epochs=3,
+            verbose=0,
+            callbacks=[probe, *callbacks_after],
+            **kwargs,
+        )
         return probe
 
     def test_every_private_name_has_a_contract_test(self):
@@ -374,6 +380,29 @@ class AdapterContractTest(test_case.TestCase):
             ]
         )
         self.assertIsNone(keras_adapter.fit_context())
+
+    def test_skip_in_input_starts_fits_array_pipeline_later(self):
+        # fit()'s pipeline for arrays, replaced in on_train_begin (before
+        # fit() makes its iterator), starts 6 batches in: the 12 batches of
+        # 3 epochs of 4 leave 6 to train, then the data runs out.
+        class Batches(tf_keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.trained = 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.trained += 1
+
+        def check(model, seen):
+            handler = keras_adapter.fit_context()
+            seen["skipped"] = keras_adapter.skip_in_input(handler, 6)
+
+        counted = Batches()
+        arrays = self._fit(check, callbacks_after=[counted])
+        self.assertTrue(arrays.seen["skipped"])
+        self.assertEqual(counted.trained, 6)
+        # A tf.data.Dataset: its batches are drawn at the first step.
+        dataset = synthetic.regression_dataset(32, 8)
+        self.assertFalse(self._fit(check, x=dataset, y=None).seen["skipped"])
 
     def test_data_geometry_of_arrays_and_datasets(self):
         def check(model, seen):

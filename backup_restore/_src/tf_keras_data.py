@@ -8,6 +8,8 @@ tf_keras_adapter.py).
 - `DataHandler._dataset` / `._adapter`, and `KerasSequenceAdapter`'s
   `_shuffle_sequence` / `_keras_sequence`: `replay_epochs` brings a
   per-epoch input pipeline to where the skipped epochs would have left it.
+  `skip_in_input` replaces `_dataset` of an array input (before fit()
+  makes its iterator) by the same pipeline started some batches in.
 - `DataHandler._adapter`'s `batch_size()` / `get_size()` (in batches) /
   `partial_batch_size()`, `DataHandler._dataset.element_spec` and
   `inferred_steps` / `_inferred_steps`: what a data position means (checked
@@ -20,6 +22,7 @@ import random
 from tf_keras.src.engine import data_adapter
 
 from backup_restore._src import dataset_replay
+from backup_restore._src import dataset_skip
 from backup_restore._src import fit_frames
 
 
@@ -72,6 +75,25 @@ def replay_epochs(data_handler, iterators: int, epochs: int) -> None:
             if adapter._shuffle_sequence:
                 random.shuffle(list(range(len(adapter._keras_sequence))))
         adapter.on_epoch_end()
+
+
+def skip_in_input(data_handler, count: int) -> bool:
+    """Makes the iterator fit() is about to make start `count` batches in,
+    where the input is arrays (one pipeline for all epochs, whose skipped
+    batches dataset_skip.py never slices); False for any other input, whose
+    skipped batches the first step draws."""
+    adapter = data_handler._adapter
+    if (
+        count <= 0
+        or type(adapter) is not data_adapter.TensorLikeDataAdapter
+        or adapter.should_recreate_iterator()
+    ):
+        return False
+    dataset = dataset_skip.skip_batches(data_handler._dataset, count)
+    if dataset is None:
+        return False
+    data_handler._dataset = dataset
+    return True
 
 
 def is_python_generator_input(data_handler) -> bool:
