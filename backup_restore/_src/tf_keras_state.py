@@ -144,7 +144,7 @@ def layer_random_generators(model: tf_keras.Model) -> list:
     hold them in); that walk visits every attribute of every layer, so it
     runs only where a quicker walk of the layers found a generator.
     """
-    if not any(_generators(_tracked_layers(model))):
+    if next(_generators(_tracked_layers(model)), None) is None:
         return []
     return list(_generators(model.submodules))
 
