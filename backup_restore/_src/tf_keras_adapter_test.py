@@ -85,6 +85,11 @@ CONTRACT = {
     ),
     "_auto_track_sub_layers": (
         "test_layer_random_generators_wherever_a_layer_holds_them",
+        "test_layer_random_generators_of_layers_alone_skip_the_deep_walk",
+    ),
+    "_flatten": (
+        "test_layer_random_generators_wherever_a_layer_holds_them",
+        "test_layer_random_generators_of_layers_alone_skip_the_deep_walk",
     ),
     "_rng_type": ("test_layer_random_generators",),
     "_maybe_init": ("test_layer_random_generators",),
@@ -272,15 +277,22 @@ class AdapterContractTest(test_case.TestCase):
                     return self.inner(x)
                 return self.by_name["drop"](x, training=True)
 
-        for where in ("module", "untracked", "dict"):
+        class Augmented(tf_keras.Sequential):
+            # A Sequential tracks only the layers added to it: an attribute
+            # layer (used by a custom train_step, say) is not one of them.
+            def __init__(self, layers):
+                super().__init__(layers)
+                self.augment = tf_keras.layers.Dropout(0.5)
+
+        for where in ("module", "untracked", "dict", "sequential_attribute"):
             with self.subTest(where):
-                model = tf_keras.Sequential(
-                    [
-                        tf_keras.Input((4,)),
-                        Outer(where),
-                        tf_keras.layers.Dense(1),
-                    ]
-                )
+                layers = [tf_keras.Input((4,)), tf_keras.layers.Dense(1)]
+                if where == "sequential_attribute":
+                    model = Augmented(layers)
+                else:
+                    model = tf_keras.Sequential(
+                        [layers[0], Outer(where), layers[1]]
+                    )
                 found = keras_adapter.layer_random_generators(model)
                 self.assertLen(found, 1)
                 self.assertIsInstance(found[0], tf.random.Generator)
@@ -289,6 +301,28 @@ class AdapterContractTest(test_case.TestCase):
                         "Dropout",
                         [type(m).__name__ for m in model._flatten_layers()],
                     )
+
+    def test_layer_random_generators_of_layers_alone_skip_the_deep_walk(self):
+        # Sequential models (nested too) do not track their sublayers
+        # themselves; with no generator in them, the walk reads their own
+        # attributes only, never `Module.submodules` (which visits every
+        # attribute of every layer: tens of ms for 200 layers).
+        tf_keras.backend.experimental.enable_tf_random_generator()
+        self.addCleanup(
+            tf_keras.backend.experimental.disable_tf_random_generator
+        )
+        inner = tf_keras.Sequential(
+            [tf_keras.Input((4,)), tf_keras.layers.Dense(4)]
+        )
+        model = tf_keras.Sequential([inner, tf_keras.layers.Dense(1)])
+        with mock.patch.object(
+            tf.Module,
+            "submodules",
+            new_callable=mock.PropertyMock,
+            side_effect=AssertionError("Module.submodules was walked"),
+        ):
+            self.assertEqual(keras_adapter.layer_random_generators(model), [])
+        self.assertFalse(model._auto_track_sub_layers)
 
     def test_callback_lists_read_only_what_hooks_supplies(self):
         # tf-keras's CallbackList (and TF1's callback configuration) reads

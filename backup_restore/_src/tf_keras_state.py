@@ -18,12 +18,13 @@
   whether an optimizer made its slots and on which variables (a GAN's are
   built on a subset of the model's), so that a restore builds it on the
   same ones before filling them.
-- `Layer._flatten_layers` / `_flatten_modules` and
-  `Layer._auto_track_sub_layers`: a model's layers, nested ones included,
-  where the warnings at the start of fit() look for state a backup cannot
-  hold, and where `layer_random_generators` looks for a generator first
-  (`Module.submodules` walks every attribute: 300 times slower on a model
-  of 200 layers).
+- `Layer._flatten_layers` / `_flatten_modules`, `Layer._auto_track_sub_layers`
+  and `Module._flatten`: a model's layers, nested ones included, where the
+  warnings at the start of fit() look for state a backup cannot hold, and
+  where `layer_random_generators` looks for a generator first, reading the
+  own attributes of a layer that does not track its sublayers (a
+  Sequential) one level deep (`Module.submodules` walks every attribute of
+  every layer: 30 ms on a Sequential of 200 layers, 1.5 ms this way).
 - `Optimizer._learning_rate` (optimizer.Optimizer), `_hyper["learning_rate"]`
   (legacy optimizers), `LossScaleOptimizer.inner_optimizer`: whether the
   learning rate is a schedule (then it cannot be set, and need not be).
@@ -163,13 +164,38 @@ def _generators(layers):
 def _tracked_layers(model):
     """`model`'s layers, nested ones included, by the layers' own tracking,
     and every module of what that tracking does not enter: a plain
-    tf.Module a layer holds, a layer that does not track its sublayers."""
-    for module in model._flatten_modules():
-        yield module
-        if not isinstance(module, tf_keras.layers.Layer) or not getattr(
-            module, "_auto_track_sub_layers", True
-        ):
-            yield from module.submodules
+    tf.Module a layer holds, a layer that does not track its sublayers.
+
+    A layer that does not track its sublayers (a Sequential: it tracks the
+    layers added to it itself) gets its own attributes walked, one level;
+    the modules found there are walked the same way. Only a plain tf.Module
+    gets `Module.submodules`, which visits every attribute below it.
+    """
+    seen = set()
+
+    def walk(layer):
+        for module in layer._flatten_modules():
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield module
+            if not isinstance(module, tf_keras.layers.Layer):
+                yield from module.submodules
+            elif not getattr(module, "_auto_track_sub_layers", True):
+                for attribute in module._flatten(
+                    recursive=False,
+                    predicate=lambda value: isinstance(value, tf.Module),
+                ):
+                    if id(attribute) in seen:
+                        continue
+                    if isinstance(attribute, tf_keras.layers.Layer):
+                        yield from walk(attribute)
+                    else:
+                        seen.add(id(attribute))
+                        yield attribute
+                        yield from attribute.submodules
+
+    yield from walk(model)
 
 
 def learning_rate_schedule(optimizer):
