@@ -30,6 +30,8 @@
   learning rate is a schedule (then it cannot be set, and need not be).
 """
 
+import itertools
+
 import tensorflow as tf
 import tf_keras
 from tf_keras.src.engine import data_adapter
@@ -173,29 +175,27 @@ def _tracked_layers(model):
     """
     seen = set()
 
-    def walk(layer):
-        for module in layer._flatten_modules():
-            if id(module) in seen:
-                continue
-            seen.add(id(module))
-            yield module
-            if not isinstance(module, tf_keras.layers.Layer):
-                yield from module.submodules
-            elif not getattr(module, "_auto_track_sub_layers", True):
-                for attribute in module._flatten(
+    def visit(module):
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        yield module
+        if not isinstance(module, tf_keras.layers.Layer):
+            yield from module.submodules
+            return
+        children = module._flatten_modules(recursive=False, include_self=False)
+        if not getattr(module, "_auto_track_sub_layers", True):
+            children = itertools.chain(
+                children,
+                module._flatten(
                     recursive=False,
                     predicate=lambda value: isinstance(value, tf.Module),
-                ):
-                    if id(attribute) in seen:
-                        continue
-                    if isinstance(attribute, tf_keras.layers.Layer):
-                        yield from walk(attribute)
-                    else:
-                        seen.add(id(attribute))
-                        yield attribute
-                        yield from attribute.submodules
+                ),
+            )
+        for child in children:
+            yield from visit(child)
 
-    yield from walk(model)
+    yield from visit(model)
 
 
 def learning_rate_schedule(optimizer):
