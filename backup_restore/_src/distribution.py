@@ -91,6 +91,16 @@ def _cluster(strategy):
     return resolver.task_type, int(resolver.task_id or 0), jobs
 
 
+def plain_variables(strategy) -> bool:
+    """Whether the variables training uses are, as far as the strategies
+    tell, plain resource variables of this process: no strategy given or
+    the default one, and the calling thread in no strategy's scope.
+    (A restore then reads ahead: store_read.read.)"""
+    return (
+        strategy is None or strategy is _default_strategy()
+    ) and not tf.distribute.has_strategy()
+
+
 def role(strategy) -> Role:
     """This process's Role under `strategy`.
 

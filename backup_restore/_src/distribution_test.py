@@ -42,6 +42,16 @@ class RoleTest(test_case.TestCase):
         with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
             self.assertTrue(distribution.role(default).is_chief)
 
+    def test_plain_variables_only_with_no_strategy_or_the_default(self):
+        default = tf.distribute.get_strategy()
+        self.assertTrue(distribution.plain_variables(None))
+        self.assertTrue(distribution.plain_variables(default))
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
+        self.assertFalse(distribution.plain_variables(mirrored))
+        with mirrored.scope():
+            # A custom loop restoring inside a strategy's scope.
+            self.assertFalse(distribution.plain_variables(None))
+
     def test_tf1_strategy_is_refused_naming_the_tf2_alternative(self):
         strategy = tf.compat.v1.distribute.OneDeviceStrategy("/cpu:0")
         with self.assertRaisesRegex(ValueError, "TF2 counterpart"):

@@ -173,7 +173,9 @@ class Engine:
         the tf.train.Checkpoint to read into. Every worker reads the chief's
         committed backup.
         """
-        restored = self.store.restore_latest(prepare)
+        restored = self.store.restore_latest(
+            prepare, ahead=distribution.plain_variables(self._strategy)
+        )
         others = len(self.store.committed()) - len(
             self.store.committed_in_scope()
         )

@@ -339,12 +339,13 @@ class BackupStore:
             return None
         return store_write.result(in_flight, self._dir)
 
-    def restore_latest(self, prepare):
+    def restore_latest(self, prepare, ahead: bool = False):
         """Restores the newest intact backup; returns (info, status) or None.
 
         `prepare(info)` gets each candidate, newest first; it may check the
         metadata (raising to refuse the backup outright) and returns the
-        tf.train.Checkpoint to read into. A candidate whose bytes fail
+        tf.train.Checkpoint to read into. `ahead`: the read begins before
+        `prepare`, to overlap it (store_read.read). A candidate whose bytes fail
         TensorFlow's own checksums while being read is skipped for the next
         older one, so only the manifest and file sizes are checked upfront
         and every byte is read once.
@@ -356,7 +357,7 @@ class BackupStore:
 
         def attempt(path):
             info = self.load(path, full_verify=False)
-            return info, store_read.read(info, prepare(info))
+            return info, store_read.read(info, prepare, ahead)
 
         return self._first_intact(attempt)
 

@@ -30,30 +30,50 @@ def load(known: catalog.Catalog, path: str, full_verify: bool):
     return catalog.BackupInfo(seq, path, body["metadata"], body["files"])
 
 
-def read(info: catalog.BackupInfo, checkpoint):
-    """Reads backup `info` into `checkpoint`; returns the read's status.
+def read(info: catalog.BackupInfo, prepare, ahead: bool = False):
+    """Reads backup `info` into the checkpoint `prepare(info)` returns;
+    returns the read's status.
 
     In one RestoreV2 where every object is a plain variable
     (tf_checkpoint_read: every tensor read before any variable is
     assigned), else by `checkpoint.read`. Either way TensorFlow checks each
-    tensor's CRC-32C as it reads it.
+    tensor's CRC-32C as it reads it. `ahead`: that RestoreV2 begins before
+    `prepare` (tf_checkpoint_read.ReadAhead), for a caller whose variables
+    are plain (no distribution strategy); if `prepare` raises, the read is
+    waited for and dropped.
 
     Raises:
       errors.BackupCorruptError: its bytes fail TensorFlow's own checks.
+      Whatever `prepare` raises.
     """
     prefix = info.checkpoint_prefix
+    pending = tf_checkpoint_read.read_ahead(prefix) if ahead else None
     try:
-        status = tf_checkpoint_read.read_single_shard(
-            checkpoint, prefix, tf_checkpoint_read.index_reader(prefix)
-        )
-        return status if status is not None else checkpoint.read(prefix)
-    except (tf.errors.OpError, IndexError) as e:
-        # IndexError: TensorFlow's "Read less bytes than requested"
-        # for a data file shorter than its index says.
-        raise errors.BackupCorruptError(
-            f"{info.path} fails TensorFlow's checks while being read "
-            f"({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from e
+        checkpoint = prepare(info)
+        try:
+            reader = (
+                tf_checkpoint_read.index_reader(prefix)
+                if pending is None
+                else pending.reader
+            )
+            status = tf_checkpoint_read.read_single_shard(
+                checkpoint, prefix, reader, pending
+            )
+            if status is not None:
+                return status
+            if pending is not None:
+                pending.close()  # its tensors freed before the read below
+            return checkpoint.read(prefix)
+        except (tf.errors.OpError, IndexError) as e:
+            # IndexError: TensorFlow's "Read less bytes than requested"
+            # for a data file shorter than its index says.
+            raise errors.BackupCorruptError(
+                f"{info.path} fails TensorFlow's checks while being read "
+                f"({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from e
+    finally:
+        if pending is not None:
+            pending.close()
 
 
 def first_intact(known: catalog.Catalog, directory: str, candidates, attempt):

@@ -20,6 +20,7 @@ from backup_restore._src import ownership
 from backup_restore._src import paths
 from backup_restore._src import store
 from backup_restore._src import tf_checkpoint
+from backup_restore._src import tf_checkpoint_read
 from testing import dirs
 from testing import test_case
 
@@ -473,6 +474,50 @@ class StoreTest(test_case.TestCase):
             pass  # it had been made durable: the damage came later
         with self.assertRaisesRegex(errors.BackupCorruptError, "Nothing was"):
             store.BackupStore(d).restore_latest(lambda i: _checkpoint(0.0))
+
+    # -- reading ahead ------------------------------------------------------
+
+    def test_a_read_ahead_restores_the_newest_backup(self):
+        d = self._dir("local")
+        self._write(store.BackupStore(d), [1.0])
+        self._write(store.BackupStore(d), [2.0])
+        target = _checkpoint([0.0])
+        info, _ = store.BackupStore(d).restore_latest(
+            lambda i: target, ahead=True
+        )
+        self.assertEqual(info.metadata["value"], [2.0])
+        self.assertEqual(target.v.numpy().tolist(), [2.0])
+        self.assertEqual(target.step.numpy().tolist(), 7)
+
+    def test_a_read_ahead_the_checks_refuse_leaves_checkpoint_read(self):
+        # The backup holds `step`, the checkpoint given has no object for
+        # it: Checkpoint.read restores what there is.
+        d = self._dir("local")
+        self._write(store.BackupStore(d), [3.0])
+        target = tf.Variable([0.0])
+        _, status = store.BackupStore(d).restore_latest(
+            lambda i: tf.train.Checkpoint(v=target), ahead=True
+        )
+        status.expect_partial()
+        self.assertEqual(target.numpy().tolist(), [3.0])
+
+    def test_a_refused_backup_waits_for_its_read_ahead_and_drops_it(self):
+        d = self._dir("local")
+        self._write(store.BackupStore(d), [1.0])
+        closed = []
+        real_close = tf_checkpoint_read.ReadAhead.close
+
+        def close(ahead):
+            real_close(ahead)
+            closed.append(ahead._thread.is_alive())  # pylint: disable=protected-access
+
+        def refuse(info):
+            raise errors.BackupMismatchError("another model")
+
+        with mock.patch.object(tf_checkpoint_read.ReadAhead, "close", close):
+            with self.assertRaises(errors.BackupMismatchError):
+                store.BackupStore(d).restore_latest(refuse, ahead=True)
+        self.assertEqual(closed, [False])
 
     # -- asynchronous writes ------------------------------------------------
 

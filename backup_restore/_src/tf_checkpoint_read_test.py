@@ -4,10 +4,13 @@
 one-RestoreV2 path for the plain variables of both Keras flavours, leave
 everything else to `Checkpoint.read` having changed nothing, and change no
 variable when a tensor fails TensorFlow's checksum: a TensorFlow that
-changes the private API it relies on fails here.
+changes the private API it relies on fails here. A `ReadAhead` must be the
+one read of a restore that uses it, on its own thread.
 """
 
 import os
+import threading
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -39,9 +42,20 @@ def _checkpoint(model):
     )
 
 
-def _read(prefix, checkpoint):
+def _read(prefix, checkpoint, ahead=None):
     reader = tf_checkpoint_read.index_reader(prefix)
-    return tf_checkpoint_read.read_single_shard(checkpoint, prefix, reader)
+    return tf_checkpoint_read.read_single_shard(
+        checkpoint, prefix, reader, ahead
+    )
+
+
+def _corrupt_tensor(prefix):
+    """Flips a byte in the middle of the data file."""
+    data = prefix + ".data-00000-of-00001"
+    raw = bytearray(open(data, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    with open(data, "wb") as f:
+        f.write(raw)
 
 
 class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
@@ -68,11 +82,7 @@ class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
             b=tf.Variable(np.ones(4096, dtype=np.float32)),
         )
         prefix = source.write(os.path.join(self.tmp, "ckpt"))
-        data = prefix + ".data-00000-of-00001"
-        raw = bytearray(open(data, "rb").read())
-        raw[len(raw) // 2] ^= 0xFF  # in one of the two 16 KB tensors
-        with open(data, "wb") as f:
-            f.write(raw)
+        _corrupt_tensor(prefix)  # in one of the two 16 KB tensors
         target = tf.train.Checkpoint(
             a=tf.Variable(np.zeros(4096, dtype=np.float32)),
             b=tf.Variable(np.zeros(4096, dtype=np.float32)),
@@ -150,6 +160,89 @@ class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
             again.get_variable_to_shape_map()["v/.ATTRIBUTES/VARIABLE_VALUE"],
             [1, 2],
         )
+
+
+class ReadAheadTest(test_case.TestCase, parameterized.TestCase):
+    def _reads(self):
+        """The names of the threads that call RestoreV2 from now on."""
+        calls = []
+        real = tf_checkpoint_read.io_ops.restore_v2
+
+        def counted(*args, **kwargs):
+            calls.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        patcher = mock.patch.object(
+            tf_checkpoint_read.io_ops, "restore_v2", counted
+        )
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        return calls
+
+    @parameterized.named_parameters(
+        ("tf_keras", "tf_keras"), ("keras3", "keras3")
+    )
+    def test_its_read_is_the_only_one(self, flavour):
+        source = _model(flavour, seed=1)
+        prefix = _checkpoint(source).write(os.path.join(self.tmp, "ckpt"))
+        target = _model(flavour, seed=2)
+        reads = self._reads()
+        ahead = tf_checkpoint_read.read_ahead(prefix)
+        self.assertIsNotNone(ahead)
+        status = _read(prefix, _checkpoint(target), ahead)
+        self.assertIsNotNone(status, "the one-RestoreV2 path was not taken")
+        self.assertEqual(reads, ["backup_restore read"])
+        for a, b in zip(_values(target), _values(source), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_a_corrupt_tensor_changes_nothing(self):
+        source = tf.train.Checkpoint(
+            a=tf.Variable(np.arange(4096, dtype=np.float32)),
+            b=tf.Variable(np.ones(4096, dtype=np.float32)),
+        )
+        prefix = source.write(os.path.join(self.tmp, "ckpt"))
+        _corrupt_tensor(prefix)
+        ahead = tf_checkpoint_read.read_ahead(prefix)
+        target = tf.train.Checkpoint(
+            a=tf.Variable(np.zeros(4096, dtype=np.float32)),
+            b=tf.Variable(np.zeros(4096, dtype=np.float32)),
+        )
+        with self.assertRaises(tf.errors.DataLossError):
+            _read(prefix, target, ahead)
+        np.testing.assert_array_equal(target.a.numpy(), 0)
+        np.testing.assert_array_equal(target.b.numpy(), 0)
+
+    def test_a_read_ahead_of_another_checkpoint_is_not_used(self):
+        one = tf.train.Checkpoint(v=tf.Variable([1.0])).write(
+            os.path.join(self.tmp, "one")
+        )
+        two = tf.train.Checkpoint(v=tf.Variable([2.0])).write(
+            os.path.join(self.tmp, "two")
+        )
+        ahead = tf_checkpoint_read.read_ahead(one)
+        target = tf.Variable([0.0])
+        self.assertIsNotNone(_read(two, tf.train.Checkpoint(v=target), ahead))
+        self.assertEqual(target.numpy().tolist(), [2.0])
+        ahead.close()
+
+    def test_none_begins_for_what_is_not_a_variable(self):
+        # A tf.data iterator's state goes to Checkpoint.read: reading it
+        # ahead would read the data twice.
+        iterator = iter(tf.data.Dataset.range(10))
+        prefix = tf.train.Checkpoint(v=tf.Variable([1.0]), it=iterator).write(
+            os.path.join(self.tmp, "ckpt")
+        )
+        reads = self._reads()
+        self.assertIsNone(tf_checkpoint_read.read_ahead(prefix))
+        self.assertEqual(reads, [])
+
+    def test_none_begins_for_an_unreadable_index(self):
+        prefix = tf.train.Checkpoint(v=tf.Variable([1.0])).write(
+            os.path.join(self.tmp, "ckpt")
+        )
+        with open(prefix + ".index", "wb") as f:
+            f.write(b"not an index")
+        self.assertIsNone(tf_checkpoint_read.read_ahead(prefix))
 
 
 if __name__ == "__main__":
