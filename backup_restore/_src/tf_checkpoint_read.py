@@ -1,4 +1,5 @@
-"""Reading a tf.train.Checkpoint back in one RestoreV2.
+"""Reading a tf.train.Checkpoint back in one RestoreV2 (a few at once for a
+large one).
 
 `read_single_shard` restores what `Checkpoint.read` restores, for the plain
 case (every object a resource variable of this process): the variables'
@@ -14,6 +15,12 @@ about 0.7 ms per variable, 0.8 s for 1207); here one op per variable.
 ready (an optimizer's slots are made meanwhile), on another thread: the
 read and that work overlap, and nothing is assigned until the checks pass.
 
+A large checkpoint is read by a few RestoreV2 ops at once, each on its own
+thread and each over a contiguous run of the tensors of about equal bytes
+(`_restore`): the op runs without Python's lock, and filling fresh memory
+(a page fault per 4 KB) and checking the CRC-32Cs is CPU work that a single
+op does on one core. 604 MB on 2 cores: 0.49 s in one op, 0.30 s in two.
+
 Anything else (a tf.data iterator, a distributed variable, a registered
 saver, a key the checkpoint lacks or holds beyond the objects there are
 now, which TensorFlow restores when they are made, a shape or dtype that
@@ -27,6 +34,7 @@ writer: `Checkpoint._saver._gather_serialized_tensors` and the read closure
 of `BaseResourceVariable._serialize_to_tensors`.
 """
 
+import os
 import threading
 
 import tensorflow as tf
@@ -42,6 +50,10 @@ _SAVE_COUNTER_KEY = "save_counter/.ATTRIBUTES/VARIABLE_VALUE"
 # How the checkpoint key of a variable's value ends; other savers (a
 # tf.data iterator's state, a registered saver) write other keys.
 _VARIABLE_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+# A checkpoint is read in parts of at least this many bytes each, by at most
+# this many ops at once (and no more than the CPUs this process may use).
+_MIN_PART_BYTES = 32 << 20
+_MAX_READERS = 4
 
 
 class Restored:
@@ -106,10 +118,12 @@ class ReadAhead:
 
     def __init__(self, file_prefix: str, reader):
         dtypes = reader.get_variable_to_dtype_map()
+        shapes = reader.get_variable_to_shape_map()
         self.file_prefix = file_prefix
         self.reader = reader  # its index, for read_single_shard
         self._keys = list(dtypes)
         self._dtypes = [dtypes[key] for key in self._keys]
+        self._sizes = [_nbytes(shapes[key], dtypes[key]) for key in self._keys]
         self._values = None
         self._error = None
         self._thread = threading.Thread(
@@ -119,14 +133,9 @@ class ReadAhead:
 
     def _read(self):
         try:
-            # The device scope is per thread: CPU:0, as read_single_shard.
-            with tf.device("CPU:0"):
-                values = io_ops.restore_v2(
-                    self.file_prefix,
-                    self._keys,
-                    [""] * len(self._keys),
-                    self._dtypes,
-                )
+            values = _restore(
+                self.file_prefix, self._keys, self._dtypes, self._sizes
+            )
             self._values = dict(zip(self._keys, values, strict=True))
         except BaseException as e:  # pylint: disable=broad-except
             self._error = e  # raised by tensors(), in the caller's thread
@@ -165,7 +174,8 @@ def read_ahead(file_prefix: str):
 
 
 def read_single_shard(checkpoint, file_prefix: str, reader, ahead=None):
-    """Restores `checkpoint` from `file_prefix` in one RestoreV2; returns a
+    """Restores `checkpoint` from `file_prefix` in one RestoreV2 (`_restore`:
+    a few at once for a large checkpoint); returns a
     `Restored` status, or None (having read and changed nothing) when it
     needs TensorFlow's own `Checkpoint.read`.
 
@@ -207,18 +217,112 @@ def read_single_shard(checkpoint, file_prefix: str, reader, ahead=None):
         # Read with the index's dtypes, which the variables' match (above).
         values = ahead.tensors(keys + others)
     else:
-        with tf.device("CPU:0"):
-            values = io_ops.restore_v2(
-                file_prefix,
-                keys + others,
-                [""] * (len(keys) + len(others)),
-                [variable.dtype for _, variable in found]
-                + [dtypes[k] for k in others],
-            )
+        values = _restore(
+            file_prefix,
+            keys + others,
+            [variable.dtype for _, variable in found]
+            + [dtypes[k] for k in others],
+            [_nbytes(shapes[k], dtypes[k]) for k in keys + others],
+        )
     # Every tensor was read and checked: nothing below can fail on the data.
     for (_, variable), value in zip(found, values[: len(found)], strict=True):
         gen_resource_variable_ops.assign_variable_op(variable.handle, value)
     return Restored()
+
+
+def _nbytes(shape, dtype) -> int:
+    """The bytes of a tensor of the index (0 for strings: unknown, small)."""
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count * tf.as_dtype(dtype).size
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _readers(total_bytes: int) -> int:
+    """How many RestoreV2 ops read `total_bytes` at once."""
+    return max(
+        1, min(_MAX_READERS, _usable_cpus(), total_bytes // _MIN_PART_BYTES)
+    )
+
+
+def _runs(sizes, parts: int):
+    """[(start, stop)]: at most `parts` contiguous runs of `sizes`' indices,
+    each of about the same total, none empty."""
+    total = sum(sizes)
+    runs, start, done = [], 0, 0
+    for i, size in enumerate(sizes):
+        done += size
+        if len(runs) == parts - 1 or i == len(sizes) - 1:
+            continue
+        # Close the run here when this boundary is nearer the run's share
+        # than the next one would be.
+        target = total * (len(runs) + 1) / parts
+        if done >= target or target - done < sizes[i + 1] / 2:
+            runs.append((start, i + 1))
+            start = i + 1
+    runs.append((start, len(sizes)))
+    return runs
+
+
+def _restore(file_prefix: str, keys, dtypes, sizes):
+    """The tensors of `keys` (of `dtypes`, `sizes` bytes each), in that
+    order: one RestoreV2 per contiguous run of the keys in the file's
+    (sorted) order, run at once on threads, the caller's reading the first.
+    Every tensor's CRC-32C is checked by its op.
+
+    Raises:
+      tf.errors.OpError, IndexError: what a read raised (after every read
+        has ended).
+    """
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    runs = _runs([sizes[i] for i in order], _readers(sum(sizes)))
+    results = [None] * len(runs)
+    errors = [None] * len(runs)
+
+    def read(part):
+        start, stop = runs[part]
+        picked = order[start:stop]
+        try:
+            # The device scope is per thread.
+            with tf.device("CPU:0"):
+                results[part] = io_ops.restore_v2(
+                    file_prefix,
+                    [keys[i] for i in picked],
+                    [""] * len(picked),
+                    [dtypes[i] for i in picked],
+                )
+        except BaseException as e:  # pylint: disable=broad-except
+            errors[part] = e  # raised below, in the caller's thread
+
+    helpers = [
+        threading.Thread(
+            target=read,
+            args=(part,),
+            name=f"backup_restore read {part + 1}",
+            daemon=True,
+        )
+        for part in range(1, len(runs))
+    ]
+    for helper in helpers:
+        helper.start()
+    read(0)
+    for helper in helpers:
+        helper.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    values = [None] * len(keys)
+    for (start, stop), part in zip(runs, results, strict=True):
+        for i, value in zip(order[start:stop], part, strict=True):
+            values[i] = value
+    return values
 
 
 # The last index read: (prefix, the index file's identity) -> its reader.

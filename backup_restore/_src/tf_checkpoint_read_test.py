@@ -5,9 +5,11 @@ one-RestoreV2 path for the plain variables of both Keras flavours, leave
 everything else to `Checkpoint.read` having changed nothing, and change no
 variable when a tensor fails TensorFlow's checksum: a TensorFlow that
 changes the private API it relies on fails here. A `ReadAhead` must be the
-one read of a restore that uses it, on its own thread.
+one read of a restore that uses it, on its own thread. A checkpoint read in
+parts must be read in one op per part, at once, with the same outcome.
 """
 
+import itertools
 import os
 import threading
 from unittest import mock
@@ -49,14 +51,43 @@ def _read(prefix, checkpoint, ahead=None):
     )
 
 
-def _corrupt_tensor(prefix):
-    """Flips a byte in the middle of the data file."""
+def _corrupt_tensor(prefix, at=0.5):
+    """Flips a byte of the data file, `at` (a fraction) into it."""
     data = prefix + ".data-00000-of-00001"
     with open(data, "rb") as f:
         raw = bytearray(f.read())
-    raw[len(raw) // 2] ^= 0xFF
+    raw[int(len(raw) * at)] ^= 0xFF
     with open(data, "wb") as f:
         f.write(raw)
+
+
+def _reads(test):
+    """The names of the threads that call RestoreV2 from now on."""
+    calls = []
+    real = tf_checkpoint_read.io_ops.restore_v2
+
+    def counted(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    patcher = mock.patch.object(
+        tf_checkpoint_read.io_ops, "restore_v2", counted
+    )
+    patcher.start()
+    test.addCleanup(patcher.stop)
+    return calls
+
+
+def _in_parts(test, part_bytes):
+    """From now on a checkpoint is read in parts of `part_bytes`, by as
+    many as 4 ops at once, whatever the machine's CPUs."""
+    for name, value in (
+        ("_MIN_PART_BYTES", part_bytes),
+        ("_usable_cpus", lambda: 4),
+    ):
+        patcher = mock.patch.object(tf_checkpoint_read, name, value)
+        patcher.start()
+        test.addCleanup(patcher.stop)
 
 
 class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
@@ -77,21 +108,31 @@ class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(a, c)
 
-    @parameterized.named_parameters(("read_here", False), ("ahead", True))
-    def test_a_corrupt_tensor_changes_nothing(self, ahead):
+    @parameterized.named_parameters(
+        ("read_here", False, False),
+        ("ahead", True, False),
+        ("read_here_in_parts", False, True),
+        ("ahead_in_parts", True, True),
+    )
+    def test_a_corrupt_tensor_changes_nothing(self, ahead, in_parts):
         source = tf.train.Checkpoint(
-            a=tf.Variable(np.arange(4096, dtype=np.float32)),
-            b=tf.Variable(np.ones(4096, dtype=np.float32)),
+            a=tf.Variable(np.arange(1024, dtype=np.float32)),
+            b=tf.Variable(np.ones(16384, dtype=np.float32)),
         )
         prefix = source.write(os.path.join(self.tmp, "ckpt"))
-        _corrupt_tensor(prefix)  # in one of the two 16 KB tensors
+        _corrupt_tensor(prefix, at=0.75)  # in b: the object graph, a, b
+        reads = _reads(self)
+        if in_parts:
+            # a (4 KB) and b (64 KB) in two parts: b read by a second op.
+            _in_parts(self, 32 << 10)
         pending = tf_checkpoint_read.read_ahead(prefix) if ahead else None
         target = tf.train.Checkpoint(
-            a=tf.Variable(np.zeros(4096, dtype=np.float32)),
-            b=tf.Variable(np.zeros(4096, dtype=np.float32)),
+            a=tf.Variable(np.zeros(1024, dtype=np.float32)),
+            b=tf.Variable(np.zeros(16384, dtype=np.float32)),
         )
         with self.assertRaises(tf.errors.DataLossError):
             _read(prefix, target, pending)
+        self.assertLen(reads, 2 if in_parts else 1)
         np.testing.assert_array_equal(target.a.numpy(), 0)
         np.testing.assert_array_equal(target.b.numpy(), 0)
 
@@ -166,22 +207,6 @@ class ReadSingleShardTest(test_case.TestCase, parameterized.TestCase):
 
 
 class ReadAheadTest(test_case.TestCase, parameterized.TestCase):
-    def _reads(self):
-        """The names of the threads that call RestoreV2 from now on."""
-        calls = []
-        real = tf_checkpoint_read.io_ops.restore_v2
-
-        def counted(*args, **kwargs):
-            calls.append(threading.current_thread().name)
-            return real(*args, **kwargs)
-
-        patcher = mock.patch.object(
-            tf_checkpoint_read.io_ops, "restore_v2", counted
-        )
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        return calls
-
     @parameterized.named_parameters(
         ("tf_keras", "tf_keras"), ("keras3", "keras3")
     )
@@ -189,12 +214,33 @@ class ReadAheadTest(test_case.TestCase, parameterized.TestCase):
         source = _model(flavour, seed=1)
         prefix = _checkpoint(source).write(os.path.join(self.tmp, "ckpt"))
         target = _model(flavour, seed=2)
-        reads = self._reads()
+        reads = _reads(self)
         ahead = tf_checkpoint_read.read_ahead(prefix)
         self.assertIsNotNone(ahead)
         status = _read(prefix, _checkpoint(target), ahead)
         self.assertIsNotNone(status, "the one-RestoreV2 path was not taken")
         self.assertEqual(reads, ["backup_restore read"])
+        for a, b in zip(_values(target), _values(source), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    @parameterized.named_parameters(
+        ("tf_keras", "tf_keras"), ("keras3", "keras3")
+    )
+    def test_a_checkpoint_in_parts_is_read_at_once(self, flavour):
+        source = _model(flavour, seed=1)
+        prefix = _checkpoint(source).write(os.path.join(self.tmp, "ckpt"))
+        target = _model(flavour, seed=2)
+        reads = _reads(self)
+        _in_parts(self, 64)
+        ahead = tf_checkpoint_read.read_ahead(prefix)
+        status = _read(prefix, _checkpoint(target), ahead)
+        self.assertIsNotNone(status, "the one-RestoreV2 path was not taken")
+        # One op per part, each on its own thread, the read ahead's one.
+        self.assertEqual(
+            sorted(reads),
+            ["backup_restore read"]
+            + [f"backup_restore read {part}" for part in (2, 3, 4)],
+        )
         for a, b in zip(_values(target), _values(source), strict=True):
             np.testing.assert_array_equal(a, b)
 
@@ -218,7 +264,7 @@ class ReadAheadTest(test_case.TestCase, parameterized.TestCase):
         prefix = tf.train.Checkpoint(v=tf.Variable([1.0]), it=iterator).write(
             os.path.join(self.tmp, "ckpt")
         )
-        reads = self._reads()
+        reads = _reads(self)
         self.assertIsNone(tf_checkpoint_read.read_ahead(prefix))
         self.assertEqual(reads, [])
 
@@ -229,6 +275,41 @@ class ReadAheadTest(test_case.TestCase, parameterized.TestCase):
         with open(prefix + ".index", "wb") as f:
             f.write(b"not an index")
         self.assertIsNone(tf_checkpoint_read.read_ahead(prefix))
+
+
+class PartsTest(parameterized.TestCase):
+    @parameterized.parameters(
+        ([67] * 9 + [0] * 19, 2, 335),
+        ([1, 1, 1, 1], 4, 1),
+        ([10, 1, 1, 1], 2, 10),
+        ([1, 1, 1, 10], 4, 10),
+        ([3] * 6, 4, 6),
+        ([5], 3, 5),
+        ([0, 0, 0], 2, 0),
+    )
+    def test_runs_cover_every_tensor_once_in_order(self, sizes, parts, most):
+        runs = tf_checkpoint_read._runs(sizes, parts)  # pylint: disable=protected-access
+        self.assertLessEqual(len(runs), parts)
+        self.assertEqual(runs[0][0], 0)
+        self.assertEqual(runs[-1][1], len(sizes))
+        for (_, stop), (start, _) in itertools.pairwise(runs):
+            self.assertEqual(stop, start)
+        self.assertTrue(all(start < stop for start, stop in runs))
+        self.assertEqual(max(sum(sizes[a:b]) for a, b in runs), most)
+
+    @parameterized.parameters(
+        (2, 0, 1),
+        (2, 63 << 20, 1),
+        (2, 64 << 20, 2),
+        (2, 10 << 30, 2),
+        (1, 10 << 30, 1),
+        (64, 10 << 30, 4),
+    )
+    def test_readers(self, cpus, total, expected):
+        with mock.patch.object(
+            tf_checkpoint_read, "_usable_cpus", lambda: cpus
+        ):
+            self.assertEqual(tf_checkpoint_read._readers(total), expected)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":
