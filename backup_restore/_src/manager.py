@@ -216,6 +216,7 @@ class BackupManager(front_end.FrontEnd):
         self._delete_checkpoint = delete_checkpoint
         self._last_backup_step = 0  # the restored step, or the last backup's
         self._first_step_seen = False
+        self._owned = False  # from restore() to finish()
         self.resumed_from = None  # the step restore() returned, if resumed
         self.metadata = None  # the user metadata of the restored backup
         # Until restore(), a preemption signal ends the process in the
@@ -241,6 +242,7 @@ class BackupManager(front_end.FrontEnd):
             one owns it from restore() to finish()); nothing was changed.
         """
         self._engine.start(scope=SCOPE)
+        self._owned = True
         start = time.monotonic()
         restored = self._engine.restore(self._prepare)
         if restored is None:
@@ -324,7 +326,10 @@ class BackupManager(front_end.FrontEnd):
           BackupDirInUseError: backup_dir was deleted or replaced during
             training and another job has owned it since; nothing was
             written.
+          RuntimeError: called before restore() or after finish(): the
+            job does not own backup_dir then; nothing was written.
         """
+        self._check_owned("backup()")
         started = time.monotonic()
         self._last_backup_step = int(step)
         self._engine.write(
@@ -348,6 +353,7 @@ class BackupManager(front_end.FrontEnd):
         Returns:
           True when training must stop (preempted, exit_on_preemption=False).
         """
+        self._check_owned("maybe_backup()")
         if not self._first_step_seen:
             self._first_step_seen = True
             self._engine.first_step_done()
@@ -374,6 +380,16 @@ class BackupManager(front_end.FrontEnd):
           delete: the earlier way to say `delete_checkpoint`; None: the
             constructor's `delete_checkpoint`.
         """
+        self._owned = False
         self._engine.finish(
             self._delete_checkpoint if delete is None else delete
         )
+
+    def _check_owned(self, call: str) -> None:
+        if not self._owned:
+            raise RuntimeError(
+                f"BackupManager.{call} before restore() (or after finish()): "
+                "call restore() first, which takes ownership of "
+                f"{self.backup_dir} and returns the step to go on from (0 on "
+                "a fresh start). Nothing was written."
+            )

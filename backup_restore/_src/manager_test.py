@@ -92,6 +92,26 @@ class ManagerTest(test_case.TestCase):
         manager.finish()
         self.assertEqual(os.listdir(self.dir), ["notes"])
 
+    def test_a_backup_outside_restore_and_finish_is_refused(self):
+        # The job owns backup_dir from restore() to finish(): a backup
+        # outside that would be written without the owner's lock.
+        manager = self._manager(_objects(), save_freq=1)
+        for call in (
+            lambda: manager.backup(1),
+            lambda: manager.maybe_backup(1),
+        ):
+            with self.assertRaisesRegex(
+                RuntimeError, r"call restore\(\) first"
+            ):
+                call()
+        self.assertEqual(_backups(self.dir), [])
+        self.assertEqual(manager.restore(), 0)
+        manager.backup(1)
+        manager.finish(delete=False)
+        with self.assertRaisesRegex(RuntimeError, r"after finish\(\)"):
+            manager.backup(2)
+        self.assertEqual(_backups(self.dir), ["backup-00000001"])
+
     def _finish_a_run(self, directory):
         manager = self._manager(_objects(), directory, save_freq=1)
         manager.restore()
