@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +26,7 @@ from backup_restore._src import errors
 from backup_restore._src import lease as lease_lib
 from backup_restore._src import owner_record
 from backup_restore._src import ownership
+from backup_restore._src import tf_checkpoint_read
 from testing import gcs_server
 from testing import owner_records
 from testing import procs
@@ -292,6 +294,51 @@ class GcsManagerTest(GcsCase):
         self.assertEqual(self.names(), [])
         self._check_counts(per_backup, per_restore, "default stat cache")
 
+    def test_a_restore_in_parts_reads_each_part_once(self):
+        # Four 16 KB variables, read as if large: four RestoreV2 ops at
+        # once, each reading its own run of the data object.
+        def manager(variables):
+            return backup_restore.BackupManager(
+                self.dir,
+                async_backup=False,
+                **{f"w{i}": v for i, v in enumerate(variables)},
+            )
+
+        source = manager(
+            [tf.Variable(tf.fill([64, 64], float(i))) for i in range(4)]
+        )
+        self.assertEqual(source.restore(), 0)
+        source.backup(1)
+        source.finish(delete=False)
+        restored = [tf.Variable(tf.fill([64, 64], -1.0)) for _ in range(4)]
+        target = manager(restored)
+        threads = []
+        real = tf_checkpoint_read.io_ops.restore_v2
+
+        def counted(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        with (
+            mock.patch.object(tf_checkpoint_read, "_MIN_PART_BYTES", 16 << 10),
+            mock.patch.object(tf_checkpoint_read, "_usable_cpus", lambda: 4),
+            mock.patch.object(tf_checkpoint_read.io_ops, "restore_v2", counted),
+        ):
+            _SERVER.reset_counts()
+            self.assertEqual(target.restore(), 1)
+        data_reads = [
+            r
+            for r in _SERVER.requests()
+            if r.startswith("GET") and ".data-" in r
+        ]
+        print(f"gs:// data object reads of a restore in 4 parts: {data_reads}")
+        self.assertLen(set(threads), 4)
+        self.assertLen(data_reads, 4)
+        for i, variable in enumerate(restored):
+            np.testing.assert_array_equal(variable.numpy(), float(i))
+        target.finish()
+        self.assertEqual(self.names(), [])
+
     def test_requests_per_backup_and_restore_without_the_stat_cache(self):
         # In a child process with the stat cache off: every lookup is sent,
         # so the counts do not depend on timing.
@@ -408,6 +455,7 @@ print("OUTCOMES", json.dumps(outcomes), flush=True)
 _OWNER = """
 import sys, time
 from backup_restore._src import ownership
+from backup_restore._src import tf_checkpoint_read
 handle = ownership.acquire(sys.argv[1], _lease_ttl=float(sys.argv[2]))
 print("OWNED", flush=True)
 time.sleep(3600)
