@@ -331,7 +331,15 @@ class GcsManagerTest(GcsCase):
             for r in _SERVER.requests()
             if r.startswith("GET") and ".data-" in r
         ]
-        print(f"gs:// data object reads of a restore in 4 parts: {data_reads}")
+        index_reads = [
+            r
+            for r in _SERVER.requests()
+            if r.startswith("GET media") and r.endswith(".index")
+        ]
+        print(
+            "gs:// reads of a restore in 4 parts: data object "
+            f"{len(data_reads)}, index {len(index_reads)}"
+        )
         self.assertLen(set(threads), 4)
         self.assertLen(data_reads, 4)
         for i, variable in enumerate(restored):
