@@ -326,14 +326,13 @@ class GcsManagerTest(GcsCase):
         ):
             _SERVER.reset_counts()
             self.assertEqual(target.restore(), 1)
+        requests = _SERVER.requests()
         data_reads = [
-            r
-            for r in _SERVER.requests()
-            if r.startswith("GET") and ".data-" in r
+            r for r in requests if r.startswith("GET") and ".data-" in r
         ]
         index_reads = [
             r
-            for r in _SERVER.requests()
+            for r in requests
             if r.startswith("GET media") and r.endswith(".index")
         ]
         print(
@@ -463,7 +462,6 @@ print("OUTCOMES", json.dumps(outcomes), flush=True)
 _OWNER = """
 import sys, time
 from backup_restore._src import ownership
-from backup_restore._src import tf_checkpoint_read
 handle = ownership.acquire(sys.argv[1], _lease_ttl=float(sys.argv[2]))
 print("OWNED", flush=True)
 time.sleep(3600)
