@@ -5,7 +5,8 @@ A backup's checkpoint is `ckpt.index` plus the data shards
 place that decides whether the files of a backup (a listing after a write,
 or what a manifest records) make such a checkpoint; the writer
 (store_write.py) checks before publishing, readers (manifest.verify) before
-restoring.
+restoring. `claims_problem` bounds what an index may claim by what its
+data files hold, before anything is allocated for it.
 """
 
 import os
@@ -134,3 +135,40 @@ def checkpoint_problem(
     if extra:
         return f"{', '.join(extra)} not part of a {num_shards}-shard checkpoint"
     return None
+
+
+def claims_problem(reader, sizes) -> str | None:
+    """What is wrong with an index that claims more tensor bytes than the
+    backup's data files hold, else None.
+
+    TensorFlow's restore op makes each tensor at the shape its index entry
+    gives before it reads a byte of it (a string tensor's elements are
+    constructed then, touching that memory): an edited index could make a
+    restore allocate far more than the backup holds. A genuine index claims
+    at most what its data files hold: a numeric tensor's elements' bytes,
+    and at least one byte (a length) per element of a string or variant
+    tensor.
+
+    Args:
+      reader: the index (`tf.compat.v1.train.NewCheckpointReader`).
+      sizes: name -> bytes of the backup's files (the manifest's record,
+        which `manifest.verify` checks against the files).
+    """
+    held = sum(size for name, size in sizes.items() if _DATA_RE.match(name))
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    claimed = 0
+    for key, shape in shapes.items():
+        count = 1
+        for dim in shape:
+            count *= dim
+        dtype = tf.as_dtype(dtypes[key])
+        claimed += count * (
+            1 if dtype in (tf.string, tf.variant) else dtype.size
+        )
+    if claimed <= held:
+        return None
+    return (
+        f"{INDEX} claims {claimed} bytes of tensors, more than its data "
+        f"files hold ({held} bytes): edited or damaged"
+    )

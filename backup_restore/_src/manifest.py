@@ -195,6 +195,16 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
             # Not tf.train.load_checkpoint: on ram:// it takes the prefix
             # for a directory.
             reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        except (tf.errors.OpError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e) else ""
+            raise errors.BackupCorruptError(
+                f"{prefix}: its index cannot be read ({type(e).__name__}: "
+                f"{first})"
+            ) from e
+        problem = checkpoint_format.claims_problem(reader, sizes)
+        if problem is not None:
+            raise errors.BackupCorruptError(f"{directory}: {problem}")
+        try:
             for key, dtype in sorted(
                 reader.get_variable_to_dtype_map().items()
             ):

@@ -17,6 +17,7 @@ from absl import logging
 
 from backup_restore._src import atomicity
 from backup_restore._src import catalog
+from backup_restore._src import checkpoint_format
 from backup_restore._src import errors
 from backup_restore._src import manifest
 from backup_restore._src import tf_checkpoint_read
@@ -47,15 +48,11 @@ def read(info: catalog.BackupInfo, prepare, ahead: bool = False):
       Whatever `prepare` raises.
     """
     prefix = info.checkpoint_prefix
-    pending = tf_checkpoint_read.read_ahead(prefix) if ahead else None
+    reader = _index(info)
+    pending = tf_checkpoint_read.read_ahead(prefix, reader) if ahead else None
     try:
         checkpoint = prepare(info)
         try:
-            reader = (
-                tf_checkpoint_read.index_reader(prefix)
-                if pending is None
-                else pending.reader
-            )
             status = tf_checkpoint_read.read_single_shard(
                 checkpoint, prefix, reader, pending
             )
@@ -74,6 +71,30 @@ def read(info: catalog.BackupInfo, prepare, ahead: bool = False):
     finally:
         if pending is not None:
             pending.close()
+
+
+def _index(info: catalog.BackupInfo):
+    """The index of backup `info`'s checkpoint, once it is known to claim no
+    more than the backup's data files hold.
+
+    Raises:
+      errors.BackupCorruptError: it cannot be read, or it claims more.
+    """
+    try:
+        reader = tf_checkpoint_read.index_reader(info.checkpoint_prefix)
+    except (tf.errors.OpError, ValueError) as e:
+        raise errors.BackupCorruptError(
+            f"{info.path}: its checkpoint index cannot be read "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0]})"
+        ) from e
+    problem = checkpoint_format.claims_problem(
+        reader, {name: entry["size"] for name, entry in info.files.items()}
+    )
+    if problem is not None:
+        raise errors.BackupCorruptError(
+            f"{info.path}: {problem}; nothing was read from it"
+        )
+    return reader
 
 
 def first_intact(known: catalog.Catalog, directory: str, candidates, attempt):

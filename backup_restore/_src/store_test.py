@@ -22,6 +22,7 @@ from backup_restore._src import store
 from backup_restore._src import tf_checkpoint
 from backup_restore._src import tf_checkpoint_read
 from testing import dirs
+from testing import tamper
 from testing import test_case
 
 
@@ -518,6 +519,75 @@ class StoreTest(test_case.TestCase):
             with self.assertRaises(errors.BackupMismatchError):
                 store.BackupStore(d).restore_latest(refuse, ahead=True)
         self.assertEqual(closed, [False])
+
+    def _claiming(self, d, elements):
+        """A committed backup in `d` whose index claims `elements` float32s
+        for `v`, of which its data file holds one: TensorFlow's own SaveV2
+        writes `v` as a slice of that shape, and the manifest's sizes are
+        updated, as anyone with the files could."""
+        info = self._write(store.BackupStore(d), [1.0])
+        prefix = info.checkpoint_prefix
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        keys = sorted(reader.get_variable_to_dtype_map())
+        values = [reader.get_tensor(key) for key in keys]
+        for name in info.files:
+            os.remove(os.path.join(info.path, name))
+        tf.raw_ops.SaveV2(
+            prefix=prefix,
+            tensor_names=keys,
+            shape_and_slices=[
+                f"{elements} 0,1" if key.startswith("v/") else ""
+                for key in keys
+            ],
+            tensors=values,
+        )
+
+        def sizes(body):
+            body["files"] = {
+                name: {"size": os.path.getsize(os.path.join(info.path, name))}
+                for name in body["files"]
+            }
+
+        tamper.edit(info.path, sizes)
+        shapes = tf.compat.v1.train.NewCheckpointReader(
+            prefix
+        ).get_variable_to_shape_map()
+        self.assertEqual(shapes["v/.ATTRIBUTES/VARIABLE_VALUE"], [elements])
+        return info
+
+    @parameterized.named_parameters(("ahead", True), ("read_here", False))
+    def test_an_index_claiming_more_than_its_data_allocates_nothing(
+        self, ahead
+    ):
+        # RestoreV2 would make a 256 MB tensor before finding that the data
+        # file holds 4 bytes of it.
+        d = self._dir("local")
+        self._claiming(d, 1 << 26)
+        target = _checkpoint([0.0])
+        with mock.patch.object(
+            tf_checkpoint_read.io_ops,
+            "restore_v2",
+            wraps=tf_checkpoint_read.io_ops.restore_v2,
+        ) as restore_v2:
+            with self.assertRaisesRegex(
+                errors.BackupCorruptError,
+                r"ckpt\.index claims 268435\d+ bytes of tensors, more than "
+                r"its data files hold \(\d+ bytes\)",
+            ):
+                store.BackupStore(d).restore_latest(
+                    lambda i: target, ahead=ahead
+                )
+        restore_v2.assert_not_called()
+        self.assertEqual(target.v.numpy().tolist(), [0.0])
+        self.assertLen(store.BackupStore(d).committed(), 1, "it was kept")
+
+    def test_a_full_verification_refuses_an_index_claiming_more(self):
+        d = self._dir("local")
+        info = self._claiming(d, 1 << 26)
+        # Refused before any tensor is read (which would fail otherwise:
+        # "cannot be read").
+        with self.assertRaisesRegex(errors.BackupCorruptError, "claims"):
+            store.BackupStore(d).load(info.path, full_verify=True)
 
     # -- asynchronous writes ------------------------------------------------
 

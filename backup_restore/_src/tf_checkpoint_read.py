@@ -158,16 +158,16 @@ class ReadAhead:
         self._values = None
 
 
-def read_ahead(file_prefix: str):
+def read_ahead(file_prefix: str, reader):
     """A ReadAhead of `file_prefix`, or None (nothing begun) when the
     one-RestoreV2 path cannot take its index (a tensor that is not a
-    variable's value, which Checkpoint.read restores) or the index cannot
-    be read (the caller's checks then say why)."""
-    try:
-        reader = index_reader(file_prefix)
-        keys = reader.get_variable_to_dtype_map()
-    except (tf.errors.OpError, ValueError):
-        return None
+    variable's value, which Checkpoint.read restores).
+
+    `reader`: its index (`index_reader`), checked by the caller: the read
+    allocates every tensor at the shape the index gives
+    (checkpoint_format.claims_problem bounds them).
+    """
+    keys = reader.get_variable_to_dtype_map()
     if any(k != _GRAPH_KEY and not k.endswith(_VARIABLE_VALUE) for k in keys):
         return None
     return ReadAhead(file_prefix, reader)
