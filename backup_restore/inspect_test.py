@@ -130,7 +130,8 @@ class InspectTest(test_case.TestCase):
 
     @staticmethod
     def _half_data(path):
-        # Sizes match the (rebuilt) manifest; the tensors cannot be read.
+        # Sizes match the (rebuilt) manifest; the index claims more bytes
+        # than the data files hold now.
         names = _checkpoint_files(path)
         for name in names:
             if ".data-" in name:
@@ -147,7 +148,7 @@ class InspectTest(test_case.TestCase):
         for damage, why in [
             (self._like_issue_13, "incomplete checkpoint"),
             (self._empty_files, "incomplete checkpoint"),
-            (self._half_data, "cannot be read"),
+            (self._half_data, "more than its data files hold"),
         ]:
             with self.subTest(damage=damage.__name__):
                 damaged = self._damaged_copy(directory, intact, damage)
