@@ -581,6 +581,27 @@ class StoreTest(test_case.TestCase):
         self.assertEqual(target.v.numpy().tolist(), [0.0])
         self.assertLen(store.BackupStore(d).committed(), 1, "it was kept")
 
+    @parameterized.named_parameters(("ahead", True), ("read_here", False))
+    def test_an_unreadable_index_is_corrupt_and_nothing_is_read(self, ahead):
+        d = self._dir("local")
+        info = self._write(store.BackupStore(d), [1.0])
+        index = info.checkpoint_prefix + ".index"
+        size = os.path.getsize(index)
+        with open(index, "wb") as f:
+            f.write(b"\xff" * size)  # the manifest's size, not an index
+        with mock.patch.object(
+            tf_checkpoint_read.io_ops,
+            "restore_v2",
+            wraps=tf_checkpoint_read.io_ops.restore_v2,
+        ) as restore_v2:
+            with self.assertRaisesRegex(
+                errors.BackupCorruptError, "its checkpoint index cannot be read"
+            ):
+                store.BackupStore(d).restore_latest(
+                    lambda i: _checkpoint([0.0]), ahead=ahead
+                )
+        restore_v2.assert_not_called()
+
     def test_a_full_verification_refuses_an_index_claiming_more(self):
         d = self._dir("local")
         info = self._claiming(d, 1 << 26)
