@@ -48,6 +48,16 @@ def _checkpoint(value):
     return tf.train.Checkpoint(v=tf.Variable(value), step=tf.Variable(7))
 
 
+def _watching_restore_v2():
+    """Patches the read's RestoreV2 with a mock that calls through, to tell
+    whether any read began."""
+    return mock.patch.object(
+        tf_checkpoint_read.io_ops,
+        "restore_v2",
+        wraps=tf_checkpoint_read.io_ops.restore_v2,
+    )
+
+
 def _files(directory):
     """The entries of `directory`, but the record that a store created it
     (atomicity.CREATED: the tests of created directories look at it)."""
@@ -564,11 +574,7 @@ class StoreTest(test_case.TestCase):
         d = self._dir("local")
         self._claiming(d, 1 << 26)
         target = _checkpoint([0.0])
-        with mock.patch.object(
-            tf_checkpoint_read.io_ops,
-            "restore_v2",
-            wraps=tf_checkpoint_read.io_ops.restore_v2,
-        ) as restore_v2:
+        with _watching_restore_v2() as restore_v2:
             with self.assertRaisesRegex(
                 errors.BackupCorruptError,
                 r"ckpt\.index claims 268435\d+ bytes of tensors, more than "
@@ -589,11 +595,7 @@ class StoreTest(test_case.TestCase):
         size = os.path.getsize(index)
         with open(index, "wb") as f:
             f.write(b"\xff" * size)  # the manifest's size, not an index
-        with mock.patch.object(
-            tf_checkpoint_read.io_ops,
-            "restore_v2",
-            wraps=tf_checkpoint_read.io_ops.restore_v2,
-        ) as restore_v2:
+        with _watching_restore_v2() as restore_v2:
             with self.assertRaisesRegex(
                 errors.BackupCorruptError, "its checkpoint index cannot be read"
             ):
