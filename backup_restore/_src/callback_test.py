@@ -3,6 +3,7 @@
 import os
 import time
 import uuid
+import warnings
 from unittest import mock
 
 import keras
@@ -276,6 +277,59 @@ class CallbackTest(fit_test_case.FitTestCase):
             callbacks=[callback],
         )
         self.assertEqual(callback.resumed_from, (1, 0))
+        for got, want in zip(
+            self.weights(resumed), self.weights(ref), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+
+    def test_a_model_built_without_its_sublayers_weights_is_restored(self):
+        # A subclassed model with no build() of its own: model.build()
+        # marks it built (Keras 3 warns of its unbuilt state) and the
+        # sublayers make their weights at the first step.
+        x, y = synthetic.regression_data(SAMPLES, seed=3)
+        keras_module = self.keras
+
+        class TwoDense(keras_module.Model):
+            def __init__(self):
+                super().__init__()
+                self.hidden = keras_module.layers.Dense(4, activation="relu")
+                self.out = keras_module.layers.Dense(1)
+
+            def call(self, inputs):
+                return self.out(self.hidden(inputs))
+
+        def built_without_weights():
+            keras_module.utils.set_random_seed(7)
+            model = TwoDense()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.build((None, x.shape[1]))
+            model.compile(keras_module.optimizers.Adam(0.01), "mse")
+            return model
+
+        def fit(model, callbacks):
+            return model.fit(
+                x,
+                y,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=callbacks,
+            )
+
+        ref = built_without_weights()
+        fit(ref, [])
+        first = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            fit(
+                built_without_weights(),
+                [first, keras_callbacks.InterruptAt(6, backup=first)],
+            )
+        resumed = built_without_weights()
+        self.assertTrue(resumed.built)
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        fit(resumed, [callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
         for got, want in zip(
             self.weights(resumed), self.weights(ref), strict=True
         ):

@@ -75,7 +75,14 @@ class Resume:
                 f"(or delete {backup_dir}) to start afresh."
             )
         self._check_fit_call(info)
-        if not model.built:
+        # Built, but holding none of the weights the backup holds: a model
+        # whose `build()` made none of its sublayers' weights (Keras 3 warns
+        # then that it has unbuilt state), which Keras makes at the first
+        # step. They are made now, as for an unbuilt model.
+        weightless = metadata["fingerprint"]["variables"] and not _has_weights(
+            model
+        )
+        if not model.built or weightless:
             config = metadata.get("build_config")
             if config is not None:
                 model.build_from_config(config)
