@@ -20,7 +20,12 @@ published backup with missing or torn bytes: its manifest, sizes or
 TensorFlow's per-tensor checksums then fail, and a restore falls back to the
 previous backup, which is still there (it is deleted after 3). Such a
 backup has no DURABLE record: it is an unfinished write, skipped, not a
-corrupt one. A failure in 3 retires the published backup again.
+corrupt one. A failure in 3 retires the published backup again. A
+deletion renames the backup to a temporary name before removing it, so a
+`backup-<seq>` without a manifest is either a published backup a machine
+loss tore before 3 (no DURABLE record: removed at the next start, with a
+warning) or damage (a DURABLE record: a corrupt committed backup, kept and
+reported like any other).
 
 On a filesystem without atomic rename (object stores such as gs://, and TF's
 in-memory ram://), the data is written directly into `backup-<seq>` and the
@@ -278,9 +283,10 @@ class CommitStrategy:
 
     def retire(self, path: str) -> None:
         """Deletes a committed backup so that a kill midway leaves no
-        'committed' one: the manifest goes first, from then on the directory
-        is an interrupted write that the next start cleans up, never a
-        half-deleted committed backup."""
+        'committed' one: its commit goes first (the manifest, or the
+        committed name), from then on what is left is an interrupted write
+        that the next start cleans up, never a half-deleted committed
+        backup."""
         raise NotImplementedError
 
 
@@ -316,12 +322,15 @@ class AtomicRename(CommitStrategy):
     def retire(self, path: str) -> None:
         # Never through a link: `path` itself must be a real directory.
         paths.check_kind(path, paths.DIRECTORY)
-        manifest = os.path.join(path, MANIFEST)
-        if paths.kind(manifest) is not None:
-            os.unlink(
-                paths.local(manifest)
-            )  # a link inside goes, not its target
-        paths.remove_tree(path)
+        # Out of the committed names first, whole (rename(2) is atomic): a
+        # kill midway leaves a temporary directory, which the next start
+        # removes. A `backup-<seq>` here never loses its manifest to a
+        # deletion of ours, so one without it that records being durable
+        # was damaged (catalog.py).
+        seq = parse_committed(os.path.basename(path))
+        doomed = os.path.join(os.path.dirname(path), temporary_name(seq))
+        os.rename(paths.local(path), paths.local(doomed))
+        paths.remove_tree(doomed)
 
 
 class CommitMarker(CommitStrategy):

@@ -251,16 +251,25 @@ class Catalog:
             return [(e.seq, e.path) for e in self._sorted() if self._has(e)]
 
     def unfinished(self) -> list[str]:
-        """The `backup-<seq>` directories without a manifest, oldest first."""
+        """The `backup-<seq>` directories that are not committed (see
+        `_has`), oldest first."""
         with self._lock:
             return [e.path for e in self._sorted() if not self._has(e)]
 
     def _has(self, entry: _Entry) -> bool:
-        """Whether `entry` holds a manifest (is committed), looked at once."""
+        """Whether `entry` is committed, looked at once: it holds a manifest,
+        or the record that it was made durable (atomicity.DURABLE, written
+        after its manifest was durable: a manifest gone since is damage, a
+        corrupt backup that manifest.read reports, never an unfinished
+        write to delete)."""
         if entry.committed is None:
             # Whatever it is: manifest.read refuses one that is not a file.
             manifest_path = os.path.join(entry.path, atomicity.MANIFEST)
-            entry.committed = paths.kind(manifest_path) is not None
+            durable_path = os.path.join(entry.path, atomicity.DURABLE)
+            entry.committed = (
+                paths.kind(manifest_path) is not None
+                or paths.kind(durable_path) == paths.FILE
+            )
         return entry.committed
 
     def body(self, path: str) -> dict:

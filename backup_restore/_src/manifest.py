@@ -70,6 +70,13 @@ def read(directory: str) -> dict:
         doc = json.loads(raw)
         body = doc["body"]
         stored = doc["crc32"]
+    except (FileNotFoundError, tf.errors.NotFoundError) as e:
+        # Listed as committed without one (catalog.py): it records that it
+        # was made durable.
+        raise errors.BackupCorruptError(
+            f"manifest {path} is missing: deleted or damaged (the backup "
+            "records that it was committed and made durable)"
+        ) from e
     except paths.NotOursError as e:
         raise errors.BackupCorruptError(
             f"manifest {path} is not readable as a file: {e} (not followed "

@@ -161,7 +161,7 @@ class BackupStore:
     def cleanup(self) -> list[str]:
         """Removes what interrupted writes left behind; returns the paths."""
         self.wait()
-        return store_delete.remove_leftovers(self._catalog)
+        return store_delete.remove_leftovers(self._catalog, self.commit)
 
     def _discard(self, work: str) -> None:
         """Removes the work directory of a failed write."""

@@ -28,11 +28,28 @@ def leftovers(catalog: catalog_lib.Catalog) -> list[str]:
     return listing.temporaries + catalog.unfinished() + listing.probes
 
 
-def remove_leftovers(catalog: catalog_lib.Catalog) -> list[str]:
-    """Removes what interrupted writes left behind; returns the paths."""
+def remove_leftovers(catalog: catalog_lib.Catalog, commit) -> list[str]:
+    """Removes what interrupted writes left behind; returns the paths.
+
+    `commit`: the directory's CommitStrategy. Where a backup is published
+    by renaming it complete (atomicity.AtomicRename), a `backup-<seq>`
+    among them is a published backup a machine loss tore before it was
+    durable, or damage: its removal is a warning, for the progress it
+    held is lost. Elsewhere it is the routine leftover of a killed write.
+    """
     removed = leftovers(catalog)
     for path in removed:
-        logging.info("Removing an interrupted backup write: %s", path)
+        name = os.path.basename(path)
+        if commit.marks_durable and atomicity.parse_committed(name) is not None:
+            logging.warning(
+                "Removing %s: a backup directory with no manifest and no "
+                "record of being made durable (a write a machine stop "
+                "interrupted, or damage). It cannot be checked, so it "
+                "cannot be restored.",
+                path,
+            )
+        else:
+            logging.info("Removing an interrupted backup write: %s", path)
         remove_leftover(catalog, path)
     return removed
 

@@ -486,6 +486,78 @@ class StoreTest(test_case.TestCase):
         with self.assertRaisesRegex(errors.BackupCorruptError, "Nothing was"):
             store.BackupStore(d).restore_latest(lambda i: _checkpoint(0.0))
 
+    def test_a_durable_backup_without_its_manifest_is_corrupt_and_kept(self):
+        d = self._dir("local")
+        info = self._write(store.BackupStore(d), [1.0])
+        os.remove(os.path.join(info.path, atomicity.MANIFEST))
+        s = store.BackupStore(d)
+        self.assertEqual(s.leftovers(), [], "not an interrupted write")
+        self.assertEqual(s.cleanup(), [])
+        with self.assertRaisesRegex(
+            errors.BackupCorruptError, "manifest.json is missing"
+        ) as cm:
+            s.restore_latest(lambda i: _checkpoint(0.0))
+        self.assertIn("Nothing was deleted", str(cm.exception))
+        self.assertCountEqual(
+            os.listdir(info.path),
+            [n for n in info.files] + [atomicity.DURABLE],
+        )
+
+    def test_a_newest_without_its_manifest_falls_back_to_the_older(self):
+        d = self._dir("local")
+        s = store.BackupStore(d, keep_previous=True)
+        self._write(s, [1.0])
+        newest = self._write(s, [2.0])
+        os.remove(os.path.join(newest.path, atomicity.MANIFEST))
+        target = _checkpoint([0.0])
+        with self.assertLogs(level="WARNING") as logs:
+            info, _ = store.BackupStore(d).restore_latest(lambda i: target)
+        self.assertEqual(info.metadata["value"], [1.0])
+        self.assertTrue(any("Skipping corrupt" in r for r in logs.output))
+        self.assertTrue(os.path.isdir(newest.path))
+
+    def test_a_torn_backup_without_its_manifest_is_removed_with_a_warning(
+        self,
+    ):
+        d = self._dir("local")
+        info = self._write(store.BackupStore(d), [1.0])
+        for name in (atomicity.MANIFEST, atomicity.DURABLE):
+            os.remove(os.path.join(info.path, name))
+        s = store.BackupStore(d)
+        self.assertEqual(s.leftovers(), [info.path])
+        with self.assertLogs(level="WARNING") as logs:
+            self.assertEqual(s.cleanup(), [info.path])
+        self.assertTrue(any("cannot be restored" in r for r in logs.output))
+        self.assertFalse(os.path.exists(info.path))
+
+    def test_a_deletion_interrupted_midway_leaves_no_committed_name(self):
+        d = self._dir("local")
+        s = store.BackupStore(d)
+        older = self._write(s, [1.0])
+        removed = []
+
+        def interrupted(path):
+            removed.append(path)
+            raise _Boom(path)
+
+        with mock.patch.object(paths, "remove_tree", interrupted):
+            with self.assertRaises(_Boom):
+                self._write(s, [2.0])
+        # The older backup was renamed out of the committed names whole,
+        # before anything of it was removed.
+        self.assertLen(removed, 1)
+        self.assertNotEqual(removed[0], older.path)
+        self.assertEqual(
+            sorted(os.listdir(removed[0])),
+            sorted(os.listdir(s.committed()[-1][1])),
+        )
+        self.assertFalse(os.path.exists(older.path))
+        fresh = store.BackupStore(d)
+        self.assertEqual(fresh.leftovers(), [removed[0]])
+        self.assertEqual(fresh.latest().metadata["value"], [2.0])
+        fresh.cleanup()
+        self.assertFalse(os.path.exists(removed[0]))
+
     # -- reading ahead ------------------------------------------------------
 
     def test_a_read_ahead_restores_the_newest_backup(self):
