@@ -25,6 +25,11 @@ from backup_restore._src import errors
 from backup_restore._src import paths
 
 FORMAT = "backup_restore.manifest/1"
+# The most bytes a manifest may hold, written or read: about 60 bytes per
+# variable of the model and its optimizers (73 KB for 1,207), so about a
+# million variables fit. A reader reads no more than this (a damaged or planted
+# manifest of any size costs no memory).
+MAX_BYTES = 64 << 20
 
 
 def _canonical(body: dict) -> bytes:
@@ -49,11 +54,19 @@ def build(
     body = {"format": FORMAT, "files": entries, "metadata": metadata}
     if marks_durable:
         body["marks_durable"] = True
-    return json.dumps(
+    raw = json.dumps(
         {"body": body, "crc32": zlib.crc32(_canonical(body))},
         indent=1,
         sort_keys=True,
     ).encode()
+    if len(raw) > MAX_BYTES:
+        raise ValueError(
+            f"The manifest of the backup in {directory} would hold "
+            f"{len(raw)} bytes, more than a restore reads ({MAX_BYTES}); "
+            "nothing was committed. The model and its optimizers hold too "
+            "many variables for one backup_restore backup."
+        )
+    return raw
 
 
 def read(directory: str) -> dict:
@@ -66,7 +79,7 @@ def read(directory: str) -> dict:
     """
     path = os.path.join(directory, atomicity.MANIFEST)
     try:
-        raw = paths.read_bytes(path)
+        raw = paths.read_bytes(path, limit=MAX_BYTES)
         doc = json.loads(raw)
         body = doc["body"]
         stored = doc["crc32"]
@@ -81,6 +94,12 @@ def read(directory: str) -> dict:
         raise errors.BackupCorruptError(
             f"manifest {path} is not readable as a file: {e} (not followed "
             "or read)"
+        ) from e
+    except paths.TooLargeError as e:
+        raise errors.BackupCorruptError(
+            f"manifest {path} is larger than any manifest this library "
+            f"writes ({MAX_BYTES} bytes at most): damaged or not one; it "
+            "was not read further"
         ) from e
     except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as e:
         raise errors.BackupCorruptError(

@@ -124,16 +124,32 @@ def check_kind(path: str, want: str) -> None:
         raise NotOursError(f"{path} is a {found}, not a {want}")
 
 
-def read_bytes(path: str) -> bytes:
+class TooLargeError(ValueError):
+    """A file holds more bytes than its reader accepts."""
+
+
+def read_bytes(path: str, limit: int | None = None) -> bytes:
     """The content of the regular file `path`, its name not followed.
+
+    `limit`: the most bytes it may hold; no more than one byte past it is
+    read (a damaged or planted file of any size costs no memory).
 
     Raises:
       FileNotFoundError: it does not exist.
       NotOursError: it is a link, a FIFO, a directory, or has other links.
+      TooLargeError: it holds more than `limit` bytes.
     """
+
+    def checked(data: bytes) -> bytes:
+        if limit is not None and len(data) > limit:
+            raise TooLargeError(
+                f"{path} holds more than {limit} bytes, more than it can"
+            )
+        return data
+
     if not is_local(path):
         with _gfile().GFile(path, "rb") as f:
-            return f.read()
+            return checked(f.read(-1 if limit is None else limit + 1))
     try:
         fd = os.open(local(path), os.O_RDONLY | _OPEN_FLAGS)
     except FileNotFoundError:
@@ -147,12 +163,14 @@ def read_bytes(path: str) -> bytes:
         found = kind_of_fd(fd)
         if found != FILE:
             raise NotOursError(f"{path} is a {found}, not a file")
-        chunks = []
-        while True:
+        chunks, size = [], 0
+        while limit is None or size <= limit:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
-                return b"".join(chunks)
+                break
             chunks.append(chunk)
+            size += len(chunk)
+        return checked(b"".join(chunks))
     finally:
         os.close(fd)
 

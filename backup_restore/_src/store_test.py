@@ -16,6 +16,7 @@ from backup_restore._src import atomicity
 from backup_restore._src import background
 from backup_restore._src import errors
 from backup_restore._src import faults
+from backup_restore._src import manifest
 from backup_restore._src import ownership
 from backup_restore._src import paths
 from backup_restore._src import store
@@ -260,6 +261,34 @@ class StoreTest(test_case.TestCase):
             json.dump(doc, f)
         with self.assertRaisesRegex(errors.BackupCorruptError, "checksum"):
             s.latest()
+
+    def test_an_oversized_manifest_is_corrupt_and_not_read_whole(self):
+        s = store.BackupStore(self._dir("local"))
+        info = self._write(s, [1.0])
+        manifest_path = os.path.join(info.path, atomicity.MANIFEST)
+        os.truncate(manifest_path, 1 << 40)  # sparse: 1 TB, no disk used
+        reads = []
+        real_read = os.read
+
+        def counted(fd, n):
+            data = real_read(fd, n)
+            reads.append(len(data))
+            return data
+
+        with mock.patch.object(paths.os, "read", counted):
+            with self.assertRaisesRegex(
+                errors.BackupCorruptError, "larger than any manifest"
+            ):
+                s.latest()
+        self.assertLessEqual(sum(reads), manifest.MAX_BYTES + (1 << 20))
+        self.assertTrue(os.path.exists(manifest_path), "nothing deleted")
+
+    def test_a_manifest_over_the_limit_is_never_written(self):
+        s = store.BackupStore(self._dir("local"))
+        with mock.patch.object(manifest, "MAX_BYTES", 100):
+            with self.assertRaisesRegex(ValueError, "more than a restore"):
+                self._write(s, [1.0])
+        self.assertEqual(s.committed(), [])
 
     def test_missing_file_is_detected(self):
         s = store.BackupStore(self._dir("local"))
