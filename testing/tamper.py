@@ -6,6 +6,7 @@ Self-contained on purpose: it writes the manifest as manifest.py does (the
 body's canonical JSON, its CRC-32), as anyone could from the file alone.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -82,5 +83,23 @@ def set_field(backup: str, path: str, value) -> None:
             del node[last]
         else:
             node[last] = value
+
+    edit(backup, change)
+
+
+def rebind_files(backup: str) -> None:
+    """Records the files of `backup` again in its manifest as they are now
+    (sizes, and the index's SHA-256), with a matching CRC-32: as anyone who
+    replaced its checkpoint files could."""
+
+    def change(body):
+        files = {}
+        for name in body["files"]:
+            path = os.path.join(backup, name)
+            files[name] = {"size": os.path.getsize(path)}
+            if name.endswith(".index"):
+                with open(path, "rb") as f:
+                    files[name]["sha256"] = hashlib.sha256(f.read()).hexdigest()
+        body["files"] = files
 
     edit(backup, change)

@@ -5,16 +5,22 @@ caller's JSON metadata (position in training, model fingerprint, callback
 states); it protects itself with a CRC-32 of its canonical body. The bytes of
 the tensors are protected by TensorFlow's own checksums, recorded when the
 checkpoint is written: a CRC-32C per tensor, and block checksums in the
-index. Reading the files back to checksum them again would double the I/O of
-every backup for no extra protection. A full verification reads every tensor
-through TensorFlow's checkpoint reader, which checks them.
+index. Reading the data files back to checksum them again would double the
+I/O of every backup for no extra protection. The index (small: about 55
+bytes per tensor) is recorded by its SHA-256, checked at every load, which
+binds the tensors (through their CRC-32Cs in it) to this manifest's
+metadata: the files of another backup are refused. A full verification
+reads every tensor through TensorFlow's checkpoint reader, which checks
+them.
 
 Nothing in a backup is ever unpickled or executed: the manifest is plain JSON
 and the tensors are read by TensorFlow's checkpoint reader.
 """
 
+import hashlib
 import json
 import os
+import re
 import zlib
 
 import tensorflow as tf
@@ -30,6 +36,10 @@ FORMAT = "backup_restore.manifest/1"
 # million variables fit. A reader reads no more than this (a damaged or planted
 # manifest of any size costs no memory).
 MAX_BYTES = 64 << 20
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _canonical(body: dict) -> bytes:
@@ -49,8 +59,14 @@ def build(
     """
     entries = {}
     for name in sorted(files):
-        size = tf.io.gfile.stat(os.path.join(directory, name)).length
-        entries[name] = {"size": size}
+        path = os.path.join(directory, name)
+        if name.endswith(".index"):
+            # The index holds every tensor's CRC-32C: its digest binds the
+            # data files to this manifest (and its metadata).
+            index = paths.read_bytes(path)
+            entries[name] = {"size": len(index), "sha256": _sha256(index)}
+        else:
+            entries[name] = {"size": tf.io.gfile.stat(path).length}
     body = {"format": FORMAT, "files": entries, "metadata": metadata}
     if marks_durable:
         body["marks_durable"] = True
@@ -132,16 +148,21 @@ def _body_problem(body: dict) -> str | None:
 
     Its checksum only detects accidents (anyone can compute a CRC-32
     again), so its structure is checked before the store indexes it:
-    `files` maps names to {"size": bytes}, `metadata` is a JSON object.
-    What the files are is checked by `verify`
-    (checkpoint_format.checkpoint_problem).
+    `files` maps names to {"size": bytes}, with "sha256" (64 hex digits)
+    beside the size for an index; `metadata` is a JSON object. What the
+    files are is checked by `verify` (checkpoint_format.checkpoint_problem).
     """
     files = body.get("files")
     if not isinstance(files, dict):
         return f"files is {_show(files)}, not a JSON object"
     for name, entry in files.items():
-        if not isinstance(entry, dict) or set(entry) != {"size"}:
+        if not isinstance(entry, dict) or set(entry) - {"sha256"} != {"size"}:
             return f'files[{name!r}] is {_show(entry)}, not {{"size": bytes}}'
+        digest = entry.get("sha256", "0" * 64)
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            return (
+                f"files[{name!r}].sha256 is {_show(digest)}, not 64 hex digits"
+            )
         size = entry["size"]
         # bool is an int in Python, never a size.
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -152,6 +173,9 @@ def _body_problem(body: dict) -> str | None:
     if not isinstance(body.get("metadata"), dict):
         return f"metadata is {_show(body.get('metadata'))}, not a JSON object"
     return None
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _show(value) -> str:
@@ -167,12 +191,13 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
       body: the manifest body, from `read`.
       full: also read every tensor through TensorFlow's checkpoint reader,
         which verifies its CRC-32C (reads all bytes); otherwise check presence
-        and sizes only.
+        and sizes (and the index's digest) only.
 
     Raises:
       errors.BackupCorruptError: the checkpoint it lists is incomplete (see
         checkpoint_format.checkpoint_problem), or naming the first file that is
-        missing, truncated or extended, or the tensor whose checksum fails.
+        missing, truncated or extended, the index whose digest differs, or
+        the tensor whose checksum fails.
     """
     sizes = {name: entry.get("size") for name, entry in body["files"].items()}
     problem = checkpoint_format.checkpoint_problem(
@@ -204,6 +229,16 @@ def verify(directory: str, body: dict, full: bool = True) -> None:
                 f"{path} has {size} bytes, the manifest recorded "
                 f"{entry['size']} (truncated or partially written)"
             )
+        if "sha256" in entry:
+            try:
+                digest = _sha256(paths.read_bytes(path, limit=size))
+            except (paths.NotOursError, paths.TooLargeError) as e:
+                raise errors.BackupCorruptError(f"{path}: {e}") from e
+            if digest != entry["sha256"]:
+                raise errors.BackupCorruptError(
+                    f"{path} is not the file its manifest recorded (its "
+                    "SHA-256 differs): a file of another backup, or edited"
+                )
     if not full:
         return
     problem = checkpoint_format.checkpoint_problem(

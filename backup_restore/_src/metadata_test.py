@@ -339,6 +339,17 @@ class ManifestSchemaTest(test_case.TestCase):
             r"files\['ckpt\.[^']*'\] is \{",
         ),
         (
+            "sha256_not_hex",
+            lambda body: {
+                **body,
+                "files": {
+                    n: {**e, "sha256": "not hex"}
+                    for n, e in body["files"].items()
+                },
+            },
+            r"files\['ckpt\.[^']*'\]\.sha256 is 'not hex', not 64 hex digits",
+        ),
+        (
             "size_float",
             lambda body: {
                 **body,

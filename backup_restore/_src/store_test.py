@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -289,6 +290,31 @@ class StoreTest(test_case.TestCase):
             with self.assertRaisesRegex(ValueError, "more than a restore"):
                 self._write(s, [1.0])
         self.assertEqual(s.committed(), [])
+
+    @parameterized.named_parameters(
+        ("checkpoint_files", ("ckpt.index", "ckpt.data-00000-of-00001")),
+        ("manifest", (atomicity.MANIFEST,)),
+    )
+    def test_files_of_another_backup_are_refused(self, names):
+        # Two backups of the same shapes: their files have the same sizes.
+        d = self._dir("local")
+        s = store.BackupStore(d, keep_previous=True)
+        older = self._write(s, [1.0], step=1)
+        newest = self._write(s, [2.0], step=2)
+        for name in names:
+            shutil.copyfile(
+                os.path.join(older.path, name), os.path.join(newest.path, name)
+            )
+        target = _checkpoint([0.0])
+        with self.assertLogs(level="WARNING") as logs:
+            info, _ = store.BackupStore(d).restore_latest(lambda i: target)
+        self.assertTrue(
+            any("not the file its manifest recorded" in r for r in logs.output),
+            logs.output,
+        )
+        self.assertEqual(info.path, older.path)
+        self.assertEqual(target.v.numpy().tolist(), [1.0])
+        self.assertTrue(os.path.isdir(newest.path), "kept")
 
     def test_missing_file_is_detected(self):
         s = store.BackupStore(self._dir("local"))
@@ -653,13 +679,7 @@ class StoreTest(test_case.TestCase):
             tensors=values,
         )
 
-        def sizes(body):
-            body["files"] = {
-                name: {"size": os.path.getsize(os.path.join(info.path, name))}
-                for name in body["files"]
-            }
-
-        tamper.edit(info.path, sizes)
+        tamper.rebind_files(info.path)
         shapes = tf.compat.v1.train.NewCheckpointReader(
             prefix
         ).get_variable_to_shape_map()
@@ -696,6 +716,7 @@ class StoreTest(test_case.TestCase):
         size = os.path.getsize(index)
         with open(index, "wb") as f:
             f.write(b"\xff" * size)  # the manifest's size, not an index
+        tamper.rebind_files(info.path)
         with _watching_restore_v2() as restore_v2:
             with self.assertRaisesRegex(
                 errors.BackupCorruptError, "its checkpoint index cannot be read"
