@@ -335,6 +335,56 @@ class CallbackTest(fit_test_case.FitTestCase):
         ):
             np.testing.assert_array_equal(got, want)
 
+    def test_an_rnn_with_recurrent_dropout_resumes_exactly(self):
+        # tf-keras: its masks cache per graph is an attribute that
+        # Module.submodules cannot walk.
+        keras_module = self.keras
+        rng = np.random.RandomState(3)
+        x = rng.rand(SAMPLES, 3, 2).astype("float32")
+        y = rng.rand(SAMPLES, 1).astype("float32")
+
+        def rnn():
+            keras_module.utils.set_random_seed(7)
+            if self.FLAVOUR == "tf_keras":
+                experimental = keras_module.backend.experimental
+                experimental.enable_tf_random_generator()
+                self.addCleanup(experimental.disable_tf_random_generator)
+            model = keras_module.Sequential(
+                [
+                    keras_module.Input((3, 2)),
+                    keras_module.layers.LSTM(
+                        3, dropout=0.2, recurrent_dropout=0.2
+                    ),
+                    keras_module.layers.Dense(1),
+                ]
+            )
+            model.compile(keras_module.optimizers.Adam(0.01), "mse")
+            return model
+
+        def fit(model, callbacks):
+            model.fit(
+                x,
+                y,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=callbacks,
+            )
+
+        ref = rnn()
+        fit(ref, [])
+        first = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            fit(rnn(), [first, keras_callbacks.InterruptAt(6, backup=first)])
+        resumed = rnn()
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        fit(resumed, [callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
+        for got, want in zip(
+            self.weights(resumed), self.weights(ref), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+
     # -- refusing a backup --------------------------------------------------
 
     def _leave_a_backup(self):

@@ -144,12 +144,20 @@ def layer_random_generators(model: tf_keras.Model) -> list:
     Only layers whose RandomGenerator is in "stateful" mode (the default once
     `enable_tf_random_generator()` was called) have one; it is created when
     the layer is built. The order is `Module.submodules`' (the order backups
-    hold them in); that walk visits every attribute of every layer, so it
-    runs only where a quicker walk of the layers found a generator.
+    hold them in), or the layers' own tracking's where that walk fails; it
+    visits every attribute of every layer, so it runs only where the
+    quicker walk of the layers found a generator.
     """
     if next(_generators(_tracked_layers(model)), None) is None:
         return []
-    return list(_generators(model.submodules))
+    try:
+        modules = model.submodules
+    except ValueError:
+        # An attribute that walk cannot flatten: an RNN layer with
+        # recurrent dropout keeps its masks per graph in a dict whose keys
+        # do not sort. That layers' walk is the same for the same model.
+        modules = _tracked_layers(model)
+    return list(_generators(modules))
 
 
 def _generators(layers):
