@@ -15,6 +15,7 @@ from absl.testing import parameterized
 
 import backup_restore
 from backup_restore._src import faults
+from backup_restore._src import fit_content
 from testing import dirs
 from testing import fit_test_case
 from testing import keras_callbacks
@@ -384,6 +385,50 @@ class CallbackTest(fit_test_case.FitTestCase):
             self.weights(resumed), self.weights(ref), strict=True
         ):
             np.testing.assert_array_equal(got, want)
+
+    def _stateful_random_warnings(self, model):
+        x, y = synthetic.regression_data(SAMPLES, seed=3)
+        with mock.patch.object(
+            fit_content.logging, "warning", wraps=fit_content.logging.warning
+        ) as warning:
+            model.fit(
+                x,
+                y,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=[backup_restore.BackupAndRestore(self.dir)],
+            )
+        return [
+            c.args
+            for c in warning.call_args_list
+            if "stateful random ops" in c.args[0]
+        ]
+
+    def test_a_step_drawing_from_stateful_random_ops_is_named_once(self):
+        keras_module = self.keras
+
+        class Noisy(keras_module.Model):
+            def __init__(self):
+                super().__init__()
+                self.out = keras_module.layers.Dense(1)
+
+            def call(self, inputs):
+                return self.out(inputs)
+
+            def train_step(self, data):
+                x, y = data
+                noisy = x + tf.random.normal(tf.shape(x), stddev=0.01)
+                return super().train_step((noisy, y))
+
+        keras_module.utils.set_random_seed(7)  # op determinism needs one
+        model = Noisy()
+        model.compile(keras_module.optimizers.SGD(0.01), "mse")
+        (warned,) = self._stateful_random_warnings(model)
+        self.assertEqual(warned[1], "RandomStandardNormal")
+
+    def test_a_model_drawing_from_no_stateful_random_op_is_not_warned(self):
+        self.assertEqual(self._stateful_random_warnings(self.tiny_model()), [])
 
     # -- refusing a backup --------------------------------------------------
 

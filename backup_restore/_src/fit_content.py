@@ -102,6 +102,24 @@ class Content:
                 "\n- ".join(notes),
             )
 
+    def warn_about_stateful_random(self, op_types) -> None:
+        """Says once that the traced training step draws from stateful
+        random ops (`op_types`, stateful_random.py), unless the layers that
+        do so were named at the start already."""
+        if not op_types or self.adapter.legacy_rng_layers(self.model):
+            return
+        logging.warning(
+            "The training step draws random numbers from TensorFlow's "
+            "stateful random ops (%s: tf.random.uniform, tf.random.normal, "
+            "tf.random.shuffle, ...), whose state lives in the op, not in a "
+            "variable: no backup can hold it, so a resumed run draws other "
+            "values than an uninterrupted one. For an exact resume, draw "
+            "from a tf.random.Generator the model tracks (or a Keras 3 "
+            "SeedGenerator), or from stateless ops "
+            "(tf.random.stateless_uniform) seeded from the step.",
+            ", ".join(sorted(op_types)),
+        )
+
     def warn_after_first_step(self) -> None:
         """Optimizers are built at their first step: names those built
         then on variables the model does not hold, before any backup."""

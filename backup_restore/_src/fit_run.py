@@ -24,6 +24,7 @@ from backup_restore._src import model_fingerprint
 from backup_restore._src import paths
 from backup_restore._src import policy as policy_lib
 from backup_restore._src import position as position_lib
+from backup_restore._src import stateful_random
 from backup_restore._src import unfilled_slots
 
 # backup_dir -> how many fit() calls with a BackupAndRestore on it completed
@@ -86,6 +87,7 @@ class FitRun:
         self._save_at_epoch_end = False
         self._first_epoch = True
         self._first_step_done = False
+        self._random_ops_watched = False
         self._validation_metrics = None
 
     @property
@@ -311,7 +313,14 @@ class FitRun:
                     # The epoch's last batch, trained before the backup: its
                     # logs are the epoch's metrics, restored.
                     return self.adapter.metrics_result(self.model)
-                return train_function(iterator)
+                if self._random_ops_watched:
+                    return train_function(iterator)
+                # The first call traces the step: look at what it draws.
+                self._random_ops_watched = True
+                with stateful_random.watch() as found:
+                    logs = train_function(iterator)
+                self.content.warn_about_stateful_random(found)
+                return logs
             except (StopIteration, tf.errors.OutOfRangeError):
                 raise  # the end of the data: fit() ends the epoch
             except BaseException:
