@@ -9,8 +9,10 @@ Its arguments and methods carry the callback's names.
 The README's "Custom training loops" section has a complete example.
 """
 
+import operator
 import time
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -21,6 +23,7 @@ from backup_restore._src import front_end
 from backup_restore._src import manager_metadata
 from backup_restore._src import policy
 from backup_restore._src import preemption
+from backup_restore._src import schema_fields
 
 FORMAT = manager_metadata.FORMAT
 # BackupManager's backups in a backup_dir (the callback's are per fit() call).
@@ -328,20 +331,23 @@ class BackupManager(front_end.FrontEnd):
             written.
           RuntimeError: called before restore() or after finish(): the
             job does not own backup_dir then; nothing was written.
+          TypeError, ValueError: `step` is no count of steps (see
+            `_steps_done`); nothing was written.
         """
+        step = _steps_done(step)
         self._check_owned("backup()")
         started = time.monotonic()
-        self._last_backup_step = int(step)
+        self._last_backup_step = step
         self._engine.write(
             self._checkpoint(),
             {
                 "format": FORMAT,
-                "step": int(step),
+                "step": step,
                 "variables": variable_paths(self._checkpoint()),
                 "user": metadata,
                 "written_at": time.time(),
             },
-            label=f"step {int(step)}",
+            label=f"step {step}",
             blocked_since=started,
         )
         if wait:
@@ -353,6 +359,7 @@ class BackupManager(front_end.FrontEnd):
         Returns:
           True when training must stop (preempted, exit_on_preemption=False).
         """
+        step = _steps_done(step)
         self._check_owned("maybe_backup()")
         if not self._first_step_seen:
             self._first_step_seen = True
@@ -393,3 +400,34 @@ class BackupManager(front_end.FrontEnd):
                 f"{self.backup_dir} and returns the step to go on from (0 on "
                 "a fresh start). Nothing was written."
             )
+
+
+def _steps_done(step) -> int:
+    """`step` as the count of steps done a backup records: an int, a numpy
+    integer or a scalar integer tensor (`optimizer.iterations`), from 0 to
+    2**63 - 1.
+
+    Raises:
+      TypeError: anything else (a float, a bool): it would be recorded as
+        another step than the one meant.
+      ValueError: below 0 or beyond 2**63 - 1: no backup could hold it.
+    """
+    value = step.numpy() if hasattr(step, "numpy") else step
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        count = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            "step must be an integer, the number of steps done (restore() "
+            f"returns it), not {type(step).__name__}: {step!r}. Nothing was "
+            "written."
+        ) from None
+    if not 0 <= count <= schema_fields.MAX_INT:
+        raise ValueError(
+            f"step must be from 0 to 2**63 - 1, the number of steps done "
+            f"(restore() returns it), not {count}. Nothing was written."
+        )
+    return count

@@ -112,6 +112,34 @@ class ManagerTest(test_case.TestCase):
             manager.backup(2)
         self.assertEqual(_backups(self.dir), ["backup-00000001"])
 
+    def test_a_step_that_is_no_count_of_steps_is_refused_writing_nothing(
+        self,
+    ):
+        manager = self._manager(_objects(), save_freq=1)
+        self.assertEqual(manager.restore(), 0)
+        manager.backup(4, wait=True)
+        for step, error, message in [
+            (-1, ValueError, "from 0 to 2\\*\\*63 - 1, .* not -1"),
+            (2**63, ValueError, "not 9223372036854775808"),
+            (2.5, TypeError, "must be an integer.*not float: 2.5"),
+            (True, TypeError, "not bool: True"),
+            ("3", TypeError, "not str"),
+            (tf.constant(1.5), TypeError, "must be an integer"),
+        ]:
+            for call in (manager.backup, manager.maybe_backup):
+                with self.subTest(step=step, call=call.__name__):
+                    with self.assertRaisesRegex(error, message):
+                        call(step)
+        manager.wait_for_backup()
+        self.assertEqual(_backups(self.dir), ["backup-00000001"])
+        # Counts given as numpy or TensorFlow integers are recorded as ints.
+        manager.backup(np.int64(5), wait=True)
+        manager.backup(tf.constant(6, tf.int64), wait=True)
+        manager.finish(delete=False)
+        resumed = self._manager(_objects(), save_freq=1)
+        self.assertEqual(resumed.restore(), 6)
+        resumed.finish()
+
     def _finish_a_run(self, directory):
         manager = self._manager(_objects(), directory, save_freq=1)
         manager.restore()
