@@ -132,6 +132,12 @@ def _check_writable(directory: str) -> None:
     (a worker of the same job) probing it at the same moment.
     """
     local = paths.local(directory)
+    if os.path.islink(local) and not os.path.exists(local):
+        raise ValueError(
+            f"backup_dir {directory!r} is a symbolic link to "
+            f"{os.readlink(local)!r}, which does not exist. Create the "
+            "directory it points to, or give this job another backup_dir."
+        )
     probe = os.path.join(local, atomicity.probe_name())
     try:
         _make_dirs_durably(local)

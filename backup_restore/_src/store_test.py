@@ -957,6 +957,8 @@ class StoreTest(test_case.TestCase):
     def test_invalid_directories(self):
         regular = os.path.join(self.tmp, "a_file")
         open(regular, "w").close()
+        dangling = os.path.join(self.tmp, "dangling")
+        os.symlink(os.path.join(self.tmp, "gone"), dangling)
         for bad, exc, msg in [
             (None, ValueError, "Empty `backup_dir` argument passed: .*None"),
             ("", ValueError, "Empty `backup_dir` argument passed"),
@@ -964,6 +966,7 @@ class StoreTest(test_case.TestCase):
             (42, TypeError, "str or os.PathLike"),
             (b"/tmp/x", TypeError, "str or os.PathLike"),
             (regular, ValueError, "existing file"),
+            (dangling, ValueError, "a symbolic link to .*gone.*not exist"),
         ]:
             with self.subTest(bad=bad):
                 with self.assertRaisesRegex(exc, msg):
