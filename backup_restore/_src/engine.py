@@ -347,6 +347,19 @@ class Engine:
                     "it was deleted or replaced: its backups are not deleted.",
                     self.backup_dir,
                 )
+            elif (
+                delete
+                and not self.preempted
+                and self._role.is_chief
+                and self._ownership is not None
+                and self._ownership.superseded
+            ):
+                logging.warning(
+                    "Training completed, but another BackupManager or fit() "
+                    "of this process has owned %s since: its backups are not "
+                    "deleted.",
+                    self.backup_dir,
+                )
             elif delete and not self.preempted and self._role.is_chief:
                 faults.point(faults.DELETING, self.backup_dir)
                 self.store.delete_all()

@@ -337,7 +337,6 @@ class BackupManager(front_end.FrontEnd):
         step = _steps_done(step)
         self._check_owned("backup()")
         started = time.monotonic()
-        self._last_backup_step = step
         self._engine.write(
             self._checkpoint(),
             {
@@ -350,6 +349,7 @@ class BackupManager(front_end.FrontEnd):
             label=f"step {step}",
             blocked_since=started,
         )
+        self._last_backup_step = step  # a refused backup counts for nothing
         if wait:
             self._engine.wait()
 

@@ -140,6 +140,25 @@ class ManagerTest(test_case.TestCase):
         self.assertEqual(resumed.restore(), 6)
         resumed.finish()
 
+    def test_a_manager_taken_over_in_the_same_process_writes_nothing(self):
+        first = self._manager(_objects(), save_freq=1)
+        self.assertEqual(first.restore(), 0)
+        first.backup(1, wait=True)
+        second = self._manager(_objects(), save_freq=1)
+        self.assertEqual(second.restore(), 1)
+        second.backup(2, wait=True)
+        for call in (lambda: first.backup(3), lambda: first.maybe_backup(3)):
+            with self.assertRaisesRegex(RuntimeError, "taken over by another"):
+                call()
+        self.assertEqual(_backups(self.dir), ["backup-00000002"])
+        with self.assertLogs(level="WARNING") as logs:
+            first.finish()
+        self.assertTrue(any("not deleted" in r for r in logs.output))
+        self.assertEqual(_backups(self.dir), ["backup-00000002"])
+        second.backup(3, wait=True)
+        second.finish()
+        self.assertFalse(os.path.exists(self.dir))
+
     def _finish_a_run(self, directory):
         manager = self._manager(_objects(), directory, save_freq=1)
         manager.restore()

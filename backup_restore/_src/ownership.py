@@ -122,6 +122,18 @@ class Ownership:
             held = registry.HELD.get(self._key)
             return held is not None and held.holder is self
 
+    @property
+    def superseded(self) -> bool:
+        """Whether a newer handle of this process holds backup_dir now
+        (another BackupManager or fit() started on it since this one)."""
+        with registry.LOCK:
+            held = registry.HELD.get(self._key)
+            return (
+                not self._released
+                and held is not None
+                and held.holder is not self
+            )
+
     def release(self, remove_empty_dir: bool = False) -> None:
         """Ends the ownership if this handle holds it; else a no-op.
 
@@ -152,7 +164,8 @@ class Ownership:
         lstat with a file lock, one read of the lease with a lease.
 
         Within this process, a handle whose ownership a newer handle has
-        released takes it again.
+        released takes it again; while a newer handle holds it, this one
+        writes nothing there.
 
         Raises:
           BackupDirInUseError: another process owns backup_dir now; this
@@ -160,7 +173,8 @@ class Ownership:
             again by every later call.
           BackupDirUnsafeError: the lock file's name now holds something
             else (a link, ...): not followed or changed.
-          RuntimeError: this handle was released.
+          RuntimeError: this handle was released, or a newer handle of
+            this process holds backup_dir (nothing was changed).
         """
         with registry.LOCK:
             if self._released:
@@ -169,6 +183,13 @@ class Ownership:
                     "this handle: acquire it again to write backups there."
                 )
             held = registry.HELD.get(self._key)
+            if held is not None and held.holder is not self:
+                raise RuntimeError(
+                    f"backup_dir {self.directory!r} has been taken over by "
+                    "another BackupManager or fit() of this process, started "
+                    "on it after this one: this one writes nothing more "
+                    "there. Give each training its own backup_dir."
+                )
         if held is None and self._held.lost is None:
             # Released by a newer handle of this process: take it again.
             other = acquire(self.directory, _lease_ttl=self._lease_ttl)
@@ -177,8 +198,6 @@ class Ownership:
                 held.holder = self
                 self._held = held
                 other._released = True
-        if held is not None and held is not self._held:
-            self._held = held  # re-acquired by another handle meanwhile
         self._held.ensure()
 
 
