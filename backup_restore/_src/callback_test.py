@@ -283,6 +283,38 @@ class CallbackTest(fit_test_case.FitTestCase):
         ):
             np.testing.assert_array_equal(got, want)
 
+    def _assert_resumes_exactly(self, make_model, x, y):
+        """Fits `make_model()` uninterrupted, then interrupted after 6
+        batches (a backup after each) and resumed: the weights are equal."""
+
+        def fit(model, callbacks):
+            model.fit(
+                x,
+                y,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=callbacks,
+            )
+
+        ref = make_model()
+        fit(ref, [])
+        first = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            fit(
+                make_model(),
+                [first, keras_callbacks.InterruptAt(6, backup=first)],
+            )
+        resumed = make_model()
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        fit(resumed, [callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
+        for got, want in zip(
+            self.weights(resumed), self.weights(ref), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+        return resumed
+
     def test_a_model_built_without_its_sublayers_weights_is_restored(self):
         # A subclassed model with no build() of its own: model.build()
         # marks it built (Keras 3 warns of its unbuilt state) and the
@@ -305,36 +337,11 @@ class CallbackTest(fit_test_case.FitTestCase):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model.build((None, x.shape[1]))
+            self.assertTrue(model.built)  # before fit(), the resumed one too
             model.compile(keras_module.optimizers.Adam(0.01), "mse")
             return model
 
-        def fit(model, callbacks):
-            return model.fit(
-                x,
-                y,
-                batch_size=BATCH,
-                epochs=EPOCHS,
-                verbose=0,
-                callbacks=callbacks,
-            )
-
-        ref = built_without_weights()
-        fit(ref, [])
-        first = backup_restore.BackupAndRestore(self.dir, save_freq=1)
-        with self.assertRaises(keras_callbacks.Interrupted):
-            fit(
-                built_without_weights(),
-                [first, keras_callbacks.InterruptAt(6, backup=first)],
-            )
-        resumed = built_without_weights()
-        self.assertTrue(resumed.built)
-        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
-        fit(resumed, [callback])
-        self.assertEqual(callback.resumed_from, (1, 2))
-        for got, want in zip(
-            self.weights(resumed), self.weights(ref), strict=True
-        ):
-            np.testing.assert_array_equal(got, want)
+        self._assert_resumes_exactly(built_without_weights, x, y)
 
     def test_an_rnn_with_recurrent_dropout_resumes_exactly(self):
         # tf-keras: its masks cache per graph is an attribute that
@@ -362,29 +369,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             model.compile(keras_module.optimizers.Adam(0.01), "mse")
             return model
 
-        def fit(model, callbacks):
-            model.fit(
-                x,
-                y,
-                batch_size=BATCH,
-                epochs=EPOCHS,
-                verbose=0,
-                callbacks=callbacks,
-            )
-
-        ref = rnn()
-        fit(ref, [])
-        first = backup_restore.BackupAndRestore(self.dir, save_freq=1)
-        with self.assertRaises(keras_callbacks.Interrupted):
-            fit(rnn(), [first, keras_callbacks.InterruptAt(6, backup=first)])
-        resumed = rnn()
-        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
-        fit(resumed, [callback])
-        self.assertEqual(callback.resumed_from, (1, 2))
-        for got, want in zip(
-            self.weights(resumed), self.weights(ref), strict=True
-        ):
-            np.testing.assert_array_equal(got, want)
+        self._assert_resumes_exactly(rnn, x, y)
 
     def _stateful_random_warnings(self, model):
         x, y = synthetic.regression_data(SAMPLES, seed=3)
