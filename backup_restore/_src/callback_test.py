@@ -16,6 +16,7 @@ from absl.testing import parameterized
 import backup_restore
 from backup_restore._src import faults
 from backup_restore._src import fit_content
+from backup_restore._src import stateful_random
 from testing import dirs
 from testing import fit_test_case
 from testing import keras_callbacks
@@ -411,6 +412,35 @@ class CallbackTest(fit_test_case.FitTestCase):
         model.compile(keras_module.optimizers.SGD(0.01), "mse")
         (warned,) = self._stateful_random_warnings(model)
         self.assertEqual(warned[1], "RandomStandardNormal")
+
+    def test_only_a_fit_that_starts_afresh_watches_its_first_step(self):
+        # A resumed run's first step is downtime: its run before warned.
+        x, y = synthetic.regression_data(SAMPLES, seed=3)
+        calls = []
+
+        def fit(callbacks):
+            with mock.patch.object(
+                stateful_random, "watch", wraps=stateful_random.watch
+            ) as watch:
+                try:
+                    self.tiny_model().fit(
+                        x,
+                        y,
+                        batch_size=BATCH,
+                        epochs=EPOCHS,
+                        verbose=0,
+                        callbacks=callbacks,
+                    )
+                finally:
+                    calls.append(watch.call_count)
+
+        first = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        with self.assertRaises(keras_callbacks.Interrupted):
+            fit([first, keras_callbacks.InterruptAt(6, backup=first)])
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
+        fit([callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
+        self.assertEqual(calls, [1, 0])
 
     def test_a_model_drawing_from_no_stateful_random_op_is_not_warned(self):
         self.assertEqual(self._stateful_random_warnings(self.tiny_model()), [])

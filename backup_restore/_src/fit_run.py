@@ -117,6 +117,9 @@ class FitRun:
         else:
             resume.after_restore(*restored)
             self.resume = resume
+            # The run that wrote the backup watched its step and warned; a
+            # resume does not pay for the watch (its first step is downtime).
+            self._random_ops_watched = True
         self.adapter.wrap_train_function(model, self._wrap)
 
     # -- fit() hooks, forwarded by the callback -----------------------------
@@ -315,7 +318,8 @@ class FitRun:
                     return self.adapter.metrics_result(self.model)
                 if self._random_ops_watched:
                     return train_function(iterator)
-                # The first call traces the step: look at what it draws.
+                # The first call of a fit() that starts afresh traces the
+                # step: look at what it draws.
                 self._random_ops_watched = True
                 with stateful_random.watch() as found:
                     logs = train_function(iterator)
