@@ -334,30 +334,14 @@ class Engine:
                 # Training is complete; an interrupt from here on (Ctrl-C
                 # during the deletion) does not undo that.
                 self.completed = True
-            if (
-                delete
-                and not self.preempted
-                and self._role.is_chief
-                and self._ownership is not None
-                and self._ownership.lost
-            ):
-                # Whatever is in backup_dir now is the other job's.
+            # Whatever is in backup_dir now is another owner's when this
+            # one lost it or was taken over: its backups are not deleted.
+            owner = self._other_owner()
+            if delete and not self.preempted and self._role.is_chief and owner:
                 logging.warning(
-                    "Training completed, but another job has owned %s since "
-                    "it was deleted or replaced: its backups are not deleted.",
-                    self.backup_dir,
-                )
-            elif (
-                delete
-                and not self.preempted
-                and self._role.is_chief
-                and self._ownership is not None
-                and self._ownership.superseded
-            ):
-                logging.warning(
-                    "Training completed, but another BackupManager or fit() "
-                    "of this process has owned %s since: its backups are not "
-                    "deleted.",
+                    "Training completed, but %s has owned %s since: its "
+                    "backups are not deleted.",
+                    owner,
                     self.backup_dir,
                 )
             elif delete and not self.preempted and self._role.is_chief:
@@ -386,6 +370,18 @@ class Engine:
             if self._scratch is not None:
                 with contextlib.suppress(OSError):  # not empty: kept
                     os.rmdir(self._scratch.directory)
+
+    def _other_owner(self) -> str | None:
+        """Who owns backup_dir instead of this engine since it started, if
+        anyone: another job (the directory was deleted or replaced), or a
+        newer BackupManager or fit() of this process."""
+        if self._ownership is None:
+            return None
+        if self._ownership.lost:
+            return "another job (it was deleted or replaced)"
+        if self._ownership.superseded:
+            return "another BackupManager or fit() of this process"
+        return None
 
     def _release_ownership(self, remove_empty_dir: bool) -> None:
         """Lets another job use backup_dir (after the deletion, if any)."""
