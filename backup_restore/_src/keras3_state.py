@@ -289,6 +289,7 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
         optimizer.build(variables)
         return []
     made = []
+    empties = unfilled_slots.Empties()
 
     def wrap(original):
         def add_variable_from_reference(
@@ -308,9 +309,7 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
             variable = original(
                 reference_variable,
                 name=name,
-                initializer=lambda shape, dtype=None: unfilled_slots.empty(
-                    shape, dtype
-                ),
+                initializer=lambda shape, dtype=None: empties(shape, dtype),
             )
             made.append(variable)
             return variable

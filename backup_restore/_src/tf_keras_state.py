@@ -355,6 +355,7 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
         optimizer.build(variables)
         return []
     made = []
+    empties = unfilled_slots.Empties()
 
     def wrap(original):
         def add_variable_from_reference(
@@ -377,7 +378,7 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
                 model_variable,
                 variable_name,
                 shape=shape,
-                initial_value=unfilled_slots.empty(full, dtype),
+                initial_value=empties(full, dtype),
             )
             made.append(variable)
             return variable
