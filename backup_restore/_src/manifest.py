@@ -148,9 +148,10 @@ def _body_problem(body: dict) -> str | None:
 
     Its checksum only detects accidents (anyone can compute a CRC-32
     again), so its structure is checked before the store indexes it:
-    `files` maps names to {"size": bytes}, with "sha256" (64 hex digits)
-    beside the size for an index; `metadata` is a JSON object. What the
-    files are is checked by `verify` (checkpoint_format.checkpoint_problem).
+    `files` maps names to {"size": bytes}, with "sha256" (64 lower-case hex
+    digits, as written) beside the size for an index; `metadata` is a JSON
+    object. What the files are is checked by `verify`
+    (checkpoint_format.checkpoint_problem).
     """
     files = body.get("files")
     if not isinstance(files, dict):
@@ -161,7 +162,8 @@ def _body_problem(body: dict) -> str | None:
         digest = entry.get("sha256", "0" * 64)
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             return (
-                f"files[{name!r}].sha256 is {_show(digest)}, not 64 hex digits"
+                f"files[{name!r}].sha256 is {_show(digest)}, not 64 "
+                "lower-case hex digits"
             )
         size = entry["size"]
         # bool is an int in Python, never a size.

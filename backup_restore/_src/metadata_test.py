@@ -347,7 +347,19 @@ class ManifestSchemaTest(test_case.TestCase):
                     for n, e in body["files"].items()
                 },
             },
-            r"files\['ckpt\.[^']*'\]\.sha256 is 'not hex', not 64 hex digits",
+            r"files\['ckpt\.[^']*'\]\.sha256 is 'not hex', not 64 lower-case "
+            r"hex digits",
+        ),
+        (
+            "sha256_upper_case",
+            lambda body: {
+                **body,
+                "files": {
+                    n: {**e, "sha256": "AB" * 32}
+                    for n, e in body["files"].items()
+                },
+            },
+            r"\.sha256 is 'ABAB.*, not 64 lower-case hex digits",
         ),
         (
             "size_float",
