@@ -310,6 +310,59 @@ class InjectedFailureTest(_Base):
                 s.close()
 
 
+class InTheWayTest(_Base):
+    """Something put at the name of the next backup while training runs
+    (the store numbers its backups past every name there at its start)."""
+
+    @parameterized.named_parameters(
+        ("link", "symbolic link"),
+        ("dangling_link", "symbolic link"),
+        ("directory", "directory"),
+        ("file", "file"),
+    )
+    def test_it_is_named_and_kept(self, kind):
+        outside = self.create_tempdir().full_path
+        target = os.path.join(outside, "precious")
+        with open(target, "wb") as f:
+            f.write(b"keep")
+        s = store.BackupStore(self._dir())
+        self.assertEqual(self._write(s, 1.0, False)[0].seq, 1)
+        path = os.path.join(s.directory, atomicity.committed_name(2))
+        if self._testMethodName.endswith("_dangling_link"):
+            os.symlink(os.path.join(outside, "gone"), path)
+        elif kind == "symbolic link":
+            os.symlink(outside, path)
+        elif kind == "directory":
+            os.mkdir(path)
+            with open(os.path.join(path, "x"), "wb") as f:
+                f.write(b"x")
+        else:
+            with open(path, "wb") as f:
+                f.write(b"x")
+        before = sorted(os.listdir(s.directory))
+        _, error = self._write(s, 2.0, False)
+        self.assertIsInstance(error, errors.BackupWriteError)
+        self.assertIn(
+            f"A {kind} that no backup wrote is in the way at {path}: move it "
+            f"out of {s.directory}",
+            str(error),
+        )
+        self.assertEqual(sorted(os.listdir(s.directory)), before)
+        self.assertEqual([q for q, _ in s.committed()], [1])
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"keep")
+        self.assertEqual(os.listdir(outside), ["precious"])
+        # Once it is moved out, the next backup takes the name.
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        info, error = self._write(s, 3.0, False)
+        self.assertIsNone(error)
+        self.assertEqual(self._restored_value(s), (info.seq, 3.0))
+        s.close()
+
+
 class DamagedBackupTest(_Base):
     """A committed backup whose checkpoint is incomplete, built by hand."""
 

@@ -351,10 +351,25 @@ def after_commit(store, info: catalog.BackupInfo) -> None:
         )
 
 
+def _in_the_way(work, final) -> str | None:
+    """What is at `final` while the failed write's `work` directory is not
+    yet published there, or None. Something put in the directory while
+    training ran (the store numbers its backups past every name there at
+    its start): a rename onto it fails (AlreadyExistsError; NotADirectory
+    for a dangling link). Called before `work` is removed."""
+    try:
+        if work == final or paths.kind(work) != paths.DIRECTORY:
+            return None  # published, or written in place
+        return paths.kind(final)
+    except (tf.errors.OpError, OSError):
+        return None
+
+
 def failed(store, seq, work, final, error) -> errors.BackupWriteError:
     """Removes what a failed write of backup `seq` left; the error."""
     directory = store.directory
     detail = str(error).strip().splitlines()[0] if str(error) else ""
+    in_the_way = _in_the_way(work, final)
     try:
         if paths.kind(work) == paths.DIRECTORY:
             store._discard(work)
@@ -384,6 +399,12 @@ def failed(store, seq, work, final, error) -> errors.BackupWriteError:
     if _is_out_of_space(error):
         advice = (
             f"The filesystem of {directory} is full: free space there, "
+            "or pass another backup_dir."
+        )
+    elif in_the_way is not None:
+        advice = (
+            f"A {in_the_way} that no backup wrote is in the way at {final}: "
+            f"move it out of {directory} (nothing else may write there), "
             "or pass another backup_dir."
         )
     else:
