@@ -118,6 +118,8 @@ def _fingerprint(metadata) -> None:
         # Opaque beyond its keys: compared, never used.
         fields.as_dict(config, "fingerprint.optimizer.config")
     fields.member(fp, "random_generators", fields.as_int, "fingerprint")
+    # "loss" (absent in backups of earlier versions) is any JSON value:
+    # compared, never used.
     if "held" in fp:  # absent in backups of earlier versions
         _held(fields.member(fp, "held", fields.as_dict, "fingerprint"))
 

@@ -523,6 +523,51 @@ class CallbackTest(fit_test_case.FitTestCase):
         model.compile(optimizer=self.keras.optimizers.SGD(0.01), loss="mse")
         self._assert_refused(model, r"optimizer class: backup .*Adam.*SGD")
 
+    def test_changed_loss_is_refused(self):
+        model = self.tiny_model()
+        model.compile(optimizer=self.keras.optimizers.Adam(0.01), loss="mae")
+        self._assert_refused(model, r"loss: backup 'mse', model 'mae'")
+
+    def test_loss_object_is_compared_by_class_and_configuration(self):
+        def compiled(smoothing):
+            model = self.tiny_model()
+            model.compile(
+                optimizer=self.keras.optimizers.Adam(0.01),
+                loss=self.keras.losses.BinaryCrossentropy(
+                    label_smoothing=smoothing, name=f"bce{smoothing}"
+                ),
+            )
+            return model
+
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self.fit_tiny(
+                compiled(0.2),
+                [
+                    backup_restore.BackupAndRestore(
+                        self.dir, save_freq=2, async_backup=False
+                    ),
+                    keras_callbacks.InterruptAt(5),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        kept = keras_callbacks.backup_entries(self.dir)
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"(?s)different model, optimizer or loss.*loss: backup "
+            r".*BinaryCrossentropy.*'label_smoothing': 0\.2.*model "
+            r".*'label_smoothing': 0\.1",
+        ):
+            self.fit_tiny(
+                compiled(0.1), [backup_restore.BackupAndRestore(self.dir)]
+            )
+        self.assertEqual(keras_callbacks.backup_entries(self.dir), kept)
+        # The same loss resumes; its name only labels the logs.
+        callback = backup_restore.BackupAndRestore(self.dir)
+        model = compiled(0.2)
+        model.loss.name = "renamed"
+        self.fit_tiny(model, [callback])
+        self.assertIsNotNone(callback.resumed_from)
+
     def test_corrupt_backup_is_refused_and_kept(self):
         self._leave_a_backup()
         data = dirs.corrupt_data(

@@ -10,7 +10,8 @@ class BackupCorruptError(BackupError, ValueError):
 
 
 class BackupMismatchError(BackupError, ValueError):
-    """A backup was written by a different model or optimizer."""
+    """A backup was written by a different model, optimizer or loss, or
+    by a fit() call whose data positions mean something else."""
 
 
 class BackupWriteError(BackupError, RuntimeError):

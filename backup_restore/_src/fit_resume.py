@@ -128,8 +128,8 @@ class Resume:
         """Raises BackupMismatchError listing `problems`, if any."""
         if problems:
             raise errors.BackupMismatchError(
-                f"The backup in {info.path} was written by a different model "
-                "or optimizer, so it cannot be restored into this one:\n  "
+                f"The backup in {info.path} was written by a different model, "
+                "optimizer or loss, so it cannot be restored into this one:\n  "
                 + "\n  ".join(problems)
                 + "\nNothing was restored or deleted. Train the same model "
                 "as before to resume, or use another backup_dir (or delete "

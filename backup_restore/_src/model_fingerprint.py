@@ -2,7 +2,8 @@
 written from, and the differences that make a restore refuse it.
 
 The fingerprint describes the model's variables (order, shapes, dtypes),
-the optimizer's class and initial configuration, and what the model holds
+the optimizer's class and initial configuration, the loss it was compiled
+with (`loss_fingerprint`), and what the model holds
 beyond its weights (keras_state.HeldState: optimizers held as attributes,
 variables outside `model.variables`). It is stored with every backup and
 compared before a restore, so that a backup written by a different model is
@@ -66,6 +67,53 @@ def _class_name(obj) -> str:
 def _lr_owner(optimizer, adapter):
     schedule = adapter.learning_rate_schedule(optimizer)
     return optimizer if schedule is None else schedule
+
+
+def loss_fingerprint(model):
+    """The loss the model was compiled with (`model.loss`), as the same
+    value in every process that runs the same code: a name as given, a
+    function by its qualified name, a Loss object by its class and
+    configuration without its name (which only labels the logs), lists and
+    mappings of them as given; None (tf-keras: {}) when compiled without.
+    """
+    return _loss_part(getattr(model, "loss", None))
+
+
+def _loss_part(loss):
+    if isinstance(loss, dict):
+        return {str(k): _loss_part(v) for k, v in loss.items()}
+    if isinstance(loss, list | tuple):
+        return [_loss_part(v) for v in loss]
+    get_config = getattr(loss, "get_config", None)
+    if get_config is None or isinstance(loss, type):
+        return _stable(loss)
+    try:
+        config = dict(get_config())
+    except Exception:  # pylint: disable=broad-except
+        # A Loss without a usable configuration: its class alone.
+        return {"class": _class_name(loss), "config": None}
+    config.pop("name", None)
+    return {"class": _class_name(loss), "config": _stable(config)}
+
+
+def _stable(value):
+    """`value` as JSON whose text is the same in every process: what is not
+    a JSON value is named by its qualified name or class (never by a repr,
+    which may hold a memory address)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_stable(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, tf.Tensor | tf.Variable):
+        return _stable(value.numpy())
+    qualname = getattr(value, "__qualname__", None)
+    if callable(value) and isinstance(qualname, str):
+        return f"{getattr(value, '__module__', None)}.{qualname}"
+    return _class_name(value)
 
 
 def variables_fingerprint(model, adapter: Adapter) -> list:
@@ -144,6 +192,11 @@ def diff(backup: dict, current: dict, structure_only=False) -> list[str]:
             f"{current['random_generators']} (was enable_tf_random_generator() "
             "called in one run and not the other?)"
         )
+    # Backups of earlier versions do not record the loss.
+    if "loss" in backup and not _same(backup["loss"], current.get("loss")):
+        problems.append(
+            f"loss: backup {backup['loss']!r}, model {current.get('loss')!r}"
+        )
     bo, co = backup["optimizer"], current["optimizer"]
     if bo["class"] != co["class"]:
         problems.append(
@@ -174,6 +227,7 @@ def fingerprint(
         "optimizer": optimizer_part,
         "random_generators": random_generators,
         "held": held,
+        "loss": loss_fingerprint(model),
     }
 
 

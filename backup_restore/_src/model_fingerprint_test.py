@@ -79,5 +79,97 @@ class DiffTest(test_case.TestCase):
         )
 
 
+class _Model:
+    def __init__(self, loss):
+        self.loss = loss
+
+
+def _loss_fn(y_true, y_pred):
+    return y_true - y_pred
+
+
+class _ConfiguredLoss:
+    """A Loss-like object: its configuration holds a function and a name."""
+
+    def __init__(self, scale, name):
+        self.scale, self.name = scale, name
+
+    def get_config(self):
+        return {"name": self.name, "scale": self.scale, "fn": _loss_fn}
+
+
+class _BrokenConfig:
+    def get_config(self):
+        raise NotImplementedError
+
+
+class LossTest(test_case.TestCase):
+    def _loss(self, loss):
+        value = model_fingerprint.loss_fingerprint(_Model(loss))
+        self.assertEqual(json.loads(json.dumps(value)), value)  # JSON
+        return value
+
+    def test_forms_of_a_loss(self):
+        self.assertEqual(self._loss("mse"), "mse")
+        self.assertIsNone(self._loss(None))
+        self.assertEqual(self._loss({}), {})
+        self.assertEqual(self._loss(_loss_fn), f"{__name__}._loss_fn")
+        self.assertEqual(
+            self._loss(_ConfiguredLoss(2.0, "a")),
+            {
+                "class": f"{__name__}._ConfiguredLoss",
+                "config": {"scale": 2.0, "fn": f"{__name__}._loss_fn"},
+            },
+        )
+        self.assertEqual(
+            self._loss(_BrokenConfig()),
+            {"class": f"{__name__}._BrokenConfig", "config": None},
+        )
+        self.assertEqual(
+            self._loss({"out": ["mae", _loss_fn]}),
+            {"out": ["mae", f"{__name__}._loss_fn"]},
+        )
+
+    def test_no_repr_with_an_address(self):
+        # An object with neither a configuration nor a name is its class.
+        value = self._loss({"a": object(), "b": [lambda y, p: p]})
+        lambda_name = (
+            f"{__name__}.LossTest.{self._testMethodName}.<locals>.<lambda>"
+        )
+        self.assertEqual(value, {"a": "builtins.object", "b": [lambda_name]})
+        self.assertNotIn("0x", json.dumps(value))
+
+    def test_a_changed_loss_is_named_and_its_name_ignored(self):
+        backup = dict(
+            _fingerprint(_BEFORE), loss=self._loss(_ConfiguredLoss(2.0, "a"))
+        )
+        renamed = dict(
+            _fingerprint(_BEFORE), loss=self._loss(_ConfiguredLoss(2.0, "b"))
+        )
+        self.assertEqual(model_fingerprint.diff(backup, renamed), [])
+        rescaled = dict(
+            _fingerprint(_BEFORE), loss=self._loss(_ConfiguredLoss(3.0, "a"))
+        )
+        (problem,) = model_fingerprint.diff(backup, rescaled)
+        self.assertRegex(
+            problem, r"^loss: backup .*'scale': 2\.0.*'scale': 3\.0"
+        )
+        self.assertEqual(
+            model_fingerprint.diff(
+                dict(_fingerprint(_BEFORE), loss="mse"),
+                dict(_fingerprint(_BEFORE), loss="mae"),
+            ),
+            ["loss: backup 'mse', model 'mae'"],
+        )
+
+    def test_a_backup_that_records_no_loss_is_not_compared(self):
+        self.assertEqual(
+            model_fingerprint.diff(
+                _fingerprint(_BEFORE), dict(_fingerprint(_BEFORE), loss="mae")
+            ),
+            [],
+        )
+
+
 if __name__ == "__main__":
     absltest.main()
