@@ -20,6 +20,7 @@ from testing import fit_test_case
 from testing import keras_callbacks
 from testing import synthetic
 from testing import tamper
+from testing import test_case
 
 SAMPLES = 64
 BATCH = 16  # 4 batches per epoch
@@ -499,6 +500,33 @@ class HeldStateTest(fit_test_case.FitTestCase):
 
 
 HeldStateTfKerasTest = fit_test_case.tf_keras_variant(HeldStateTest)
+
+
+class EmptiesTest(test_case.TestCase):
+    """The slots a restore makes share one empty tensor per shape."""
+
+    def test_one_per_shape_and_an_update_in_place_changes_one_slot(self):
+        empties = unfilled_slots.Empties()
+        with mock.patch.object(
+            unfilled_slots, "empty", wraps=unfilled_slots.empty
+        ) as empty:
+            slots = [
+                tf.Variable(empties(shape, dtype))
+                for shape, dtype in (
+                    ((2, 3), tf.float32),
+                    ((3,), tf.float32),
+                    ((2, 3), tf.float32),
+                    ((2, 3), tf.float64),
+                    ([2, 3], "float32"),
+                )
+            ]
+        self.assertEqual(empty.call_count, 3)
+        # TensorFlow copies the buffer the slots share before an update in
+        # place: the others keep their (arbitrary) bytes.
+        others = [s.numpy() for s in (slots[2], slots[4])]
+        slots[0].assign_add(tf.ones((2, 3)))
+        for slot, was in zip((slots[2], slots[4]), others, strict=True):
+            np.testing.assert_array_equal(slot.numpy(), was)
 
 
 if __name__ == "__main__":
