@@ -76,30 +76,14 @@ def loss_fingerprint(model):
     configuration without its name (which only labels the logs), lists and
     mappings of them as given; None (tf-keras: {}) when compiled without.
     """
-    return _loss_part(getattr(model, "loss", None))
-
-
-def _loss_part(loss):
-    if isinstance(loss, dict):
-        return {str(k): _loss_part(v) for k, v in loss.items()}
-    if isinstance(loss, list | tuple):
-        return [_loss_part(v) for v in loss]
-    get_config = getattr(loss, "get_config", None)
-    if get_config is None or isinstance(loss, type):
-        return _stable(loss)
-    try:
-        config = dict(get_config())
-    except Exception:  # pylint: disable=broad-except
-        # A Loss without a usable configuration: its class alone.
-        return {"class": _class_name(loss), "config": None}
-    config.pop("name", None)
-    return {"class": _class_name(loss), "config": _stable(config)}
+    return _stable(getattr(model, "loss", None))
 
 
 def _stable(value):
-    """`value` as JSON whose text is the same in every process: what is not
-    a JSON value is named by its qualified name or class (never by a repr,
-    which may hold a memory address)."""
+    """`value` as JSON whose text is the same in every process: an object
+    with a configuration (a Loss) by its class and `get_config()` without
+    its name, anything else that is not a JSON value by its qualified name
+    or class (never by a repr, which may hold a memory address)."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, dict):
@@ -110,6 +94,15 @@ def _stable(value):
         return value.tolist()
     if isinstance(value, tf.Tensor | tf.Variable):
         return _stable(value.numpy())
+    get_config = getattr(value, "get_config", None)
+    if get_config is not None and not isinstance(value, type):
+        try:
+            config = dict(get_config())
+        except Exception:  # pylint: disable=broad-except
+            # No usable configuration: its class alone.
+            return {"class": _class_name(value), "config": None}
+        config.pop("name", None)
+        return {"class": _class_name(value), "config": _stable(config)}
     qualname = getattr(value, "__qualname__", None)
     if callable(value) and isinstance(qualname, str):
         return f"{getattr(value, '__module__', None)}.{qualname}"
