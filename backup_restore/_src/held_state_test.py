@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl import logging
 from absl.testing import absltest
 from absl.testing import parameterized
+from tensorflow.python.ops import gen_resource_variable_ops
 
 import backup_restore
 from backup_restore._src import backup_metadata
@@ -527,6 +528,54 @@ class EmptiesTest(test_case.TestCase):
         slots[0].assign_add(tf.ones((2, 3)))
         for slot, was in zip((slots[2], slots[4]), others, strict=True):
             np.testing.assert_array_equal(slot.numpy(), was)
+
+
+class SharedHandleKernelsTest(test_case.TestCase):
+    """Variables made in the block get handles without a debug name (the
+    attribute that gave each variable a kernel of its own), and keep their
+    names and values; outside it TensorFlow's own path is untouched."""
+
+    def _debug_names(self, make):
+        with mock.patch.object(
+            gen_resource_variable_ops,
+            "var_handle_op",
+            wraps=gen_resource_variable_ops.var_handle_op,
+        ) as op:
+            made = make()
+        return made, [call.kwargs.get("debug_name") for call in op.mock_calls]
+
+    def test_the_block_drops_the_debug_name_and_keeps_the_variable(self):
+        def make():
+            with unfilled_slots.shared_handle_kernels():
+                return tf.Variable([1.0, 2.0], name="m/dense/kernel")
+
+        variable, names = self._debug_names(make)
+        # Fails if TensorFlow stops making an eager variable's handle
+        # through the function the block replaces.
+        self.assertEqual(names, [""])
+        self.assertEqual(variable.name, "m/dense/kernel:0")
+        variable.assign_add([1.0, 1.0])
+        np.testing.assert_array_equal(variable.numpy(), [2.0, 3.0])
+
+    def test_outside_the_block_and_after_an_error_the_name_is_passed(self):
+        with self.assertRaises(ValueError):
+            with unfilled_slots.shared_handle_kernels():
+                raise ValueError("inside")
+        _, names = self._debug_names(lambda: tf.Variable(1.0, name="v"))
+        self.assertLen(names, 1)
+        self.assertStartsWith(names[0], "v")
+
+    def test_a_build_makes_its_slots_in_the_block(self):
+        optimizer = tf.keras.optimizers.Adam()
+        weights = [tf.Variable(tf.ones((2, 2)), name=f"w{i}") for i in (0, 1)]
+        _, names = self._debug_names(
+            lambda: unfilled_slots.build_with_slot_maker(
+                optimizer, weights, lambda original: original
+            )
+        )
+        self.assertNotEmpty(names)
+        self.assertEqual(set(names), {""})
+        self.assertLen(optimizer.variables, 2 + 2 * len(weights))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ can see. Under a distribution strategy the adapters fill as Keras does
 """
 
 import contextlib
+import threading
 
 import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops
 
 
 def wanted() -> bool:
@@ -82,12 +84,61 @@ def method_replaced(obj, name: str, wrap):
             del own[name]
 
 
+class _HandlesWithoutDebugName:
+    """Stands for `gen_resource_variable_ops` inside `resource_variable_ops`:
+    its `var_handle_op` drops the `debug_name` attribute; everything else is
+    the module's own."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def var_handle_op(self, *args, **kwargs):
+        kwargs["debug_name"] = ""
+        return self._module.var_handle_op(*args, **kwargs)
+
+
+_handles_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def shared_handle_kernels():
+    """Within the block, eager variables are made with handles that carry
+    no debug name.
+
+    An eager op runs a kernel cached per set of attributes. `VarHandleOp`
+    has the variable's name among them (`debug_name`, used only in
+    messages), so each new name instantiates a kernel: 0.6 ms per variable
+    here, most of the cost of making one. Without it, variables of one
+    shape and dtype share a kernel: the 804 Adam slots of a 402-variable
+    model cost 0.25-0.35 ms each instead of 0.85-0.95. The variables'
+    names are unchanged. Where TensorFlow's internals differ from the ones
+    this was written against, the block changes nothing.
+    """
+    module = getattr(resource_variable_ops, "gen_resource_variable_ops", None)
+    if module is None or not hasattr(module, "var_handle_op"):
+        yield
+        return
+    with _handles_lock:
+        resource_variable_ops.gen_resource_variable_ops = (
+            _HandlesWithoutDebugName(module)
+        )
+        try:
+            yield
+        finally:
+            resource_variable_ops.gen_resource_variable_ops = module
+
+
 def build_with_slot_maker(optimizer, variables, wrap) -> None:
     """Builds `optimizer` on `variables` with its `add_variable_from_
     reference` (through which both flavours' optimizers make their slots)
     replaced by `wrap(original)`, on it and on each optimizer it wraps
-    (`inner_optimizer`: a LossScaleOptimizer builds its inner one)."""
+    (`inner_optimizer`: a LossScaleOptimizer builds its inner one), and its
+    variables' handles made without debug names (`shared_handle_kernels`)."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(shared_handle_kernels())
         inner = optimizer
         while inner is not None and hasattr(inner, "build"):
             stack.enter_context(
