@@ -568,6 +568,41 @@ class CallbackTest(fit_test_case.FitTestCase):
         self.fit_tiny(model, [callback])
         self.assertIsNotNone(callback.resumed_from)
 
+    def test_schedule_whose_configuration_keras_cannot_give_resumes(self):
+        # Keras's get_config() raises for the object the schedule's
+        # configuration holds; training, and the originals, need none.
+        class Helper:
+            pass
+
+        class Schedule(self.keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step):
+                return 0.01
+
+            def get_config(self):
+                return {"helper": Helper()}
+
+        def compiled():
+            model = self.tiny_model()
+            model.compile(
+                optimizer=self.keras.optimizers.Adam(Schedule()), loss="mse"
+            )
+            return model
+
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self.fit_tiny(
+                compiled(),
+                [
+                    backup_restore.BackupAndRestore(
+                        self.dir, save_freq=2, async_backup=False
+                    ),
+                    keras_callbacks.InterruptAt(5),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        callback = backup_restore.BackupAndRestore(self.dir)
+        self.fit_tiny(compiled(), [callback])
+        self.assertIsNotNone(callback.resumed_from)
+
     def test_corrupt_backup_is_refused_and_kept(self):
         self._leave_a_backup()
         data = dirs.corrupt_data(

@@ -17,6 +17,7 @@ not depend on them.
 """
 
 import json
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +27,11 @@ from backup_restore._src import keras_state
 Adapter = object  # an adapter module (flavours.py)
 
 
+# A default repr (`<f.Class object at 0x7f...>`, `<function f at 0x...>`)
+# names the object's address, different in every process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -33,7 +39,10 @@ def _jsonable(value):
         return value.tolist()
     if hasattr(value, "numpy"):
         return _jsonable(value.numpy())
-    return repr(value)
+    text = repr(value)
+    if _ADDRESS.search(text):
+        return _stable(value)
+    return text
 
 
 def to_json_value(value):
@@ -44,14 +53,16 @@ def to_json_value(value):
 def optimizer_fingerprint(optimizer, adapter: Adapter) -> dict:
     """The optimizer's class and configuration, without its name.
 
-    A learning-rate schedule without `get_config()` (allowed for training,
-    needed only for serialization) is recorded by its class.
+    A configuration Keras cannot give (a learning-rate schedule without
+    `get_config()`, or with one that returns what Keras cannot serialize:
+    allowed for training, needed only for serialization) is recorded as the
+    class of the learning rate's owner (the schedule, else the optimizer).
     """
     if optimizer is None:
         return {"class": None, "config": None}
     try:
         config = dict(optimizer.get_config())
-    except NotImplementedError:
+    except Exception:  # pylint: disable=broad-except
         config = {"learning_rate": _class_name(_lr_owner(optimizer, adapter))}
     config.pop("name", None)
     return {

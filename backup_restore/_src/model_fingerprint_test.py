@@ -1,11 +1,16 @@
 """model_fingerprint.diff: what makes a restore refuse a backup, robust to
-how the same value is represented (a float and its float32, key order)."""
+how the same value is represented (a float and its float32, key order,
+objects at other addresses), and what is recorded of an optimizer whose
+configuration Keras cannot give."""
 
 import copy
 import json
 
+import keras
+import tensorflow as tf
 from absl.testing import absltest
 
+from backup_restore._src import keras3_adapter
 from backup_restore._src import model_fingerprint
 from testing import test_case
 
@@ -166,6 +171,79 @@ class LossTest(test_case.TestCase):
         self.assertEqual(
             model_fingerprint.diff(
                 _fingerprint(_BEFORE), dict(_fingerprint(_BEFORE), loss="mae")
+            ),
+            [],
+        )
+
+
+class _Plain:
+    """Neither a configuration nor a name: Keras cannot serialize it."""
+
+
+class _ScheduleHoldingAnObject(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self):
+        self.helper = _Plain()
+
+    def __call__(self, step):
+        return 0.01
+
+    def get_config(self):
+        return {"helper": self.helper}
+
+
+class _AdamHoldingObjects(keras.optimizers.Adam):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.helper = _Plain()
+
+    def get_config(self):
+        return dict(
+            super().get_config(),
+            fn=_loss_fn,
+            helper=self.helper,
+            dtype=tf.float32,
+        )
+
+
+class OptimizerTest(test_case.TestCase):
+    def _optimizer(self, optimizer):
+        value = model_fingerprint.optimizer_fingerprint(
+            optimizer, keras3_adapter
+        )
+        self.assertEqual(json.loads(json.dumps(value)), value)  # JSON
+        return value
+
+    def test_a_configuration_keras_cannot_give_is_the_schedule_class(self):
+        # Keras raises TypeError for the object the schedule's config holds;
+        # training does not need the configuration.
+        with self.assertRaises(TypeError):
+            keras.optimizers.Adam(_ScheduleHoldingAnObject()).get_config()
+        self.assertEqual(
+            self._optimizer(keras.optimizers.Adam(_ScheduleHoldingAnObject())),
+            {
+                "class": "keras.src.optimizers.adam.Adam",
+                "config": {
+                    "learning_rate": f"{__name__}._ScheduleHoldingAnObject"
+                },
+            },
+        )
+
+    def test_objects_in_the_configuration_are_recorded_without_an_address(
+        self,
+    ):
+        first = self._optimizer(_AdamHoldingObjects())
+        config = first["config"]
+        self.assertEqual(config["fn"], f"{__name__}._loss_fn")
+        self.assertEqual(config["helper"], f"{__name__}._Plain")
+        # A repr without an address is kept as it was recorded before.
+        self.assertEqual(config["dtype"], "tf.float32")
+        self.assertNotIn(" at 0x", json.dumps(first))
+        # Another process holds other objects at other addresses.
+        second = self._optimizer(_AdamHoldingObjects())
+        self.assertEqual(
+            model_fingerprint.diff(
+                dict(_fingerprint(None), optimizer=first),
+                dict(_fingerprint(None), optimizer=second),
             ),
             [],
         )
