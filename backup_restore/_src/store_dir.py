@@ -13,6 +13,7 @@ removed.
 """
 
 import contextlib
+import errno
 import os
 
 import tensorflow as tf
@@ -125,6 +126,25 @@ def _make_dirs_durably(local: str) -> None:
         paths.fsync(os.path.dirname(created), follow=True)
 
 
+def _broken_link(local: str):
+    """(level, looped) for the deepest level of `local` (itself or a
+    parent) that is a symbolic link leading nowhere: to a path that does
+    not exist (looped False) or round a loop of links (looped True); None
+    when there is none."""
+    level = local
+    while True:
+        if os.path.islink(level):
+            try:
+                os.stat(level)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ELOOP):
+                    return level, e.errno == errno.ELOOP
+        parent = os.path.dirname(level)
+        if parent == level:
+            return None
+        level = parent
+
+
 def _check_writable(directory: str) -> None:
     """Creates `directory` if missing, and a probe file in it, removed again.
 
@@ -132,11 +152,24 @@ def _check_writable(directory: str) -> None:
     (a worker of the same job) probing it at the same moment.
     """
     local = paths.local(directory)
-    if os.path.islink(local) and not os.path.exists(local):
+    broken = _broken_link(local)
+    if broken is not None:
+        level, looped = broken
+        what = (
+            "a symbolic link in a loop of symbolic links"
+            if looped
+            else f"a symbolic link to {os.readlink(level)!r}, which does "
+            "not exist"
+        )
+        where = "is" if level == local else f"is under {level!r},"
+        fix = (
+            "Replace the link with a directory"
+            if looped
+            else "Create the directory it points to"
+        )
         raise ValueError(
-            f"backup_dir {directory!r} is a symbolic link to "
-            f"{os.readlink(local)!r}, which does not exist. Create the "
-            "directory it points to, or give this job another backup_dir."
+            f"backup_dir {directory!r} {where} {what}. {fix}, or give this "
+            "job another backup_dir."
         )
     probe = os.path.join(local, atomicity.probe_name())
     try:

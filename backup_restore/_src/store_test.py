@@ -959,6 +959,9 @@ class StoreTest(test_case.TestCase):
         open(regular, "w").close()
         dangling = os.path.join(self.tmp, "dangling")
         os.symlink(os.path.join(self.tmp, "gone"), dangling)
+        loop = os.path.join(self.tmp, "loop")
+        os.symlink(os.path.join(self.tmp, "loop_back"), loop)
+        os.symlink(loop, os.path.join(self.tmp, "loop_back"))
         for bad, exc, msg in [
             (None, ValueError, "Empty `backup_dir` argument passed: .*None"),
             ("", ValueError, "Empty `backup_dir` argument passed"),
@@ -966,12 +969,35 @@ class StoreTest(test_case.TestCase):
             (42, TypeError, "str or os.PathLike"),
             (b"/tmp/x", TypeError, "str or os.PathLike"),
             (regular, ValueError, "existing file"),
-            (dangling, ValueError, "a symbolic link to .*gone.*not exist"),
+            (
+                dangling,
+                ValueError,
+                r"'.*/dangling' is a symbolic link to .*gone.*not exist\. "
+                "Create the directory it points to",
+            ),
+            (
+                os.path.join(dangling, "sub"),
+                ValueError,
+                r"'.*/dangling/sub' is under '.*/dangling', a symbolic link "
+                r"to .*gone.*not exist\.",
+            ),
+            (
+                loop,
+                ValueError,
+                r"'.*/loop' is a symbolic link in a loop of symbolic links\. "
+                "Replace the link with a directory",
+            ),
+            (
+                os.path.join(loop, "sub"),
+                ValueError,
+                r"'.*/loop/sub' is under '.*/loop', a symbolic link in a loop",
+            ),
         ]:
             with self.subTest(bad=bad):
                 with self.assertRaisesRegex(exc, msg):
                     store.BackupStore(bad)
         self.assertTrue(os.path.isfile(regular), "nothing deleted")
+        self.assertFalse(os.path.lexists(os.path.join(self.tmp, "gone")))
 
     def test_unwritable_directory(self):
         # Checked for real at construction, not at the first backup.
