@@ -603,6 +603,30 @@ class CallbackTest(fit_test_case.FitTestCase):
         self.fit_tiny(compiled(), [callback])
         self.assertIsNotNone(callback.resumed_from)
 
+    def test_callable_learning_rate_resumes_mid_epoch(self):
+        def compiled():
+            model = self.tiny_model()
+            model.compile(
+                optimizer=self.keras.optimizers.Adam(lambda: 0.01),
+                loss="mse",
+            )
+            return model
+
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self.fit_tiny(
+                compiled(),
+                [
+                    backup_restore.BackupAndRestore(
+                        self.dir, save_freq=2, async_backup=False
+                    ),
+                    keras_callbacks.InterruptAt(7),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+        callback = backup_restore.BackupAndRestore(self.dir)
+        self.fit_tiny(compiled(), [callback])
+        self.assertEqual(callback.resumed_from, (1, 2))
+
     def test_corrupt_backup_is_refused_and_kept(self):
         self._leave_a_backup()
         data = dirs.corrupt_data(

@@ -439,6 +439,12 @@ class Keras3AdapterContractTest(test_case.TestCase):
         self.assertIsNone(
             keras3_adapter.learning_rate_schedule(keras.optimizers.Adam(0.1))
         )
+        # A callable learning rate is called at each step; it cannot be set.
+        rate = lambda: 0.01  # noqa: E731
+        self.assertIs(
+            keras3_adapter.learning_rate_schedule(keras.optimizers.Adam(rate)),
+            rate,
+        )
 
     def test_metrics_can_be_built_before_the_first_step(self):
         model = synthetic.regression_model("tiny", flavour="keras3")

@@ -212,11 +212,16 @@ def is_builtin_backup_callback(callback) -> bool:
 
 
 def learning_rate_schedule(optimizer):
-    """The LearningRateSchedule driving `optimizer`, or None."""
+    """What drives `optimizer`'s learning rate when it is not a value the
+    optimizer holds: a LearningRateSchedule (a function of `iterations`,
+    which is backed up), or any other callable, which Keras 3 calls for the
+    rate at each step and which cannot be set; None otherwise."""
     schedule_type = keras.optimizers.schedules.LearningRateSchedule
     while optimizer is not None:
         value = getattr(optimizer, "_learning_rate", None)
-        if isinstance(value, schedule_type):
+        if isinstance(value, schedule_type) or (
+            callable(value) and not is_variable(value)
+        ):
             return value
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return None
@@ -316,5 +321,5 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
 
         return add_variable_from_reference
 
-    unfilled_slots.build_with_slot_maker(optimizer, variables, wrap)
+    unfilled_slots.build_with_slot_maker(optimizer, variables, wrap, made)
     return made
