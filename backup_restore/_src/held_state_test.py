@@ -570,12 +570,49 @@ class SharedHandleKernelsTest(test_case.TestCase):
         weights = [tf.Variable(tf.ones((2, 2)), name=f"w{i}") for i in (0, 1)]
         _, names = self._debug_names(
             lambda: unfilled_slots.build_with_slot_maker(
-                optimizer, weights, lambda original: original
+                optimizer, weights, lambda original: original, []
             )
         )
         self.assertNotEmpty(names)
         self.assertEqual(set(names), {""})
         self.assertLen(optimizer.variables, 2 + 2 * len(weights))
+
+
+class FailedBuildTest(test_case.TestCase, parameterized.TestCase):
+    """A restore's build that fails part way (an error, Ctrl-C) leaves no
+    slot it made holding the unfilled tensor's bytes."""
+
+    @parameterized.parameters("keras3", "tf_keras")
+    def test_slots_made_before_the_failure_are_zero(self, flavour):
+        if flavour == "keras3":
+            import keras  # pylint: disable=g-import-not-at-top
+
+            from backup_restore._src import keras3_state as state  # pylint: disable=g-import-not-at-top
+        else:
+            import tf_keras as keras  # pylint: disable=g-import-not-at-top
+
+            from backup_restore._src import tf_keras_state as state  # pylint: disable=g-import-not-at-top
+        made = []
+
+        class Interrupted(BaseException):
+            pass
+
+        class FailingAdam(keras.optimizers.Adam):
+            def add_variable_from_reference(self, *args, **kwargs):
+                if len(made) == 3:
+                    raise Interrupted  # as Ctrl-C would, part way
+                variable = super().add_variable_from_reference(*args, **kwargs)
+                made.append(variable)
+                return variable
+
+        weights = [tf.Variable(tf.ones((2, 2))) for _ in range(2)]
+        sevens = lambda shape, dtype: tf.cast(tf.fill(shape, 7), dtype)  # noqa: E731
+        with mock.patch.object(unfilled_slots, "empty", side_effect=sevens):
+            with self.assertRaises(Interrupted):
+                state.build_optimizer(FailingAdam(), weights, unfilled=True)
+        self.assertLen(made, 3)
+        for slot in made:
+            np.testing.assert_array_equal(np.asarray(slot), 0)
 
 
 if __name__ == "__main__":

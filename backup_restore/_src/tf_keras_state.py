@@ -385,5 +385,5 @@ def build_optimizer(optimizer, variables, unfilled=False) -> list:
 
         return add_variable_from_reference
 
-    unfilled_slots.build_with_slot_maker(optimizer, variables, wrap)
+    unfilled_slots.build_with_slot_maker(optimizer, variables, wrap, made)
     return made

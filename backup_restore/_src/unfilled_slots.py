@@ -131,21 +131,30 @@ def shared_handle_kernels():
             resource_variable_ops.gen_resource_variable_ops = module
 
 
-def build_with_slot_maker(optimizer, variables, wrap) -> None:
+def build_with_slot_maker(optimizer, variables, wrap, made) -> None:
     """Builds `optimizer` on `variables` with its `add_variable_from_
     reference` (through which both flavours' optimizers make their slots)
     replaced by `wrap(original)`, on it and on each optimizer it wraps
     (`inner_optimizer`: a LossScaleOptimizer builds its inner one), and its
-    variables' handles made without debug names (`shared_handle_kernels`)."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(shared_handle_kernels())
-        inner = optimizer
-        while inner is not None and hasattr(inner, "build"):
-            stack.enter_context(
-                method_replaced(inner, "add_variable_from_reference", wrap)
-            )
-            inner = getattr(inner, "inner_optimizer", None)
-        optimizer.build(variables)
+    variables' handles made without debug names (`shared_handle_kernels`).
+
+    `made`: the list `wrap` adds the slots it makes unfilled to. A build
+    that fails part way (an error, Ctrl-C) zero-fills them before the
+    exception goes on: no slot is left holding arbitrary bytes.
+    """
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(shared_handle_kernels())
+            inner = optimizer
+            while inner is not None and hasattr(inner, "build"):
+                stack.enter_context(
+                    method_replaced(inner, "add_variable_from_reference", wrap)
+                )
+                inner = getattr(inner, "inner_optimizer", None)
+            optimizer.build(variables)
+    except BaseException:
+        zero_fill(made)
+        raise
 
 
 def zero_fill(variables) -> None:
