@@ -39,6 +39,11 @@ def _jsonable(value):
         return value.tolist()
     if hasattr(value, "numpy"):
         return _jsonable(value.numpy())
+    if isinstance(value, set | frozenset):
+        # Sorted: a set's repr follows its elements' hashes, which differ
+        # between processes for strings (PYTHONHASHSEED).
+        items = [to_json_value(item) for item in value]
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
     text = repr(value)
     if _ADDRESS.search(text):
         return _stable(value)

@@ -228,6 +228,15 @@ class OptimizerTest(test_case.TestCase):
             },
         )
 
+    def test_a_set_is_recorded_sorted(self):
+        # Its repr's order follows string hashes, which differ per process.
+        self.assertEqual(
+            model_fingerprint.to_json_value(
+                {"tags": {"gamma", "alpha", "beta"}, "ids": frozenset({3, 1})}
+            ),
+            {"tags": ["alpha", "beta", "gamma"], "ids": [1, 3]},
+        )
+
     def test_objects_in_the_configuration_are_recorded_without_an_address(
         self,
     ):
