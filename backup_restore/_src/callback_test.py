@@ -581,10 +581,11 @@ class CallbackTest(fit_test_case.FitTestCase):
             def get_config(self):
                 return {"helper": Helper()}
 
-        def compiled():
+        def compiled(beta_1=0.9):
             model = self.tiny_model()
             model.compile(
-                optimizer=self.keras.optimizers.Adam(Schedule()), loss="mse"
+                optimizer=self.keras.optimizers.Adam(Schedule(), beta_1=beta_1),
+                loss="mse",
             )
             return model
 
@@ -599,6 +600,15 @@ class CallbackTest(fit_test_case.FitTestCase):
                 ],
             )
         keras_callbacks.simulate_restart()
+        # The rest of the configuration is still compared.
+        with self.assertRaisesRegex(
+            backup_restore.BackupMismatchError,
+            r"optimizer config 'beta_1': backup 0\.9, model 0\.5",
+        ):
+            self.fit_tiny(
+                compiled(beta_1=0.5),
+                [backup_restore.BackupAndRestore(self.dir)],
+            )
         callback = backup_restore.BackupAndRestore(self.dir)
         self.fit_tiny(compiled(), [callback])
         self.assertIsNotNone(callback.resumed_from)

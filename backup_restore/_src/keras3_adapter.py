@@ -181,6 +181,7 @@ set_train_counter = keras3_state.set_train_counter
 open_csv_for_append = keras3_state.open_csv_for_append
 is_builtin_backup_callback = keras3_state.is_builtin_backup_callback
 learning_rate_schedule = keras3_state.learning_rate_schedule
+learning_rate_schedule_set_aside = keras3_state.learning_rate_schedule_set_aside
 is_variable = keras3_state.is_variable
 tf_variable = keras3_state.tf_variable
 state_not_backed_up = keras3_state.state_not_backed_up

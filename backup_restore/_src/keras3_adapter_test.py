@@ -439,6 +439,12 @@ class Keras3AdapterContractTest(test_case.TestCase):
         self.assertIsNone(
             keras3_adapter.learning_rate_schedule(keras.optimizers.Adam(0.1))
         )
+        # Set aside, the schedule no longer stops get_config().
+        adam = keras.optimizers.Adam(schedule, beta_1=0.8)
+        with keras3_adapter.learning_rate_schedule_set_aside(adam):
+            self.assertEqual(adam.get_config()["beta_1"], 0.8)
+            self.assertIsNone(keras3_adapter.learning_rate_schedule(adam))
+        self.assertIs(keras3_adapter.learning_rate_schedule(adam), schedule)
         # A callable learning rate is called at each step; it cannot be set.
         rate = lambda: 0.01  # noqa: E731
         self.assertIs(

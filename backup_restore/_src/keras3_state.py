@@ -6,7 +6,9 @@
 - `Layer._flatten_layers`: the layers of a model, its lookup layers among
   them.
 - `Optimizer._learning_rate`, `LossScaleOptimizer.inner_optimizer`: whether
-  the learning rate is a schedule.
+  the learning rate is a schedule or another callable; replaced by a number
+  for one `get_config()` call where Keras cannot serialize the schedule
+  (`learning_rate_schedule_set_aside`).
 - `Trainer._symbolic_build(data_batch=...)`: builds the compiled metrics
   before the first step (without a strategy fit() builds them when it
   traces the train step), so that a mid-epoch resume can restore them. It
@@ -25,6 +27,8 @@
   ones of ModelCheckpoint and TensorBoard among them) and the file object
   CSVLogger appends to (`keras.src.utils.file_utils.File`).
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -225,6 +229,23 @@ def learning_rate_schedule(optimizer):
             return value
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return None
+
+
+def learning_rate_schedule_set_aside(optimizer):
+    """A context in which the schedule (or callable) `learning_rate_
+    schedule` finds stands, on the optimizer holding it, replaced by a
+    number: for `get_config()` to give the rest of a configuration when
+    Keras cannot serialize the schedule. Replaced in the instance's own
+    `__dict__`, so that tracking does not see it."""
+    owner = optimizer
+    while owner is not None:
+        value = getattr(owner, "_learning_rate", None)
+        if value is not None and value is learning_rate_schedule(owner):
+            return unfilled_slots.method_replaced(
+                owner, "_learning_rate", lambda _: 0.0
+            )
+        owner = getattr(owner, "inner_optimizer", None)
+    return contextlib.nullcontext()
 
 
 def is_variable(value) -> bool:

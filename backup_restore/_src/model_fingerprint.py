@@ -58,22 +58,75 @@ def to_json_value(value):
 def optimizer_fingerprint(optimizer, adapter: Adapter) -> dict:
     """The optimizer's class and configuration, without its name.
 
-    A configuration Keras cannot give (a learning-rate schedule without
-    `get_config()`, or with one that returns what Keras cannot serialize:
-    allowed for training, needed only for serialization) is recorded as the
-    class of the learning rate's owner (the schedule, else the optimizer).
+    Keras cannot give the configuration of an optimizer driven by a
+    learning-rate schedule without `get_config()`, or with one that returns
+    what Keras cannot serialize (allowed for training, needed only for
+    serialization). It is then taken with the schedule set aside, and the
+    schedule recorded as a loss is (`_stable`: its class and what its own
+    `get_config()` gives). Where that fails too, the record is the class
+    of the learning rate's owner (the schedule, else the optimizer) alone.
     """
     if optimizer is None:
         return {"class": None, "config": None}
     try:
         config = dict(optimizer.get_config())
     except Exception:  # pylint: disable=broad-except
-        config = {"learning_rate": _class_name(_lr_owner(optimizer, adapter))}
+        config = _config_beside_schedule(optimizer, adapter)
     config.pop("name", None)
     return {
         "class": _class_name(optimizer),
         "config": to_json_value(config),
     }
+
+
+def _config_beside_schedule(optimizer, adapter) -> dict:
+    """The optimizer's configuration with its schedule set aside, the
+    schedule in its place as `_stable` records it; or the learning rate
+    owner's class alone (see `_fallback_class`)."""
+    owner = _lr_owner(optimizer, adapter)
+    if owner is not optimizer:
+        try:
+            with adapter.learning_rate_schedule_set_aside(optimizer):
+                config = dict(optimizer.get_config())
+        except Exception:  # pylint: disable=broad-except
+            pass
+        else:
+            config["learning_rate"] = _stable(owner)
+            return config
+    return {"learning_rate": _class_name(owner)}
+
+
+def _fallback_class(config):
+    """The class recorded where no configuration could be had (a record of
+    the single key `learning_rate` naming a class), else None."""
+    if (
+        isinstance(config, dict)
+        and list(config) == ["learning_rate"]
+        and isinstance(config["learning_rate"], str)
+    ):
+        return config["learning_rate"]
+    return None
+
+
+def _recorded_class_alone(backup, current):
+    """(backup's class, current learning rate's class) when the backup
+    recorded the class alone and the current record is a configuration
+    (taken beside the schedule since): only those can be compared; else
+    None."""
+    was = _fallback_class(backup)
+    if was is None or _fallback_class(current) is not None:
+        return None
+    rate = (current or {}).get("learning_rate")
+    return was, rate.get("class") if isinstance(rate, dict) else rate
+
+
+def _same_config(backup, current) -> bool:
+    """Whether two optimizer configurations match (`_same`), a backup that
+    recorded its schedule's class alone by that class."""
+    alone = _recorded_class_alone(backup, current)
+    if alone is not None:
+        return alone[0] == alone[1]
+    return _same(backup, current)
 
 
 def _class_name(obj) -> str:
@@ -211,6 +264,12 @@ def diff(backup: dict, current: dict, structure_only=False) -> list[str]:
         problems.append(
             f"optimizer class: backup {bo['class']}, model {co['class']}"
         )
+    elif _recorded_class_alone(bo["config"], co["config"]):
+        was, now = _recorded_class_alone(bo["config"], co["config"])
+        if was != now:
+            problems.append(
+                f"optimizer learning rate: backup {was}, model {now}"
+            )
     elif not _same(bo["config"], co["config"]):
         keys = sorted(set(bo["config"] or {}) | set(co["config"] or {}))
         for key in keys:
@@ -305,7 +364,7 @@ def held_diff(backup: dict, current: dict, structure_only: bool) -> list:
                 problems.append(
                     f"{where} class: backup {b['class']}, model {c['class']}"
                 )
-            elif b["path"] != "optimizer" and not _same(
+            elif b["path"] != "optimizer" and not _same_config(
                 b["config"], c["config"]
             ):
                 problems.append(

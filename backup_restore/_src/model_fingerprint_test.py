@@ -213,20 +213,98 @@ class OptimizerTest(test_case.TestCase):
         self.assertEqual(json.loads(json.dumps(value)), value)  # JSON
         return value
 
-    def test_a_configuration_keras_cannot_give_is_the_schedule_class(self):
+    def test_a_configuration_keras_cannot_give_is_taken_beside_its_schedule(
+        self,
+    ):
         # Keras raises TypeError for the object the schedule's config holds;
         # training does not need the configuration.
+        schedule = _ScheduleHoldingAnObject()
         with self.assertRaises(TypeError):
-            keras.optimizers.Adam(_ScheduleHoldingAnObject()).get_config()
+            keras.optimizers.Adam(schedule).get_config()
+        optimizer = keras.optimizers.Adam(schedule, beta_1=0.8)
+        record = self._optimizer(optimizer)
+        self.assertEqual(record["class"], "keras.src.optimizers.adam.Adam")
         self.assertEqual(
-            self._optimizer(keras.optimizers.Adam(_ScheduleHoldingAnObject())),
+            record["config"]["learning_rate"],
             {
-                "class": "keras.src.optimizers.adam.Adam",
-                "config": {
-                    "learning_rate": f"{__name__}._ScheduleHoldingAnObject"
-                },
+                "class": f"{__name__}._ScheduleHoldingAnObject",
+                "config": {"helper": f"{__name__}._Plain"},
             },
         )
+        self.assertEqual(record["config"]["beta_1"], 0.8)
+        self.assertIs(
+            keras3_adapter.learning_rate_schedule(optimizer), schedule
+        )
+        # Another configuration is now seen.
+        other = self._optimizer(keras.optimizers.Adam(schedule, beta_1=0.5))
+        self.assertEqual(
+            model_fingerprint.diff(
+                dict(_fingerprint(None), optimizer=record),
+                dict(_fingerprint(None), optimizer=other),
+            ),
+            ["optimizer config 'beta_1': backup 0.8, model 0.5"],
+        )
+
+    def test_a_backup_that_recorded_the_schedule_class_alone(self):
+        # What a configuration Keras could not give was recorded as before
+        # it was taken beside the schedule: the class is compared.
+        current = self._optimizer(
+            keras.optimizers.Adam(_ScheduleHoldingAnObject())
+        )
+        old = {
+            "class": current["class"],
+            "config": {"learning_rate": f"{__name__}._ScheduleHoldingAnObject"},
+        }
+        self.assertEqual(
+            model_fingerprint.diff(
+                dict(_fingerprint(None), optimizer=old),
+                dict(_fingerprint(None), optimizer=current),
+            ),
+            [],
+        )
+        old["config"]["learning_rate"] = "other.Schedule"
+        self.assertEqual(
+            model_fingerprint.diff(
+                dict(_fingerprint(None), optimizer=old),
+                dict(_fingerprint(None), optimizer=current),
+            ),
+            [
+                "optimizer learning rate: backup other.Schedule, model "
+                f"{__name__}._ScheduleHoldingAnObject"
+            ],
+        )
+
+    def test_a_held_optimizer_that_recorded_the_class_alone(self):
+        current = self._optimizer(
+            keras.optimizers.Adam(_ScheduleHoldingAnObject())
+        )
+
+        def held(config):
+            optimizer = {
+                "path": "g_optimizer",
+                "class": current["class"],
+                "config": config,
+                "built": False,
+                "built_on": None,
+                "variables": [],
+            }
+            return {
+                "optimizers": [optimizer],
+                "variable_count": 0,
+                "extra_variables": [],
+            }
+
+        name = f"{__name__}._ScheduleHoldingAnObject"
+        for recorded, problems in (
+            ({"learning_rate": name}, 0),
+            ({"learning_rate": "other.Schedule"}, 1),
+        ):
+            self.assertLen(
+                model_fingerprint.held_diff(
+                    held(recorded), held(current["config"]), False
+                ),
+                problems,
+            )
 
     def test_a_set_is_recorded_sorted(self):
         # Its repr's order follows string hashes, which differ per process.

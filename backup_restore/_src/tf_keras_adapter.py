@@ -161,6 +161,9 @@ legacy_rng_layers = tf_keras_state.legacy_rng_layers
 checkpoint_objects = tf_keras_state.checkpoint_objects
 layer_random_generators = tf_keras_state.layer_random_generators
 learning_rate_schedule = tf_keras_state.learning_rate_schedule
+learning_rate_schedule_set_aside = (
+    tf_keras_state.learning_rate_schedule_set_aside
+)
 layers_with_unsaved_state = tf_keras_state.layers_with_unsaved_state
 is_builtin_backup_callback = tf_keras_state.is_builtin_backup_callback
 metrics_result = tf_keras_state.metrics_result

@@ -498,6 +498,35 @@ class AdapterContractTest(test_case.TestCase):
             keras_adapter.learning_rate_schedule(tf_keras.optimizers.Adam(0.1))
         )
 
+    def test_schedule_set_aside_lets_get_config_describe_the_rest(self):
+        class Helper:
+            pass
+
+        class Schedule(tf_keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step):
+                return 0.01
+
+            def get_config(self):
+                return {"helper": Helper()}  # tf-keras cannot serialize it
+
+        schedule = Schedule()
+        for optimizer in (
+            tf_keras.optimizers.Adam(schedule, beta_1=0.8),
+            tf_keras.optimizers.legacy.Adam(schedule, beta_1=0.8),
+            tf_keras.mixed_precision.LossScaleOptimizer(
+                tf_keras.optimizers.Adam(schedule, beta_1=0.8)
+            ),
+        ):
+            name = type(optimizer).__name__
+            with self.assertRaises(TypeError, msg=name):
+                optimizer.get_config()
+            with keras_adapter.learning_rate_schedule_set_aside(optimizer):
+                config = optimizer.get_config()
+            self.assertIn("0.8", str(config), name)
+            self.assertIs(
+                keras_adapter.learning_rate_schedule(optimizer), schedule, name
+            )
+
     def test_compiled_metrics_can_be_built_before_the_first_step(self):
         model = synthetic.regression_model("tiny")
         model.compile(optimizer="adam", loss="mse", metrics=["mae"])

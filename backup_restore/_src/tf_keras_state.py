@@ -27,9 +27,12 @@
   every layer: 30 ms on a Sequential of 200 layers, 1.5 ms this way).
 - `Optimizer._learning_rate` (optimizer.Optimizer), `_hyper["learning_rate"]`
   (legacy optimizers), `LossScaleOptimizer.inner_optimizer`: whether the
-  learning rate is a schedule (then it cannot be set, and need not be).
+  learning rate is a schedule (then it cannot be set, and need not be);
+  replaced by a number for one `get_config()` call where tf-keras cannot
+  serialize the schedule (`learning_rate_schedule_set_aside`).
 """
 
+import contextlib
 import itertools
 
 import tensorflow as tf
@@ -204,6 +207,38 @@ def _tracked_layers(model):
             yield from visit(child)
 
     yield from visit(model)
+
+
+@contextlib.contextmanager
+def learning_rate_schedule_set_aside(optimizer):
+    """Within the block, the schedule `learning_rate_schedule` finds
+    stands, on the optimizer holding it, replaced by a number: for
+    `get_config()` to give the rest of a configuration when tf-keras cannot
+    serialize the schedule. A new optimizer holds it as `_learning_rate`
+    (replaced in the instance's own `__dict__`, unseen by tracking), a
+    legacy one in its `_hyper` mapping."""
+    schedule_type = tf_keras.optimizers.schedules.LearningRateSchedule
+    owner = optimizer
+    while owner is not None:
+        if isinstance(getattr(owner, "_learning_rate", None), schedule_type):
+            with unfilled_slots.method_replaced(
+                owner, "_learning_rate", lambda _: 0.0
+            ):
+                yield
+            return
+        hyper = getattr(owner, "_hyper", None)
+        if isinstance(hyper, dict) and isinstance(
+            hyper.get("learning_rate"), schedule_type
+        ):
+            previous = hyper["learning_rate"]
+            hyper["learning_rate"] = 0.0
+            try:
+                yield
+            finally:
+                hyper["learning_rate"] = previous
+            return
+        owner = getattr(owner, "inner_optimizer", None)
+    yield
 
 
 def learning_rate_schedule(optimizer):
