@@ -460,6 +460,21 @@ class CallbackTest(fit_test_case.FitTestCase):
         keras_callbacks.simulate_restart()
         return keras_callbacks.backup_entries(self.dir)
 
+    def _interrupt_after_a_backup(self, model, batch=5):
+        """fit()s `model` with backups every 2 batches until an interruption
+        after global batch `batch`, then as after a restart."""
+        with self.assertRaises(keras_callbacks.Interrupted):
+            self.fit_tiny(
+                model,
+                [
+                    backup_restore.BackupAndRestore(
+                        self.dir, save_freq=2, async_backup=False
+                    ),
+                    keras_callbacks.InterruptAt(batch),
+                ],
+            )
+        keras_callbacks.simulate_restart()
+
     def _assert_refused(self, model, *patterns):
         before = self._leave_a_backup()
         weights = self.weights(model)
@@ -539,17 +554,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             )
             return model
 
-        with self.assertRaises(keras_callbacks.Interrupted):
-            self.fit_tiny(
-                compiled(0.2),
-                [
-                    backup_restore.BackupAndRestore(
-                        self.dir, save_freq=2, async_backup=False
-                    ),
-                    keras_callbacks.InterruptAt(5),
-                ],
-            )
-        keras_callbacks.simulate_restart()
+        self._interrupt_after_a_backup(compiled(0.2))
         kept = keras_callbacks.backup_entries(self.dir)
         with self.assertRaisesRegex(
             backup_restore.BackupMismatchError,
@@ -589,17 +594,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             )
             return model
 
-        with self.assertRaises(keras_callbacks.Interrupted):
-            self.fit_tiny(
-                compiled(),
-                [
-                    backup_restore.BackupAndRestore(
-                        self.dir, save_freq=2, async_backup=False
-                    ),
-                    keras_callbacks.InterruptAt(5),
-                ],
-            )
-        keras_callbacks.simulate_restart()
+        self._interrupt_after_a_backup(compiled())
         # The rest of the configuration is still compared.
         with self.assertRaisesRegex(
             backup_restore.BackupMismatchError,
@@ -622,17 +617,7 @@ class CallbackTest(fit_test_case.FitTestCase):
             )
             return model
 
-        with self.assertRaises(keras_callbacks.Interrupted):
-            self.fit_tiny(
-                compiled(),
-                [
-                    backup_restore.BackupAndRestore(
-                        self.dir, save_freq=2, async_backup=False
-                    ),
-                    keras_callbacks.InterruptAt(7),
-                ],
-            )
-        keras_callbacks.simulate_restart()
+        self._interrupt_after_a_backup(compiled(), batch=7)
         callback = backup_restore.BackupAndRestore(self.dir)
         self.fit_tiny(compiled(), [callback])
         self.assertEqual(callback.resumed_from, (1, 2))
