@@ -220,13 +220,20 @@ def learning_rate_schedule(optimizer):
     optimizer holds: a LearningRateSchedule (a function of `iterations`,
     which is backed up), or any other callable, which Keras 3 calls for the
     rate at each step and which cannot be set; None otherwise."""
+    owner = _rate_driver_owner(optimizer)
+    return None if owner is None else owner._learning_rate  # pylint: disable=protected-access
+
+
+def _rate_driver_owner(optimizer):
+    """The optimizer (itself or one it wraps) whose `_learning_rate` is a
+    schedule or another callable, or None."""
     schedule_type = keras.optimizers.schedules.LearningRateSchedule
     while optimizer is not None:
         value = getattr(optimizer, "_learning_rate", None)
         if isinstance(value, schedule_type) or (
             callable(value) and not is_variable(value)
         ):
-            return value
+            return optimizer
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return None
 
@@ -237,15 +244,12 @@ def learning_rate_schedule_set_aside(optimizer):
     number: for `get_config()` to give the rest of a configuration when
     Keras cannot serialize the schedule. Replaced in the instance's own
     `__dict__`, so that tracking does not see it."""
-    owner = optimizer
-    while owner is not None:
-        value = getattr(owner, "_learning_rate", None)
-        if value is not None and value is learning_rate_schedule(owner):
-            return unfilled_slots.method_replaced(
-                owner, "_learning_rate", lambda _: 0.0
-            )
-        owner = getattr(owner, "inner_optimizer", None)
-    return contextlib.nullcontext()
+    owner = _rate_driver_owner(optimizer)
+    if owner is None:
+        return contextlib.nullcontext()
+    return unfilled_slots.method_replaced(
+        owner, "_learning_rate", lambda _: 0.0
+    )
 
 
 def is_variable(value) -> bool:

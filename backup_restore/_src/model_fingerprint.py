@@ -39,13 +39,8 @@ def _jsonable(value):
         return value.tolist()
     if hasattr(value, "numpy"):
         return _jsonable(value.numpy())
-    if isinstance(value, set | frozenset):
-        # Sorted: a set's repr follows its elements' hashes, which differ
-        # between processes for strings (PYTHONHASHSEED).
-        items = [to_json_value(item) for item in value]
-        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
     text = repr(value)
-    if _ADDRESS.search(text):
+    if isinstance(value, set | frozenset) or _ADDRESS.search(text):
         return _stable(value)
     return text
 
@@ -159,6 +154,11 @@ def _stable(value):
         return {str(k): _stable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_stable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        # Sorted: a set's repr follows its elements' hashes, which differ
+        # between processes for strings (PYTHONHASHSEED).
+        items = [_stable(v) for v in value]
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     if isinstance(value, tf.Tensor | tf.Variable):
@@ -264,11 +264,10 @@ def diff(backup: dict, current: dict, structure_only=False) -> list[str]:
         problems.append(
             f"optimizer class: backup {bo['class']}, model {co['class']}"
         )
-    elif _recorded_class_alone(bo["config"], co["config"]):
-        was, now = _recorded_class_alone(bo["config"], co["config"])
-        if was != now:
+    elif alone := _recorded_class_alone(bo["config"], co["config"]):
+        if alone[0] != alone[1]:
             problems.append(
-                f"optimizer learning rate: backup {was}, model {now}"
+                f"optimizer learning rate: backup {alone[0]}, model {alone[1]}"
             )
     elif not _same(bo["config"], co["config"]):
         keys = sorted(set(bo["config"] or {}) | set(co["config"] or {}))

@@ -217,28 +217,24 @@ def learning_rate_schedule_set_aside(optimizer):
     serialize the schedule. A new optimizer holds it as `_learning_rate`
     (replaced in the instance's own `__dict__`, unseen by tracking), a
     legacy one in its `_hyper` mapping."""
-    schedule_type = tf_keras.optimizers.schedules.LearningRateSchedule
-    owner = optimizer
-    while owner is not None:
-        if isinstance(getattr(owner, "_learning_rate", None), schedule_type):
-            with unfilled_slots.method_replaced(
-                owner, "_learning_rate", lambda _: 0.0
-            ):
-                yield
-            return
-        hyper = getattr(owner, "_hyper", None)
-        if isinstance(hyper, dict) and isinstance(
-            hyper.get("learning_rate"), schedule_type
+    place = _schedule_place(optimizer)
+    if place is None:
+        yield
+        return
+    owner, legacy = place
+    if not legacy:
+        with unfilled_slots.method_replaced(
+            owner, "_learning_rate", lambda _: 0.0
         ):
-            previous = hyper["learning_rate"]
-            hyper["learning_rate"] = 0.0
-            try:
-                yield
-            finally:
-                hyper["learning_rate"] = previous
-            return
-        owner = getattr(owner, "inner_optimizer", None)
-    yield
+            yield
+        return
+    hyper = owner._hyper  # pylint: disable=protected-access
+    previous = hyper["learning_rate"]
+    hyper["learning_rate"] = 0.0
+    try:
+        yield
+    finally:
+        hyper["learning_rate"] = previous
 
 
 def learning_rate_schedule(optimizer):
@@ -247,14 +243,29 @@ def learning_rate_schedule(optimizer):
     With a schedule the learning rate is a function of `iterations` (which
     is backed up); tf-keras's optimizers then refuse to have it set.
     """
+    place = _schedule_place(optimizer)
+    if place is None:
+        return None
+    owner, legacy = place
+    if legacy:
+        return owner._hyper["learning_rate"]  # pylint: disable=protected-access
+    return owner._learning_rate  # pylint: disable=protected-access
+
+
+def _schedule_place(optimizer):
+    """(owner, legacy) for the optimizer (itself or one it wraps) holding
+    the LearningRateSchedule that drives `optimizer`: as `_learning_rate`
+    (optimizer.Optimizer, legacy False) or in `_hyper` (legacy True); None
+    when there is none."""
     schedule_type = tf_keras.optimizers.schedules.LearningRateSchedule
     while optimizer is not None:
-        for value in (
-            getattr(optimizer, "_learning_rate", None),  # optimizer.Optimizer
-            getattr(optimizer, "_hyper", {}).get("learning_rate"),  # legacy
+        if isinstance(
+            getattr(optimizer, "_learning_rate", None), schedule_type
         ):
-            if isinstance(value, schedule_type):
-                return value
+            return optimizer, False
+        hyper = getattr(optimizer, "_hyper", {})
+        if isinstance(hyper.get("learning_rate"), schedule_type):
+            return optimizer, True
         # LossScaleOptimizer delegates to the optimizer it wraps.
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return None
