@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 
 from absl.testing import absltest
 
@@ -18,6 +19,7 @@ from backup_restore._src import errors
 from backup_restore._src import lock_file
 from backup_restore._src import owner_record
 from backup_restore._src import ownership
+from backup_restore._src import paths
 from testing import owner_records
 from testing import test_case
 
@@ -273,6 +275,27 @@ class FlockTest(_ChildrenTest):
         with open(os.path.join(self.dir, ownership.LOCK_FILE)) as f:
             self.assertEqual(json.load(f)["pid"], os.getpid())
         # The lock is on the file that the path names: others are refused.
+        self.assertEqual(self.child().status, "REFUSED")
+        handle.release()
+
+    def test_lock_file_deleted_between_open_and_check_is_opened_again(self):
+        owner = self.child()
+        real_kind_of_fd = paths.kind_of_fd
+        calls = []
+
+        def kind_of_fd_after_the_owner_released(fd):
+            # This process has opened the owner's lock file; the owner
+            # deletes it before this process looks at what it opened.
+            if not calls:
+                owner.release()
+            calls.append(fd)
+            return real_kind_of_fd(fd)
+
+        with mock.patch.object(
+            paths, "kind_of_fd", kind_of_fd_after_the_owner_released
+        ):
+            handle = ownership.acquire(self.dir)
+        self.assertLen(calls, 2)  # the deleted file, then the new one
         self.assertEqual(self.child().status, "REFUSED")
         handle.release()
 
@@ -591,6 +614,27 @@ class LeaseTest(_ChildrenTest):
         other = self.child()
         self.assertEqual(other.status, "REFUSED")
         self.assertNotIn("Traceback", other.end())
+
+    def test_lease_replaced_while_being_read_is_watched(self):
+        owner = self.child()
+        real_kind_of_fd = paths.kind_of_fd
+        replaced = []
+
+        def kind_of_fd_after_a_renewal(fd):
+            # The owner renews (replaces) its lease between this process's
+            # open and its look at what it opened.
+            if not replaced:
+                with open(self.lease) as f:
+                    self.write_lease(f.read())
+                replaced.append(fd)
+            return real_kind_of_fd(fd)
+
+        with mock.patch.object(paths, "kind_of_fd", kind_of_fd_after_a_renewal):
+            with self.assertRaises(errors.BackupDirInUseError) as cm:
+                ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertLen(replaced, 1)
+        self.assertIn(f"pid {owner.pid}", str(cm.exception))
+        self.assertEqual(self.read_lease()["token"], owner.payload["token"])
 
     def test_tampered_lease_of_a_renewing_owner_is_refused(self):
         owner = self.child()

@@ -88,7 +88,9 @@ def _kind_of(st: os.stat_result) -> str:
     if stat.S_ISDIR(st.st_mode):
         return DIRECTORY
     if stat.S_ISREG(st.st_mode):
-        return FILE if st.st_nlink == 1 else HARD_LINK
+        # No link at all: an open file deleted or replaced since it was
+        # opened (a lease renewed, a lock released), which no name reaches.
+        return FILE if st.st_nlink <= 1 else HARD_LINK
     return OTHER
 
 
