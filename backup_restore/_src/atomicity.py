@@ -303,7 +303,7 @@ class AtomicRename(CommitStrategy):
     def prepare(self, directory: str, work: str) -> None:
         # A new directory of our own (never one that exists: a planted
         # link), so TensorFlow writes nowhere else.
-        os.makedirs(paths.local(directory), exist_ok=True)
+        paths.make_dirs(paths.local(directory))
         paths.make_dir(work)
 
     def publish(self, work: str, final: str, manifest: bytes) -> None:

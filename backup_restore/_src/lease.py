@@ -102,19 +102,53 @@ def _read_lease_bytes(path):
     return raw
 
 
-def _write_lease(path, lease):
+def _stage(path, lease):
+    """The slow part of writing `lease` to `path`, done before the check
+    that decides to publish it (`_publish`): locally, a temporary file
+    beside it, written and fsync'd. A pause between that check and the
+    publication (a stopped process, a paused VM) would put the lease back
+    over the one of a process that took the directory meanwhile: kept to
+    a rename.
+
+    Raises:
+      FileNotFoundError: the directory does not exist (any more).
+    """
     data = encode(lease)
-    if paths.is_local(path):
-        local = paths.local(path)
-        found = paths.kind(local)
-        if found not in (None, paths.FILE):  # replacing it would delete it
-            raise owner_record.unsafe_entry_error(local, found)
-        tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-        paths.create_file(tmp, data, durable=True)
-        os.replace(tmp, local)  # readers see the old lease or the new
-    else:
+    if not paths.is_local(path):
+        return path, None, data
+    tmp = f"{paths.local(path)}.tmp-{uuid.uuid4().hex[:8]}"
+    paths.create_file(tmp, data, durable=True)
+    return path, tmp, data
+
+
+def _publish(staged):
+    path, tmp, data = staged
+    if tmp is None:
         with _gfile().GFile(path, "wb") as f:  # one object: all or nothing
             f.write(data)
+        return
+    local = paths.local(path)
+    found = paths.kind(local)
+    if found not in (None, paths.FILE):  # replacing it would delete it
+        raise owner_record.unsafe_entry_error(local, found)
+    os.replace(tmp, local)  # readers see the old lease or the new
+
+
+def _discard(staged):
+    """Removes a staged lease's temporary file if it was not published."""
+    if staged is not None and staged[1] is not None:
+        try:
+            os.unlink(staged[1])
+        except FileNotFoundError:
+            pass  # published
+
+
+def _write_lease(path, lease):
+    staged = _stage(path, lease)
+    try:
+        _publish(staged)
+    finally:
+        _discard(staged)
 
 
 def _remove(path):
@@ -252,26 +286,42 @@ class Lease(registry.Held):
             time.sleep(poll)
         self.record = dict(owner_record.now_record("lease"), ttl=self._ttl)
         self._write_and_confirm(
+            raw,
             lambda lease: owner_record.in_use_error(
                 directory,
                 owner_record.valid_part(lease),
                 " It took the lease over at the same time.",
-            )
+            ),
         )
 
-    def _write_and_confirm(self, refusal):
-        """Creates the directory if missing, writes this process's lease and
-        reads it back a moment later: another process may have written its
-        lease at the same moment; the last writer wins.
+    def _write_and_confirm(self, expected, refusal):
+        """Creates the directory if missing, writes this process's lease if
+        the lease still is `expected` (the bytes the decision to write was
+        made on; None: no lease) and reads it back a moment later: another
+        process may have written its lease at the same moment; the last
+        writer wins.
 
         Raises:
           BackupDirInUseError: `refusal(the other's lease)`.
         """
-        if paths.is_local(self.directory):
-            os.makedirs(paths.local(self.directory), exist_ok=True)
-        else:
-            _gfile().makedirs(self.directory)
-        _write_lease(self._path, self._lease())
+        for attempt in range(100):
+            if paths.is_local(self.directory):
+                paths.make_dirs(paths.local(self.directory))
+            else:
+                _gfile().makedirs(self.directory)
+            try:
+                staged = _stage(self._path, self._lease())
+                break
+            except FileNotFoundError:  # removed again since it was made
+                if attempt == 99:
+                    raise
+        try:
+            raw, lease, _ = _read_lease(self._path)
+            if raw != expected:
+                raise refusal(lease)
+            _publish(staged)
+        finally:
+            _discard(staged)
         time.sleep(min(1.0, self._ttl / 10))
         raw, lease, invalid = _read_lease(self._path)
         if raw is None or invalid or lease["token"] != self.record["token"]:
@@ -320,7 +370,7 @@ class Lease(registry.Held):
             self._stop.set()
             return owner_record.in_use_error(self.directory, *self.lost)
 
-        self._write_and_confirm(refusal)
+        self._write_and_confirm(None, refusal)
         logging.warning(
             "While this job owned backup_dir %s, the directory (or its "
             "lease %s) was deleted or replaced. Nobody else had taken it: "
@@ -334,10 +384,16 @@ class Lease(registry.Held):
 
     def _renew_loop(self):
         while not self._stop.wait(self._ttl / 3):
+            staged = None
             try:
+                try:
+                    staged = _stage(self._path, self._lease())
+                except FileNotFoundError:
+                    pass  # the directory is gone: _check reclaims it
                 with self._guard:
                     self._check()
-                    _write_lease(self._path, self._lease())
+                    if staged is not None:
+                        _publish(staged)
             except errors.BackupDirInUseError as e:
                 logging.error("Lost the ownership of %s: %s", self.directory, e)
                 return
@@ -345,6 +401,8 @@ class Lease(registry.Held):
                 logging.warning(
                     "Renewing the lease %s failed: %s", self._path, e
                 )
+            finally:
+                _discard(staged)
 
     def close(self, remove_empty_dir):
         self._stop.set()

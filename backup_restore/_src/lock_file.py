@@ -86,7 +86,7 @@ class Flock(registry.Held):
         # The owner deletes its lock file at the end; a process that opened
         # it just before then locks a deleted file: open again.
         for _ in range(100):
-            os.makedirs(self._local, exist_ok=True)
+            paths.make_dirs(self._local)
             try:
                 fd = _open_lock_file(self._path)
             except FileNotFoundError:  # the owner removed the directory
@@ -115,7 +115,11 @@ class Flock(registry.Held):
             ):
                 os.close(fd)
                 continue
-            folder = os.stat(self._local)
+            try:
+                folder = os.stat(self._local)
+            except FileNotFoundError:  # removed since: locked in vain
+                os.close(fd)
+                continue
             return (
                 fd,
                 (mine.st_dev, mine.st_ino),

@@ -16,6 +16,7 @@ from unittest import mock
 from absl.testing import absltest
 
 from backup_restore._src import errors
+from backup_restore._src import lease
 from backup_restore._src import lock_file
 from backup_restore._src import owner_record
 from backup_restore._src import ownership
@@ -296,6 +297,26 @@ class FlockTest(_ChildrenTest):
         ):
             handle = ownership.acquire(self.dir)
         self.assertLen(calls, 2)  # the deleted file, then the new one
+        self.assertEqual(self.child().status, "REFUSED")
+        handle.release()
+
+    def test_directory_removed_while_it_is_locked_is_locked_again(self):
+        local = self.dir
+        real_stat = os.stat
+        removed = []
+
+        def stat_after_a_removal(path, *args, **kwargs):
+            # A user's `rm -rf` between this process's lock and its look
+            # at the directory.
+            if path == local and not removed:
+                removed.append(path)
+                shutil.rmtree(local)
+            return real_stat(path, *args, **kwargs)
+
+        with mock.patch.object(os, "stat", stat_after_a_removal):
+            handle = ownership.acquire(self.dir)
+        self.assertEqual(removed, [local])
+        self.assertTrue(handle.held)
         self.assertEqual(self.child().status, "REFUSED")
         handle.release()
 
@@ -636,6 +657,50 @@ class LeaseTest(_ChildrenTest):
         self.assertLen(replaced, 1)
         self.assertIn(f"pid {owner.pid}", str(cm.exception))
         self.assertEqual(self.read_lease()["token"], owner.payload["token"])
+
+    def test_lease_taken_while_a_taker_writes_is_not_overwritten(self):
+        # Another process takes the free lease while this one writes its
+        # own (a pause in its fsync): this one is refused.
+        real_stage = lease._stage
+        taken = []
+
+        def stage_then_another_takes_it(path, record):
+            staged = real_stage(path, record)
+            if not taken:
+                taken.append(path)
+                self.write_lease(json.dumps(owner_records.foreign_lease()))
+            return staged
+
+        with mock.patch.object(lease, "_stage", stage_then_another_takes_it):
+            with self.assertRaises(errors.BackupDirInUseError) as cm:
+                ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertIn("another-host", str(cm.exception))
+        self.assertEqual(self.read_lease()["token"], "theirs")
+        self.assertEqual(os.listdir(self.dir), [ownership.LEASE_FILE])
+
+    def test_renewal_paused_after_a_takeover_does_not_overwrite_it(self):
+        handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        real_stage = lease._stage
+        taken = threading.Event()
+
+        def stage_then_another_takes_it(path, record):
+            staged = real_stage(path, record)
+            if threading.current_thread().name == "backup_restore-lease":
+                # This process paused longer than a TTL: another took the
+                # lease over meanwhile.
+                if not taken.is_set():
+                    self.write_lease(json.dumps(owner_records.foreign_lease()))
+                    taken.set()
+            return staged
+
+        with mock.patch.object(lease, "_stage", stage_then_another_takes_it):
+            self.assertTrue(taken.wait(30))
+            with self.assertRaises(errors.BackupDirInUseError) as cm:
+                handle.ensure()
+        self.assertIn("another-host", str(cm.exception))
+        self.assertEqual(self.read_lease()["token"], "theirs")
+        handle.release()
+        self.assertEqual(self.read_lease()["token"], "theirs")
 
     def test_tampered_lease_of_a_renewing_owner_is_refused(self):
         owner = self.child()

@@ -199,6 +199,30 @@ def create_file(path: str, data: bytes, durable: bool, written=None) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str) -> None:
+    """`os.makedirs(path, exist_ok=True)` for a local path that another
+    process may remove at the same moment (an owner removing its empty
+    backup_dir at the end, a user's `rm -rf`): made again then.
+
+    Raises:
+      FileExistsError: `path` is a file, or a link to no directory.
+    """
+    for attempt in range(100):
+        try:
+            os.makedirs(path, exist_ok=True)
+            return
+        except FileExistsError:
+            # makedirs found it, then found no directory there: a planted
+            # file, or one removed in between.
+            if attempt == 99 or (
+                os.path.lexists(path) and not os.path.isdir(path)
+            ):
+                raise
+        except FileNotFoundError:  # a parent removed while it was made
+            if attempt == 99:
+                raise
+
+
 def make_dir(path: str) -> None:
     """Creates the new directory `path`: never one that exists (a planted
     link, say); its parent must exist. Elsewhere: gfile.makedirs."""

@@ -57,7 +57,12 @@ def remove_leftovers(catalog: catalog_lib.Catalog, commit) -> list[str]:
 def remove_leftover(catalog: catalog_lib.Catalog, path: str) -> None:
     """Deletes one of the store's leftovers (a directory, or a probe file)."""
     if atomicity.is_probe(os.path.basename(path)):
-        paths.remove_file(path)
+        # Another process's check that it can write here (a job that is
+        # starting, to be refused): it removes it itself, maybe first.
+        try:
+            paths.remove_file(path)
+        except (FileNotFoundError, tf.errors.NotFoundError):
+            pass
     else:
         paths.remove_tree(path)
     catalog.removed(path)

@@ -121,7 +121,7 @@ def _make_dirs_durably(local: str) -> None:
     parent: a power loss must not take the directory (and the backups
     committed in it) away."""
     missing = _missing_local(local)
-    os.makedirs(local, exist_ok=True)
+    paths.make_dirs(local)
     for created in missing:
         paths.fsync(os.path.dirname(created), follow=True)
 
@@ -173,8 +173,16 @@ def _check_writable(directory: str) -> None:
         )
     probe = os.path.join(local, atomicity.probe_name())
     try:
-        _make_dirs_durably(local)
-        paths.create_file(probe, b"", durable=False)
+        for attempt in range(100):
+            _make_dirs_durably(local)
+            try:
+                paths.create_file(probe, b"", durable=False)
+                break
+            except FileNotFoundError:
+                # Removed since it was made: by its owner, ending (it
+                # removes the empty directories it created).
+                if attempt == 99:
+                    raise
         try:
             os.remove(probe)
         except FileNotFoundError:

@@ -1052,6 +1052,63 @@ class StoreTest(test_case.TestCase):
         s.delete_all()
         self.assertFalse(os.path.exists(d))
 
+    def test_directory_removed_while_a_job_starts_is_made_again(self):
+        # Its owner, ending, removes the empty directory it made while
+        # another job starts (to be refused by the owner, or to follow it).
+        d = os.path.join(self.tmp, "a", "b")
+        real_makedirs = os.makedirs
+        removed = []
+
+        def makedirs_finding_it_gone(path, *args, **kwargs):
+            if not removed:
+                removed.append(path)  # it was there, then no more
+                raise FileExistsError(17, "File exists", path)
+            return real_makedirs(path, *args, **kwargs)
+
+        with mock.patch.object(os, "makedirs", makedirs_finding_it_gone):
+            store.BackupStore(d)
+        self.assertEqual(removed, [d])
+        self.assertTrue(os.path.isdir(d))
+
+        real_create_file = paths.create_file
+
+        def create_file_after_the_removal(path, *args, **kwargs):
+            if atomicity.is_probe(os.path.basename(path)) and os.path.isdir(d):
+                if not removed[1:]:
+                    removed.append(path)
+                    shutil.rmtree(d)
+            return real_create_file(path, *args, **kwargs)
+
+        with mock.patch.object(
+            paths, "create_file", create_file_after_the_removal
+        ):
+            store.BackupStore(d)
+        self.assertLen(removed, 2)
+        self.assertTrue(os.path.isdir(d))
+
+        # A planted file is still refused.
+        planted = os.path.join(self.tmp, "planted")
+        open(planted, "w").close()
+        with self.assertRaisesRegex(ValueError, "planted"):
+            store.BackupStore(os.path.join(planted, "sub"))
+
+    def test_probe_removed_by_its_job_during_the_cleanup(self):
+        s = store.BackupStore(self.dir)
+        probe = os.path.join(self.dir, atomicity.probe_name())
+        open(probe, "w").close()  # another job checking it can write here
+        real_remove_file = paths.remove_file
+
+        def remove_file_after_its_job(path):
+            if path == probe:
+                os.unlink(probe)  # that job was quicker
+            return real_remove_file(path)
+
+        with mock.patch.object(paths, "remove_file", remove_file_after_its_job):
+            self.assertEqual(s.cleanup(), [probe])
+            open(probe, "w").close()
+            s.delete_all()
+        self.assertFalse(os.path.exists(probe))
+
     def test_in_memory_directory_warns(self):
         with self.assertLogs(level="WARNING") as logs:
             store.BackupStore(self._dir("ram"))
