@@ -316,9 +316,13 @@ class Lease(registry.Held):
                 if attempt == 99:
                     raise
         try:
-            raw, lease, _ = _read_lease(self._path)
-            if raw != expected:
-                raise refusal(lease)
+            if staged[1] is not None:
+                # Locally the staging took an fsync: the decision may be
+                # stale. (Elsewhere it took nothing; a read costs a
+                # request.)
+                raw, lease, _ = _read_lease(self._path)
+                if raw != expected:
+                    raise refusal(lease)
             _publish(staged)
         finally:
             _discard(staged)
