@@ -363,8 +363,11 @@ class Lease(registry.Held):
                 self._path,
                 owner_record.describe(invalid),
             )
-            _write_lease(self._path, self._lease())
-            return
+            try:
+                _write_lease(self._path, self._lease())
+                return
+            except FileNotFoundError:
+                pass  # the directory is gone since: re-established below
 
         def refusal(lease):
             self._lose(

@@ -702,6 +702,26 @@ class LeaseTest(_ChildrenTest):
         handle.release()
         self.assertEqual(self.read_lease()["token"], "theirs")
 
+    def test_directory_removed_as_an_invalid_lease_is_rewritten(self):
+        handle = ownership.acquire(self.dir, _lease_ttl=60)
+        self.write_lease("null")
+        real_stage = lease._stage
+        removed = []
+
+        def stage_after_a_removal(path, record):
+            if not removed:
+                removed.append(path)
+                _rmtree(self.dir)
+            return real_stage(path, record)
+
+        with mock.patch.object(lease, "_stage", stage_after_a_removal):
+            with self.assertLogs(level="WARNING") as logs:
+                handle.ensure()
+        self.assertLen(removed, 1)
+        self.assertIn("re-established", "\n".join(logs.output))
+        self.assertEqual(self.read_lease()["token"], handle.record["token"])
+        handle.release()
+
     def test_tampered_lease_of_a_renewing_owner_is_refused(self):
         owner = self.child()
         self.assertEqual(owner.status, "OWNED")
