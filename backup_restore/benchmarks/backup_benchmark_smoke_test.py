@@ -34,7 +34,9 @@ class BenchmarkSmokeTest(test_case.TestCase):
         self.assertRegex(proc.stdout, r"\| tiny \(\d+ MB\) \| warm \| \d+ \|")
         self.assertRegex(proc.stdout, r"\| tiny \(\d+ MB\) \| cold \| \d+ \|")
         # The paired count: repetitions where ours was the quicker.
-        self.assertRegex(proc.stdout, r"\| [01] of 1, [01] of 1 \|\n")
+        self.assertRegex(
+            proc.stdout, r"\| [01] of 1, [01] of 1 \| \d\.\d{3}x \|\n"
+        )
         self.assertIn(
             "one backup alone (no training), process CPU", proc.stdout
         )

@@ -24,6 +24,7 @@ whatever PYTHONDONTWRITEBYTECODE says: the parent compiles it once
 
 import compileall
 import json
+import math
 import os
 import shutil
 import statistics
@@ -35,6 +36,52 @@ from backup_restore.benchmarks import commit_log
 
 MARK = "RESTORE_TIMING "
 PEERS = ("ours", "theirs", "read")
+
+# Student's t, two-sided 95% (the 0.975 quantile), by degrees of freedom;
+# beyond the table its last value, which makes the interval a little wide.
+_T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def paired_ratio(ours, theirs):
+    """Ours against theirs, repetition by repetition (each repetition runs
+    both, one after the other): the geometric mean of the ratios and its
+    95% interval (Student's t on the logarithms), or None for the interval
+    of a single repetition.
+
+    A median of five per peer says which peer was quicker in that run; for
+    peers within a few percent of each other it changes sign from run to
+    run. The interval says how far apart the two are: below 1.0 ours is
+    the quicker, above 1.0 theirs, and one that holds 1.0 does not tell
+    them apart at this many repetitions.
+    """
+    logs = [math.log(a / b) for a, b in zip(ours, theirs, strict=True)]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), None
+    df = len(logs) - 1
+    t = _T_975[min(df, len(_T_975)) - 1]
+    half = t * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), (math.exp(mean - half), math.exp(mean + half))
+
+
+def describe_ratio(ratio) -> str:
+    """`paired_ratio`'s result as the table prints it."""
+    mean, interval = ratio
+    if interval is None:
+        return f"{mean:.3f}x"
+    low, high = interval
+    verdict = (
+        "ours quicker"
+        if high < 1
+        else "theirs quicker"
+        if low > 1
+        else "not told apart"
+    )
+    return f"{mean:.3f}x ({low:.3f}-{high:.3f}: {verdict})"
 
 
 def child(mode, path, keras_module, model, data, *, ours_cls):
@@ -228,6 +275,7 @@ def rows(model_name, samples):
                     )
                 ),
                 "repeats": len(ours),
+                "paired": paired_ratio(ours, theirs),
                 "detail": f"ours {ms(ours)} (input fast-forward "
                 f"{ms(samples[('ours_ff', cache)])}); theirs {ms(theirs)}; "
                 f"no-callback first step {ms(none)}; "
@@ -251,9 +299,10 @@ def print_table(ref, all_rows):
         "the originals restart the data; batches drawn in Python only: a "
         "skip inside tf-keras's array pipeline is in the first step) | "
         "repetitions where ours was quicker: to the first step, to the end "
-        "of on_train_begin |"
+        "of on_train_begin | ours / theirs per repetition, to the first "
+        "step: geometric mean (95% interval) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in all_rows:
         print(
             f"| {r['model']} | {r['cache']} | {1000 * r['ours']:.0f} | "
@@ -262,7 +311,8 @@ def print_table(ref, all_rows):
             f"{1000 * r['read']:.0f}) | {r['ours'] / r['floor']:.2f}x | "
             f"{1000 * r['ours_hook']:.0f} / {1000 * r['theirs_hook']:.0f} | "
             f"{1000 * r['ours_ff']:.0f} | {r['quicker']} of {r['repeats']}, "
-            f"{r['hook_quicker']} of {r['repeats']} |"
+            f"{r['hook_quicker']} of {r['repeats']} | "
+            f"{describe_ratio(r['paired'])} |"
         )
     for r in all_rows:
         print(f"  {r['model']} {r['cache']}, per repetition: {r['detail']}")
