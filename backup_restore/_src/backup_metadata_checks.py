@@ -217,6 +217,13 @@ def _callbacks(metadata) -> None:
         elif "csv_append" in state:
             fields.as_bool(state["csv_append"], f"{field}.csv_append")
             fields.member(state, "csv_size", fields.as_int, field)
+            # Absent from backups of earlier releases of this format.
+            keys = state.get("csv_keys")
+            if keys is not None:
+                for i, name in enumerate(
+                    fields.as_list(keys, f"{field}.csv_keys")
+                ):
+                    fields.as_str(name, f"{field}.csv_keys[{i}]")
         else:
             fields.fail(
                 field, state, "no state of a known kind (user, attrs, csv)"

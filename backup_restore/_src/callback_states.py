@@ -130,9 +130,14 @@ def collect(callbacks, adapter) -> tuple[dict, dict]:
             # None before its on_train_begin opens the file (Keras 3).
             if callback.csv_file is not None:
                 callback.csv_file.flush()
+            # The columns it chose at its first epoch's end, from the logs
+            # as it saw them there: callbacks after it may add keys that
+            # History records but its rows never hold.
+            keys = getattr(callback, "keys", None)
             states[key] = {
                 "csv_append": bool(callback.append),
                 "csv_size": _file_size(callback.filename),
+                "csv_keys": None if keys is None else [str(k) for k in keys],
             }
     return states, tensors
 
@@ -165,6 +170,8 @@ def restore(callbacks, adapter, states, tensors, history) -> list[str]:
 
 
 def _restore_csv(callback, adapter, state, history):
+    if state.get("csv_keys") is not None:
+        callback.keys = list(state["csv_keys"])
     if callback.append:
         # The file already holds the rows up to the backup, maybe more from
         # after it: cut those, they are written again.
@@ -177,7 +184,8 @@ def _restore_csv(callback, adapter, state, history):
         callback.csv_file = adapter.open_csv_for_append(callback.filename)
         return
     # on_train_begin truncated the file: write the restored epochs again,
-    # through CSVLogger's own code so that the rows are byte-identical.
+    # through CSVLogger's own code, with its columns, so that the rows are
+    # byte-identical.
     for i, epoch in enumerate(history["epoch"]):
         logs = {k: v[i] for k, v in history["history"].items() if i < len(v)}
         callback.on_epoch_end(epoch, logs)

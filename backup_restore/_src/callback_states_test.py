@@ -154,8 +154,15 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
             ref._batches_seen_since_last_saving,
         )
 
-    @parameterized.named_parameters(("truncate", False), ("append", True))
-    def test_csv_logger_file_is_identical(self, append):
+    @parameterized.named_parameters(
+        ("truncate", False, False),
+        ("append", True, False),
+        # ReduceLROnPlateau after the logger adds the learning rate to the
+        # logs, which History records and the logger's rows do not hold.
+        ("truncate_keys_added_after_it", False, True),
+        ("append_keys_added_after_it", True, True),
+    )
+    def test_csv_logger_file_is_identical(self, append, keys_added_after):
         ref_path = os.path.join(self.tmp, "reference.csv")
         job_path = os.path.join(
             self.tmp, "job.csv"
@@ -168,7 +175,12 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
         def make():
             calls.append(None)
             path = ref_path if len(calls) == 1 else job_path
-            return [self.keras.callbacks.CSVLogger(path, append=append)]
+            callbacks = [self.keras.callbacks.CSVLogger(path, append=append)]
+            if keys_added_after:
+                callbacks.append(
+                    self.keras.callbacks.ReduceLROnPlateau(monitor="loss")
+                )
+            return callbacks
 
         # Interrupted after 10 batches: epochs 0 and 1 are in the CSV file,
         # the last backup is at batch 9 (epoch 2, batch 1).
@@ -181,6 +193,8 @@ class CallbackStatesTest(fit_test_case.FitTestCase):
         # Append: the earlier row + 3 epochs (CSVLogger writes no header into
         # a non-empty file). Truncate: header + 3 epochs.
         self.assertEqual(want.count("\n"), 4)
+        # The logger's columns are epoch and loss only.
+        self.assertNotRegex(want, r"\blr\b|learning_rate")
 
     def test_user_callback_opt_in(self):
         (ref,), (got,) = self._compare(

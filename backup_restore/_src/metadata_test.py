@@ -18,7 +18,9 @@ from absl.testing import parameterized
 
 import backup_restore
 from backup_restore import inspect_backups
+from backup_restore._src import backup_metadata_checks
 from backup_restore._src import errors
+from backup_restore._src import schema_fields
 from backup_restore._src import store
 from testing import fit_test_case
 from testing import keras_callbacks
@@ -419,6 +421,30 @@ class ManifestSchemaTest(test_case.TestCase):
         tamper.edit(backup, escape)
         with self.assertRaisesRegex(errors.BackupCorruptError, "outside"):
             store.BackupStore(self.dir).latest()
+
+
+class CallbackStateFieldsTest(absltest.TestCase):
+    """The callbacks' states a backup records (callback_states.py)."""
+
+    @staticmethod
+    def _check(state):
+        backup_metadata_checks._callbacks({"callbacks": {"CSVLogger:0": state}})
+
+    def test_csv_columns_must_be_a_list_of_names(self):
+        for keys, field in ((5, "csv_keys"), (["loss", 3], "csv_keys[1]")):
+            state = {"csv_append": False, "csv_size": 0, "csv_keys": keys}
+            with self.assertRaisesRegex(
+                schema_fields.Invalid,
+                re.escape(f"callbacks['CSVLogger:0'].{field} is"),
+            ):
+                self._check(state)
+
+    def test_csv_columns_not_chosen_yet_or_not_recorded_are_valid(self):
+        for keys in ([], ["loss", "val_loss"], None, _DELETE):
+            state = {"csv_append": True, "csv_size": 12}
+            if keys is not _DELETE:
+                state["csv_keys"] = keys
+            self._check(state)
 
 
 if __name__ == "__main__":
