@@ -371,6 +371,24 @@ class FitCallsTest(fit_test_case.FitTestCase):
         ):
             np.testing.assert_array_equal(got, want)
 
+    @parameterized.parameters(2, 4)
+    def test_other_epochs_continue_to_the_new_end_with_a_warning(self, epochs):
+        self._interrupted()  # epochs=3, the backup at epoch 1, batch 2
+        model = self.tiny_model()
+        callback = backup_restore.BackupAndRestore(self.dir, save_freq=2)
+        with self.assertLogs(level="WARNING") as logs:
+            self.fit_tiny(model, [callback], epochs=epochs)
+        self.assertEqual(callback.resumed_from, (1, 2))
+        self.assertEqual(_iterations(model), epochs * 4)
+        self.assertTrue(
+            any(
+                f"written by fit(epochs=3); this fit() has epochs={epochs} "
+                "and continues it to that end" in line
+                for line in logs.output
+            ),
+            logs.output,
+        )
+
     def test_fewer_epochs_than_the_backup_is_refused(self):
         callback = backup_restore.BackupAndRestore(self.dir, save_freq=1)
         with self.assertRaises(keras_callbacks.Interrupted):
