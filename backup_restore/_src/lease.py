@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+import typing
 import uuid
 
 from absl import logging
@@ -102,7 +103,13 @@ def _read_lease_bytes(path):
     return raw
 
 
-def _stage(path, lease):
+class _Staged(typing.NamedTuple):
+    path: str
+    tmp: str | None  # the local temporary file; None on an object store
+    data: bytes
+
+
+def _stage(path, lease) -> _Staged:
     """The slow part of writing `lease` to `path`, done before the check
     that decides to publish it (`_publish`): locally, a temporary file
     beside it, written and fsync'd. A pause between that check and the
@@ -115,10 +122,10 @@ def _stage(path, lease):
     """
     data = encode(lease)
     if not paths.is_local(path):
-        return path, None, data
+        return _Staged(path, None, data)
     tmp = f"{paths.local(path)}.tmp-{uuid.uuid4().hex[:8]}"
     paths.create_file(tmp, data, durable=True)
-    return path, tmp, data
+    return _Staged(path, tmp, data)
 
 
 def _publish(staged):
@@ -136,9 +143,9 @@ def _publish(staged):
 
 def _discard(staged):
     """Removes a staged lease's temporary file if it was not published."""
-    if staged is not None and staged[1] is not None:
+    if staged is not None and staged.tmp is not None:
         try:
-            os.unlink(staged[1])
+            os.unlink(staged.tmp)
         except FileNotFoundError:
             pass  # published
 
@@ -294,6 +301,12 @@ class Lease(registry.Held):
             ),
         )
 
+    def _make_directory(self):
+        if paths.is_local(self.directory):
+            paths.make_dirs(paths.local(self.directory))
+        else:
+            _gfile().makedirs(self.directory)
+
     def _write_and_confirm(self, expected, refusal):
         """Creates the directory if missing, writes this process's lease if
         the lease still is `expected` (the bytes the decision to write was
@@ -304,19 +317,11 @@ class Lease(registry.Held):
         Raises:
           BackupDirInUseError: `refusal(the other's lease)`.
         """
-        for attempt in range(100):
-            if paths.is_local(self.directory):
-                paths.make_dirs(paths.local(self.directory))
-            else:
-                _gfile().makedirs(self.directory)
-            try:
-                staged = _stage(self._path, self._lease())
-                break
-            except FileNotFoundError:  # removed again since it was made
-                if attempt == 99:
-                    raise
+        staged = paths.in_made_dirs(
+            self._make_directory, lambda: _stage(self._path, self._lease())
+        )
         try:
-            if staged[1] is not None:
+            if staged.tmp is not None:
                 # Locally the staging took an fsync: the decision may be
                 # stale. (Elsewhere it took nothing; a read costs a
                 # request.)

@@ -223,6 +223,19 @@ def make_dirs(path: str) -> None:
                 raise
 
 
+def in_made_dirs(make, create):
+    """`create()` once `make()` has made the directories it needs; both
+    again where another process removed them in between (`create` raising
+    FileNotFoundError). Returns what `create` returns."""
+    for attempt in range(100):
+        make()
+        try:
+            return create()
+        except FileNotFoundError:
+            if attempt == 99:
+                raise
+
+
 def make_dir(path: str) -> None:
     """Creates the new directory `path`: never one that exists (a planted
     link, say); its parent must exist. Elsewhere: gfile.makedirs."""

@@ -173,16 +173,12 @@ def _check_writable(directory: str) -> None:
         )
     probe = os.path.join(local, atomicity.probe_name())
     try:
-        for attempt in range(100):
-            _make_dirs_durably(local)
-            try:
-                paths.create_file(probe, b"", durable=False)
-                break
-            except FileNotFoundError:
-                # Removed since it was made: by its owner, ending (it
-                # removes the empty directories it created).
-                if attempt == 99:
-                    raise
+        # Made again if removed since: by its owner, ending (it removes
+        # the empty directories it created).
+        paths.in_made_dirs(
+            lambda: _make_dirs_durably(local),
+            lambda: paths.create_file(probe, b"", durable=False),
+        )
         try:
             os.remove(probe)
         except FileNotFoundError:
