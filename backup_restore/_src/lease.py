@@ -314,23 +314,29 @@ class Lease(registry.Held):
         process may have written its lease at the same moment; the last
         writer wins.
 
+        A directory removed meanwhile (by its last owner, ending, or a
+        user's `rm -rf`) is made again and the lease written there: no
+        lease is there to refuse it.
+
         Raises:
           BackupDirInUseError: `refusal(the other's lease)`.
         """
-        staged = paths.in_made_dirs(
-            self._make_directory, lambda: _stage(self._path, self._lease())
-        )
-        try:
-            if staged.tmp is not None:
-                # Locally the staging took an fsync: the decision may be
-                # stale. (Elsewhere it took nothing; a read costs a
-                # request.)
-                raw, lease, _ = _read_lease(self._path)
-                if raw != expected:
-                    raise refusal(lease)
-            _publish(staged)
-        finally:
-            _discard(staged)
+
+        def write():
+            staged = _stage(self._path, self._lease())
+            try:
+                if staged.tmp is not None:
+                    # Locally the staging took an fsync: the decision may
+                    # be stale. (Elsewhere it took nothing; a read costs a
+                    # request.)
+                    raw, lease, _ = _read_lease(self._path)
+                    if raw is not None and raw != expected:
+                        raise refusal(lease)
+                _publish(staged)
+            finally:
+                _discard(staged)
+
+        paths.in_made_dirs(self._make_directory, write)
         time.sleep(min(1.0, self._ttl / 10))
         raw, lease, invalid = _read_lease(self._path)
         if raw is None or invalid or lease["token"] != self.record["token"]:

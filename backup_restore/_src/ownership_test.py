@@ -702,6 +702,26 @@ class LeaseTest(_ChildrenTest):
         handle.release()
         self.assertEqual(self.read_lease()["token"], "theirs")
 
+    def test_directory_removed_while_a_lease_is_written_is_made_again(self):
+        # Removed between the lease's staging and its rename (its last
+        # owner ending, a user's rm -rf): the taker makes it again.
+        real_stage = lease._stage
+        removed = []
+
+        def stage_then_a_removal(path, record):
+            staged = real_stage(path, record)
+            if not removed:
+                removed.append(path)
+                _rmtree(self.dir)
+            return staged
+
+        with mock.patch.object(lease, "_stage", stage_then_a_removal):
+            handle = ownership.acquire(self.dir, _lease_ttl=self.TTL)
+        self.assertLen(removed, 1)
+        self.assertEqual(self.read_lease()["token"], handle.record["token"])
+        self.assertEqual(os.listdir(self.dir), [ownership.LEASE_FILE])
+        handle.release()
+
     def test_directory_removed_as_an_invalid_lease_is_rewritten(self):
         handle = ownership.acquire(self.dir, _lease_ttl=60)
         self.write_lease("null")
